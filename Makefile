@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run   create .venv, install moxin, run the main job on the embedded default
+#   make test  install moxin with its test dependencies and run the whole suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+MOXIN  := $(VENV)/bin/moxin
+
+.PHONY: run test unit install install-test clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Stamp files re-run an install only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PIP) install -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(MOXIN) validate hardware_profiles manifests
+	$(MOXIN) profiles
+	$(MOXIN) models
+
+test: install-test
+	$(PY) -m pytest -q
+
+unit: install-test
+	$(PY) -m pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Developer tools for tests and local runs: tiny deterministic models for the real engines."""

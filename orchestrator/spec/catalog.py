@@ -1,0 +1,185 @@
+"""The catalog: every loaded document by kind and name, with references resolved and checked.
+
+``load_catalog(paths)`` = built-in profiles and models + the user's documents. A user document may
+replace a built-in of the same kind and name; two user documents of the same kind and name are an
+error. ``resolve`` checks every reference (fleet -> profile, deployment -> model/variant/pool,
+rollout -> deployment/variant/pool) and reports each bad one at its line with a did-you-mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from orchestrator.errors import Problem, SpecError
+from orchestrator.spec.deployment import ModelDeployment
+from orchestrator.spec.fleet import Fleet
+from orchestrator.spec.hardware import HardwareProfile
+from orchestrator.spec.loader import Loaded, load_documents
+from orchestrator.spec.model import Model
+from orchestrator.spec.rollout import Rollout
+from orchestrator.spec.suggest import did_you_mean
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def builtin_dirs() -> tuple[Path, Path]:
+    """(hardware profiles, model catalog): inside the wheel, or at the top of a source checkout."""
+    inside = _PACKAGE_DIR / "_builtin"
+    if (inside / "hardware_profiles").is_dir():
+        return inside / "hardware_profiles", inside / "models"
+    root = _PACKAGE_DIR.parent
+    return root / "hardware_profiles", root / "manifests" / "models"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Immutable view of every document, by kind and name."""
+
+    entries: Mapping[tuple[str, str], Loaded] = field(default_factory=dict)
+
+    def _of(self, kind: str) -> dict[str, Any]:
+        return {name: e.doc for (k, name), e in sorted(self.entries.items()) if k == kind}
+
+    @property
+    def profiles(self) -> dict[str, HardwareProfile]:
+        return self._of("HardwareProfile")
+
+    @property
+    def models(self) -> dict[str, Model]:
+        return self._of("Model")
+
+    @property
+    def fleets(self) -> dict[str, Fleet]:
+        return self._of("Fleet")
+
+    @property
+    def deployments(self) -> dict[str, ModelDeployment]:
+        return self._of("ModelDeployment")
+
+    @property
+    def rollouts(self) -> dict[str, Rollout]:
+        return self._of("Rollout")
+
+    def entry(self, kind: str, name: str) -> Loaded:
+        return self.entries[(kind, name)]
+
+    def profile(self, name: str) -> HardwareProfile:
+        return self._get("HardwareProfile", name)  # type: ignore[return-value]
+
+    def model(self, name: str) -> Model:
+        return self._get("Model", name)  # type: ignore[return-value]
+
+    def _get(self, kind: str, name: str) -> Any:
+        found = self.entries.get((kind, name))
+        if found is None:
+            names = [n for k, n in self.entries if k == kind]
+            raise SpecError([Problem(f"unknown {kind} {name!r}", hint=did_you_mean(name, names))])
+        return found.doc
+
+
+def build_catalog(builtin: Iterable[Loaded], user: Iterable[Loaded]) -> Catalog:
+    entries: dict[tuple[str, str], Loaded] = {}
+    for item in builtin:
+        entries[(item.kind, item.name)] = item
+    seen: dict[tuple[str, str], Loaded] = {}
+    problems = []
+    for item in user:
+        key = (item.kind, item.name)
+        if key in seen:
+            file, line = seen[key].where("metadata", "name")
+            problems.append(item.problem(("metadata", "name"), f"{item.kind} {item.name!r} is defined twice "
+                                         f"(first at {file}:{line})", "rename one of them"))
+            continue
+        seen[key] = item
+        entries[key] = item
+    if problems:
+        raise SpecError(problems)
+    catalog = Catalog(MappingProxyType(entries))
+    resolve(catalog)
+    return catalog
+
+
+@lru_cache(maxsize=1)
+def builtin_documents() -> tuple[Loaded, ...]:
+    profiles, models = builtin_dirs()
+    return tuple(load_documents([profiles, models]))
+
+
+def load_catalog(paths: Iterable[Path] = (), *, builtin: bool = True) -> Catalog:
+    """The built-in catalog plus the documents under ``paths``, resolved."""
+    user = load_documents(list(paths)) if paths else []
+    return build_catalog(builtin_documents() if builtin else (), user)
+
+
+def resolve(catalog: Catalog) -> None:
+    """Check every reference between documents; raise one SpecError listing each broken one."""
+    problems: list[Problem] = []
+    profiles = catalog.profiles
+    models = catalog.models
+    pools = {p.name for f in catalog.fleets.values() for p in f.spec.pools}
+    for (kind, _), entry in sorted(catalog.entries.items()):
+        if kind == "Fleet":
+            problems += _check_fleet(entry, profiles)
+        elif kind == "ModelDeployment":
+            problems += _check_deployment(entry, models, pools)
+        elif kind == "Rollout":
+            problems += _check_rollout(entry, catalog, pools)
+    if problems:
+        raise SpecError(problems)
+
+
+def _check_fleet(entry: Loaded, profiles: dict[str, HardwareProfile]) -> list[Problem]:
+    out = []
+    for i, pool in enumerate(entry.doc.spec.pools):
+        if pool.hardware not in profiles:
+            out.append(entry.problem(("spec", "pools", i, "hardware"), f"unknown hardware profile {pool.hardware!r}",
+                                     did_you_mean(pool.hardware, profiles)))
+    return out
+
+
+def _check_deployment(entry: Loaded, models: dict[str, Model], pools: set[str]) -> list[Problem]:
+    spec = entry.doc.spec
+    model = models.get(spec.model)
+    if model is None:
+        return [entry.problem(("spec", "model"), f"unknown model {spec.model!r}", did_you_mean(spec.model, models))]
+    out = []
+    variants = [v.name for v in model.spec.variants]
+    for i, v in enumerate(spec.variants):
+        if v not in variants:
+            out.append(entry.problem(("spec", "variants", i), f"model {spec.model!r} has no variant {v!r}",
+                                     did_you_mean(v, variants)))
+    if pools:
+        for i, p in enumerate(spec.pools):
+            if p not in pools:
+                out.append(entry.problem(("spec", "pools", i), f"no fleet has a pool {p!r}", did_you_mean(p, pools)))
+    arch = model.spec.architecture
+    if arch is not None and spec.context_tokens > arch.max_position_embeddings:
+        out.append(entry.problem(("spec", "contextTokens"),
+                                 f"{spec.context_tokens} tokens exceeds {spec.model}'s maximum context of "
+                                 f"{arch.max_position_embeddings}", f"use at most {arch.max_position_embeddings}"))
+    return out
+
+
+def _check_rollout(entry: Loaded, catalog: Catalog, pools: set[str]) -> list[Problem]:
+    spec = entry.doc.spec
+    deployments = catalog.deployments
+    dep = deployments.get(spec.deployment)
+    if dep is None:
+        return [entry.problem(("spec", "deployment"), f"unknown deployment {spec.deployment!r}",
+                              did_you_mean(spec.deployment, deployments))]
+    out = []
+    model = catalog.models.get(dep.spec.model)
+    variants = [v.name for v in model.spec.variants] if model else []
+    for side, target in (("from", spec.from_), ("to", spec.to)):
+        if target.variant is not None and model and target.variant not in variants:
+            out.append(entry.problem(("spec", side, "variant"), f"model {dep.spec.model!r} has no variant "
+                                     f"{target.variant!r}", did_you_mean(target.variant, variants)))
+        if target.pool is not None and pools and target.pool not in pools:
+            out.append(entry.problem(("spec", side, "pool"), f"no fleet has a pool {target.pool!r}",
+                                     did_you_mean(target.pool, pools)))
+    return out

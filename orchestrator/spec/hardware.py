@@ -1,0 +1,168 @@
+"""``HardwareProfile``: one accelerator (or CPU host) as the estimator, engines and renderers see it.
+
+Every published number names its source (``spec.sources[].fields``); a number nobody published is
+left out (null) and whatever needs it says so.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from orchestrator.spec.base import Document, Name, Source, Strict
+
+NumericFormat = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]
+EngineName = Literal["vllm", "mlx-lm", "vllm-metal"]
+KvDtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
+
+
+class PeakTflops(Strict):
+    """Dense peak throughput per device (no sparsity); integer formats in TOPS."""
+
+    fp32: float | None = Field(None, gt=0)
+    """FP32 TFLOPS."""
+    bf16: float | None = Field(None, gt=0)
+    """BF16 TFLOPS (dense, tensor cores / matrix units)."""
+    fp16: float | None = Field(None, gt=0)
+    """FP16 TFLOPS."""
+    fp8: float | None = Field(None, gt=0)
+    """FP8 TFLOPS; null when the device has no FP8 arithmetic."""
+    int8: float | None = Field(None, gt=0)
+    """INT8 TOPS."""
+    int4: float | None = Field(None, gt=0)
+    """INT4 TOPS."""
+
+
+class Interconnect(Strict):
+    kind: str = Field(min_length=1)
+    """Device-to-device link within a node, e.g. 'nvlink4', 'pcie4', 'hccs', 'thunderbolt5'."""
+    bandwidth_gbps: float | None = Field(None, gt=0, alias="bandwidthGBps")
+    """Per-device bandwidth to its peers in GB/s (decimal, both directions as published)."""
+
+
+class UsableMemory(Strict):
+    rule: Literal["device", "unifiedWorkingSet", "host"] = "device"
+    """'device': dedicated device memory; 'unifiedWorkingSet': Apple unified memory, of which the GPU
+    may wire a fraction; 'host': a CPU host whose engine takes an explicit KV budget."""
+    fraction: float = Field(1.0, gt=0, le=1)
+    """Fraction of memoryGB an engine may use before its own utilization setting (Apple: ~0.75)."""
+
+
+class VllmPlugin(Strict):
+    package: str = Field(min_length=1)
+    """The Python distribution of the platform plugin, e.g. 'vllm-mlu'."""
+    entry_point: str = Field(min_length=1)
+    """Its name in the 'vllm.platform_plugins' entry-point group (what VLLM_PLUGINS names)."""
+    target: str | None = None
+    """The entry point's target, e.g. 'vllm_mlu:register_mlu_platform'."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables the plugin documents for serving."""
+
+
+class EngineSupport(Strict):
+    engine: EngineName
+    """Which engine serves this hardware."""
+    platform: str = Field(min_length=1)
+    """vLLM platform ('cuda', 'cpu', 'mlu', 'musa', 'ascend', ...) or 'metal' / 'mlx-cpu' for Apple engines."""
+    plugin: VllmPlugin | None = None
+    """The out-of-tree vLLM platform plugin; absent for platforms built into vLLM."""
+    engine_version: str | None = None
+    """The engine release this platform runs (plugins pin older vLLM releases)."""
+    quantization_methods: list[str] = Field(default_factory=list)
+    """Quantization methods the engine accepts here (vLLM '--quantization' names, or 'mlx')."""
+    kv_cache_dtypes: list[KvDtype] = Field(default_factory=lambda: ["bf16"])
+    """KV-cache data types the engine supports here."""
+    image: str | None = None
+    """Default container image for this engine on this hardware."""
+
+
+class RayResources(Strict):
+    resource: str = Field(min_length=1)
+    """Ray resource name one device counts as ('GPU', 'NPU', 'MLU', 'mlx', 'CPU')."""
+    accelerator_type: str = Field(min_length=1)
+    """Value of Ray's 'accelerator_type:X' resource for this profile."""
+
+
+class KubernetesResources(Strict):
+    resource: str | None = None
+    """Extended resource of the vendor's device plugin, e.g. 'nvidia.com/gpu'; null for hosts that are not
+    Kubernetes nodes (Apple) or need none (CPU)."""
+    visibility_env: str | None = None
+    """Variable that selects the devices a process sees, e.g. 'CUDA_VISIBLE_DEVICES'."""
+    runtime_class_name: str | None = None
+    """RuntimeClass the vendor's container runtime needs, if any."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels that identify nodes with this hardware."""
+
+
+class HardwareProfileSpec(Strict):
+    vendor: str = Field(min_length=1)
+    """Manufacturer, e.g. 'nvidia', 'cambricon'."""
+    product: str = Field(min_length=1)
+    """Product name as the vendor writes it."""
+    family: str = Field(min_length=1)
+    """Hardware family used to key calibration data, e.g. 'nvidia-hopper', 'apple-m2'."""
+    device_type: Literal["gpu", "npu", "mlu", "xpu", "dcu", "apple-soc", "cpu"]
+    """What one device is."""
+    memory_gb: float | None = Field(None, gt=0, alias="memoryGB")
+    """Memory per device in GB (decimal). Apple: unified memory of the configuration."""
+    memory_bandwidth_gbps: float | None = Field(None, gt=0, alias="memoryBandwidthGBps")
+    """Peak memory bandwidth per device in GB/s (decimal)."""
+    peak_tflops: PeakTflops = Field(default_factory=PeakTflops)
+    """Dense peak compute per numeric format."""
+    native_formats: list[NumericFormat] = Field(min_length=1)
+    """Numeric formats the matrix units compute in natively."""
+    devices_per_node: int = Field(gt=0)
+    """Devices in one standard node (server or machine)."""
+    interconnect: Interconnect
+    """How devices in one node talk to each other."""
+    usable_memory: UsableMemory = Field(default_factory=UsableMemory)
+    """How much of memoryGB an engine may use."""
+    engines: list[EngineSupport] = Field(min_length=1)
+    """Engines that serve this hardware, in order of preference."""
+    ray: RayResources
+    """How one device appears to Ray."""
+    kubernetes: KubernetesResources = Field(default_factory=KubernetesResources)
+    """How one device appears to Kubernetes."""
+    sources: list[Source] = Field(min_length=1)
+    """Where each number comes from."""
+    notes: str | None = None
+    """Caveats a reader should know."""
+
+    @model_validator(mode="after")
+    def _every_number_has_a_source(self) -> HardwareProfileSpec:
+        missing = [p for p in _numbers(self) if not _covered(p, self.sources)]
+        if missing:
+            raise ValueError(f"numbers without a source: {', '.join(missing)}; "
+                             "add them to a sources[].fields list, or leave the number out")
+        return self
+
+    def engine(self, name: str) -> EngineSupport | None:
+        return next((e for e in self.engines if e.engine == name), None)
+
+
+def _numbers(spec: HardwareProfileSpec) -> list[str]:
+    paths = []
+    if spec.memory_gb is not None:
+        paths.append("memoryGB")
+    if spec.memory_bandwidth_gbps is not None:
+        paths.append("memoryBandwidthGBps")
+    for fmt, value in spec.peak_tflops.model_dump().items():
+        if value is not None:
+            paths.append(f"peakTflops.{fmt}")
+    if spec.interconnect.bandwidth_gbps is not None:
+        paths.append("interconnect.bandwidthGBps")
+    if spec.usable_memory.fraction != 1.0:
+        paths.append("usableMemory.fraction")
+    return paths
+
+
+def _covered(path: str, sources: list[Source]) -> bool:
+    return any(path == f or path.startswith(f + ".") for s in sources for f in s.fields)
+
+
+class HardwareProfile(Document[HardwareProfileSpec]):
+    kind: Literal["HardwareProfile"]
+    """'HardwareProfile'."""
+    spec: HardwareProfileSpec
