@@ -98,7 +98,7 @@ def validate_document(raw: RawDocument, base_dir: Path | None = None) -> Loaded:
         raise SpecError([Problem(f"a document must be a mapping, not {_type_name(data)}", raw.file, raw.line,
                                  hint="start with 'apiVersion: moxin.dev/v1alpha1' and 'kind: ...'")])
     kind = data.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         what = "missing 'kind'" if kind is None else f"unknown kind {kind!r}"
         raise SpecError([Problem(what, raw.file, raw.line_of(("kind",)), "kind", did_you_mean(str(kind), KINDS))])
     if data.get("apiVersion") != API_VERSION:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, model_validator
 
 from orchestrator.spec.base import Document, ModelObjectMeta, Name, Source, Strict
 from orchestrator.spec.formats import FORMATS, MODULE_CLASSES
@@ -111,14 +113,23 @@ ModuleClass = Literal["default", "embedding", "attention", "denseMlp", "routedEx
                       "router", "norms", "lmHead", "mtp"]
 
 
+def _known_format(name: str) -> str:
+    if name not in FORMATS:
+        raise ValueError(f"unknown format {name!r}; known: {', '.join(FORMATS)}")
+    return name
+
+
+FormatName = Annotated[str, AfterValidator(_known_format)]
+
+
 class Variant(Strict):
     name: Name
     """Variant name, e.g. 'bf16', 'fp8', 'fp8-int4', 'w4a16', 'mlx-3bit'."""
     description: str | None = None
     """What this variant is, in a sentence."""
-    formats: dict[ModuleClass, str]
+    formats: dict[ModuleClass, FormatName]
     """Storage format per module class; 'default' covers every class not named."""
-    vector_format: str = "bf16"
+    vector_format: FormatName = "bf16"
     """Format of one-dimensional tensors (norm weights, biases), which quantizers leave alone."""
     quantization_method: str | None = None
     """How the engine sees the checkpoint's quantization: vLLM's '--quantization' name ('fp8', 'awq',
@@ -128,22 +139,11 @@ class Variant(Strict):
     drops_mtp: bool = False
     """The checkpoint leaves out the MTP layers (mlx-lm conversions do)."""
 
-    @field_validator("formats")
-    @classmethod
-    def _known_formats(cls, value: dict[str, str]) -> dict[str, str]:
-        if "default" not in value:
+    @model_validator(mode="after")
+    def _has_default(self) -> Variant:
+        if "default" not in self.formats:
             raise ValueError("formats needs a 'default' entry (the format of every class not named)")
-        for module, fmt in value.items():
-            if fmt not in FORMATS:
-                raise ValueError(f"formats.{module}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-        return value
-
-    @field_validator("vector_format")
-    @classmethod
-    def _known_vector_format(cls, value: str) -> str:
-        if value not in FORMATS:
-            raise ValueError(f"unknown format {value!r}; known: {', '.join(FORMATS)}")
-        return value
+        return self
 
     def format_of(self, module_class: str) -> str:
         assert module_class in MODULE_CLASSES

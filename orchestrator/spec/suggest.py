@@ -31,4 +31,4 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
         return "did you mean " + " or ".join(repr(c) for c in close) + "?"
     shown = sorted(choices)
     more = f" (and {len(shown) - 12} more)" if len(shown) > 12 else ""
-    return "known: " + ", ".join(shown[:12]) + more if shown else "none are defined"
+    return "known: " + ", ".join(shown[:12]) + more if shown else "none are defined in the documents given"

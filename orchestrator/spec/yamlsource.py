@@ -127,6 +127,8 @@ def read_yaml_documents(text: str, file: str) -> list[RawDocument]:
                 continue
             builder = _Builder(file)
             data = builder.build(node, ())
+            if data is None:  # an empty document between separators
+                continue
             docs.append(RawDocument(data, file, node.start_mark.line + 1, builder.lines))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

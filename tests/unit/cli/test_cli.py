@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_validate_the_shipped_catalog_and_examples() -> None:
+    result = run("validate", str(ROOT / "hardware_profiles"), str(ROOT / "manifests"))
+    assert result.exit_code == 0, result.output
+    assert "21 HardwareProfile" in result.output and "8 Model" in result.output
+
+
+def test_validate_bad_file_exits_2_with_location_and_no_traceback() -> None:
+    bad = DATA / "bad" / "unknown-profile.yaml"
+    result = run("validate", str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}:9: spec.pools[1].hardware: unknown hardware profile 'mlu-590'" in result.output
+    assert "did you mean 'cambricon-mlu590'?" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_models_json_carries_parameter_status() -> None:
+    result = run("models", "glm-4.5-air", "-o", "json")
+    doc = json.loads(result.output)
+    assert doc["kind"] == "Model" and doc["metadata"]["name"] == "glm-4.5-air"
+    params = doc["status"]["parameters"]
+    assert set(params) == {"total", "mtp", "active", "byModule"}
+    assert params["total"] == sum(v for k, v in params["byModule"].items() if k != "mtp")
+    assert isinstance(params["total"], int) and abs(params["total"] / 106e9 - 1) < 0.015
+    variants = {v["name"]: v for v in doc["status"]["variants"]}
+    assert variants["mlx-3bit"]["weightsBytes"] < variants["bf16"]["weightsBytes"] / 4
+
+
+def test_listings_print_full_documents_as_yaml_and_json() -> None:
+    listing = yaml.safe_load(run("profiles", "-o", "yaml").output)
+    assert listing["kind"] == "HardwareProfileList"
+    h100 = next(i for i in listing["items"] if i["metadata"]["name"] == "nvidia-h100-sxm")
+    assert h100["spec"]["memoryGB"] == 80 and h100["apiVersion"] == "moxin.dev/v1alpha1"
+    models = json.loads(run("models", "-o", "json").output)
+    assert len(models["items"]) >= 8 and all("status" in m for m in models["items"])
+
+
+def test_tables_list_every_entry() -> None:
+    out = run("profiles").output
+    assert "cambricon-mlu590" in out and "apple-m2-max-64g" in out
+    out = run("models").output
+    assert "deepseek-v3" in out and "qwen3-30b-a3b" in out
+
+
+@pytest.mark.parametrize("kind", ["HardwareProfile", "Model", "Fleet", "ModelDeployment", "Rollout", "fleet"])
+def test_schema_is_generated_with_descriptions(kind: str) -> None:
+    schema = json.loads(run("schema", kind).output)
+    assert schema["additionalProperties"] is False
+    assert {"apiVersion", "kind", "metadata", "spec"} <= set(schema["properties"])
+    spec_def = next(v for k, v in schema["$defs"].items() if k.endswith("Spec"))
+    assert all("description" in p for p in spec_def["properties"].values())
+
+
+def test_schema_of_unknown_kind_suggests() -> None:
+    result = run("schema", "Fleets")
+    assert result.exit_code == 2 and "did you mean 'Fleet'" in result.output
+
+
+def test_unknown_model_exits_2() -> None:
+    result = run("models", "glm-5")
+    assert result.exit_code == 2 and "unknown Model 'glm-5'" in result.output
+
+
+def _moxin(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_real_process_exit_codes_and_stderr() -> None:
+    ok = _moxin("validate", str(DATA / "good"))
+    assert ok.returncode == 0 and ok.stdout.startswith("valid: ")
+    bad = _moxin("validate", str(DATA / "bad" / "alias-bomb.yaml"))
+    assert bad.returncode == 2 and "expands to more than" in bad.stderr and "Traceback" not in bad.stderr
+    usage = _moxin("validate")
+    assert usage.returncode == 2 and "Missing argument" in usage.stderr
+
+
+def test_startup_imports_no_heavy_library() -> None:
+    code = ("import sys, orchestrator.cli as c; from click.testing import CliRunner; "
+            "CliRunner().invoke(c.cli, ['models']); CliRunner().invoke(c.cli, ['profiles']); "
+            "print(sorted(m for m in ('ray', 'vllm', 'torch', 'kubernetes', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
