@@ -100,3 +100,11 @@ def test_startup_imports_no_heavy_library() -> None:
             "print(sorted(m for m in ('ray', 'vllm', 'torch', 'kubernetes', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_readme_example_documents_validate(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text()
+    block = next(b.split("\n", 1)[1] for b in text.split("```yaml")[1:])
+    (tmp_path / "example.yaml").write_text(block.split("```")[0])
+    result = run("validate", str(tmp_path / "example.yaml"))
+    assert result.exit_code == 0 and "1 Fleet, 1 ModelDeployment" in result.output, result.output
