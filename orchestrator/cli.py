@@ -151,6 +151,116 @@ def schema(kind: str) -> None:
     click.echo(to_json(schema_doc))
 
 
+def _pick_variant(model: Any, name: str) -> Any:
+    from orchestrator.errors import Problem, SpecError
+    from orchestrator.spec.suggest import did_you_mean
+
+    variant = model.spec.variant(name)
+    if variant is None:
+        names = [v.name for v in model.spec.variants]
+        raise SpecError([Problem(f"model {model.name!r} has no variant {name!r}", hint=did_you_mean(name, names))])
+    return variant
+
+
+@cli.command()
+@click.option("--model", "-m", "model_name", required=True, help="Model name (moxin models).")
+@click.option("--variant", "-v", "variant_name", required=True, help="Variant of the model.")
+@click.option("--hardware", "-H", "hardware", required=True, help="Hardware profile (moxin profiles).")
+@click.option("--tp", type=click.IntRange(1), help="Tensor-parallel degree; default: the smallest that fits.")
+@click.option("--pp", type=click.IntRange(1), help="Pipeline stages; default: the smallest that fits.")
+@click.option("--ep/--no-ep", default=False, help="Expert parallelism (whole experts per device).")
+@click.option("--context", type=click.IntRange(1), help="Context tokens per sequence [default: min(8192, model max)].")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Concurrent sequences.")
+@click.option("--kv-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp8", "int8", "int4"]), default="auto",
+              show_default=True)
+@click.option("--engine", type=click.Choice(["vllm", "mlx-lm", "vllm-metal"]), help="Default: the profile's first "
+              "engine that takes the variant.")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=0.9, show_default=True)
+@click.option("--cpu-kv-cache-gib", type=click.FloatRange(0.01), help="vLLM CPU: VLLM_CPU_KVCACHE_SPACE in GiB.")
+@click.option("--usd-per-device-hour", type=click.FloatRange(0), help="Price, for cost per hour and per token.")
+@click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+def estimate(model_name: str, variant_name: str, hardware: str, tp: int | None, pp: int | None, ep: bool,
+             context: int | None, batch: int, kv_dtype: str, engine: str | None, gpu_memory_utilization: float,
+             cpu_kv_cache_gib: float | None, usd_per_device_hour: float | None, paths: tuple[Path, ...],
+             fmt: str) -> None:
+    """Does a variant fit on a hardware profile, at what context and concurrency, how fast, at what cost."""
+    from orchestrator.estimate.estimator import EngineSettings
+    from orchestrator.estimate.estimator import estimate as run_estimate
+    from orchestrator.output import emit, table
+
+    catalog = _catalog(paths)
+    model = catalog.model(model_name)
+    variant = _pick_variant(model, variant_name)
+    settings = EngineSettings(gpu_memory_utilization=gpu_memory_utilization, cpu_kv_cache_gib=cpu_kv_cache_gib)
+    result = run_estimate(model, variant, catalog.profile(hardware), tp=tp, pp=pp, ep=ep, context=context,
+                          batch=batch, kv_dtype=kv_dtype, engine=engine, settings=settings,
+                          usd_per_device_hour=usd_per_device_hour)
+    if fmt != "table":
+        emit(result.to_json(), fmt)
+    else:
+        from orchestrator.output import gb
+
+        r = result
+        speed = (lambda x: None if x is None else f"{x:,.1f}")
+        table(["", ""], [
+            ["fits", "yes" if r.fits else "NO"], ["engine", f"{r.engine} ({r.platform})" if r.engine else "none"],
+            ["parallelism", f"tp={r.tensor_parallel} pp={r.pipeline_parallel}" + (" ep" if r.expert_parallel else "")
+             + f" ({r.devices} devices)"],
+            ["context x batch", f"{r.context_tokens} x {r.batch} tokens, KV {r.kv_cache_dtype}"],
+            ["weights", f"{gb(r.weights_bytes, 2)} GB ({gb(r.weights_bytes_per_device, 2)} GB per device)"],
+            ["KV per token", f"{r.kv_bytes_per_token:,} B ({r.kv_bytes_per_token_per_device:,} B per device)"],
+            ["KV cache", f"{gb(r.kv_bytes, 2)} GB"],
+            ["overhead per device", f"{gb(r.overhead_bytes_per_device, 2)} GB"],
+            ["peak per device", f"{gb(r.peak_bytes_per_device, 2)} GB of {gb(r.usable_bytes_per_device, 2)} GB usable"],
+            ["max context", r.max_context_tokens], ["max concurrency", r.max_concurrency],
+            ["decode tok/s", f"{speed(r.decode_tokens_per_second)} per sequence, "
+             f"{speed(r.aggregate_decode_tokens_per_second)} total ({r.bound}-bound)"],
+            ["prefill tok/s", speed(r.prefill_tokens_per_second)],
+            ["calibration", f"{r.calibration['key']} ({'measured' if r.calibration['measured'] else 'NOT measured'})"
+             if r.calibration else None],
+            ["cost", f"${r.usd_per_hour:.2f}/h, ${r.usd_per_million_output_tokens:.3f} per 1M output tokens"
+             if r.usd_per_million_output_tokens else None],
+        ], title=f"{r.model} {r.variant} on {r.hardware}")
+        for reason in r.reasons:
+            click.echo(f"- {reason}")
+
+
+@cli.command()
+@click.option("--model", "-m", "model_name", required=True)
+@click.option("--context", type=click.IntRange(1), help="Context tokens [default: min(8192, model max)].")
+@click.option("--hardware", "-H", "hardware", multiple=True, help="Only these profiles (repeatable).")
+@click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml", "svg"]), default="table",
+              show_default=True)
+def matrix(model_name: str, context: int | None, hardware: tuple[str, ...], paths: tuple[Path, ...], fmt: str) -> None:
+    """Variants x hardware profiles: supported, fits, minimum devices, max context, decode tok/s, or why not."""
+    from orchestrator.estimate.matrix import matrix as run_matrix
+    from orchestrator.output import emit, table
+
+    catalog = _catalog(paths)
+    model = catalog.model(model_name)
+    profiles = [catalog.profile(h) for h in hardware] if hardware else list(catalog.profiles.values())
+    cells = run_matrix(model, profiles, context)
+    if fmt == "svg":
+        from orchestrator.render.heatmap import heatmap_svg
+
+        ctx = cells[0].estimate.context_tokens if cells else context
+        click.echo(heatmap_svg(f"{model.name}: decode speed by variant and hardware at {ctx} tokens of context",
+                               cells), nl=False)
+    elif fmt != "table":
+        emit({"model": model.name, "contextTokens": cells[0].estimate.context_tokens if cells else context,
+              "cells": [c.to_json() for c in cells]}, fmt)
+    else:
+        rows = []
+        for c in cells:
+            status = "fits" if c.fits else ("no fit" if c.supported else "unsupported")
+            tps = None if c.decode_tokens_per_second is None else f"{c.decode_tokens_per_second:,.0f}"
+            rows.append([c.variant, c.hardware, status, c.devices if c.fits else None, c.max_context_tokens, tps,
+                         "" if c.fits else (c.why_not or "")[:110]])
+        table(["VARIANT", "HARDWARE", "STATUS", "DEVICES", "MAX CTX", "DECODE TOK/S", "WHY NOT"], rows)
+
+
 def main() -> None:
     cli(prog_name="moxin")
 

@@ -43,7 +43,7 @@ class Tensor:
         return self.rows * max(self.cols, 1) * self.active_count
 
 
-def _layer_tensors(arch: Architecture, moe_layer: bool, n: int, module_override: str | None = None) -> list[Tensor]:
+def layer_tensors(arch: Architecture, moe_layer: bool, n: int = 1, module_override: str | None = None) -> list[Tensor]:
     """Tensors of ``n`` identical decoder layers."""
     h = arch.hidden_size
     out: list[Tensor] = []
@@ -101,23 +101,37 @@ def _layer_tensors(arch: Architecture, moe_layer: bool, n: int, module_override:
     return out
 
 
+def dense_layer_count(arch: Architecture) -> int:
+    """Leading layers with a dense MLP (all layers for a dense model)."""
+    return arch.layers if arch.moe is None else arch.moe.first_dense_layers
+
+
+def first_stage_tensors(arch: Architecture) -> list[Tensor]:
+    return [Tensor("embed_tokens", "embedding", arch.vocab_size, arch.hidden_size, 1, "vocab", 0)]
+
+
+def last_stage_tensors(arch: Architecture) -> list[Tensor]:
+    out = [Tensor("norm", "norms", arch.hidden_size, 0, 1, "replicate", 1)]
+    if not arch.tie_word_embeddings:
+        out.append(Tensor("lm_head", "lmHead", arch.vocab_size, arch.hidden_size, 1, "vocab", 1))
+    return out
+
+
 @lru_cache(maxsize=256)
 def tensors(arch: Architecture) -> tuple[Tensor, ...]:
     """Every weight tensor of the main model and its MTP layers."""
     h, v = arch.hidden_size, arch.vocab_size
-    dense = arch.layers if arch.moe is None else arch.moe.first_dense_layers
+    dense = dense_layer_count(arch)
     moe = arch.layers - dense
-    out = [Tensor("embed_tokens", "embedding", v, h, 1, "vocab", 0)]
+    out = first_stage_tensors(arch)
     if dense:
-        out += _layer_tensors(arch, False, dense)
+        out += layer_tensors(arch, False, dense)
     if moe:
-        out += _layer_tensors(arch, True, moe)
-    out.append(Tensor("norm", "norms", h, 0, 1, "replicate", 1))
-    if not arch.tie_word_embeddings:
-        out.append(Tensor("lm_head", "lmHead", v, h, 1, "vocab", 1))
+        out += layer_tensors(arch, True, moe)
+    out += last_stage_tensors(arch)
     if arch.mtp_layers:
         n = arch.mtp_layers
-        out += _layer_tensors(arch, arch.moe is not None, n, module_override="mtp")
+        out += layer_tensors(arch, arch.moe is not None, n, module_override="mtp")
         out += [Tensor("mtp.enorm", "mtp", h, 0, n, "replicate", n),
                 Tensor("mtp.hnorm", "mtp", h, 0, n, "replicate", n),
                 Tensor("mtp.eh_proj", "mtp", h, 2 * h, n, "replicate", n),

@@ -1,0 +1,42 @@
+"""``matrix()``: every variant of a model against every hardware profile. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.estimate.estimator import Estimate, estimate
+from orchestrator.spec.hardware import HardwareProfile
+from orchestrator.spec.model import Model
+
+
+@dataclass(frozen=True)
+class Cell:
+    variant: str
+    hardware: str
+    supported: bool
+    fits: bool
+    devices: int | None
+    max_context_tokens: int | None
+    decode_tokens_per_second: float | None
+    why_not: str | None
+    estimate: Estimate
+
+    def to_json(self) -> dict[str, Any]:
+        return {"variant": self.variant, "hardware": self.hardware, "supported": self.supported, "fits": self.fits,
+                "minDevices": self.devices if self.fits else None, "tensorParallel": self.estimate.tensor_parallel,
+                "pipelineParallel": self.estimate.pipeline_parallel, "maxContextTokens": self.max_context_tokens,
+                "decodeTokensPerSecond": self.decode_tokens_per_second, "whyNot": self.why_not}
+
+
+def matrix(model: Model, profiles: list[HardwareProfile], context: int | None = None) -> list[Cell]:
+    cells = []
+    for variant in model.spec.variants:
+        for profile in profiles:
+            e = estimate(model, variant, profile, context=context)
+            supported = e.engine is not None
+            why = None if e.fits else (e.reasons[0] if e.reasons else "does not fit")
+            cells.append(Cell(variant.name, profile.name, supported, e.fits, e.devices,
+                              e.max_context_tokens if e.fits else None, e.decode_tokens_per_second if e.fits else None,
+                              why, e))
+    return cells
