@@ -261,6 +261,51 @@ def matrix(model_name: str, context: int | None, hardware: tuple[str, ...], path
         table(["VARIANT", "HARDWARE", "STATUS", "DEVICES", "MAX CTX", "DECODE TOK/S", "WHY NOT"], rows)
 
 
+@cli.group()
+def dev() -> None:
+    """Developer tools: tiny models for tests and the demo."""
+
+
+@dev.command("tiny-model")
+@click.option("--arch", type=click.Choice(["llama", "glm4-moe", "qwen3-moe"]), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the HF checkpoint.")
+@click.option("--layers", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--hidden", type=click.IntRange(8), default=128, show_default=True)
+@click.option("--heads", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--kv-heads", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--head-dim", type=click.IntRange(8), default=64, show_default=True,
+              help="vLLM's CPU attention kernel rejects 16; 64 works.")
+@click.option("--intermediate", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--moe-intermediate", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--experts", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--experts-per-token", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--vocab", type=click.IntRange(64), default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mlx-bits", type=click.Choice(["3", "4", "8"]), help="Also write an MLX checkpoint, OUT-mlx-Nbit.")
+def tiny_model(arch: str, out: Path, layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int,
+               intermediate: int, moe_intermediate: int, experts: int, experts_per_token: int, vocab: int, seed: int,
+               mlx_bits: str | None) -> None:
+    """Write a deterministic random-weight checkpoint the real engines can serve (no hub download)."""
+    from orchestrator.devtools import tiny_model as tm
+    from orchestrator.errors import MoxinError, Problem, SpecError
+
+    try:
+        tm.generate(arch, out, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                    intermediate=intermediate, moe_intermediate=moe_intermediate, experts=experts,
+                    experts_per_token=experts_per_token, vocab=vocab, seed=seed)
+    except ValueError as exc:
+        raise SpecError([Problem(str(exc), hint="see moxin dev tiny-model --help")]) from None
+    except ImportError as exc:
+        raise MoxinError(f"{exc.name or exc} is not installed: install the cpu extra "
+                         "(pip install 'moxin[cpu]', or make test)") from None
+    size = tm.checkpoint_size(out)
+    click.echo(f"{out}: {arch}, {size.parameters:,} parameters, {size.payload_bytes:,} bytes of weights")
+    if mlx_bits:
+        mlx_out = out.with_name(f"{out.name}-mlx-{mlx_bits}bit")
+        tm.convert_mlx(out, mlx_out, int(mlx_bits))
+        click.echo(f"{mlx_out}: MLX {mlx_bits}-bit, {tm.checkpoint_size(mlx_out).payload_bytes:,} bytes of weights")
+
+
 def main() -> None:
     cli(prog_name="moxin")
 

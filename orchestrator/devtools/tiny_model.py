@@ -11,6 +11,7 @@ module costs nothing, and ``checkpoint_size`` needs none of them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -19,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import uuid
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -195,7 +195,7 @@ def generate(
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.to_empty(device="cpu")
-    _fill_weights(model, seed)
+    _fill_weights(model, f"{arch}:{seed}")
 
     with _atomic_dir(out) as tmp:
         model.save_pretrained(tmp, max_shard_size="1000GB")
@@ -294,11 +294,11 @@ def _hf_config(arch: str, *, layers: int, hidden: int, heads: int, kv_heads: int
     return config
 
 
-def _fill_weights(model, seed: int) -> None:
+def _fill_weights(model, salt: str) -> None:
     """Norm weights 1, biases and buffers 0, every other tensor N(0, 0.02^2).
 
-    Each tensor draws from its own generator, seeded from ``seed`` and the tensor's name, so its values
-    do not depend on the order of the others.
+    Each tensor draws from its own generator, seeded from ``salt`` (arch and seed) and the tensor's
+    name, so its values do not depend on the order of the others, and two archs never share weights.
     """
     import torch
 
@@ -310,7 +310,8 @@ def _fill_weights(model, seed: int) -> None:
             elif leaf in ("bias", "e_score_correction_bias") or tensor.dim() < 2:
                 tensor.zero_()
             else:
-                generator = torch.Generator().manual_seed((seed << 32) + zlib.crc32(name.encode()))
+                digest = hashlib.sha256(f"{salt}/{name}".encode()).digest()
+                generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
                 tensor.normal_(0.0, _INIT_STD, generator=generator)
 
 

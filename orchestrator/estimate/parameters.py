@@ -33,6 +33,8 @@ class Tensor:
     """How tensor parallelism shards it: column/row/vocab parallel, replicated, or by expert."""
     active_count: int
     """How many of them one decode token reads."""
+    fp32: bool = False
+    """Kept in float32 by every checkpoint (the router's score-correction bias in GLM-4.5 and DeepSeek-V3)."""
 
     @property
     def params(self) -> int:
@@ -48,9 +50,10 @@ def layer_tensors(arch: Architecture, moe_layer: bool, n: int = 1, module_overri
     h = arch.hidden_size
     out: list[Tensor] = []
 
-    def add(name: str, module: str, rows: int, cols: int, split: Split, per_layer: int = 1, active: int | None = None):
+    def add(name: str, module: str, rows: int, cols: int, split: Split, per_layer: int = 1, active: int | None = None,
+            fp32: bool = False):
         active = per_layer if active is None else active
-        out.append(Tensor(name, module_override or module, rows, cols, n * per_layer, split, n * active))
+        out.append(Tensor(name, module_override or module, rows, cols, n * per_layer, split, n * active, fp32))
 
     add("input_layernorm", "norms", h, 0, "replicate")
     add("post_attention_layernorm", "norms", h, 0, "replicate")
@@ -85,7 +88,7 @@ def layer_tensors(arch: Architecture, moe_layer: bool, n: int = 1, module_overri
         e, k, mi = arch.moe.routed_experts, arch.moe.experts_per_token, arch.moe.moe_intermediate_size
         add("router", "router", e, h, "replicate")
         if arch.moe.router_bias:
-            add("router.e_score_correction_bias", "router", e, 0, "replicate")
+            add("router.e_score_correction_bias", "router", e, 0, "replicate", fp32=True)
         for proj, rows, cols in (("gate_proj", mi, h), ("up_proj", mi, h), ("down_proj", h, mi)):
             add(f"experts.{proj}", "routedExperts", rows, cols, "expert", per_layer=e, active=k)
         if arch.moe.shared_experts:
@@ -173,6 +176,8 @@ def count_parameters(arch: Architecture) -> ParameterCount:
 def tensor_bytes(t: Tensor, variant: Variant, count: int | None = None) -> float:
     """Exact bytes of ``count`` (default: all) tensors of ``t`` stored as ``variant`` says."""
     n = t.count if count is None else count
+    if t.fp32:
+        return 4.0 * t.rows * max(t.cols, 1) * n
     if t.cols == 0:
         return FORMATS[variant.vector_format].bits / 8 * t.rows * n
     fmt = FORMATS[variant.format_of(t.module)]

@@ -39,15 +39,18 @@ def architecture_from_hf_config(cfg: dict[str, Any]) -> Architecture:
     moe = mla = None
     if family in ("qwen3-moe", "glm4-moe", "deepseek-v3"):
         moe = MoE(
-            routed_experts=_get(cfg, "n_routed_experts", None) or _get(cfg, "num_experts"),
+            # DeepSeek/GLM: n_routed_experts; Qwen3 (transformers 4): num_experts; transformers 5: num_local_experts.
+            routed_experts=(_get(cfg, "n_routed_experts", None) or _get(cfg, "num_experts", None)
+                            or _get(cfg, "num_local_experts")),
             experts_per_token=_get(cfg, "num_experts_per_tok"),
             shared_experts=_get(cfg, "n_shared_experts", 0),
             moe_intermediate_size=_get(cfg, "moe_intermediate_size"),
             first_dense_layers=_get(cfg, "first_k_dense_replace", 0),
             router_bias=family in ("glm4-moe", "deepseek-v3"),
         )
-        if family == "qwen3-moe" and _get(cfg, "decoder_sparse_step", 1) != 1:
-            raise ConfigError("decoder_sparse_step other than 1 is not supported")
+        if family == "qwen3-moe" and (_get(cfg, "decoder_sparse_step", 1) != 1 or _get(cfg, "mlp_only_layers", [])):
+            raise ConfigError("Qwen3-MoE with dense layers (decoder_sparse_step != 1 or mlp_only_layers) "
+                              "is not supported")
     if family == "deepseek-v3":
         mla = MLA(
             q_lora_rank=_get(cfg, "q_lora_rank", None),
