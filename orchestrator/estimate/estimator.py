@@ -141,8 +141,13 @@ def _tp_choices(model: Model, profile: HardwareProfile, engine: str) -> list[int
 def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: int | None = None,
              pp: int | None = None, ep: bool = False, context: int | None = None, batch: int = 1,
              kv_dtype: str = "auto", engine: str | None = None, settings: EngineSettings = EngineSettings(),
-             usd_per_device_hour: float | None = None, max_pp: int = 8) -> Estimate:
-    """Estimate one (model, variant, hardware). With tp/pp unset, the smallest parallelism that fits."""
+             usd_per_device_hour: float | None = None, max_pp: int = 8,
+             prompt_tokens: int | None = None) -> Estimate:
+    """Estimate one (model, variant, hardware). With tp/pp unset, the smallest parallelism that fits.
+
+    ``prompt_tokens`` (default: the whole context) sizes the prefill chunk whose activations are the
+    temporary peak of an mlx-lm replica.
+    """
     arch = model.spec.architecture
     assert arch is not None
     ctx = context or min(arch.max_position_embeddings, 8192)
@@ -154,7 +159,7 @@ def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: in
     for p in pps:
         for t in tps:
             result = _estimate_at(model, variant, profile, support, engine_name, Parallelism(t, p, ep), ctx, batch,
-                                  kv_dtype, settings, usd_per_device_hour)
+                                  kv_dtype, settings, usd_per_device_hour, prompt_tokens or ctx)
             if result.fits or (tp and pp) or support is None:
                 return result
             tried.append(result)
@@ -181,7 +186,7 @@ def _usable_per_device(profile: HardwareProfile, engine: str, settings: EngineSe
 
 def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, support: EngineSupport | None,
                  engine: str, par: Parallelism, ctx: int, batch: int, kv_choice: str, settings: EngineSettings,
-                 price: float | None) -> Estimate:
+                 price: float | None, prompt: int) -> Estimate:
     arch = model.spec.architecture
     assert arch is not None
     reasons: list[str] = []
@@ -207,7 +212,7 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, suppo
     kv_dev = kvpt.per_device * cached_tokens
 
     if engine == "mlx-lm" or engine == "vllm-metal":
-        chunk = min(ctx, MLX_PREFILL_STEP)
+        chunk = min(prompt, ctx, MLX_PREFILL_STEP)
         overhead = activation_peak_bytes(arch, chunk, par.tp, batch)
     elif platform == "cpu":
         overhead = activation_peak_bytes(arch, min(settings.max_num_batched_tokens, ctx), par.tp, settings.max_num_seqs)
