@@ -175,7 +175,8 @@ def _pick_variant(model: Any, name: str) -> Any:
               show_default=True)
 @click.option("--engine", type=click.Choice(["vllm", "mlx-lm", "vllm-metal"]), help="Default: the profile's first "
               "engine that takes the variant.")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=0.9, show_default=True)
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=0.92, show_default=True,
+              help="vLLM's fraction of TOTAL device memory (vLLM 0.32 default).")
 @click.option("--cpu-kv-cache-gib", type=click.FloatRange(0.01), help="vLLM CPU: VLLM_CPU_KVCACHE_SPACE in GiB.")
 @click.option("--usd-per-device-hour", type=click.FloatRange(0), help="Price, for cost per hour and per token.")
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")

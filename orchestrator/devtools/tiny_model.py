@@ -39,6 +39,10 @@ _ROPE_THETA = {"llama": 500000.0, "glm4-moe": 1000000.0, "qwen3-moe": 1000000.0}
 
 _INIT_STD = 0.02
 
+# transformers 5 saves some fields under its own names; the published configs (and mlx-lm, and
+# transformers 4) use these. Qwen3-MoE: "num_experts", which transformers 5 writes as "num_local_experts".
+_PUBLISHED_NAMES = {"qwen3-moe": {"num_local_experts": "num_experts"}}
+
 # Token ids 0.. in this order; the chat template below refers to the role markers by name.
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>")
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = SPECIAL_TOKENS[:3]
@@ -74,9 +78,9 @@ CORPUS = (
     "What is the capital of France? The capital of France is Paris.",
     "One, two, three, four, five, six, seven, eight, nine, ten.",
     "0 1 2 3 4 5 6 7 8 9 10 100 1000 3.14 2.71 42",
-    "def hello(name):\n    return f\"Hello, {name}!\"\n",
+    'def hello(name):\n    return f"Hello, {name}!"\n',
     "for i in range(10):\n    print(i * i)\n",
-    "{\"model\": \"tiny\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}",
+    '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}',
     "The weather is sunny in the morning and rainy in the evening.",
     "She reads a book in the library while he writes a letter at home.",
     "Large language models predict the next token from the previous ones.",
@@ -173,10 +177,13 @@ def generate(
     ignored for llama. ``out`` is built in a temporary directory beside it and renamed into place,
     replacing an existing ``out``.
 
-    vLLM's CPU attention kernel rejects head_dim 16; 64 works.
+    The tokenizer is a byte-level BPE trained on ``CORPUS`` with a chat template, padded to exactly
+    ``vocab`` ids so that every sampled id decodes. vLLM's CPU attention kernel rejects head_dim 16;
+    64 works.
     """
-    _check_arguments(arch, hidden, heads, kv_heads, head_dim, experts, experts_per_token, first_dense,
-                     layers, vocab)
+    _check_arguments(
+        arch, hidden, heads, kv_heads, head_dim, experts, experts_per_token, first_dense, layers, vocab
+    )
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -184,10 +191,22 @@ def generate(
     tokenizer = _train_tokenizer(vocab)
     ids = {token: SPECIAL_TOKENS.index(token) for token in (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)}
     config = _hf_config(
-        arch, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
-        intermediate=intermediate, moe_intermediate=moe_intermediate, experts=experts,
-        experts_per_token=experts_per_token, shared_experts=shared_experts, first_dense=first_dense,
-        vocab=vocab, max_position=max_position, pad_id=ids[PAD_TOKEN], bos_id=ids[BOS_TOKEN],
+        arch,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate=intermediate,
+        moe_intermediate=moe_intermediate,
+        experts=experts,
+        experts_per_token=experts_per_token,
+        shared_experts=shared_experts,
+        first_dense=first_dense,
+        vocab=vocab,
+        max_position=max_position,
+        pad_id=ids[PAD_TOKEN],
+        bos_id=ids[BOS_TOKEN],
         eos_id=ids[EOS_TOKEN],
     )
     # Build on the meta device (no memory, no transformers init), then allocate bf16 storage and fill it
@@ -199,12 +218,15 @@ def generate(
 
     with _atomic_dir(out) as tmp:
         model.save_pretrained(tmp, max_shard_size="1000GB")
-        _finish_config(tmp / "config.json")
-        _write_json(tmp / "generation_config.json", {
-            "bos_token_id": ids[BOS_TOKEN],
-            "eos_token_id": ids[EOS_TOKEN],
-            "pad_token_id": ids[PAD_TOKEN],
-        })
+        _finish_config(tmp / "config.json", arch)
+        _write_json(
+            tmp / "generation_config.json",
+            {
+                "bos_token_id": ids[BOS_TOKEN],
+                "eos_token_id": ids[EOS_TOKEN],
+                "pad_token_id": ids[PAD_TOKEN],
+            },
+        )
         _save_tokenizer(tokenizer, tmp, max_position)
     return out
 
@@ -227,9 +249,19 @@ def convert_mlx(
     """
     out = Path(out)
     with _atomic_dir(out) as tmp:
-        tmp.rmdir()  # mlx-lm refuses to write into an existing path; the random name stays reserved
-        argv = [python, "-m", "mlx_lm", "convert", "--hf-path", str(hf_dir), "--mlx-path", str(tmp),
-                "--dtype", "bfloat16"]
+        tmp.rmdir()  # mlx-lm refuses an existing path; it recreates this unique one
+        argv = [
+            python,
+            "-m",
+            "mlx_lm",
+            "convert",
+            "--hf-path",
+            str(hf_dir),
+            "--mlx-path",
+            str(tmp),
+            "--dtype",
+            "bfloat16",
+        ]
         if bits is not None:
             argv += ["-q", "--q-bits", str(bits), "--q-group-size", str(group_size)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -239,13 +271,29 @@ def convert_mlx(
     return out
 
 
-def _check_arguments(arch: str, hidden: int, heads: int, kv_heads: int, head_dim: int, experts: int,
-                     experts_per_token: int, first_dense: int, layers: int, vocab: int) -> None:
+def _check_arguments(
+    arch: str,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    experts: int,
+    experts_per_token: int,
+    first_dense: int,
+    layers: int,
+    vocab: int,
+) -> None:
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    for name, value in (("layers", layers), ("hidden", hidden), ("heads", heads), ("kv_heads", kv_heads),
-                        ("head_dim", head_dim), ("experts", experts),
-                        ("experts_per_token", experts_per_token)):
+    for name, value in (
+        ("layers", layers),
+        ("hidden", hidden),
+        ("heads", heads),
+        ("kv_heads", kv_heads),
+        ("head_dim", head_dim),
+        ("experts", experts),
+        ("experts_per_token", experts_per_token),
+    ):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if heads % kv_heads:
@@ -258,36 +306,74 @@ def _check_arguments(arch: str, hidden: int, heads: int, kv_heads: int, head_dim
         raise ValueError(f"vocab must be at least {MIN_VOCAB} (bytes + special tokens), got {vocab}")
 
 
-def _hf_config(arch: str, *, layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int,
-               intermediate: int, moe_intermediate: int, experts: int, experts_per_token: int,
-               shared_experts: int, first_dense: int, vocab: int, max_position: int, pad_id: int,
-               bos_id: int, eos_id: int):
+def _hf_config(
+    arch: str,
+    *,
+    layers: int,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    intermediate: int,
+    moe_intermediate: int,
+    experts: int,
+    experts_per_token: int,
+    shared_experts: int,
+    first_dense: int,
+    vocab: int,
+    max_position: int,
+    pad_id: int,
+    bos_id: int,
+    eos_id: int,
+):
     from transformers import Glm4MoeConfig, LlamaConfig, Qwen3MoeConfig
 
-    common = dict(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-        max_position_embeddings=max_position, tie_word_embeddings=False,
-        pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
-    )
+    common = {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "max_position_embeddings": max_position,
+        "tie_word_embeddings": False,
+        "pad_token_id": pad_id,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+    }
     rope = {"rope_type": "default", "rope_theta": _ROPE_THETA[arch]}
     if arch == "llama":
         config = LlamaConfig(**common, rms_norm_eps=1e-5, rope_parameters=rope)
     elif arch == "glm4-moe":
         config = Glm4MoeConfig(
-            **common, rms_norm_eps=1e-5,
-            rope_parameters={**rope, "partial_rotary_factor": 0.5}, partial_rotary_factor=0.5,
-            moe_intermediate_size=moe_intermediate, n_routed_experts=experts,
-            num_experts_per_tok=experts_per_token, n_shared_experts=shared_experts,
-            first_k_dense_replace=first_dense, n_group=1, topk_group=1, norm_topk_prob=True,
-            routed_scaling_factor=1.0, attention_bias=True, use_qk_norm=False,
+            **common,
+            rms_norm_eps=1e-5,
+            rope_parameters={**rope, "partial_rotary_factor": 0.5},
+            partial_rotary_factor=0.5,
+            moe_intermediate_size=moe_intermediate,
+            n_routed_experts=experts,
+            num_experts_per_tok=experts_per_token,
+            n_shared_experts=shared_experts,
+            first_k_dense_replace=first_dense,
+            n_group=1,
+            topk_group=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=1.0,
+            attention_bias=True,
+            use_qk_norm=False,
             num_nextn_predict_layers=0,
         )
     else:
         config = Qwen3MoeConfig(
-            **common, rms_norm_eps=1e-6, rope_parameters=rope,
-            moe_intermediate_size=moe_intermediate, num_experts=experts,
-            num_experts_per_tok=experts_per_token, decoder_sparse_step=1, mlp_only_layers=[],
+            **common,
+            rms_norm_eps=1e-6,
+            rope_parameters=rope,
+            moe_intermediate_size=moe_intermediate,
+            num_experts=experts,
+            num_experts_per_tok=experts_per_token,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
             norm_topk_prob=True,
         )
     config.architectures = [ARCHITECTURES[arch]]
@@ -315,12 +401,16 @@ def _fill_weights(model, salt: str) -> None:
                 tensor.normal_(0.0, _INIT_STD, generator=generator)
 
 
-def _finish_config(path: Path) -> None:
-    """Copy the rope settings to the top level (mlx-lm reads them there; transformers 5 nests them).
+def _finish_config(path: Path, arch: str) -> None:
+    """Make config.json read like the published ones, for mlx-lm and transformers 4 as well as 5.
 
-    Also writes ``torch_dtype`` beside ``dtype``, for transformers 4 and mlx-lm's converter.
+    Copies the rope settings to the top level (transformers 5 nests them under ``rope_parameters``),
+    writes ``torch_dtype`` beside ``dtype`` and restores the published field names.
     """
     config = json.loads(path.read_text())
+    for saved, published in _PUBLISHED_NAMES.get(arch, {}).items():
+        if saved in config:
+            config[published] = config.pop(saved)
     rope = dict(config.get("rope_parameters") or {})
     if "rope_theta" in rope:
         config["rope_theta"] = rope["rope_theta"]
@@ -344,7 +434,9 @@ def _train_tokenizer(vocab: int):
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        vocab_size=vocab,
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(CORPUS, trainer=trainer)
@@ -365,18 +457,27 @@ def _save_tokenizer(tokenizer, directory: Path, max_position: int) -> None:
     tokenizer.save(str(directory / "tokenizer.json"))
     special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
     added = {
-        str(i): {"content": token, "lstrip": False, "normalized": False, "rstrip": False,
-                 "single_word": False, "special": True}
+        str(i): {
+            "content": token,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for i, token in enumerate(SPECIAL_TOKENS)
     }
-    _write_json(directory / "tokenizer_config.json", {
-        "added_tokens_decoder": added,
-        **special,
-        "chat_template": CHAT_TEMPLATE,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": max_position,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    })
+    _write_json(
+        directory / "tokenizer_config.json",
+        {
+            "added_tokens_decoder": added,
+            **special,
+            "chat_template": CHAT_TEMPLATE,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": max_position,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        },
+    )
     _write_json(directory / "special_tokens_map.json", special)
 
 
@@ -392,6 +493,9 @@ def _atomic_dir(out: Path) -> Iterator[Path]:
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the result is an ordinary directory
     try:
         yield tmp
+        for path in tmp.rglob("*"):  # safetensors writes 0600; engines may run as another user
+            if path.is_file():
+                path.chmod(0o644)
         if out.exists():
             old = out.with_name(f".{out.name}.{uuid.uuid4().hex}.old")
             out.rename(old)

@@ -42,7 +42,7 @@ EngineName = Literal["vllm", "mlx-lm", "vllm-metal"]
 
 @dataclass(frozen=True)
 class EngineSettings:
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = 0.92  # vLLM 0.32's CacheConfig default (0.9 before)
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
     cpu_kv_cache_gib: float | None = None
@@ -212,8 +212,10 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, suppo
     kv_dev = kvpt.per_device * cached_tokens
 
     if engine == "mlx-lm" or engine == "vllm-metal":
+        # mlx-lm runs the prompt through the model in chunks and the model returns logits (in its bf16
+        # dtype) for every token of a chunk, so the chunk's logits count, not only the last token's.
         chunk = min(prompt, ctx, MLX_PREFILL_STEP)
-        overhead = activation_peak_bytes(arch, chunk, par.tp, batch)
+        overhead = activation_peak_bytes(arch, chunk, par.tp, max_seqs=chunk, logit_bytes=2)
     elif platform == "cpu":
         overhead = activation_peak_bytes(arch, min(settings.max_num_batched_tokens, ctx), par.tp, settings.max_num_seqs)
     else:

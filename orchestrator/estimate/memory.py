@@ -113,12 +113,12 @@ def kv_bytes_per_token(arch: Architecture, dtype: KvDtype, par: Parallelism, eng
     return KvPerToken(per_device=math.ceil(per_layer * largest_stage), replica=math.ceil(per_layer * arch.layers * par.tp))
 
 
-def activation_peak_bytes(arch: Architecture, tokens: int, tp: int, max_seqs: int) -> int:
+def activation_peak_bytes(arch: Architecture, tokens: int, tp: int, max_seqs: int, logit_bytes: int = 4) -> int:
     """Peak activation of one forward pass over ``tokens`` tokens on one device (vLLM's profiling run).
 
     The residual stream and attention in/out (a few hidden-wide bf16 buffers), the widest MLP
     intermediate (gate and up outputs, sharded by TP; for MoE the top-k expert copies of each token),
-    and the fp32 logits of the sampled positions.
+    and the logits of ``max_seqs`` positions (vLLM's sampler: fp32; mlx-lm: the model dtype).
     """
     h = arch.hidden_size
     q_width = arch.attention_heads * arch.head_dim // tp + 2 * kv_heads_per_device(arch, tp) * arch.head_dim
@@ -126,5 +126,5 @@ def activation_peak_bytes(arch: Architecture, tokens: int, tp: int, max_seqs: in
     if arch.moe:
         mlp = max(mlp, arch.moe.experts_per_token * 2 * arch.moe.moe_intermediate_size // tp)
     per_token = 2 * (4 * h + q_width + mlp)
-    logits = min(tokens, max_seqs) * arch.vocab_size * 4
+    logits = min(tokens, max_seqs) * arch.vocab_size * logit_bytes
     return per_token * tokens + logits

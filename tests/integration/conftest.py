@@ -8,8 +8,8 @@ import pytest
 
 # ~10M to ~500M parameters across three architectures (the estimator issue asks for this range).
 TINY = {
-    "llama": dict(arch="llama", layers=2, hidden=256, heads=4, kv_heads=2, head_dim=64, intermediate=512,
-                  vocab=512),
+    "llama": dict(arch="llama", layers=4, hidden=512, heads=8, kv_heads=2, head_dim=64, intermediate=1024,
+                  vocab=8192),
     "glm4-moe": dict(arch="glm4-moe", layers=4, hidden=512, heads=8, kv_heads=2, head_dim=64, intermediate=1024,
                      moe_intermediate=256, experts=16, experts_per_token=2, vocab=4096),
     "qwen3-moe": dict(arch="qwen3-moe", layers=6, hidden=1024, heads=16, kv_heads=4, head_dim=64,

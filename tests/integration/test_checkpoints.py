@@ -23,4 +23,4 @@ def test_parameters_and_bf16_bytes_equal_the_checkpoint(tiny_models, tmp_path, n
 
 def test_tiny_models_span_10m_to_500m_parameters(tiny_models) -> None:
     sizes = sorted(checkpoint_size(p).parameters for p in tiny_models.values())
-    assert sizes[0] < 20e6 and sizes[-1] > 150e6 and sizes[-1] < 600e6, sizes
+    assert 8e6 < sizes[0] < 20e6 and sizes[-1] > 150e6 and sizes[-1] < 600e6, sizes

@@ -17,7 +17,7 @@ from .conftest import load_tiny
 pytestmark = pytest.mark.integration
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
-GENERATE = 200
+GENERATE = 64  # quantized MLX decodes slowly on CPU (about 1 tok/s for 4-bit 187M)
 
 # Runs in its own process so the peak counter sees only this load and generation.
 PEAK = """
@@ -55,7 +55,7 @@ def test_mlx_weight_bytes_match_converted_files(tiny_models, mlx_models, tmp_pat
     assert abs(predicted / on_disk - 1) < 0.03, (predicted, on_disk)
 
 
-@pytest.mark.parametrize("arch", ["glm4-moe", "qwen3-moe"])
+@pytest.mark.parametrize("arch", ["llama", "glm4-moe"])
 def test_mlx_peak_memory_after_generation(tiny_models, mlx_models, tmp_path, arch: str) -> None:
     bits = 4
     out = subprocess.run([sys.executable, "-c", PEAK, str(mlx_models[(arch, bits)]), PROMPT, str(GENERATE)],
