@@ -6,7 +6,6 @@ when none is given. Every number it cannot know is None, with a reason the user 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 

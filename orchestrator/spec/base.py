@@ -79,3 +79,11 @@ class Source(Strict):
     """The document: datasheet title, paper, source file, with a URL where there is one."""
     note: str | None = None
     """How the number was read or derived, and how sure it is."""
+
+
+def require_sources(paths: list[str], sources: list[Source]) -> None:
+    """Raise unless every field path in ``paths`` is covered by a source (a source of 'a' covers 'a.b')."""
+    missing = [p for p in paths if not any(p == f or p.startswith(f + ".") for s in sources for f in s.fields)]
+    if missing:
+        raise ValueError(f"numbers without a source: {', '.join(missing)}; add them to a sources[].fields list, "
+                         "or leave the number out")

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from orchestrator.spec.base import Document, Name, Source, Strict
+from orchestrator.spec.base import Document, Source, Strict, require_sources
 
 NumericFormat = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]
 EngineName = Literal["vllm", "mlx-lm", "vllm-metal"]
@@ -132,10 +132,7 @@ class HardwareProfileSpec(Strict):
 
     @model_validator(mode="after")
     def _every_number_has_a_source(self) -> HardwareProfileSpec:
-        missing = [p for p in _numbers(self) if not _covered(p, self.sources)]
-        if missing:
-            raise ValueError(f"numbers without a source: {', '.join(missing)}; "
-                             "add them to a sources[].fields list, or leave the number out")
+        require_sources(_numbers(self), self.sources)
         return self
 
     def engine(self, name: str) -> EngineSupport | None:
@@ -156,10 +153,6 @@ def _numbers(spec: HardwareProfileSpec) -> list[str]:
     if spec.usable_memory.fraction != 1.0:
         paths.append("usableMemory.fraction")
     return paths
-
-
-def _covered(path: str, sources: list[Source]) -> bool:
-    return any(path == f or path.startswith(f + ".") for s in sources for f in s.fields)
 
 
 class HardwareProfile(Document[HardwareProfileSpec]):

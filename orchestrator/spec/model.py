@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 
-from orchestrator.spec.base import Document, ModelObjectMeta, Name, Source, Strict
+from orchestrator.spec.base import Document, ModelObjectMeta, Name, Source, Strict, require_sources
 from orchestrator.spec.formats import FORMATS, MODULE_CLASSES
 
 Family = Literal["llama", "qwen3", "qwen3-moe", "glm4-moe", "deepseek-v3"]
@@ -177,11 +177,7 @@ class ModelSpec(Strict):
                    if v is not None]
         if self.architecture is not None:
             numbers.append("architecture")
-        uncovered = [n for n in numbers
-                     if not any(n == f or n.startswith(f + ".") for s in self.sources for f in s.fields)]
-        if uncovered:
-            raise ValueError(f"numbers without a source: {', '.join(uncovered)}; add them to a "
-                             "sources[].fields list")
+        require_sources(numbers, self.sources)
         return self
 
     def variant(self, name: str) -> Variant | None:
