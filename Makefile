@@ -32,6 +32,9 @@ run: install
 	$(MOXIN) validate hardware_profiles manifests
 	$(MOXIN) profiles
 	$(MOXIN) models
+	$(MOXIN) estimate --model glm-4.5-air --variant mlx-3bit --hardware apple-m2-max-64g --context 4207
+	$(MOXIN) matrix --model glm-4.5-air --context 32768 --hardware nvidia-h200 --hardware cambricon-mlu590 \
+	  --hardware huawei-ascend-910b --hardware apple-m2-max-64g --hardware apple-m3-ultra-512g
 
 test: install-test
 	$(PY) -m pytest -q -p no:cacheprovider
