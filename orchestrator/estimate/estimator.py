@@ -89,11 +89,7 @@ class Estimate:
             head, *rest = name.split("_")
             return head + "".join(p.title() for p in rest)
 
-        out = {camel(k): v for k, v in self.__dict__.items()}
-        out["tensorParallel"], out["pipelineParallel"] = self.tensor_parallel, self.pipeline_parallel
-        out["usdPerHour"] = self.usd_per_hour
-        out["usdPerMillionOutputTokens"] = self.usd_per_million_output_tokens
-        return out
+        return {camel(k): v for k, v in self.__dict__.items()}
 
 
 def choose_engine(profile: HardwareProfile, variant: Variant, wanted: str | None = None) -> EngineSupport | None:
