@@ -220,8 +220,7 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, suppo
     usable, usable_note = _usable_per_device(profile, engine, settings)
     if platform == "cpu" and settings.cpu_kv_cache_gib is not None:
         # vLLM CPU: the KV pool is exactly VLLM_CPU_KVCACHE_SPACE, whatever the host has.
-        kv_pool = int(settings.cpu_kv_cache_gib * GiB)
-        free_for_kv = kv_pool
+        free_for_kv = int(settings.cpu_kv_cache_gib * GiB)
     else:
         free_for_kv = None if usable is None else usable - weights_dev - overhead
     peak_dev = weights_dev + overhead + kv_dev
@@ -274,8 +273,8 @@ def _what_would_fit(model: Model, variant: Variant, kv_and_overhead: int, usable
     if usable is None:
         return ""
     arch = model.spec.architecture
-    fitting = sorted((max(stage_weight_bytes(arch, v, par)), v.name) for v in model.spec.variants
-                     if v.name != variant.name and max(stage_weight_bytes(arch, v, par)) + kv_and_overhead <= usable)
+    others = [(max(stage_weight_bytes(arch, v, par)), v.name) for v in model.spec.variants if v.name != variant.name]
+    fitting = sorted((w, name) for w, name in others if w + kv_and_overhead <= usable)
     options = []
     if fitting:
         w, name = fitting[-1]  # the largest (least compressed) variant that fits

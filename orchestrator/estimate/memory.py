@@ -55,6 +55,31 @@ def stage_layers(arch: Architecture, pp: int) -> list[range]:
     return out
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What one pipeline stage holds: how many dense and MoE layers, and its edge tensors."""
+
+    dense_layers: int
+    moe_layers: int
+    edge: tuple[Tensor, ...]
+    """The embedding on the first stage; the final norm and lm_head on the last."""
+
+    @property
+    def layers(self) -> int:
+        return self.dense_layers + self.moe_layers
+
+
+def pipeline_stages(arch: Architecture, pp: int) -> list[Stage]:
+    dense_n = dense_layer_count(arch)
+    ranges = stage_layers(arch, pp)
+    out = []
+    for i, layers in enumerate(ranges):
+        dense = sum(1 for layer in layers if layer < dense_n)
+        edge = (first_stage_tensors(arch) if i == 0 else []) + (last_stage_tensors(arch) if i == pp - 1 else [])
+        out.append(Stage(dense, len(layers) - dense, tuple(edge)))
+    return out
+
+
 def device_share(t: Tensor, arch: Architecture, par: Parallelism) -> float:
     """Fraction of tensor ``t`` that one device of a TP group holds."""
     tp = par.tp
@@ -71,19 +96,14 @@ def device_share(t: Tensor, arch: Architecture, par: Parallelism) -> float:
 
 def stage_weight_bytes(arch: Architecture, variant: Variant, par: Parallelism) -> list[int]:
     """Bytes of weights on one device of each pipeline stage (MTP layers not loaded)."""
-    dense_n = dense_layer_count(arch)
-    per_layer = {moe: [(t, tensor_bytes(t, variant) * device_share(t, arch, par))
-                       for t in layer_tensors(arch, moe)] for moe in {False, arch.moe is not None}}
-    stages = stage_layers(arch, par.pp)
-    out = []
-    for i, layers in enumerate(stages):
-        total = 0.0
-        for layer in layers:
-            total += sum(b for _, b in per_layer[layer >= dense_n and arch.moe is not None])
-        edge = (first_stage_tensors(arch) if i == 0 else []) + (last_stage_tensors(arch) if i == len(stages) - 1 else [])
-        total += sum(tensor_bytes(t, variant) * device_share(t, arch, par) for t in edge)
-        out.append(round(total))
-    return out
+
+    def on_device(tensors: list[Tensor] | tuple[Tensor, ...]) -> float:
+        return sum(tensor_bytes(t, variant) * device_share(t, arch, par) for t in tensors)
+
+    dense_layer = on_device(layer_tensors(arch, False))
+    moe_layer = on_device(layer_tensors(arch, True)) if arch.moe else 0.0
+    return [round(s.dense_layers * dense_layer + s.moe_layers * moe_layer + on_device(s.edge))
+            for s in pipeline_stages(arch, par.pp)]
 
 
 def kv_heads_per_device(arch: Architecture, tp: int) -> int:

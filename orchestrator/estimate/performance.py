@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.estimate.memory import KvDtype, Parallelism, device_share, kv_bytes_per_token_layer, stage_layers
-from orchestrator.estimate.parameters import (
-    Tensor,
-    dense_layer_count,
-    first_stage_tensors,
-    last_stage_tensors,
-    layer_tensors,
-    tensor_bytes,
+from orchestrator.estimate.memory import (
+    KvDtype,
+    Parallelism,
+    device_share,
+    kv_bytes_per_token_layer,
+    pipeline_stages,
 )
+from orchestrator.estimate.parameters import Tensor, layer_tensors, tensor_bytes
 from orchestrator.spec.model import Architecture, Variant
 
 # One all-reduce costs at least this much however small (launch + synchronisation), seconds.
@@ -41,8 +40,6 @@ class StepCost:
 def _tensor_step(t: Tensor, arch: Architecture, variant: Variant, par: Parallelism, batch: int) -> tuple[float, float]:
     """(bytes read, FLOPs) for tensor ``t`` on one device in one decode step of ``batch`` tokens."""
     share = device_share(t, arch, par)
-    if t.count == 0:
-        return 0.0, 0.0
     full = tensor_bytes(t, variant) * share
     if t.split == "expert" and arch.moe:
         touched = expected_distinct_experts(arch.moe.routed_experts, arch.moe.experts_per_token, batch)
@@ -76,23 +73,19 @@ def _attention_flops_per_layer(arch: Architecture, tp: int, batch: int, context:
 def decode_step_costs(arch: Architecture, variant: Variant, par: Parallelism, batch: int, context: int,
                       kv_dtype: KvDtype, engine: str) -> list[StepCost]:
     """Per pipeline stage: what one device reads and computes in one decode step."""
-    dense_n = dense_layer_count(arch)
-    per_layer = {moe: _layer_step(arch, variant, par, moe, batch) for moe in {False, arch.moe is not None}}
-    kv_layer = kv_bytes_per_token_layer(arch, kv_dtype, par.tp, engine)
-    stages = stage_layers(arch, par.pp)
+    dense_read, dense_flops = _layer_step(arch, variant, par, False, batch)
+    moe_read, moe_flops = _layer_step(arch, variant, par, True, batch) if arch.moe else (0.0, 0.0)
+    kv_read = kv_bytes_per_token_layer(arch, kv_dtype, par.tp, engine) * batch * context
+    attention = _attention_flops_per_layer(arch, par.tp, batch, context)
     out = []
-    for i, layers in enumerate(stages):
-        read = flops = 0.0
-        for layer in layers:
-            r, f = per_layer[layer >= dense_n and arch.moe is not None]
-            read += r + kv_layer * batch * context
-            flops += f + _attention_flops_per_layer(arch, par.tp, batch, context)
-        edge = (first_stage_tensors(arch) if i == 0 else []) + (last_stage_tensors(arch) if i == len(stages) - 1 else [])
-        for t in edge:
+    for stage in pipeline_stages(arch, par.pp):
+        read = stage.dense_layers * dense_read + stage.moe_layers * moe_read + stage.layers * kv_read
+        flops = stage.dense_layers * dense_flops + stage.moe_layers * moe_flops + stage.layers * attention
+        for t in stage.edge:
             r, f = _tensor_step(t, arch, variant, par, batch)
             read += r
             flops += f
-        reduces = 2 * len(layers) if par.tp > 1 else 0
+        reduces = 2 * stage.layers if par.tp > 1 else 0
         out.append(StepCost(read, flops, batch * arch.hidden_size * 2.0, reduces))
     return out
 
