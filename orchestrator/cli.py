@@ -255,11 +255,61 @@ def matrix(model_name: str, context: int | None, hardware: tuple[str, ...], path
     else:
         rows = []
         for c in cells:
-            status = "fits" if c.fits else ("no fit" if c.supported else "unsupported")
             tps = None if c.decode_tokens_per_second is None else f"{c.decode_tokens_per_second:,.0f}"
-            rows.append([c.variant, c.hardware, status, c.devices if c.fits else None, c.max_context_tokens, tps,
-                         "" if c.fits else (c.why_not or "")[:110]])
-        table(["VARIANT", "HARDWARE", "STATUS", "DEVICES", "MAX CTX", "DECODE TOK/S", "WHY NOT"], rows)
+            rows.append([c.variant, c.hardware, c.status, c.engine, c.devices if c.fits else None, c.max_context_tokens,
+                         tps, (c.why_not or "")[:110]])
+        table(["VARIANT", "HARDWARE", "STATUS", "ENGINE", "DEVICES", "MAX CTX", "DECODE TOK/S", "WHY NOT"], rows)
+
+
+@cli.command("engine-args")
+@click.option("--model", "-m", "model_name", required=True, help="Model name (moxin models).")
+@click.option("--variant", "-v", "variant_name", required=True, help="Variant of the model.")
+@click.option("--hardware", "-H", "hardware", required=True, help="Hardware profile (moxin profiles).")
+@click.option("--tp", type=click.IntRange(1), help="Tensor-parallel degree; default: the smallest that fits.")
+@click.option("--pp", type=click.IntRange(1), help="Pipeline stages; default: the smallest that fits.")
+@click.option("--ep/--no-ep", default=False, help="Expert parallelism.")
+@click.option("--context", type=click.IntRange(1), help="Context tokens per sequence [default: min(8192, model max)].")
+@click.option("--concurrency", type=click.IntRange(1), help="Concurrent sequences [default: 256 on vLLM].")
+@click.option("--kv-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp8", "int8", "int4"]), default="auto",
+              show_default=True)
+@click.option("--engine", type=click.Choice(["vllm", "mlx-lm", "vllm-metal"]), help="Default: the profile's first "
+              "engine that runs the variant.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--model-path", help="Where the engine reads the weights [default: the variant's checkpoint].")
+@click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+def engine_args(model_name: str, variant_name: str, hardware: str, tp: int | None, pp: int | None, ep: bool,
+                context: int | None, concurrency: int | None, kv_dtype: str, engine: str | None, port: int,
+                model_path: str | None, paths: tuple[Path, ...], fmt: str) -> None:
+    """The engine command line, environment and probes for one replica (exit 2 if it cannot run there)."""
+    import shlex
+
+    from orchestrator.engines.launch import engine_launch
+    from orchestrator.estimate.estimator import estimate as run_estimate
+    from orchestrator.output import emit
+
+    catalog = _catalog(paths)
+    model = catalog.model(model_name)
+    variant = _pick_variant(model, variant_name)
+    profile = catalog.profile(hardware)
+    if tp is None or pp is None:
+        chosen = run_estimate(model, variant, profile, tp=tp, pp=pp, ep=ep, context=context, kv_dtype=kv_dtype,
+                              engine=engine)
+        # The smallest parallelism that fits; where fit cannot be checked (a CPU host), one device.
+        fitted = chosen.fits or chosen.usable_bytes_per_device is not None
+        tp, pp = tp or (chosen.tensor_parallel if fitted else 1), pp or (chosen.pipeline_parallel if fitted else 1)
+    launch = engine_launch(model, variant, profile, tp=tp, pp=pp, ep=ep, context=context, concurrency=concurrency,
+                           kv_dtype=kv_dtype, engine=engine, port=port, model_path=model_path)
+    if fmt != "table":
+        emit(launch.to_json(), fmt)
+        return
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in launch.env.items())
+    click.echo((env + " " if env else "") + shlex.join(launch.argv))
+    click.echo(f"# health {launch.health_path}, metrics {launch.metrics_path or 'none'}, ready within "
+               f"{launch.readiness_timeout_s} s, image {launch.image or 'none'}, devices via "
+               f"{launch.visibility_env or 'none'}")
+    for note in launch.notes:
+        click.echo(f"# {note}")
 
 
 @cli.group()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from orchestrator.engines.compat import Verdict, check
 from orchestrator.estimate.calibration import Calibration, format_class, lookup
 from orchestrator.estimate.memory import (
     GiB,
@@ -55,6 +56,9 @@ class Estimate:
     hardware: str
     engine: str | None
     platform: str | None
+    support: str
+    """'supported', 'unsupported' or 'unknown' (engines.compat); an unknown combination is estimated
+    as if it ran, and says so in reasons."""
     fits: bool
     tensor_parallel: int
     pipeline_parallel: int
@@ -90,23 +94,6 @@ class Estimate:
             return head + "".join(p.title() for p in rest)
 
         return {camel(k): v for k, v in self.__dict__.items()}
-
-
-def choose_engine(profile: HardwareProfile, variant: Variant, wanted: str | None = None) -> EngineSupport | None:
-    """The profile's first engine (or the one asked for) that takes this variant's checkpoint format."""
-    for e in profile.spec.engines:
-        if wanted and e.engine != wanted:
-            continue
-        method = variant.quantization_method
-        if method == "mlx":
-            if e.engine in ("mlx-lm", "vllm-metal") and "mlx" in e.quantization_methods:
-                return e
-        elif e.engine == "mlx-lm":
-            if method is None:  # mlx-lm loads unquantized Hugging Face checkpoints directly
-                return e
-        elif method is None or method in e.quantization_methods:
-            return e
-    return None
 
 
 def resolve_kv_dtype(kv: str, variant: Variant) -> KvDtype:
@@ -146,15 +133,16 @@ def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: in
     arch = model.spec.architecture
     assert arch is not None
     ctx = context or min(arch.max_position_embeddings, 8192)
-    support = choose_engine(profile, variant, engine)
-    engine_name = support.engine if support else (engine or "vllm")
+    verdict = check(variant, profile, engine)
+    support = verdict.engine if verdict.status != "unsupported" else None
+    engine_name = verdict.engine.engine if verdict.engine else (engine or "vllm")
     tps = [tp] if tp else _tp_choices(model, profile, engine_name)
     pps = [pp] if pp else (list(range(1, max_pp + 1)) if engine_name == "vllm" else [1])
     tried: list[Estimate] = []
     for p in pps:
         for t in tps:
-            result = _estimate_at(model, variant, profile, support, engine_name, Parallelism(t, p, ep), ctx, batch,
-                                  kv_dtype, settings, usd_per_device_hour, prompt_tokens or ctx)
+            result = _estimate_at(model, variant, profile, verdict, support, engine_name, Parallelism(t, p, ep), ctx,
+                                  batch, kv_dtype, settings, usd_per_device_hour, prompt_tokens or ctx)
             if result.fits or (tp and pp) or support is None:
                 return result
             tried.append(result)
@@ -179,22 +167,21 @@ def _usable_per_device(profile: HardwareProfile, engine: str, settings: EngineSe
     return int(total), f"{spec.memory_gb:g} GB"
 
 
-def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, support: EngineSupport | None,
-                 engine: str, par: Parallelism, ctx: int, batch: int, kv_choice: str, settings: EngineSettings,
+def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdict: Verdict,
+                 support: EngineSupport | None, engine: str, par: Parallelism, ctx: int, batch: int, kv_choice: str, settings: EngineSettings,
                  price: float | None, prompt: int) -> Estimate:
     arch = model.spec.architecture
     assert arch is not None
     reasons: list[str] = []
-    platform = support.platform if support else None
+    platform = verdict.engine.platform if verdict.engine else None
     kv = resolve_kv_dtype(kv_choice, variant)
-    if support is None:
-        engines = "; ".join(f"{e.engine}: {', '.join(e.quantization_methods) or 'unquantized only'}"
-                            for e in profile.spec.engines)
-        reasons.append(f"no engine on {profile.name} takes the {variant.name} checkpoint (quantization "
-                       f"{variant.quantization_method or 'none'}; engines and the methods they take: {engines})")
-    elif kv not in support.kv_cache_dtypes and kv_choice != "auto":
+    support_status = verdict.status
+    if verdict.status != "supported":
+        reasons.append(f"{verdict.status} on {profile.name}: {verdict.reason}")
+    if support is not None and kv not in support.kv_cache_dtypes and kv_choice != "auto":
         reasons.append(f"{engine} on {profile.name} has no {kv} KV cache (it has {', '.join(support.kv_cache_dtypes)})")
         support = None
+        support_status = "unsupported"
     if ctx > arch.max_position_embeddings:
         reasons.append(f"context {ctx} exceeds {model.name}'s maximum of {arch.max_position_embeddings} tokens")
 
@@ -255,7 +242,7 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, suppo
         reasons.append("vLLM non-torch and CUDA-graph memory (1 GiB per device) are typical figures, not measured")
     return Estimate(
         model=model.name, variant=variant.name, hardware=profile.name, engine=support.engine if support else None,
-        platform=platform, fits=fits, tensor_parallel=par.tp, pipeline_parallel=par.pp, expert_parallel=par.ep,
+        platform=platform, support=support_status, fits=fits, tensor_parallel=par.tp, pipeline_parallel=par.pp, expert_parallel=par.ep,
         devices=devices, context_tokens=ctx, batch=batch, kv_cache_dtype=kv,
         weights_bytes=weights_total, weights_bytes_per_device=weights_dev, kv_bytes_per_token=kvpt.replica,
         kv_bytes_per_token_per_device=kvpt.per_device, kv_bytes=kvpt.replica * cached_tokens,

@@ -14,7 +14,9 @@ from orchestrator.spec.model import Model
 class Cell:
     variant: str
     hardware: str
-    supported: bool
+    support: str
+    """'supported', 'unsupported' or 'unknown' (engines.compat)."""
+    engine: str | None
     fits: bool
     devices: int | None
     max_context_tokens: int | None
@@ -22,8 +24,14 @@ class Cell:
     why_not: str | None
     estimate: Estimate
 
+    @property
+    def status(self) -> str:
+        fit = "fits" if self.fits else "no fit"
+        return {"supported": fit, "unknown": f"unknown, {fit}"}.get(self.support, "unsupported")
+
     def to_json(self) -> dict[str, Any]:
-        return {"variant": self.variant, "hardware": self.hardware, "supported": self.supported, "fits": self.fits,
+        return {"variant": self.variant, "hardware": self.hardware, "support": self.support, "engine": self.engine,
+                "fits": self.fits,
                 "minDevices": self.devices if self.fits else None, "tensorParallel": self.estimate.tensor_parallel,
                 "pipelineParallel": self.estimate.pipeline_parallel, "maxContextTokens": self.max_context_tokens,
                 "decodeTokensPerSecond": self.decode_tokens_per_second, "whyNot": self.why_not}
@@ -34,9 +42,8 @@ def matrix(model: Model, profiles: list[HardwareProfile], context: int | None = 
     for variant in model.spec.variants:
         for profile in profiles:
             e = estimate(model, variant, profile, context=context)
-            supported = e.engine is not None
-            why = None if e.fits else (e.reasons[0] if e.reasons else "does not fit")
-            cells.append(Cell(variant.name, profile.name, supported, e.fits, e.devices,
+            why = None if e.fits and e.support == "supported" else (e.reasons[0] if e.reasons else "does not fit")
+            cells.append(Cell(variant.name, profile.name, e.support, e.engine, e.fits, e.devices,
                               e.max_context_tokens if e.fits else None, e.decode_tokens_per_second if e.fits else None,
                               why, e))
     return cells

@@ -19,7 +19,9 @@ def model_status(model: Model) -> dict[str, Any]:
         variants.append({
             "name": v.name,
             "weightsBytes": served,
-            "checkpointBytes": weight_bytes(arch, v),
+            # An online-quantized variant is stored as its 16-bit source checkpoint.
+            "checkpointBytes": weight_bytes(arch, v.model_copy(update={"formats": {"default": v.vector_format}})
+                                            if v.quantize_on_load else v),
             "bitsPerWeight": round(served * 8 / params.total, 3),
             "formats": {k: f"{f} ({FORMATS[f].bits_per_weight:g} bits)" for k, f in v.formats.items()},
         })

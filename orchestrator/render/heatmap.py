@@ -37,12 +37,14 @@ def heatmap_svg(title: str, cells: list[Cell]) -> str:
         for j, h in enumerate(hardware):
             c = by_key[(v, h)]
             x = LEFT + j * CELL_W
-            if c.fits and c.decode_tokens_per_second:
+            if c.support == "unknown":
+                fill, label, sub = "rgb(250,215,160)", "unknown", "fits" if c.fits else "no fit"
+            elif c.fits and c.decode_tokens_per_second:
                 fill, label = _colour(c.decode_tokens_per_second, lo, hi), f"{c.decode_tokens_per_second:.0f} tok/s"
                 sub = f"{c.devices} dev"
             elif c.fits:
                 fill, label, sub = "rgb(200,220,240)", "fits", f"{c.devices} dev, speed ?"
-            elif c.supported:
+            elif c.support == "supported":
                 fill, label, sub = "rgb(235,235,235)", "no fit", ""
             else:
                 fill, label, sub = "rgb(120,120,120)", "unsupported", ""
@@ -52,6 +54,6 @@ def heatmap_svg(title: str, cells: list[Cell]) -> str:
                        f'<text x="{x + 4}" y="{y + 27}" fill="#333">{escape(sub)}</text></g>')
     y = TOP + CELL_H * len(variants) + 24
     out.append(f'<text x="10" y="{y}">Colour: batch-1 decode speed (log scale, yellow slow, green fast); light grey: '
-               f'does not fit; dark grey: no engine for the format. Hover a cell for the reason.</text>')
+               f'does not fit; dark grey: no engine for the format; orange: support not published. Hover a cell for the reason.</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -56,6 +56,9 @@ class VllmPlugin(Strict):
     """Its name in the 'vllm.platform_plugins' entry-point group (what VLLM_PLUGINS names)."""
     target: str | None = None
     """The entry point's target, e.g. 'vllm_mlu:register_mlu_platform'."""
+    general_plugins: list[str] = Field(default_factory=list)
+    """Names of the plugin's 'vllm.general_plugins' entry points that serving needs (VLLM_PLUGINS lists
+    them next to the platform plugin), e.g. Moore Threads' 'musa_custom_ops'."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables the plugin documents for serving."""
 
@@ -71,10 +74,21 @@ class EngineSupport(Strict):
     """The engine release this platform runs (plugins pin older vLLM releases)."""
     quantization_methods: list[str] = Field(default_factory=list)
     """Quantization methods the engine accepts here (vLLM '--quantization' names, or 'mlx')."""
+    method_aliases: dict[str, str] = Field(default_factory=dict)
+    """The engine's own name for a checkpoint's quantization method, where it differs (a plugin's
+    'awq_mlu' for 'awq'); the value must be one of quantizationMethods."""
     kv_cache_dtypes: list[KvDtype] = Field(default_factory=lambda: ["bf16"])
     """KV-cache data types the engine supports here."""
     image: str | None = None
     """Default container image for this engine on this hardware."""
+
+    @model_validator(mode="after")
+    def _aliases_name_declared_methods(self) -> EngineSupport:
+        for checkpoint_method, own in self.method_aliases.items():
+            if own not in self.quantization_methods:
+                raise ValueError(f"methodAliases maps {checkpoint_method!r} to {own!r}, which is not in "
+                                 f"quantizationMethods {self.quantization_methods}")
+        return self
 
 
 class RayResources(Strict):

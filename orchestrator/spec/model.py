@@ -138,11 +138,16 @@ class Variant(Strict):
     """Where the weights are published (hub repository id or path); informational."""
     drops_mtp: bool = False
     """The checkpoint leaves out the MTP layers (mlx-lm conversions do)."""
+    quantize_on_load: bool = False
+    """The checkpoint is 16-bit and the engine quantizes it while loading (vLLM's online FP8,
+    '--quantization fp8' over a BF16 checkpoint); formats give the result in memory."""
 
     @model_validator(mode="after")
     def _has_default(self) -> Variant:
         if "default" not in self.formats:
             raise ValueError("formats needs a 'default' entry (the format of every class not named)")
+        if self.quantize_on_load and self.quantization_method is None:
+            raise ValueError("quantizeOnLoad needs the quantizationMethod the engine applies (e.g. 'fp8')")
         return self
 
     def format_of(self, module_class: str) -> str:

@@ -25,18 +25,23 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {name: generate(out=root / name, **kw) for name, kw in TINY.items()}
 
 
-def model_document(path: Path, name: str, mlx_bits: tuple[int, ...] = ()) -> str:
+# vLLM's online FP8 of the bf16 checkpoint (what the compatibility matrix refuses on CPU).
+FP8_ONLINE = ("    - {name: fp8-online, formats: {default: fp8-e4m3, embedding: bf16, lmHead: bf16}, "
+              "quantizationMethod: fp8, quantizeOnLoad: true}")
+
+
+def model_document(path: Path, name: str, mlx_bits: tuple[int, ...] = (), extra: tuple[str, ...] = ()) -> str:
     """A Model document over a generated checkpoint (architecture read from its config.json)."""
-    variants = ["    - {name: bf16, formats: {default: bf16}}"]
+    variants = ["    - {name: bf16, formats: {default: bf16}}", *extra]
     variants += [f"    - {{name: mlx-{b}bit, formats: {{default: mlx-{b}bit-g64}}, quantizationMethod: mlx, "
                  "dropsMtp: true}" for b in mlx_bits]
     return (f"apiVersion: moxin.dev/v1alpha1\nkind: Model\nmetadata: {{name: {name}}}\nspec:\n"
             f"  configFile: {path / 'config.json'}\n  variants:\n" + "\n".join(variants) + "\n")
 
 
-def load_tiny(path: Path, name: str, tmp_path: Path, mlx_bits: tuple[int, ...] = ()):
+def load_tiny(path: Path, name: str, tmp_path: Path, mlx_bits: tuple[int, ...] = (), extra: tuple[str, ...] = ()):
     from orchestrator.spec import load_catalog
 
     doc = tmp_path / f"{name}.yaml"
-    doc.write_text(model_document(path, name, mlx_bits))
+    doc.write_text(model_document(path, name, mlx_bits, extra))
     return load_catalog([doc]).model(name)

@@ -11,7 +11,7 @@ apple-m3-max-128g apple-m3-ultra-512g apple-m4-max-128g cambricon-mlu370-x8 camb
 moorethreads-s5000 huawei-ascend-910b huawei-ascend-910c huawei-atlas-300i-duo hygon-k100-ai kunlunxin-p800
 iluvatar-bi-v150 metax-c500 cpu-x86""".split()
 MODELS = "glm-4.5-air glm-4.5 glm-4.6 qwen3-30b-a3b qwen3-235b-a22b llama-3.1-8b llama-3.1-70b deepseek-v3".split()
-VARIANTS = {"bf16", "fp8", "fp8-int4", "w4a16", "w8a8", "mlx-3bit", "mlx-4bit", "mlx-8bit"}
+VARIANTS = {"bf16", "fp8", "fp8-int4", "w4a16", "w8a8", "mlx-3bit", "mlx-4bit", "mlx-8bit", "fp8-online"}
 
 
 def test_every_promised_profile_is_present_one_file_each(catalog) -> None:
