@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from orchestrator import __version__
-from orchestrator.errors import MoxinError
+from orchestrator.errors import MoxinError, Problem, SpecError
 
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
                       show_default=True, help="table for people; json/yaml print the full documents.")
@@ -310,6 +310,107 @@ def engine_args(model_name: str, variant_name: str, hardware: str, tp: int | Non
                f"{launch.visibility_env or 'none'}")
     for note in launch.notes:
         click.echo(f"# {note}")
+
+
+def _read_plan(path: Path) -> dict[str, Any]:
+    from orchestrator.spec.yamlsource import read_yaml_file
+
+    docs = read_yaml_file(path)
+    plans = [d for d in docs if isinstance(d.data, dict) and d.data.get("kind") == "Plan"]
+    if len(plans) != 1:
+        raise SpecError([Problem(f"expected one Plan document, found {len(plans)}", str(path), 1,
+                                 hint="pass a file written by `moxin plan -o yaml` (or -o json)")])
+    doc = plans[0]
+    problems = []
+    for i, a in enumerate((doc.data.get("spec") or {}).get("assignments") or []):
+        for key in ("deployment", "variant", "pool", "tensorParallel", "pipelineParallel", "replicas", "placements"):
+            if not isinstance(a, dict) or key not in a:
+                problems.append(Problem(f"missing field {key!r}", str(path), doc.line_of(("spec", "assignments", i)),
+                                        f"spec.assignments[{i}].{key}"))
+    if problems:
+        raise SpecError(problems)
+    return doc.data
+
+
+@cli.command()
+@click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path),
+              help="Fleet and ModelDeployment documents (files or directories).")
+@click.option("--fleet", "fleet_name", help="The Fleet to plan for, when the files hold several.")
+@click.option("--previous", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The plan now running: keep replicas where they are unless moving pays.")
+@click.option("--objective", type=click.Choice(["cost"]), default="cost", show_default=True,
+              help="After serving the most demand: least cost.")
+@click.option("--churn-weight", type=click.FloatRange(0), default=0.1, show_default=True,
+              help="Penalty per replica added or removed against --previous, as a fraction of its hourly cost.")
+@click.option("--gap", type=click.FloatRange(0, 1), default=0.005, show_default=True, help="Solver optimality gap.")
+@click.option("--time-limit", type=click.FloatRange(0.1), default=60, show_default=True, help="Solver seconds.")
+@click.option("--diff", "diff_paths", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="OLD NEW: show what moves between two plans (no planning).")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None, objective: str, churn_weight: float,
+         gap: float, time_limit: float, diff_paths: tuple[Path, Path] | None, fmt: str) -> None:
+    """Place every deployment on the fleet: variant, pool, parallelism, replicas, nodes, with the reasons."""
+    from orchestrator.output import emit, table
+
+    if diff_paths:
+        from orchestrator.planner import diff
+
+        old, new = (_read_plan(p) for p in diff_paths)
+        changes = diff(old, new)
+        if fmt != "table":
+            emit({"changes": changes, "costUsdPerHour": {"before": old.get("status", {}).get("costUsdPerHour"),
+                                                         "after": new.get("status", {}).get("costUsdPerHour")}}, fmt)
+            return
+        if not changes:
+            click.echo("no changes")
+        for c in changes:
+            if c["change"] == "moved":
+                click.echo(f"~ {c['assignment']}: replica {c['replica']} stage {c['stage']} {c['from']} -> {c['to']}")
+            else:
+                sign = {"added": "+", "removed": "-", "scaled": "~"}[c["change"]]
+                click.echo(f"{sign} {c['assignment']}: {c['replicasBefore']} -> {c['replicasAfter']} replicas")
+        return
+    if not paths:
+        raise click.UsageError("give the fleet and deployments with -f (or two plans with --diff)")
+    from orchestrator.planner import PlanOptions
+    from orchestrator.planner import plan as run_plan
+
+    catalog = _catalog(paths)
+    fleets = catalog.fleets
+    if fleet_name is None and len(fleets) != 1:
+        raise SpecError([Problem(f"the files hold {len(fleets)} Fleet documents; the planner needs one",
+                                 hint=f"choose with --fleet ({', '.join(sorted(fleets)) or 'none found'})")])
+    fleet = fleets[fleet_name] if fleet_name else next(iter(fleets.values()))
+    deployments = list(catalog.deployments.values())
+    if not deployments:
+        raise SpecError([Problem("no ModelDeployment documents in the files", hint="add deployments with -f")])
+    prev = _read_plan(previous) if previous else None
+    doc = run_plan(fleet, deployments, catalog, prev,
+                   PlanOptions(churn_weight=churn_weight, gap=gap, time_limit_s=time_limit, objective=objective))
+    if fmt != "table":
+        emit(doc, fmt)
+        return
+    rows = []
+    for a in doc["spec"]["assignments"]:
+        p = a["predicted"]
+        nodes = sorted({pl["node"] for pl in a["placements"]})
+        rows.append([a["deployment"], a["variant"], a["pool"] + (" (emulated)" if a["emulated"] else ""), a["engine"],
+                     f"tp={a['tensorParallel']} pp={a['pipelineParallel']}", a["replicas"],
+                     p["capacityRequestsPerSecond"], p["ttftSeconds"], p["tpotSeconds"], a["costUsdPerHour"],
+                     ", ".join(nodes[:3]) + (f" +{len(nodes) - 3}" if len(nodes) > 3 else "")])
+    table(["DEPLOYMENT", "VARIANT", "POOL", "ENGINE", "PARALLEL", "REPLICAS", "REQ/S EACH", "TTFT S", "TPOT S",
+           "USD/H", "NODES"], rows, title=f"plan for fleet {fleet.name}")
+    for a in doc["spec"]["assignments"]:
+        click.echo(f"- {a['deployment']}: {a['why']['summary']}")
+    for u in doc["spec"]["unplaced"]:
+        click.echo(f"UNPLACED {u['deployment']} ({u['servedRequestsPerSecond']} of {u['demandRequestsPerSecond']} "
+                   "req/s served):")
+        for r in u["reasons"][:8]:
+            click.echo(f"    {r}")
+    st = doc["status"]
+    click.echo(f"cost ${st['costUsdPerHour']}/h; served {st['servedRequestsPerSecond']} of "
+               f"{st['demandRequestsPerSecond']} req/s; {st['solver']}: {st['solverStatus']}, gap "
+               f"{st['optimalityGap']}, {st['solveSeconds']} s over {st['candidates']} candidates")
 
 
 @cli.group()

@@ -1,0 +1,236 @@
+"""``plan()``: every deployment placed on the fleet at once — variant, pool, parallelism, replicas, nodes.
+
+Pure: (fleet, deployments, catalog, previous plan) -> a Plan document (plain data, the contract with the
+runtime and the renderers). Candidates come from the estimator and the compatibility matrix, the replica
+counts from one exact MILP over all deployments together, the nodes and devices from the placer; every
+assignment says why it was chosen and what the best alternatives would have cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.engines.launch import engine_launch
+from orchestrator.planner.candidates import (
+    Candidate,
+    DeploymentCandidates,
+    EstimateCache,
+    candidates_for,
+    prune_dominated,
+    replicas_needed,
+)
+from orchestrator.planner.place import Placement, Stage, place_pool
+from orchestrator.planner.solve import Demand, solve
+from orchestrator.spec.catalog import Catalog
+from orchestrator.spec.deployment import ModelDeployment
+from orchestrator.spec.fleet import Fleet
+
+API_VERSION = "moxin.dev/v1alpha1"
+SOLVER = "HiGHS via scipy.optimize.milp"
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    churn_weight: float = 0.1
+    """Penalty for each replica added or removed against the previous plan, as a fraction of that
+    replica's hourly cost (0: ignore the previous plan's replica counts)."""
+    gap: float = 0.005
+    """Relative optimality gap at which the solver stops."""
+    time_limit_s: float = 60.0
+    objective: str = "cost"
+
+
+def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, previous: dict | None = None,
+         options: PlanOptions = PlanOptions()) -> dict[str, Any]:
+    pools = {p.name: p for p in fleet.spec.pools}
+    per_node = {p.name: p.devices_per_node or catalog.profile(p.hardware).spec.devices_per_node for p in pools.values()}
+    pool_devices = {name: per_node[name] * p.nodes for name, p in pools.items()}
+    prev_counts, prev_places = _read_previous(previous)
+    cache = EstimateCache()
+    found: list[DeploymentCandidates] = [candidates_for(d, list(pools.values()), catalog, cache) for d in deployments]
+    keep = frozenset(prev_counts)
+    usable = [c for f in found for c in prune_dominated(f.candidates, keep)]
+    demands = [Demand(d.name, d.spec.traffic.requests_per_second, d.spec.replicas.min, d.spec.replicas.max)
+               for d in deployments]
+    sol = solve(demands, usable, pool_devices, prev_counts, options.churn_weight, options.gap, options.time_limit_s)
+
+    placements: dict[tuple, list[Placement]] = {}
+    for name, pool in pools.items():
+        wants = [(c.key, c.tp, c.pp, sol.replicas[c.key]) for c in usable if c.pool == name and c.key in sol.replicas]
+        if wants:
+            placements.update(place_pool(pool, per_node[name], wants, prev_places))
+
+    used = {name: 0 for name in pools}
+    for c in usable:
+        used[c.pool] += c.devices * sol.replicas.get(c.key, 0)
+    assignments, unplaced = [], []
+    for d, f in zip(deployments, found):
+        chosen = [c for c in usable if c.deployment == d.name and c.key in sol.replicas]
+        for c in chosen:
+            assignments.append(_assignment(d, c, sol.replicas, placements[c.key], f, chosen, used,
+                                           pool_devices, catalog, pools[c.pool].emulate is not None))
+        served = sol.served.get(d.name, 0.0)
+        demand = d.spec.traffic.requests_per_second
+        count = sum(sol.replicas[c.key] for c in chosen)
+        if served + 1e-9 < demand or count < d.spec.replicas.min or (not chosen and demand > 0):
+            unplaced.append({"deployment": d.name, "servedRequestsPerSecond": _r(served),
+                             "demandRequestsPerSecond": demand,
+                             "reasons": _unplaced_reasons(d, f, served, used, pool_devices)})
+    cost = sum(a["costUsdPerHour"] or 0.0 for a in assignments)
+    unpriced = sorted({a["pool"] for a in assignments if a["costUsdPerHour"] is None})
+    status = {
+        "costUsdPerHour": _r(cost),
+        "servedRequestsPerSecond": _r(sum(sol.served.values())),
+        "demandRequestsPerSecond": _r(sum(d.requests_per_second for d in demands)),
+        "solver": SOLVER, "solverStatus": sol.status, "optimalityGap": _r(sol.gap),
+        "solveSeconds": round(sol.seconds, 3), "candidates": len(usable),
+        "devicesUsed": {k: v for k, v in sorted(used.items())},
+        "devicesTotal": dict(sorted(pool_devices.items())),
+    }
+    if unpriced:
+        status["unpricedPools"] = unpriced
+    return {"apiVersion": API_VERSION, "kind": "Plan", "metadata": {"name": fleet.name},
+            "spec": {"fleet": fleet.name, "objective": options.objective, "assignments": assignments,
+                     "unplaced": unplaced},
+            "status": status}
+
+
+def _r(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else float(f"{x:.{digits}g}")
+
+
+def _assignment(d: ModelDeployment, c: Candidate, replicas_of: dict[tuple, int], placed: list[Placement],
+                f: DeploymentCandidates, chosen: list[Candidate], used: dict[str, int], pool_devices: dict[str, int],
+                catalog: Catalog, emulated: bool) -> dict[str, Any]:
+    replicas = replicas_of[c.key]
+    model = catalog.model(c.model)
+    profile = catalog.profile(c.hardware)
+    multi_node = any(len({s.node for s in p.stages}) > 1 for p in placed)
+    launch = engine_launch(model, model.spec.variant(c.variant), profile, tp=c.tp, pp=c.pp,
+                           context=d.spec.context_tokens, concurrency=c.capacity.batch, kv_dtype=d.spec.kv_cache_dtype,
+                           engine=c.engine, served_name=d.name, multi_node=multi_node)
+    cap = c.capacity
+    return {
+        "deployment": d.name, "model": c.model, "variant": c.variant, "pool": c.pool, "hardware": c.hardware,
+        "engine": c.engine, "tensorParallel": c.tp, "pipelineParallel": c.pp, "replicas": replicas,
+        "devicesPerReplica": c.devices, "emulated": emulated,
+        "placements": [{"replica": p.replica, "stage": i, "node": s.node, "devices": list(s.devices)}
+                       for p in placed for i, s in enumerate(p.stages)],
+        "predicted": {"capacityRequestsPerSecond": _r(cap.requests_per_second), "batch": cap.batch,
+                      "decodeTokensPerSecond": _r(cap.decode_tokens_per_second), "ttftSeconds": _r(cap.ttft_s),
+                      "tpotSeconds": _r(cap.tpot_s)},
+        "costUsdPerHour": None if c.usd_per_hour is None else _r(c.usd_per_hour * replicas),
+        "why": _why(d, c, replicas, f, chosen, used, pool_devices, replicas_of),
+        "launch": launch.to_json(),
+    }
+
+
+def _counts(chosen: list[Candidate], replicas_of: dict[tuple, int]) -> list[tuple[Candidate, int]]:
+    return [(x, replicas_of[x.key]) for x in chosen]
+
+
+def _why(d: ModelDeployment, c: Candidate, replicas: int, f: DeploymentCandidates, chosen: list[Candidate],
+         used: dict[str, int], pool_devices: dict[str, int], replicas_of: dict[tuple, int]) -> dict[str, Any]:
+    demand = d.spec.traffic.requests_per_second
+    cap = c.capacity
+    binding = {"tpot-slo": f"the TPOT target of {d.spec.slo.tpot_seconds} s",
+               "ttft-slo": f"the TTFT target of {d.spec.slo.ttft_seconds} s",
+               "kv-memory": "KV-cache memory", "max-num-seqs": "the engine's sequence limit"}[cap.binding]
+    text = (f"{replicas} x {c.label}: {cap.requests_per_second:.3g} req/s per replica at {cap.batch} concurrent "
+            f"sequences (batch bound by {binding})")
+    if len(chosen) > 1:
+        text += f"; shares {demand:g} req/s with {len(chosen) - 1} other candidate(s)"
+    elif demand:
+        text += f"; {demand:g} req/s needs {replicas_needed(c, demand)}"
+    total_replicas = sum(n for _, n in _counts(chosen, replicas_of))
+    if total_replicas == d.spec.replicas.min and total_replicas > min(replicas_needed(x, demand) for x in chosen):
+        text += f"; replicas.min ({d.spec.replicas.min}) sets the count, not demand"
+    if used[c.pool] == pool_devices[c.pool]:
+        text += f"; pool {c.pool} is full ({pool_devices[c.pool]} devices)"
+    chosen_keys = {x.key for x in chosen}
+    total = sum((x.usd_per_hour or 0.0) * n for x, n in _counts(chosen, replicas_of))
+    others = []
+    for o in f.candidates:
+        if o.key in chosen_keys:
+            continue
+        n = max(replicas_needed(o, demand), d.spec.replicas.min, 1)
+        alone = None if o.usd_per_hour is None else o.usd_per_hour * n
+        if alone is None:
+            note = "unpriced pool"
+        elif alone > total + 1e-9:
+            note = "costs more"
+        elif o.devices * n > pool_devices[o.pool] - used[o.pool] + (o.devices * n if o.pool == c.pool else 0):
+            note = "cheaper alone, but its pool lacks free devices"
+        elif alone > total - 1e-9:
+            note = "costs the same"
+        else:
+            note = "cheaper alone, but its devices serve other deployments at a lower total cost"
+        others.append((alone if alone is not None else float("inf"), o.key, {
+            "candidate": o.label, "replicas": n, "costUsdPerHour": _r(alone), "note": note}))
+    others.sort(key=lambda t: (t[0], t[1]))
+    rejected = sorted({(r.kind, r.variant, r.pool): r.reason for r in f.rejections}.items())[:5]
+    return {"binding": cap.binding, "summary": text, "alternatives": [o[2] for o in others[:3]],
+            "rejected": [{"variant": v, "pool": p, "kind": k, "reason": reason} for (k, v, p), reason in rejected]}
+
+
+def _unplaced_reasons(d: ModelDeployment, f: DeploymentCandidates, served: float, used: dict[str, int],
+                      pool_devices: dict[str, int]) -> list[str]:
+    demand = d.spec.traffic.requests_per_second
+    reasons = []
+    if f.candidates:
+        best = max(f.candidates, key=lambda c: (c.capacity.requests_per_second / c.devices, c.key))
+        missing = demand - served
+        n = replicas_needed(best, missing) if missing > 0 else 1
+        reasons.append(f"capacity short: {served:.3g} of {demand:g} req/s served. {n} more replica(s) of {best.label} "
+                       f"({n * best.devices} devices) would serve the rest; pool {best.pool} has "
+                       f"{pool_devices[best.pool] - used[best.pool]} free of {pool_devices[best.pool]}: add nodes "
+                       "to it, or allow more pools or variants")
+    else:
+        reasons.append("no variant fits any allowed pool under the SLO")
+    by_kind: dict[tuple[str, str], str] = {}
+    for r in f.rejections:
+        by_kind.setdefault((r.variant, r.pool), f"{r.variant} on {r.pool}: {r.reason}")
+    reasons += [by_kind[k] for k in sorted(by_kind)]
+    return reasons
+
+
+def _read_previous(previous: dict | None) -> tuple[dict[tuple, int], dict[tuple, list[Placement]]]:
+    """Replica counts and placements of a previous Plan document, keyed like candidates."""
+    counts: dict[tuple, int] = {}
+    places: dict[tuple, list[Placement]] = {}
+    if not previous:
+        return counts, places
+    for a in previous.get("spec", {}).get("assignments", []):
+        key = (a["deployment"], a["variant"], a["pool"], int(a["tensorParallel"]), int(a["pipelineParallel"]))
+        counts[key] = int(a["replicas"])
+        stages: dict[int, list[Stage]] = {}
+        for p in sorted(a.get("placements", []), key=lambda p: (p["replica"], p.get("stage", 0))):
+            stages.setdefault(int(p["replica"]), []).append(Stage(str(p["node"]), tuple(int(x) for x in p["devices"])))
+        places[key] = [Placement(r, tuple(s)) for r, s in sorted(stages.items())]
+    return counts, places
+
+
+def diff(old: dict, new: dict) -> list[dict[str, Any]]:
+    """What moves between two plans: replica counts per assignment and replicas whose devices changed."""
+    def index(doc: dict) -> dict[tuple, dict]:
+        return {(a["deployment"], a["variant"], a["pool"], a["tensorParallel"], a["pipelineParallel"]): a
+                for a in doc.get("spec", {}).get("assignments", [])}
+
+    before, after = index(old), index(new)
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        label = f"{key[0]}: {key[1]} on {key[2]} (tp={key[3]} pp={key[4]})"
+        ra, rb = (a or {}).get("replicas", 0), (b or {}).get("replicas", 0)
+        if ra != rb:
+            changes.append({"assignment": label, "change": "added" if not a else "removed" if not b else "scaled",
+                            "replicasBefore": ra, "replicasAfter": rb})
+        if a and b:
+            pa = {(p["replica"], p["stage"]): (p["node"], p["devices"]) for p in a["placements"]}
+            pb = {(p["replica"], p["stage"]): (p["node"], p["devices"]) for p in b["placements"]}
+            for rep in sorted(set(pa) & set(pb)):
+                if pa[rep] != pb[rep]:
+                    changes.append({"assignment": label, "change": "moved", "replica": rep[0], "stage": rep[1],
+                                    "from": f"{pa[rep][0]}{pa[rep][1]}", "to": f"{pb[rep][0]}{pb[rep][1]}"})
+    return changes
