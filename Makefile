@@ -35,6 +35,9 @@ run: install
 	$(MOXIN) estimate --model glm-4.5-air --variant mlx-3bit --hardware apple-m2-max-64g --context 4207
 	$(MOXIN) matrix --model glm-4.5-air --context 32768 --hardware nvidia-h200 --hardware cambricon-mlu590 \
 	  --hardware huawei-ascend-910b --hardware apple-m2-max-64g --hardware apple-m3-ultra-512g
+	$(MOXIN) engine-args --model glm-4.5-air --variant w4a16 --hardware cambricon-mlu590 --tp 2 --context 32768
+	$(MOXIN) plan -f manifests/fleets/maas.yaml -f manifests/deployments/maas.yaml
+	$(MOXIN) plan -f manifests/local
 
 test: install-test
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -35,10 +35,16 @@ def node_names(pool: Pool) -> list[str]:
 
 
 class _Pool:
+    """Free devices per node; untouched nodes wait in order, so a stage looks only at partly used ones."""
+
     def __init__(self, names: list[str], per_node: int) -> None:
         self.names = names
+        self.order = {n: i for i, n in enumerate(names)}
         self.per_node = per_node
         self.free = {n: [True] * per_node for n in names}
+        self.count = dict.fromkeys(names, per_node)
+        self.partial: set[str] = set()
+        self.empty = list(reversed(names))  # pop() gives the first untouched node
 
     def can(self, node: str, devices: tuple[int, ...]) -> bool:
         row = self.free.get(node)
@@ -47,6 +53,16 @@ class _Pool:
     def take(self, node: str, devices: tuple[int, ...]) -> None:
         for d in devices:
             self.free[node][d] = False
+        if self.count[node] == self.per_node:  # first use of an untouched node
+            if self.empty and self.empty[-1] == node:
+                self.empty.pop()
+            else:
+                self.empty.remove(node)
+        self.count[node] -= len(devices)
+        if self.count[node]:
+            self.partial.add(node)
+        else:
+            self.partial.discard(node)
 
     def block(self, node: str, size: int) -> tuple[int, ...] | None:
         row = self.free[node]
@@ -56,7 +72,12 @@ class _Pool:
         return None
 
     def place_stage(self, size: int, prefer: str | None) -> Stage | None:
-        order = sorted(self.names, key=lambda n: (n != prefer, sum(self.free[n]), self.names.index(n)))
+        """Best fit: the preferred node (the replica's previous stage), else the partly used node with the
+        fewest free devices that has an aligned block, else the first untouched node."""
+        order = sorted((n for n in self.partial if self.count[n] >= size),
+                       key=lambda n: (n != prefer, self.count[n], self.order[n]))
+        if self.empty:
+            order.append(self.empty[-1])
         for node in order:
             devices = self.block(node, size)
             if devices is not None:

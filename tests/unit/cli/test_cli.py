@@ -22,7 +22,7 @@ def run(*args: str):
 def test_validate_the_shipped_catalog_and_examples() -> None:
     result = run("validate", str(ROOT / "hardware_profiles"), str(ROOT / "manifests"))
     assert result.exit_code == 0, result.output
-    assert "21 HardwareProfile" in result.output and "8 Model" in result.output
+    assert "21 HardwareProfile" in result.output and "9 Model" in result.output and "2 Fleet" in result.output
 
 
 def test_validate_bad_file_exits_2_with_location_and_no_traceback() -> None:
