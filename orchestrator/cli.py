@@ -162,14 +162,24 @@ def _pick_variant(model: Any, name: str) -> Any:
     return variant
 
 
+def _replica_options(command: Any) -> Any:
+    """The options that name one replica: model, variant, hardware, parallelism, context."""
+    for option in reversed([
+        click.option("--model", "-m", "model_name", required=True, help="Model name (moxin models)."),
+        click.option("--variant", "-v", "variant_name", required=True, help="Variant of the model."),
+        click.option("--hardware", "-H", "hardware", required=True, help="Hardware profile (moxin profiles)."),
+        click.option("--tp", type=click.IntRange(1), help="Tensor-parallel degree; default: the smallest that fits."),
+        click.option("--pp", type=click.IntRange(1), help="Pipeline stages; default: the smallest that fits."),
+        click.option("--ep/--no-ep", default=False, help="Expert parallelism (whole experts per device)."),
+        click.option("--context", type=click.IntRange(1),
+                     help="Context tokens per sequence [default: min(8192, model max)]."),
+    ]):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@click.option("--model", "-m", "model_name", required=True, help="Model name (moxin models).")
-@click.option("--variant", "-v", "variant_name", required=True, help="Variant of the model.")
-@click.option("--hardware", "-H", "hardware", required=True, help="Hardware profile (moxin profiles).")
-@click.option("--tp", type=click.IntRange(1), help="Tensor-parallel degree; default: the smallest that fits.")
-@click.option("--pp", type=click.IntRange(1), help="Pipeline stages; default: the smallest that fits.")
-@click.option("--ep/--no-ep", default=False, help="Expert parallelism (whole experts per device).")
-@click.option("--context", type=click.IntRange(1), help="Context tokens per sequence [default: min(8192, model max)].")
+@_replica_options
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Concurrent sequences.")
 @click.option("--kv-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp8", "int8", "int4"]), default="auto",
               show_default=True)
@@ -262,13 +272,7 @@ def matrix(model_name: str, context: int | None, hardware: tuple[str, ...], path
 
 
 @cli.command("engine-args")
-@click.option("--model", "-m", "model_name", required=True, help="Model name (moxin models).")
-@click.option("--variant", "-v", "variant_name", required=True, help="Variant of the model.")
-@click.option("--hardware", "-H", "hardware", required=True, help="Hardware profile (moxin profiles).")
-@click.option("--tp", type=click.IntRange(1), help="Tensor-parallel degree; default: the smallest that fits.")
-@click.option("--pp", type=click.IntRange(1), help="Pipeline stages; default: the smallest that fits.")
-@click.option("--ep/--no-ep", default=False, help="Expert parallelism.")
-@click.option("--context", type=click.IntRange(1), help="Context tokens per sequence [default: min(8192, model max)].")
+@_replica_options
 @click.option("--concurrency", type=click.IntRange(1), help="Concurrent sequences [default: 256 on vLLM].")
 @click.option("--kv-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp8", "int8", "int4"]), default="auto",
               show_default=True)
