@@ -57,13 +57,11 @@ def solve(demands: list[Demand], candidates: list[Candidate], pool_devices: dict
     previous = previous or {}
     nd, nc = len(demands), len(candidates)
     d_index = {d.name: i for i, d in enumerate(demands)}
-    churn = [i for i, c in enumerate(candidates) if previous.get(c.key)] if previous else []
+    # Churn: u_c >= |x_c - previous_c| for candidates the previous plan ran; replicas of any other
+    # candidate are all new, so their penalty rides on x_c's own cost.
+    churn = [i for i, c in enumerate(candidates) if previous.get(c.key)]
     # Columns: x (nc) | s (nd) | z (nd) | u (len(churn))
-    nu = len(churn) if previous else 0
-    # Every candidate may be moved against the previous plan; only those with previous replicas or any
-    # replicas now can change. u_c for candidates with previous > 0 (removals) and all others (additions)
-    # are both churn; additions of new candidates are counted through x itself.
-    n = nc + 2 * nd + nu
+    n = nc + 2 * nd + len(churn)
     xs, ss, zs, us = 0, nc, nc + nd, nc + 2 * nd
 
     rows: list[int] = []
