@@ -47,11 +47,6 @@ class Verdict:
     def reason(self) -> str:
         return "; ".join(self.reasons)
 
-    def to_json(self) -> dict:
-        return {"status": self.status, "engine": self.engine.engine if self.engine else None,
-                "platform": self.engine.platform if self.engine else None, "reasons": self.reasons,
-                "quantization": self.quantization}
-
 
 def variant_formats(variant: Variant) -> list[Format]:
     """The distinct storage formats of a variant's matrices, in a stable order."""

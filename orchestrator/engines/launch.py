@@ -114,7 +114,7 @@ def engine_launch(model: Model, variant: Variant, profile: HardwareProfile, *, t
         argv, env, notes = mlx.server_argv(support, est, **common)
         metrics = None
     else:
-        argv, env, notes = vllm.server_argv(support, profile, variant, verdict, est, tp=tp, pp=pp, ep=ep,
+        argv, env, notes = vllm.server_argv(support, profile, variant, est, tp=tp, pp=pp, ep=ep,
                                             settings=settings, multi_node=multi_node, **common)
         metrics = "/metrics"
     if not verdict.supported:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.engines.compat import Verdict
+from orchestrator.engines.compat import quantization_flag
 from orchestrator.estimate.estimator import EngineSettings, Estimate
 from orchestrator.estimate.memory import GiB
 from orchestrator.spec.hardware import EngineSupport, HardwareProfile
@@ -51,8 +51,7 @@ def cpu_kv_space_gib(est: Estimate) -> int:
     return max(1, math.ceil(est.kv_bytes / GiB))
 
 
-def server_argv(support: EngineSupport, profile: HardwareProfile, variant: Variant, verdict: Verdict,
-                est: Estimate, *, path: str, name: str, host: str, port: int, python: str, context: int,
+def server_argv(support: EngineSupport, profile: HardwareProfile, variant: Variant, est: Estimate, *, path: str, name: str, host: str, port: int, python: str, context: int,
                 concurrency: int, tp: int, pp: int, ep: bool, settings: EngineSettings,
                 multi_node: bool) -> tuple[list[str], dict[str, str], list[str]]:
     notes: list[str] = []
@@ -77,9 +76,7 @@ def server_argv(support: EngineSupport, profile: HardwareProfile, variant: Varia
     argv += ["--kv-cache-dtype", "auto" if est.kv_cache_dtype == model_dtype or kv is None else kv]
     if kv is None:
         notes.append(f"vLLM has no {est.kv_cache_dtype} KV cache; the model's dtype is used")
-    quant = verdict.quantization
-    if quant is None and not verdict.supported and variant.quantize_on_load:
-        quant = variant.quantization_method  # forced launch of an online-quantized variant
+    quant = quantization_flag(variant, support)  # also for a forced launch compat refused
     if quant:
         argv += ["--quantization", quant]
     if "bf16" not in profile.spec.native_formats and "fp16" in profile.spec.native_formats:

@@ -174,7 +174,8 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
     variants = [model.spec.variant(v) for v in spec.variants] if spec.variants else list(model.spec.variants)
     allowed = set(spec.pools) if spec.pools else None
     out = DeploymentCandidates(deployment)
-    length = spec.traffic.prompt_tokens + spec.traffic.output_tokens
+    # A sequence's KV at the end of a mean request: what concurrency and decode speed are sized at.
+    length = min(spec.traffic.prompt_tokens + spec.traffic.output_tokens, spec.context_tokens)
     for pool in pools:
         if allowed is not None and pool.name not in allowed:
             continue
@@ -199,15 +200,13 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
                     if not fit.fits:
                         last_no_fit = fit
                         continue
-                    mem = cache(model, variant, profile, tp, pp, min(length, spec.context_tokens), 1,
-                                spec.kv_cache_dtype)
+                    mem = cache(model, variant, profile, tp, pp, length, 1, spec.kv_cache_dtype)
                     max_batch = max(1, mem.max_concurrency or 1)
                     limit = MLX_DECODE_CONCURRENCY if engine.engine == "mlx-lm" else 256  # vLLM max_num_seqs
                     binding = "max-num-seqs" if max_batch >= limit else "kv-memory"
                     max_batch = min(max_batch, limit)
-                    cap = capacity(lambda b, tp=tp, pp=pp, v=variant, h=profile: cache(model, v, h, tp, pp,
-                                                                  min(length, spec.context_tokens), b,
-                                                                  spec.kv_cache_dtype),
+                    cap = capacity(lambda b, tp=tp, pp=pp, v=variant, h=profile: cache(model, v, h, tp, pp, length,
+                                                                                    b, spec.kv_cache_dtype),
                                    deployment, max_batch, binding)
                     if isinstance(cap, str):
                         kind = "unknown-speed" if cap.startswith("speed unknown") else "slo"

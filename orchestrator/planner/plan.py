@@ -126,10 +126,6 @@ def _assignment(d: ModelDeployment, c: Candidate, replicas_of: dict[tuple, int],
     }
 
 
-def _counts(chosen: list[Candidate], replicas_of: dict[tuple, int]) -> list[tuple[Candidate, int]]:
-    return [(x, replicas_of[x.key]) for x in chosen]
-
-
 def _why(d: ModelDeployment, c: Candidate, replicas: int, f: DeploymentCandidates, chosen: list[Candidate],
          used: dict[str, int], pool_devices: dict[str, int], replicas_of: dict[tuple, int]) -> dict[str, Any]:
     demand = d.spec.traffic.requests_per_second
@@ -143,13 +139,13 @@ def _why(d: ModelDeployment, c: Candidate, replicas: int, f: DeploymentCandidate
         text += f"; shares {demand:g} req/s with {len(chosen) - 1} other candidate(s)"
     elif demand:
         text += f"; {demand:g} req/s needs {replicas_needed(c, demand)}"
-    total_replicas = sum(n for _, n in _counts(chosen, replicas_of))
+    total_replicas = sum(replicas_of[x.key] for x in chosen)
     if total_replicas == d.spec.replicas.min and total_replicas > min(replicas_needed(x, demand) for x in chosen):
         text += f"; replicas.min ({d.spec.replicas.min}) sets the count, not demand"
     if used[c.pool] == pool_devices[c.pool]:
         text += f"; pool {c.pool} is full ({pool_devices[c.pool]} devices)"
     chosen_keys = {x.key for x in chosen}
-    total = sum((x.usd_per_hour or 0.0) * n for x, n in _counts(chosen, replicas_of))
+    total = sum((x.usd_per_hour or 0.0) * replicas_of[x.key] for x in chosen)
     others = []
     for o in f.candidates:
         if o.key in chosen_keys:
