@@ -53,6 +53,12 @@ class EngineLaunch:
     model_path: str
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def request_model(self) -> str:
+        """The model name a request must carry to reach this engine: the served name on vLLM; mlx-lm loads
+        whatever a request names, and 'default_model' is the checkpoint it was started with."""
+        return "default_model" if self.engine == "mlx-lm" else self.served_model_name
+
     def with_port(self, port: int) -> EngineLaunch:
         """The same launch listening on another port (the runtime picks free ports per replica)."""
         argv = list(self.argv)
@@ -70,6 +76,7 @@ class EngineLaunch:
                 "port": self.port, "healthPath": self.health_path, "metricsPath": self.metrics_path,
                 "readinessTimeoutSeconds": self.readiness_timeout_s, "image": self.image,
                 "visibilityEnv": self.visibility_env, "servedModelName": self.served_model_name,
+                "requestModel": self.request_model,
                 "modelPath": self.model_path, "notes": self.notes}
 
 

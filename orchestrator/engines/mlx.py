@@ -14,7 +14,8 @@ def server_argv(support: EngineSupport, est: Estimate, *, path: str, name: str, 
     notes = ["mlx-lm serves no /metrics: the moxin router measures its requests",
              f"mlx-lm's server has no --max-kv-size (only mlx_lm.generate has it): the context bound of "
              f"{context} tokens is kept by the router; --prompt-cache-bytes bounds the cache kept between requests",
-             f"mlx-lm answers with model name 'default_model'; requests are routed to it as '{name}'"]
+             f"mlx-lm loads whatever model a request names: the router sends requests for '{name}' as "
+             "'default_model', the checkpoint it was started with"]
     argv = [python, "-m", "mlx_lm", "server", "--model", path, "--host", host, "--port", str(port),
             "--decode-concurrency", str(concurrency), "--prompt-cache-bytes", str(max(est.kv_bytes, 1))]
     bits = KV_BITS.get(est.kv_cache_dtype)

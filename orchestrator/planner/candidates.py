@@ -71,6 +71,10 @@ class Rejection:
     """'unsupported', 'no-fit', 'slo', 'unknown-speed', 'not-allowed'."""
 
 
+# The profile an emulated pool's engines actually run on (the pool is planned as its declared hardware).
+EMULATION_PROFILE = {"cpu": "cpu-x86"}
+
+
 @dataclass
 class DeploymentCandidates:
     deployment: ModelDeployment
@@ -190,6 +194,13 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
                 continue
             engine = verdict.engine
             assert engine is not None
+            if pool.emulate is not None:
+                emulation = check(variant, catalog.profile(EMULATION_PROFILE[pool.emulate]), engine.engine)
+                if not emulation.supported:
+                    out.rejections.append(Rejection(
+                        variant.name, pool.name, f"pool is emulated on {pool.emulate}, where {engine.engine} cannot "
+                        f"run it: {emulation.reason}", "unsupported"))
+                    continue
             found = False
             last_no_fit = None
             for tp in tp_choices(per_node, arch.attention_heads, engine.engine):

@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator.engines.launch import engine_launch
 from orchestrator.planner.candidates import (
+    EMULATION_PROFILE,
     Candidate,
     DeploymentCandidates,
     EstimateCache,
@@ -39,6 +40,9 @@ class PlanOptions:
     """Relative optimality gap at which the solver stops."""
     time_limit_s: float = 60.0
     objective: str = "cost"
+    model_root: str = "/models"
+    """Where checkpoints live on every node: a variant without its own ``checkpoint`` is read from
+    ``{model_root}/{model}/{variant}`` (a PVC mount on Kubernetes, a local cache for ``moxin up``)."""
 
 
 def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, previous: dict | None = None,
@@ -69,7 +73,7 @@ def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, pre
         chosen = [c for c in usable if c.deployment == d.name and c.key in sol.replicas]
         for c in chosen:
             assignments.append(_assignment(d, c, sol.replicas, placements[c.key], f, chosen, used,
-                                           pool_devices, catalog, pools[c.pool].emulate is not None))
+                                           pool_devices, catalog, pools[c.pool].emulate, options.model_root))
         served = sol.served.get(d.name, 0.0)
         demand = d.spec.traffic.requests_per_second
         count = sum(sol.replicas[c.key] for c in chosen)
@@ -102,19 +106,22 @@ def _r(x: float | None, digits: int = 4) -> float | None:
 
 def _assignment(d: ModelDeployment, c: Candidate, replicas_of: dict[tuple, int], placed: list[Placement],
                 f: DeploymentCandidates, chosen: list[Candidate], used: dict[str, int], pool_devices: dict[str, int],
-                catalog: Catalog, emulated: bool) -> dict[str, Any]:
+                catalog: Catalog, emulate: str | None, model_root: str) -> dict[str, Any]:
     replicas = replicas_of[c.key]
     model = catalog.model(c.model)
-    profile = catalog.profile(c.hardware)
+    variant = model.spec.variant(c.variant)
+    # An emulated pool is planned as its declared hardware; its engine is launched for what it really runs on.
+    profile = catalog.profile(EMULATION_PROFILE[emulate] if emulate else c.hardware)
     multi_node = any(len({s.node for s in p.stages}) > 1 for p in placed)
-    launch = engine_launch(model, model.spec.variant(c.variant), profile, tp=c.tp, pp=c.pp,
-                           context=d.spec.context_tokens, concurrency=c.capacity.batch, kv_dtype=d.spec.kv_cache_dtype,
-                           engine=c.engine, served_name=d.name, multi_node=multi_node)
+    launch = engine_launch(model, variant, profile, tp=c.tp, pp=c.pp, context=d.spec.context_tokens,
+                           concurrency=c.capacity.batch, kv_dtype=d.spec.kv_cache_dtype, engine=c.engine,
+                           served_name=d.name, multi_node=multi_node,
+                           model_path=variant.checkpoint or f"{model_root.rstrip('/')}/{model.name}/{variant.name}")
     cap = c.capacity
     return {
         "deployment": d.name, "model": c.model, "variant": c.variant, "pool": c.pool, "hardware": c.hardware,
         "engine": c.engine, "tensorParallel": c.tp, "pipelineParallel": c.pp, "replicas": replicas,
-        "devicesPerReplica": c.devices, "emulated": emulated,
+        "devicesPerReplica": c.devices, "emulated": emulate is not None,
         "placements": [{"replica": p.replica, "stage": i, "node": s.node, "devices": list(s.devices)}
                        for p in placed for i, s in enumerate(p.stages)],
         "predicted": {"capacityRequestsPerSecond": _r(cap.requests_per_second), "batch": cap.batch,

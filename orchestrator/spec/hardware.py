@@ -91,11 +91,36 @@ class EngineSupport(Strict):
         return self
 
 
+# Ray takes these through --num-cpus / --num-gpus, never through --resources.
+RAY_BUILTIN_RESOURCES = {"CPU": "--num-cpus", "GPU": "--num-gpus"}
+NODE_RESOURCE_PREFIX = "moxin-node-"
+"""A node of a moxin fleet carries ``moxin-node-<name>: 1`` so that replicas can be pinned to the node the
+plan chose (placement-group bundles ask for a sliver of it)."""
+
+
 class RayResources(Strict):
     resource: str = Field(min_length=1)
     """Ray resource name one device counts as ('GPU', 'NPU', 'MLU', 'mlx', 'CPU')."""
     accelerator_type: str = Field(min_length=1)
     """Value of Ray's 'accelerator_type:X' resource for this profile."""
+
+    @property
+    def accelerator_resource(self) -> str:
+        return f"accelerator_type:{self.accelerator_type}"
+
+    def node_resources(self, devices: int, node: str | None = None) -> dict[str, float]:
+        """Every resource a Ray node with ``devices`` of these devices declares (GPU and CPU included)."""
+        out: dict[str, float] = {self.resource: float(devices), self.accelerator_resource: 1.0}
+        if node:
+            out[NODE_RESOURCE_PREFIX + node] = 1.0
+        return out
+
+    def bundle(self, devices: int, node: str | None = None) -> dict[str, float]:
+        """One placement-group bundle: ``devices`` devices on one node (of the plan's choice, if given)."""
+        out: dict[str, float] = {self.resource: float(devices), self.accelerator_resource: 0.001}
+        if node:
+            out[NODE_RESOURCE_PREFIX + node] = 0.001
+        return out
 
 
 class KubernetesResources(Strict):
