@@ -6,8 +6,10 @@ so `moxin --help` and the catalog commands start fast.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import click
 
 from orchestrator import __version__
-from orchestrator.errors import MoxinError, Problem, SpecError
+from orchestrator.errors import InfeasibleError, MoxinError, Problem, SpecError
 
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
                       show_default=True, help="table for people; json/yaml print the full documents.")
@@ -316,6 +318,26 @@ def engine_args(model_name: str, variant_name: str, hardware: str, tp: int | Non
         click.echo(f"# {note}")
 
 
+def _plan_files(paths: tuple[Path, ...], fleet_name: str | None, previous: dict[str, Any] | None,
+                options: Any) -> dict[str, Any]:
+    """Plan the Fleet and ModelDeployments in ``paths`` (with the built-in catalog)."""
+    from orchestrator.planner import plan as run_plan
+
+    catalog = _catalog(paths)
+    fleets = catalog.fleets
+    if fleet_name is None and len(fleets) != 1:
+        raise SpecError([Problem(f"the files hold {len(fleets)} Fleet documents; the planner needs one",
+                                 hint=f"choose with --fleet ({', '.join(sorted(fleets)) or 'none found'})")])
+    if fleet_name is not None and fleet_name not in fleets:
+        raise SpecError([Problem(f"no Fleet named {fleet_name!r} in the files",
+                                 hint=f"one of: {', '.join(sorted(fleets)) or 'none found'}")])
+    fleet = fleets[fleet_name] if fleet_name else next(iter(fleets.values()))
+    deployments = list(catalog.deployments.values())
+    if not deployments:
+        raise SpecError([Problem("no ModelDeployment documents in the files", hint="add deployments with -f")])
+    return run_plan(fleet, deployments, catalog, previous, options)
+
+
 def _read_plan(path: Path) -> dict[str, Any]:
     from orchestrator.spec.yamlsource import read_yaml_file
 
@@ -377,20 +399,11 @@ def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None,
     if not paths:
         raise click.UsageError("give the fleet and deployments with -f (or two plans with --diff)")
     from orchestrator.planner import PlanOptions
-    from orchestrator.planner import plan as run_plan
 
-    catalog = _catalog(paths)
-    fleets = catalog.fleets
-    if fleet_name is None and len(fleets) != 1:
-        raise SpecError([Problem(f"the files hold {len(fleets)} Fleet documents; the planner needs one",
-                                 hint=f"choose with --fleet ({', '.join(sorted(fleets)) or 'none found'})")])
-    fleet = fleets[fleet_name] if fleet_name else next(iter(fleets.values()))
-    deployments = list(catalog.deployments.values())
-    if not deployments:
-        raise SpecError([Problem("no ModelDeployment documents in the files", hint="add deployments with -f")])
     prev = _read_plan(previous) if previous else None
-    doc = run_plan(fleet, deployments, catalog, prev,
-                   PlanOptions(churn_weight=churn_weight, gap=gap, time_limit_s=time_limit, objective=objective))
+    doc = _plan_files(paths, fleet_name, prev, PlanOptions(churn_weight=churn_weight, gap=gap,
+                                                           time_limit_s=time_limit, objective=objective))
+    fleet_name = doc["spec"]["fleet"]
     if fmt != "table":
         emit(doc, fmt)
         return
@@ -403,7 +416,7 @@ def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None,
                      p["capacityRequestsPerSecond"], p["ttftSeconds"], p["tpotSeconds"], a["costUsdPerHour"],
                      ", ".join(nodes[:3]) + (f" +{len(nodes) - 3}" if len(nodes) > 3 else "")])
     table(["DEPLOYMENT", "VARIANT", "POOL", "ENGINE", "PARALLEL", "REPLICAS", "REQ/S EACH", "TTFT S", "TPOT S",
-           "USD/H", "NODES"], rows, title=f"plan for fleet {fleet.name}")
+           "USD/H", "NODES"], rows, title=f"plan for fleet {fleet_name}")
     for a in doc["spec"]["assignments"]:
         click.echo(f"- {a['deployment']}: {a['why']['summary']}")
     for u in doc["spec"]["unplaced"]:
@@ -415,6 +428,226 @@ def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None,
     click.echo(f"cost ${st['costUsdPerHour']}/h; served {st['servedRequestsPerSecond']} of "
                f"{st['demandRequestsPerSecond']} req/s; {st['solver']}: {st['solverStatus']}, gap "
                f"{st['optimalityGap']}, {st['solveSeconds']} s over {st['candidates']} candidates")
+
+
+# -- the Ray runtime -------------------------------------------------------------------------------------------------
+ADDRESS = click.option("--address", help="Ray cluster address [default: $RAY_ADDRESS, else the local cluster].")
+
+
+def _plan_or_manifests(paths: tuple[Path, ...], fleet_name: str | None, model_root: str,
+                       previous: dict[str, Any] | None) -> dict[str, Any]:
+    """A Plan document given with -f is used as it is; manifests are planned (stable against ``previous``)."""
+    from orchestrator.planner import PlanOptions
+    from orchestrator.spec.yamlsource import read_yaml_file
+
+    files = [p for p in paths if p.is_file()]
+    if len(paths) == 1 and files and any(isinstance(d.data, dict) and d.data.get("kind") == "Plan"
+                                         for d in read_yaml_file(files[0])):
+        return _read_plan(files[0])
+    return _plan_files(paths, fleet_name, previous, PlanOptions(model_root=model_root))
+
+
+def _unplaced_error(doc: dict[str, Any]) -> None:
+    if doc["spec"]["unplaced"]:
+        lines = [f"{u['deployment']}: {'; '.join(u['reasons'][:3])}" for u in doc["spec"]["unplaced"]]
+        raise InfeasibleError("the plan leaves deployments unplaced, nothing was applied:\n  " + "\n  ".join(lines))
+
+
+@cli.command()
+@click.option("-f", "--file", "paths", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Fleet + deployments to run [default: the local example, emulated on this machine's CPU].")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Router port.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=9400, show_default=True,
+              help="Controller metrics port (0: any free port).")
+@click.option("--timeout", type=click.FloatRange(1), default=900, show_default=True,
+              help="Seconds to wait for every replica to serve.")
+def up(paths: tuple[Path, ...], port: int, metrics_port: int, timeout: float) -> None:
+    """Start the embedded default: a local multi-node Ray cluster with one node per fleet node (emulated pools),
+    the tiny demo model, the controller, the router; then wait until every replica serves."""
+    from orchestrator.runtime import client, local
+    from orchestrator.spec.catalog import local_example_dir
+
+    paths = paths or (local_example_dir(),)
+    root = local.home() / "models"
+    catalog = _catalog(paths)
+    for d in catalog.deployments.values():  # the demo's model has no checkpoint anywhere: generate it (cached)
+        model = catalog.model(d.spec.model)
+        if model.spec.architecture and all(v.checkpoint is None for v in model.spec.variants):
+            click.echo(f"preparing {model.name} checkpoints under {root} ...")
+            local.tiny_model(model, {v.name: v.formats["default"] for v in model.spec.variants}, root)
+    doc = _plan_or_manifests(paths, None, str(root), None)
+    _unplaced_error(doc)
+    nodes = local.layout(doc["spec"]["pools"])
+    click.echo(f"starting a local Ray cluster: head + {len(nodes)} node(s): " +
+               ", ".join(f"{n.name} {dict(n.resources, **({'GPU': n.num_gpus} if n.num_gpus else {}))}" for n in nodes))
+    info = local.start(nodes)
+    address = info["address"]
+    options = {"routerPort": port, "metricsPort": metrics_port, "logDir": str(local.home() / "logs"),
+               "prometheusSd": str(local.home() / "prometheus-sd.json")}
+    try:
+        client.apply(address, doc, options)
+        seen: dict[str, str] = {}
+
+        def progress(st: dict[str, Any]) -> None:
+            for r in st["replicas"]:
+                if seen.get(r["id"]) != r["state"]:
+                    seen[r["id"]] = r["state"]
+                    where = f" {r['url']}" if r.get("url") and r["state"] == "ready" else ""
+                    click.echo(f"  {time.strftime('%H:%M:%S')} {r['id']}: {r['state']}{where}")
+
+        st = client.wait_ready(address, timeout, progress)
+    except KeyboardInterrupt:
+        click.echo("interrupted: tearing everything down")
+        for line in client.down(address):
+            click.echo(line)
+        raise SystemExit(130) from None
+    router = st["routers"][0]
+    deployment = next(r["labels"]["deployment"] for r in st["replicas"] if r["desired"])
+    click.echo(f"""
+moxin is up (Ray at {address}).
+  router (OpenAI API): {router}/v1
+  metrics:             {router}/metrics (router), {st['metricsUrl']} (controller)
+  Prometheus targets:  {st['prometheusSd']} (file_sd, kept current)
+try:
+  curl -s {router}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{deployment}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
+then: moxin status | moxin logs REPLICA | moxin down""")
+
+
+@cli.command()
+@click.option("-f", "--file", "paths", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              help="Fleet + deployments (planned now), or one Plan document.")
+@click.option("--fleet", "fleet_name", help="The Fleet to plan for, when the files hold several.")
+@ADDRESS
+@click.option("--model-root", default="/models", show_default=True,
+              help="Where every node keeps checkpoints: <root>/<model>/<variant>.")
+@click.option("--kubernetes", is_flag=True, help="Apply to the Kubernetes cluster of $KUBECONFIG instead of Ray.")
+@click.option("--namespace", default="moxin", show_default=True, help="Kubernetes namespace (with --kubernetes).")
+@click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
+def apply(paths: tuple[Path, ...], fleet_name: str | None, address: str | None, model_root: str, kubernetes: bool,
+          namespace: str, dry_run: bool) -> None:
+    """Make a cluster run the plan: on Ray (the controller reconciles) or on Kubernetes (server-side apply)."""
+    if kubernetes:
+        from orchestrator.render.kubernetes import render_objects
+        from orchestrator.runtime.kubernetes import apply_objects
+
+        doc = _plan_or_manifests(paths, fleet_name, model_root, None)
+        _unplaced_error(doc)
+        for line in apply_objects(render_objects(doc, namespace=namespace), namespace=namespace,
+                                  plan_name=doc["metadata"]["name"], dry_run=dry_run):
+            click.echo(line)
+        return
+    from orchestrator.planner import diff
+    from orchestrator.runtime import client
+
+    addr, _ = client.resolve_address(address)
+    previous = client.current_plan(addr)
+    doc = _plan_or_manifests(paths, fleet_name, model_root, previous)
+    _unplaced_error(doc)
+    changes = diff(previous, doc) if previous else [{"assignment": f"{a['deployment']}/{a['variant']}@{a['pool']}",
+                                                     "change": "added", "replicasBefore": 0,
+                                                     "replicasAfter": a["replicas"]}
+                                                    for a in doc["spec"]["assignments"]]
+    for c in changes:
+        click.echo(f"{c['change']:>7} {c['assignment']}" + (f": {c['replicasBefore']} -> {c['replicasAfter']}"
+                                                           if "replicasAfter" in c else ""))
+    if not changes:
+        click.echo("no changes to the plan")
+    if dry_run:
+        return
+    result = client.apply(addr, doc)
+    click.echo(f"applied: {len(result['replicas'])} replica(s) desired; watch with `moxin status`")
+
+
+@cli.command()
+@ADDRESS
+@click.option("--prometheus-sd", "sd_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the Prometheus file_sd target list here; the controller keeps it current.")
+@OUTPUT
+def status(address: str | None, sd_file: Path | None, fmt: str) -> None:
+    """Replicas: state, pool, node, emulated or not, endpoint, engine PID, restarts."""
+    from orchestrator.output import emit, table
+    from orchestrator.runtime import client
+
+    addr, _ = client.resolve_address(address)
+    if sd_file is not None:
+        client.set_prometheus_sd(addr, sd_file)
+    st = client.status(addr)
+    if fmt != "table":
+        emit(st, fmt)
+        return
+    rows = []
+    for r in st["replicas"]:
+        labels = r.get("labels", {})
+        state = r["state"] + (" (draining)" if r["draining"] else "") + ("" if r["desired"] else " (extra)")
+        rows.append([r["id"], state, labels.get("deployment", "-"), labels.get("variant", "-"),
+                     labels.get("pool", "-") + (" (emulated)" if labels.get("emulated") == "true" else ""),
+                     labels.get("engine", "-"), ",".join(r.get("nodes", [])) or "-", r["url"] or "-",
+                     r["enginePid"] or "-", r["restarts"]])
+    table(["REPLICA", "STATE", "DEPLOYMENT", "VARIANT", "POOL", "ENGINE", "NODE", "ENDPOINT", "PID", "RESTARTS"], rows,
+          title=f"plan {st['plan']}")
+    click.echo(f"router: {', '.join(st['routers']) or 'not started'}; controller metrics: {st['metricsUrl']}")
+    for r in st["replicas"]:
+        if r["lastError"]:
+            click.echo(f"{r['id']}: {r['lastError']}")
+    if st["prometheusSd"]:
+        click.echo(f"Prometheus file_sd: {st['prometheusSd']}")
+
+
+@cli.command()
+@click.argument("replica")
+@ADDRESS
+@click.option("--tail", type=click.IntRange(1), default=200, show_default=True, help="Lines from the end.")
+def logs(replica: str, address: str | None, tail: int) -> None:
+    """The engine log of one replica (stdout and stderr, every restart)."""
+    from orchestrator.runtime import client
+
+    addr, _ = client.resolve_address(address)
+    click.echo(client.logs(addr, replica, tail), nl=False)
+
+
+@cli.command()
+@ADDRESS
+def down(address: str | None) -> None:
+    """Stop every replica, router and the controller; and the local cluster if `moxin up` started it."""
+    from orchestrator.runtime import client
+
+    for line in client.down(address):
+        click.echo(line)
+
+
+@cli.command("node-resources")
+@click.option("--hardware", "-H", "hardware", required=True, help="Hardware profile of the node.")
+@click.option("--devices", type=click.IntRange(1), help="Devices in this node [default: the profile's per node].")
+@click.option("--node", "node_name", help="The node's name in the fleet (lets the plan pin replicas to it).")
+@click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
+def node_resources(hardware: str, devices: int | None, node_name: str | None, paths: tuple[Path, ...]) -> None:
+    """Print the JSON for `ray start --resources` on a node of this hardware (CPU/GPU go to their own flags)."""
+    from orchestrator.spec.hardware import RAY_BUILTIN_RESOURCES
+
+    profile = _catalog(paths).profile(hardware)
+    res = profile.spec.ray.node_resources(devices or profile.spec.devices_per_node, node_name)
+    flags = [f"{RAY_BUILTIN_RESOURCES[k]}={v:g}" for k, v in res.items() if k in RAY_BUILTIN_RESOURCES]
+    click.echo(json.dumps({k: v for k, v in res.items() if k not in RAY_BUILTIN_RESOURCES}, sort_keys=True))
+    if flags:
+        click.echo(f"# also pass: {' '.join(flags)}", err=True)
+
+
+@cli.command(hidden=False)
+@click.option("--config", "config", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help='Routing table: {"deployments": {name: [{name, url, requestModel, weight, labels}]}}.')
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+def router(config: Path, host: str, port: int) -> None:
+    """Run the OpenAI-compatible router outside Ray, from a routing-table file (reloaded when it changes)."""
+    from orchestrator.runtime.router import read_config, run_from_config
+
+    try:
+        read_config(config)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpecError([Problem(f"not a routing table: {exc}", str(config),
+                                 hint='{"deployments": {"NAME": [{"name", "url", "requestModel", "weight"}]}}')]) from None
+    run_from_config(config, host, port)
 
 
 @cli.group()

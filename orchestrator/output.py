@@ -1,10 +1,14 @@
-"""Rendering results for people (tables) and programs (JSON/YAML, kubectl-style). No logic here."""
+"""Rendering results for people (tables) and programs (JSON/YAML, kubectl-style), and writing them to files
+atomically. No logic here."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -60,3 +64,17 @@ def gb(n: float | int | None, digits: int = 1) -> str | None:
 
 def billions(n: float | int | None) -> str | None:
     return None if n is None else f"{n / 1e9:.2f}B"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename: readers never see half a file, and a failure
+    leaves the old file in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -21,7 +21,7 @@ from orchestrator.planner.candidates import (
     prune_dominated,
     replicas_needed,
 )
-from orchestrator.planner.place import Placement, Stage, place_pool
+from orchestrator.planner.place import Placement, Stage, node_names, place_pool
 from orchestrator.planner.solve import Demand, solve
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.deployment import ModelDeployment
@@ -95,9 +95,21 @@ def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, pre
     if unpriced:
         status["unpricedPools"] = unpriced
     return {"apiVersion": API_VERSION, "kind": "Plan", "metadata": {"name": fleet.name},
-            "spec": {"fleet": fleet.name, "objective": options.objective, "assignments": assignments,
-                     "unplaced": unplaced},
+            "spec": {"fleet": fleet.name, "objective": options.objective, "pools": _pools(fleet, per_node, catalog),
+                     "assignments": assignments, "unplaced": unplaced},
             "status": status}
+
+
+def _pools(fleet: Fleet, per_node: dict[str, int], catalog: Catalog) -> list[dict[str, Any]]:
+    """The fleet's pools as the runtime and renderers need them: node names (the plan's placements refer to
+    them), devices, whether emulated, and the Ray resource each node declares."""
+    out = []
+    for p in fleet.spec.pools:
+        ray = catalog.profile(p.hardware).spec.ray
+        out.append({"name": p.name, "hardware": p.hardware, "nodes": p.nodes, "devicesPerNode": per_node[p.name],
+                    "nodeNames": node_names(p), "addresses": p.addresses, "emulated": p.emulate is not None,
+                    "rayResource": ray.resource, "acceleratorType": ray.accelerator_type})
+    return out
 
 
 def _r(x: float | None, digits: int = 4) -> float | None:

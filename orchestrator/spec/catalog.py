@@ -36,6 +36,12 @@ def builtin_dirs() -> tuple[Path, Path]:
     return root / "hardware_profiles", root / "manifests" / "models"
 
 
+def local_example_dir() -> Path:
+    """The embedded default's fleet, model and deployment (``moxin up`` with no arguments)."""
+    inside = _PACKAGE_DIR / "_builtin" / "local"
+    return inside if inside.is_dir() else _PACKAGE_DIR.parent / "manifests" / "local"
+
+
 @dataclass(frozen=True)
 class Catalog:
     """Immutable view of every document, by kind and name."""

@@ -1,0 +1,330 @@
+"""Plan -> values of the ``helm/moxin`` chart: the one place that decides what Kubernetes runs.
+
+Pure: (Plan document, catalog, optional fleet, options) -> values dict (+ warnings). The chart turns
+these values into objects (``render/kubernetes.py`` renders it through the Helm SDK), so every number
+Kubernetes sees — replicas, devices per pod, image, argv, probes' budget — is copied from the Plan here,
+never re-derived in a template. The router's configuration (``router_config``) is part of the values.
+
+Placement on Kubernetes: the plan's node names are its own (``<pool>-<i>``); the scheduler picks real
+nodes within the pool's node selector. What the plan fixes — devices per pod, pods per replica, which
+pool — is kept exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import ipaddress
+import json
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator import __version__
+from orchestrator.errors import MoxinError, Problem, SpecError
+from orchestrator.spec.catalog import Catalog
+from orchestrator.spec.fleet import Fleet, Pool
+from orchestrator.spec.hardware import RAY_BUILTIN_RESOURCES, HardwareProfile
+
+MOXIN_IMAGE = f"ghcr.io/moxin-dev/moxin:{__version__}"
+"""The moxin image (router, controller, and the CPU engines: built with the cpu and ray extras)."""
+CPU_PLATFORMS = frozenset({"cpu", "mlx-cpu"})
+"""Platforms whose engines ship inside the moxin image (``pip install moxin[cpu]``)."""
+MAX_NAME = 52
+"""Longest object name: LeaderWorkerSet pods are ``<name>-<group>-<worker>`` and carry the name in a
+63-character label, so names stay well under 63."""
+RAY_GCS_PORT = 6379
+EMULATED_SHM = "2Gi"
+
+_GENERATED_NODE = re.compile(r"^(?P<pool>.+)-\d+$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class RenderError(MoxinError):
+    """The plan cannot be rendered for Kubernetes as asked (exit code 2, with what to change)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class HelmValues:
+    values: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- names
+
+def object_name(text: str) -> str:
+    """A DNS-1035 label of at most MAX_NAME characters: model names carry dots (glm-4.5-air) and case,
+    which object names may not; a long name keeps a hash of the whole so that names stay distinct."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower())
+    name = re.sub(r"-{2,}", "-", name).strip("-") or "x"
+    if not name[0].isalpha():
+        name = "m-" + name
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:6]
+        name = name[:MAX_NAME - 7].rstrip("-") + "-" + digest
+    return name
+
+
+def label_value(text: str) -> str:
+    """A valid label value (63 characters of [A-Za-z0-9._-], alphanumeric at both ends)."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+def assignment_ids(assignments: list[dict[str, Any]]) -> list[str]:
+    """One object name per assignment, ``<deployment>-<variant>-<pool>``; parallelism is appended only
+    where two assignments would otherwise share a name."""
+    base = [object_name(f"{a['deployment']}-{a['variant']}-{a['pool']}") for a in assignments]
+    ids = []
+    for a, b in zip(assignments, base, strict=True):
+        ids.append(b if base.count(b) == 1 else
+                   object_name(f"{a['deployment']}-{a['variant']}-{a['pool']}-tp{a['tensorParallel']}"
+                               f"-pp{a['pipelineParallel']}"))
+    return ids
+
+
+def assignment_labels(a: dict[str, Any]) -> dict[str, str]:
+    return {"moxin.dev/deployment": label_value(a["deployment"]), "moxin.dev/model": label_value(a["model"]),
+            "moxin.dev/variant": label_value(a["variant"]), "moxin.dev/pool": label_value(a["pool"]),
+            "moxin.dev/engine": label_value(a["engine"]), "moxin.dev/emulated": str(bool(a["emulated"])).lower()}
+
+
+# ----------------------------------------------------------------------------------- plan geometry
+
+def nodes_per_replica(a: dict[str, Any]) -> int:
+    """How many nodes one replica spans (its pipeline stages on distinct nodes), at least 1."""
+    by_replica: dict[int, set[str]] = {}
+    for p in a.get("placements", []):
+        by_replica.setdefault(int(p["replica"]), set()).add(str(p["node"]))
+    return max((len(nodes) for nodes in by_replica.values()), default=1)
+
+
+def devices_per_pod(a: dict[str, Any]) -> int:
+    """Devices one pod holds: the whole replica on one node, else the most any node of a replica holds."""
+    if nodes_per_replica(a) == 1:
+        return int(a["devicesPerReplica"])
+    per_node: dict[tuple[int, str], int] = {}
+    for p in a["placements"]:
+        key = (int(p["replica"]), str(p["node"]))
+        per_node[key] = per_node.get(key, 0) + len(p["devices"])
+    return max(per_node.values())
+
+
+def is_external(a: dict[str, Any], profile: HardwareProfile) -> bool:
+    """Hardware that is not a Kubernetes node (Apple silicon): no device plugin resource and not a CPU
+    host. Emulated pools run as CPU pods, so they are never external."""
+    k8s = profile.spec.kubernetes
+    return not a["emulated"] and k8s.resource is None and profile.spec.device_type != "cpu"
+
+
+# ---------------------------------------------------------------------------------------- router
+
+def service_url(a: dict[str, Any], name: str, namespace: str) -> str:
+    return f"http://{name}.{namespace}.svc:{a['launch']['port']}"
+
+
+def router_config(plan: dict[str, Any], namespace: str,
+                  service_url: Callable[[dict[str, Any], str, str], str] = service_url,
+                  skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The router's configuration (router.json): per deployment, its assignments with the URL of their
+    Service and a weight proportional to the capacity the plan gave them (req/s per replica x replicas).
+    ``skip`` names assignment ids that have no Service (external pools without addresses)."""
+    assignments = plan.get("spec", {}).get("assignments", [])
+    deployments: dict[str, list[dict[str, Any]]] = {}
+    for a, name in zip(assignments, assignment_ids(assignments), strict=True):
+        if name in skip:
+            continue
+        capacity = (a.get("predicted") or {}).get("capacityRequestsPerSecond")
+        weight = float(capacity) * a["replicas"] if capacity is not None else float(a["replicas"])
+        deployments.setdefault(a["deployment"], []).append({
+            "name": name, "url": service_url(a, name, namespace), "requestModel": a["launch"]["requestModel"],
+            "weight": round(weight, 6),
+            "labels": {"deployment": a["deployment"], "model": a["model"], "variant": a["variant"],
+                       "pool": a["pool"], "hardware": a["hardware"], "engine": a["engine"],
+                       "emulated": str(bool(a["emulated"])).lower()}})
+    return {"deployments": deployments}
+
+
+# ------------------------------------------------------------------------------------------ Ray
+
+def ray_start_args(profile: HardwareProfile, devices: int) -> list[str]:
+    """``ray start`` flags declaring a node with ``devices`` of this profile's devices: CPU and GPU go
+    through --num-cpus/--num-gpus (Ray refuses them in --resources), the rest as --resources JSON."""
+    resources = profile.spec.ray.node_resources(devices)
+    args = [f"{RAY_BUILTIN_RESOURCES[k]}={int(v) if float(v).is_integer() else v}"
+            for k, v in resources.items() if k in RAY_BUILTIN_RESOURCES]
+    custom = {k: v for k, v in resources.items() if k not in RAY_BUILTIN_RESOURCES}
+    if custom:
+        args.append("--resources=" + json.dumps(custom, sort_keys=True))
+    return args
+
+
+def leader_script(ray_args: list[str]) -> str:
+    """Leader of a multi-node replica: start the Ray head, then exec the engine argv (the container's
+    args, reached as "$0" "$@" so no argument is ever re-split by the shell)."""
+    return shlex.join(["ray", "start", "--head", f"--port={RAY_GCS_PORT}", "--disable-usage-stats", *ray_args]) \
+        + ' && exec "$0" "$@"'
+
+
+def worker_script(ray_args: list[str]) -> str:
+    """Worker of a multi-node replica: join the leader's Ray head (LWS sets LWS_LEADER_ADDRESS) and block."""
+    return ('exec ray start --address="$LWS_LEADER_ADDRESS:' + str(RAY_GCS_PORT) + '" --block '
+            + shlex.join(["--disable-usage-stats", *ray_args]))
+
+
+# ------------------------------------------------------------------------------------ assignments
+
+def engine_image(a: dict[str, Any], images: Mapping[str, str], moxin_image: str) -> str:
+    launch = a["launch"]
+    key = f"{launch['engine']}/{launch['platform']}"
+    image = images.get(key) or launch.get("image")
+    if image:
+        return image
+    if launch["platform"] in CPU_PLATFORMS:
+        return moxin_image
+    raise RenderError(
+        f"assignment {a['deployment']}/{a['variant']} on pool {a['pool']}: hardware profile {a['hardware']} names "
+        f"no container image for {key}.\n  To fix: pass --image {key}=REGISTRY/IMAGE:TAG (an image with the "
+        "vendor's vLLM plugin), or set spec.engines[].image in the hardware profile")
+
+
+def model_sub_path(model_path: str, mount_path: str) -> str:
+    """The checkpoint's path under the model mount ("" for a hub id, which the engine downloads)."""
+    prefix = mount_path.rstrip("/") + "/"
+    return model_path[len(prefix):] if model_path.startswith(prefix) else ""
+
+
+def node_selector(a: dict[str, Any], profile: HardwareProfile, pool: Pool | None) -> dict[str, str]:
+    """The profile's node labels (not for emulated pools: they run on CPU nodes) and the pool's own."""
+    selector = {} if a["emulated"] else dict(profile.spec.kubernetes.node_selector)
+    if pool is not None:
+        selector.update(pool.labels)
+    return dict(sorted(selector.items()))
+
+
+def engine_assignment(a: dict[str, Any], name: str, profile: HardwareProfile, pool: Pool | None,
+                      images: Mapping[str, str], moxin_image: str, mount_path: str) -> dict[str, Any]:
+    launch = a["launch"]
+    group = nodes_per_replica(a)
+    devices = devices_per_pod(a)
+    resource = None if a["emulated"] else profile.spec.kubernetes.resource
+    out: dict[str, Any] = {
+        "id": name, "deployment": a["deployment"], "model": a["model"], "variant": a["variant"], "pool": a["pool"],
+        "hardware": a["hardware"], "engine": a["engine"], "platform": launch["platform"],
+        "emulated": bool(a["emulated"]), "kind": "LeaderWorkerSet" if group > 1 else "Deployment",
+        "replicas": int(a["replicas"]), "groupSize": group, "devicesPerPod": devices,
+        "deviceResource": resource or "", "image": engine_image(a, images, moxin_image),
+        "argv": list(launch["argv"]), "env": dict(launch["env"]), "port": int(launch["port"]),
+        "healthPath": launch["healthPath"], "metricsPath": launch.get("metricsPath") or "",
+        "readinessTimeoutSeconds": int(launch["readinessTimeoutSeconds"]),
+        "nodeSelector": node_selector(a, profile, pool),
+        "tolerations": [{"key": resource, "operator": "Exists", "effect": "NoSchedule"}] if resource else [],
+        "modelSubPath": model_sub_path(launch["modelPath"], mount_path),
+        "labels": assignment_labels(a),
+    }
+    runtime_class = profile.spec.kubernetes.runtime_class_name
+    if runtime_class and not a["emulated"]:
+        out["runtimeClassName"] = runtime_class
+    if a["emulated"]:
+        out["sharedMemorySize"] = EMULATED_SHM
+    if group > 1:
+        ray_args = ray_start_args(profile, devices)
+        out["leaderScript"] = leader_script(ray_args)
+        out["workerScript"] = worker_script(ray_args)
+    return out
+
+
+def address_type(address: str) -> str:
+    try:
+        return "IPv6" if ipaddress.ip_address(address).version == 6 else "IPv4"
+    except ValueError:
+        if not _DNS_SUBDOMAIN.match(address) or len(address) > 253:
+            raise RenderError(f"address {address!r} is neither an IP address nor a lowercase DNS name\n"
+                              "  To fix: list IPs or host names under spec.pools[].addresses") from None
+        return "FQDN"
+
+
+def external_addresses(a: dict[str, Any], pool: Pool | None) -> list[str] | None:
+    """The machines the plan placed this assignment's replicas on, when they have addresses: the plan's
+    node names are the pool's addresses when the fleet listed them (planner/place.py)."""
+    placed = list(dict.fromkeys(str(p["node"]) for p in a.get("placements", [])))
+    if pool is not None:
+        if not pool.addresses:
+            return None
+        known = set(pool.addresses)
+        return [n for n in placed if n in known] or list(pool.addresses)
+    generated = [n for n in placed if (m := _GENERATED_NODE.match(n)) and m.group("pool") == a["pool"]]
+    return None if generated or not placed else placed
+
+
+def external_assignment(a: dict[str, Any], name: str, addresses: list[str]) -> dict[str, Any]:
+    slices: dict[str, list[str]] = {}
+    for address in addresses:
+        slices.setdefault(address_type(address), []).append(address)
+    return {"id": name, "deployment": a["deployment"], "model": a["model"], "variant": a["variant"],
+            "pool": a["pool"], "hardware": a["hardware"], "engine": a["engine"],
+            "platform": a["launch"]["platform"], "emulated": False, "replicas": int(a["replicas"]),
+            "port": int(a["launch"]["port"]), "labels": assignment_labels(a),
+            "endpointSlices": [{"addressType": t, "addresses": v} for t, v in sorted(slices.items())]}
+
+
+# --------------------------------------------------------------------------------------- values
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Helm's coalescing for values: mappings merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) \
+            else copy.deepcopy(v)
+    return out
+
+
+def helm_values(plan: dict[str, Any], catalog: Catalog, *, fleet: Fleet | None = None, namespace: str = "moxin",
+                images: Mapping[str, str] | None = None, moxin_image: str = MOXIN_IMAGE,
+                mount_path: str = "/models", overrides: Mapping[str, Any] | None = None) -> HelmValues:
+    """The chart's values for a Plan. ``fleet`` (the one the plan was made for) adds each pool's node
+    labels and the addresses of machines that are not Kubernetes nodes; without it those come from the
+    plan alone (addresses only where the planner used them as node names)."""
+    if plan.get("kind") != "Plan":
+        raise SpecError([Problem("expected a Plan document", hint="pass the output of `moxin plan -o yaml`")])
+    pools = {p.name: p for p in fleet.spec.pools} if fleet else {}
+    images = dict(images or {})
+    assignments = plan.get("spec", {}).get("assignments", [])
+    engines, external, warnings, skipped = [], [], [], set()
+    for a, name in zip(assignments, assignment_ids(assignments), strict=True):
+        profile = catalog.profile(a["hardware"])
+        pool = pools.get(a["pool"])
+        if fleet is not None and pool is None:
+            raise RenderError(f"the plan places {a['deployment']} on pool {a['pool']!r}, which fleet "
+                              f"{fleet.name!r} does not have\n  To fix: pass the fleet the plan was made for")
+        if not is_external(a, profile):
+            engines.append(engine_assignment(a, name, profile, pool, images, moxin_image, mount_path))
+            continue
+        addresses = external_addresses(a, pool)
+        if not addresses:
+            skipped.add(name)
+            warnings.append(
+                f"pool {a['pool']} ({a['hardware']}) is not made of Kubernetes nodes and has no addresses: "
+                f"{a['deployment']}/{a['variant']} ({a['replicas']} replica(s)) is left out of the cluster's "
+                "routing. To fix: list the machines under spec.pools[].addresses in the fleet and render "
+                "with the fleet (-f)")
+            continue
+        external.append(external_assignment(a, name, addresses))
+    values = {
+        "plan": {"name": label_value(plan.get("metadata", {}).get("name", "")) or "plan",
+                 "fleet": str(plan.get("spec", {}).get("fleet", ""))},
+        "namespace": namespace,
+        "images": images,
+        "assignments": engines,
+        "externalAssignments": external,
+        "router": {"config": router_config(plan, namespace, skip=frozenset(skipped))},
+    }
+    if moxin_image != MOXIN_IMAGE:
+        repository, _, tag = moxin_image.rpartition(":") if ":" in moxin_image.rsplit("/", 1)[-1] \
+            else (moxin_image, "", "")
+        values["router"]["image"] = {"repository": repository, "tag": tag}
+    return HelmValues(deep_merge(values, overrides or {}), warnings)

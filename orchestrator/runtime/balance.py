@@ -1,0 +1,60 @@
+"""Which replica takes the next request: weighted least-load over a deployment's replicas, across pools,
+variants and engines. Pure (the router owns the counters; this module only reads them).
+
+A replica's load is (in-flight + 1) / weight, where weight is the plan's predicted capacity in requests/s: an
+H100 replica planned for 40 req/s takes about eight times the concurrent requests of a Mac planned for 5 before
+the Mac is preferred. A replica whose connection failed is skipped for ``FAILED_COOLDOWN_S`` unless nothing
+else is left.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+FAILED_COOLDOWN_S = 2.0
+
+
+@dataclass
+class Endpoint:
+    name: str
+    url: str
+    request_model: str
+    weight: float
+    labels: dict[str, str] = field(default_factory=dict)
+    in_flight: int = 0
+    failed_until: float = 0.0
+
+    @property
+    def load(self) -> float:
+        return (self.in_flight + 1) / max(self.weight, 1e-9)
+
+
+class Balancer:
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.table: dict[str, list[Endpoint]] = {}
+        self.rng = rng or random.Random()
+
+    def update(self, table: dict[str, list[dict[str, Any]]]) -> None:
+        """Replace the routing table, keeping the counters of replicas that stay."""
+        old = {e.name: e for eps in self.table.values() for e in eps}
+        new: dict[str, list[Endpoint]] = {}
+        for deployment, rows in table.items():
+            eps = []
+            for r in rows:
+                e = Endpoint(r["name"], r["url"].rstrip("/"), r["requestModel"], float(r["weight"]),
+                             dict(r.get("labels") or {}))
+                if r["name"] in old and old[r["name"]].url == e.url:
+                    e.in_flight, e.failed_until = old[r["name"]].in_flight, old[r["name"]].failed_until
+                eps.append(e)
+            new[deployment] = eps
+        self.table = new
+
+    def pick(self, deployment: str, exclude: set[str], now: float) -> Endpoint | None:
+        eps = [e for e in self.table.get(deployment, []) if e.name not in exclude]
+        if not eps:
+            return None
+        healthy = [e for e in eps if e.failed_until <= now] or eps
+        best = min(e.load for e in healthy)
+        return self.rng.choice([e for e in healthy if e.load <= best * (1 + 1e-9)])

@@ -1,0 +1,95 @@
+"""Plan -> the replicas that should run: one frozen ``ReplicaSpec`` per replica of every assignment.
+
+Pure. The runtime never re-derives what the plan already says: the engine argv and env, devices, nodes and
+predicted capacity all come from the assignment; this module only names replicas and turns placements into
+placement-group bundles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.spec.hardware import RayResources
+
+LABELS = ("deployment", "model", "variant", "pool", "hardware", "engine", "emulated")
+"""The labels every moxin metric and Prometheus target carries."""
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    id: str
+    """Stable name: ``<deployment>-<variant>-<pool>-<index>`` (DNS-1123-ish), unique in a plan."""
+    deployment: str
+    labels: dict[str, str]
+    launch: dict[str, Any]
+    """The assignment's EngineLaunch JSON, as the plan wrote it."""
+    bundles: list[dict[str, float]]
+    """One placement-group bundle per pipeline stage (one node each)."""
+    strategy: str
+    """STRICT_PACK for a replica on one node, STRICT_SPREAD when its pipeline spans nodes."""
+    nodes: list[str]
+    devices: list[int]
+    """Device indices of stage 0, as the plan chose them."""
+    weight: float
+    """Predicted requests/s of this replica: the router's weight."""
+    cost_usd_per_hour: float | None
+    spec_hash: str = field(default="")
+
+    @property
+    def request_model(self) -> str:
+        return self.launch.get("requestModel") or self.launch["servedModelName"]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def replica_id(deployment: str, variant: str, pool: str, index: int) -> str:
+    return f"{_slug(deployment)}-{_slug(variant)}-{_slug(pool)}-{index}"
+
+
+def _hash(launch: dict[str, Any], bundles: list[dict[str, float]], strategy: str) -> str:
+    """What forces a restart when it changes: the launch (minus the port, which the runtime picks) and the
+    resources reserved."""
+    body = {k: v for k, v in launch.items() if k not in ("port", "notes")}
+    text = json.dumps([body, bundles, strategy], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def pool_ray(pool: dict[str, Any]) -> RayResources:
+    return RayResources.model_validate({"resource": pool["rayResource"], "acceleratorType": pool["acceleratorType"]})
+
+
+def replica_specs(plan: dict[str, Any], known_nodes: set[str] | None = None) -> list[ReplicaSpec]:
+    """Every replica of the plan, with Ray resources from the plan's pools. Nodes are pinned
+    (a ``moxin-node-<name>`` resource in each bundle) only where ``known_nodes`` holds them: a cluster whose nodes
+    were not started with moxin's node resources still runs the plan, placed by Ray."""
+    out: list[ReplicaSpec] = []
+    ray_of = {p["name"]: pool_ray(p) for p in plan["spec"]["pools"]}
+    for a in plan["spec"]["assignments"]:
+        ray = ray_of[a["pool"]]
+        labels = {k: str(a[k]).lower() if k == "emulated" else str(a[k]) for k in LABELS}
+        by_replica: dict[int, list[dict[str, Any]]] = {}
+        for p in a["placements"]:
+            by_replica.setdefault(p["replica"], []).append(p)
+        per_replica_cost = None if a.get("costUsdPerHour") is None else a["costUsdPerHour"] / max(1, a["replicas"])
+        for index in sorted(by_replica):
+            stages = sorted(by_replica[index], key=lambda p: p["stage"])
+            nodes = [s["node"] for s in stages]
+            # Stages on the same node share one bundle; a pipeline across nodes gets one bundle per node.
+            per_node: dict[str, int] = {}
+            for s in stages:
+                per_node[s["node"]] = per_node.get(s["node"], 0) + len(s["devices"])
+            bundles = [ray.bundle(n, node if known_nodes is not None and node in known_nodes else None)
+                       for node, n in per_node.items()]
+            strategy = "STRICT_PACK" if len(per_node) == 1 else "STRICT_SPREAD"
+            out.append(ReplicaSpec(
+                id=replica_id(a["deployment"], a["variant"], a["pool"], index), deployment=a["deployment"],
+                labels=labels, launch=a["launch"], bundles=bundles, strategy=strategy, nodes=nodes,
+                devices=list(stages[0]["devices"]), weight=float(a["predicted"]["capacityRequestsPerSecond"] or 1.0),
+                cost_usd_per_hour=per_replica_cost, spec_hash=_hash(a["launch"], bundles, strategy)))
+    return out

@@ -1,0 +1,185 @@
+"""The embedded default: a multi-node Ray cluster on this machine, one Ray node per node of the local fleet's
+(emulated) pools, each declaring its profile's Ray resources; plus the tiny model the demo serves.
+
+The cluster runs in a daemon process (``python -m orchestrator.runtime.local serve``) that owns every Ray
+process through ``ray.cluster_utils.Cluster`` and shuts them all down on SIGTERM; ``moxin down`` sends it.
+State (address, daemon pid) lives in ``<home>/cluster.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import MoxinError
+from orchestrator.output import write_atomic
+from orchestrator.runtime.desired import pool_ray
+
+OBJECT_STORE_BYTES = 80 * 2**20  # Ray's minimum is 75 MiB; the demo passes no large objects
+
+
+def home() -> Path:
+    return Path(os.environ.get("MOXIN_HOME") or Path.home() / ".cache" / "moxin")
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    name: str
+    num_cpus: float
+    num_gpus: float
+    resources: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "numCpus": self.num_cpus, "numGpus": self.num_gpus, "resources": self.resources}
+
+
+def layout(pools: list[dict[str, Any]], cpus_per_node: float = 1.0) -> list[NodeLayout]:
+    """One Ray node per fleet node (the head, which runs the controller and router, comes on top). Pure."""
+    out = []
+    for pool in pools:
+        ray = pool_ray(pool)
+        for node in pool["nodeNames"]:
+            res = ray.node_resources(pool["devicesPerNode"], node)
+            out.append(NodeLayout(node, res.pop("CPU", cpus_per_node), res.pop("GPU", 0.0), res))
+    return out
+
+
+# -- the daemon ---------------------------------------------------------------------------------------------------
+def serve(state: Path, nodes: list[dict[str, Any]]) -> None:
+    from ray.cluster_utils import Cluster
+
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    common = {"object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **common})
+    try:
+        for n in nodes:
+            cluster.add_node(num_cpus=n["numCpus"], num_gpus=n["numGpus"], resources=n["resources"],
+                             object_store_memory=OBJECT_STORE_BYTES)
+        cluster.wait_for_nodes()
+        write_atomic(state, json.dumps({"address": cluster.address, "pid": os.getpid(), "nodes": nodes}) + "\n")
+        print(f"moxin local cluster at {cluster.address}: head + {len(nodes)} node(s)", flush=True)
+        while not stop["now"]:
+            time.sleep(0.5)
+    finally:
+        cluster.shutdown()
+        state.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running(state: Path | None = None) -> dict[str, Any] | None:
+    state = state or home() / "cluster.json"
+    try:
+        info = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if _alive(info["pid"]) else None
+
+
+def start(nodes: list[NodeLayout], state: Path | None = None, timeout_s: float = 180.0) -> dict[str, Any]:
+    """Start the daemon (or reuse a running one with the same nodes) and return its state."""
+    state = state or home() / "cluster.json"
+    wanted = [n.to_json() for n in nodes]
+    info = running(state)
+    if info is not None:
+        if info["nodes"] == wanted:
+            return info
+        raise MoxinError(f"a local moxin cluster with other nodes is running (pid {info['pid']}); "
+                         "run `moxin down` first")
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.unlink(missing_ok=True)
+    log = open(state.with_name("cluster.log"), "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.runtime.local", "serve", "--state", str(state),
+                             "--nodes", json.dumps(wanted)], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise MoxinError(f"the local Ray cluster failed to start (exit {proc.returncode}); "
+                             f"see {state.with_name('cluster.log')}")
+        info = running(state)
+        if info is not None:
+            return info
+        time.sleep(0.5)
+    stop(state)
+    raise MoxinError(f"the local Ray cluster did not start within {timeout_s:.0f} s; see "
+                     f"{state.with_name('cluster.log')}")
+
+
+def stop(state: Path | None = None, timeout_s: float = 60.0) -> bool:
+    """SIGTERM the daemon (it shuts every Ray process down), then SIGKILL its process group if need be."""
+    state = state or home() / "cluster.json"
+    info = running(state)
+    if info is None:
+        state.unlink(missing_ok=True)
+        return False
+    pid = info["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    state.unlink(missing_ok=True)
+    return True
+
+
+def tiny_model(model: Any, variants: dict[str, str], root: Path) -> dict[str, Path]:
+    """Generate the demo's checkpoints once (cached under ``root``): the HF checkpoint of ``model``'s
+    architecture, and an MLX conversion for each MLX variant. ``variants`` maps variant name to its format."""
+    from orchestrator.devtools import tiny_model as tm
+
+    arch = model.spec.architecture
+    base = root / model.name
+    paths = {}
+    hf = None
+    for name, fmt in variants.items():
+        if not fmt.startswith("mlx"):
+            hf = base / name
+    hf = hf or base / "hf"
+    if not (hf / "config.json").exists():
+        tm.generate(arch.family, hf, layers=arch.layers, hidden=arch.hidden_size, heads=arch.attention_heads,
+                    kv_heads=arch.kv_heads, head_dim=arch.head_dim, intermediate=arch.intermediate_size,
+                    vocab=arch.vocab_size, max_position=arch.max_position_embeddings)
+    for name, fmt in variants.items():
+        path = base / name
+        if fmt.startswith("mlx") and not (path / "config.json").exists():
+            bits = int(fmt.split("-")[1].removesuffix("bit"))
+            group = int(fmt.split("-g")[1]) if "-g" in fmt else 64
+            tm.convert_mlx(hf, path, bits, group)
+        paths[name] = path
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.runtime.local")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--state", type=Path, required=True)
+    s.add_argument("--nodes", required=True)
+    args = parser.parse_args(argv)
+    serve(args.state, json.loads(args.nodes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Desired replicas vs observed replicas -> actions, as values (STYLE.md: decisions are values).
+
+Pure and idempotent: the controller calls ``decide`` every loop with what it observed; the executor applies the
+actions. Nothing here touches Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from orchestrator.runtime.desired import ReplicaSpec
+
+DRAIN_S = 10.0
+"""How long a replica leaves the routing tables before it is stopped (routers refresh every second)."""
+BACKOFF_BASE_S = 5.0
+BACKOFF_MAX_S = 300.0
+
+
+class State(str, Enum):
+    PENDING = "pending"          # actor or placement group not created yet / waiting for resources
+    STARTING = "starting"        # engine process started, not ready yet
+    READY = "ready"
+    RESTARTING = "restarting"    # the engine crashed; the replica restarts it (backoff)
+    FAILED = "failed"            # the replica gave up (engine cannot start)
+    STOPPING = "stopping"
+    DEAD = "dead"                # the actor is gone (node lost, actor crashed)
+
+
+@dataclass(frozen=True)
+class Observed:
+    id: str
+    spec_hash: str
+    state: State
+    draining_since: float | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    spec: ReplicaSpec
+    reason: str
+
+
+@dataclass(frozen=True)
+class Drain:
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    id: str
+    reason: str
+    failed: bool = False
+    """The replica is stopped because it failed: its restart is delayed by the backoff."""
+
+
+Action = Start | Drain | Stop
+
+
+def backoff_s(failures: int) -> float:
+    """Delay before starting a replica again after ``failures`` consecutive failures (0 -> none)."""
+    return 0.0 if failures <= 0 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
+
+
+def decide(desired: list[ReplicaSpec], observed: dict[str, Observed], failures: dict[str, tuple[int, float]],
+           now: float, drain_s: float = DRAIN_S) -> list[Action]:
+    """``failures`` maps a replica id to (consecutive failures, time of the last one)."""
+    actions: list[Action] = []
+    wanted = {s.id: s for s in desired}
+    for rid, obs in sorted(observed.items()):
+        spec = wanted.get(rid)
+        if obs.state == State.STOPPING:
+            continue                                   # already on its way out; started again once gone
+        if obs.state in (State.DEAD, State.FAILED):
+            actions.append(Stop(rid, f"replica is {obs.state.value}", failed=spec is not None))
+        elif spec is None or spec.spec_hash != obs.spec_hash:
+            why = "not in the plan" if spec is None else "its launch changed in the plan"
+            if obs.state != State.READY:
+                actions.append(Stop(rid, why))         # nothing routed to it: no drain needed
+            elif obs.draining_since is None:
+                actions.append(Drain(rid, why))
+            elif now - obs.draining_since >= drain_s:
+                actions.append(Stop(rid, why))
+    for rid, spec in wanted.items():
+        if rid in observed:
+            continue
+        count, last = failures.get(rid, (0, 0.0))
+        if now - last >= backoff_s(count):
+            actions.append(Start(spec, "missing" if count == 0 else f"restart after {count} failure(s)"))
+    return actions

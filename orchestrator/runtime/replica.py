@@ -1,0 +1,243 @@
+"""One replica: a Ray actor that owns one engine process (through ``guard``), waits for it to serve, restarts it
+when it crashes, and stops it cleanly.
+
+Runs inside a Ray worker on the node (and in the placement group) the controller chose. Its state is read by the
+controller through ``describe()``; it never decides anything about the plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from orchestrator.runtime.desired import ReplicaSpec
+from orchestrator.runtime.guard import stop_group
+from orchestrator.runtime.reconcile import State
+
+HEALTH_EVERY_S = 2.0
+HEALTH_FAILURES_TO_RESTART = 3
+RESTART_BACKOFF_S = (1, 2, 5, 10, 30, 60)
+GIVE_UP_AFTER = 5
+"""Consecutive failed starts after which the replica reports FAILED and the controller replaces it."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def node_ip() -> str:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # not in a Ray worker (unit use)
+        return "127.0.0.1"
+
+
+def _get(url: str, timeout: float) -> int:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status
+
+
+def _post(url: str, body: dict[str, Any], timeout: float) -> int:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        r.read()
+        return r.status
+
+
+def engine_argv(launch: dict[str, Any], port: int, python: str = sys.executable) -> list[str]:
+    """The plan's argv with the port the replica picked. ``python3`` in a plan names the image's interpreter; on
+    a Ray node the engine runs with the node's own (the one Ray runs moxin with)."""
+    argv = list(launch["argv"])
+    argv[argv.index("--port") + 1] = str(port)
+    if argv[0] in ("python3", "python"):
+        argv[0] = python
+    return argv
+
+
+def engine_env(launch: dict[str, Any], devices: list[int], base: dict[str, str]) -> dict[str, str]:
+    env = {**base, **launch["env"]}
+    visibility = launch.get("visibilityEnv")
+    if visibility:
+        env[visibility] = ",".join(str(d) for d in devices)
+    return env
+
+
+class Replica:
+    def __init__(self, spec: ReplicaSpec, log_dir: str, grace_s: float = 15.0) -> None:
+        self.spec = spec
+        self.grace_s = grace_s
+        self.log_path = Path(log_dir) / f"{spec.id}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.state = State.STARTING
+        self.restarts = 0
+        self.last_error = ""
+        self.port = 0
+        self.engine_pid: int | None = None
+        self.guard: subprocess.Popen | None = None
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+        self.host = node_ip()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._supervise, name=f"replica-{spec.id}", daemon=True)
+        self._thread.start()
+
+    # -- what the controller reads -------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.spec.id, "specHash": self.spec.spec_hash, "state": self.state.value,
+                "url": f"http://{self.host}:{self.port}" if self.port else None, "host": self.host,
+                "enginePid": self.engine_pid, "guardPid": self.guard.pid if self.guard else None,
+                "restarts": self.restarts, "lastError": self.last_error, "startedAt": self.started_at,
+                "readyAt": self.ready_at, "log": str(self.log_path), "actorPid": os.getpid(),
+                "nodeId": _node_id()}
+
+    def logs(self, tail: int = 200) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-tail:]) + "\n"
+
+    def stop(self) -> bool:
+        """Stop the engine (SIGTERM, grace, SIGKILL of its group); the controller kills the actor afterwards."""
+        self._stop.set()
+        self.state = State.STOPPING
+        self._kill_engine(self.grace_s)
+        return True
+
+    # -- supervision ---------------------------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            ok = self._start_and_wait_ready()
+            if self._stop.is_set():
+                return
+            if ok:
+                failures = 0
+                self.state, self.ready_at = State.READY, time.time()
+                self._watch()
+                if self._stop.is_set():
+                    return
+            else:
+                failures += 1
+                if failures >= GIVE_UP_AFTER:
+                    self.state = State.FAILED
+                    return
+            self.restarts += 1
+            self.state, self.ready_at = State.RESTARTING, None
+            self._stop.wait(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)])
+
+    def _start_engine(self) -> None:
+        launch = self.spec.launch
+        self.port = free_port()
+        pidfile = self.log_path.with_suffix(".pid")
+        pidfile.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "orchestrator.runtime.guard", "--grace", str(self.grace_s),
+                "--pidfile", str(pidfile), "--", *engine_argv(launch, self.port)]
+        env = engine_env(launch, _device_ids(self.spec), dict(os.environ))
+        if launch["engine"] == "mlx-lm":  # mlx-lm's /v1/models lists the hub cache, which must exist
+            cache = Path(env.setdefault("HF_HUB_CACHE", str(self.log_path.parent / "hf-cache")))
+            cache.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n==== moxin: starting {self.spec.id} on port {self.port} at {time.ctime()}\n".encode())
+            log.flush()
+            with self._lock:
+                self.guard = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not pidfile.exists() and time.monotonic() < deadline and self.guard.poll() is None:
+            time.sleep(0.05)
+        self.engine_pid = int(pidfile.read_text()) if pidfile.exists() else None
+        self.state = State.STARTING
+
+    def _start_and_wait_ready(self) -> bool:
+        self._start_engine()
+        launch = self.spec.launch
+        base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + launch["readinessTimeoutSeconds"]
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self.guard is None or self.guard.poll() is not None:
+                self.last_error = f"engine exited with status {self.guard.returncode if self.guard else '?'} while " \
+                                  f"starting (see moxin logs {self.spec.id})"
+                return False
+            try:
+                if _get(base + launch["healthPath"], 2) == 200 and _post(
+                        base + "/v1/completions", {"model": self.spec.request_model, "prompt": "ping",
+                                                   "max_tokens": 1}, 30) == 200:
+                    return True
+            except OSError:
+                pass
+            self._stop.wait(1.0)
+        if not self._stop.is_set():
+            self.last_error = f"not ready within {launch['readinessTimeoutSeconds']} s"
+            self._kill_engine(self.grace_s)
+        return False
+
+    def _watch(self) -> None:
+        """While ready: the engine process must live and answer its health check."""
+        misses = 0
+        url = f"http://127.0.0.1:{self.port}{self.spec.launch['healthPath']}"
+        while not self._stop.wait(HEALTH_EVERY_S):
+            if self.guard is None or self.guard.poll() is not None:
+                self.last_error = f"engine exited with status {self.guard.returncode if self.guard else '?'}"
+                return
+            try:
+                misses = 0 if _get(url, 5) == 200 else misses + 1
+            except OSError:
+                misses += 1
+            if misses >= HEALTH_FAILURES_TO_RESTART:
+                self.last_error = f"health check failed {misses} times in a row"
+                self._kill_engine(self.grace_s)
+                return
+
+    def _kill_engine(self, grace_s: float) -> None:
+        with self._lock:
+            guard, pid = self.guard, self.engine_pid
+        if guard is None:
+            return
+        if guard.poll() is None:
+            guard.send_signal(signal.SIGTERM)
+            try:
+                guard.wait(grace_s + 5)
+            except subprocess.TimeoutExpired:
+                guard.kill()
+                guard.wait()
+        if pid:  # the guard is gone; make sure nothing of the engine's group is left
+            stop_group(pid, 0.0)
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return None
+
+
+def _device_ids(spec: ReplicaSpec) -> list[int]:
+    """The devices Ray granted this actor for the profile's resource, else the plan's choice."""
+    try:
+        import ray
+
+        ids = ray.get_runtime_context().get_accelerator_ids()
+        resource = next(iter(spec.bundles[0]))
+        granted = ids.get(resource) or []
+        if granted:
+            return [int(i) for i in granted]
+    except Exception:
+        pass
+    return list(spec.devices)
