@@ -640,13 +640,17 @@ def node_resources(hardware: str, devices: int | None, node_name: str | None, pa
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 def router(config: Path, host: str, port: int) -> None:
     """Run the OpenAI-compatible router outside Ray, from a routing-table file (reloaded when it changes)."""
-    from orchestrator.runtime.router import read_config, run_from_config
+    from orchestrator.runtime.balance import parse_table
 
     try:
-        read_config(config)
-    except (ValueError, KeyError, TypeError) as exc:
+        parse_table(json.loads(config.read_text()))
+    except ValueError as exc:
         raise SpecError([Problem(f"not a routing table: {exc}", str(config),
                                  hint='{"deployments": {"NAME": [{"name", "url", "requestModel", "weight"}]}}')]) from None
+    try:
+        from orchestrator.runtime.router import run_from_config
+    except ImportError as exc:
+        raise MoxinError(f"{exc.name} is not installed: pip install 'moxin[ray]'") from None
     run_from_config(config, host, port)
 
 
@@ -693,6 +697,177 @@ def tiny_model(arch: str, out: Path, layers: int, hidden: int, heads: int, kv_he
         mlx_out = out.with_name(f"{out.name}-mlx-{mlx_bits}bit")
         tm.convert_mlx(out, mlx_out, int(mlx_bits))
         click.echo(f"{mlx_out}: MLX {mlx_bits}-bit, {tm.checkpoint_size(mlx_out).payload_bytes:,} bytes of weights")
+
+
+# -- Kubernetes: render a plan as Helm values, the chart's objects, or KubeRay objects (issue #7) -------------------
+_RENDER_PATHS = click.option("-f", "--file", "paths", multiple=True, required=True,
+                             type=click.Path(exists=True, path_type=Path),
+                             help="Fleet + deployments (planned now), or a Plan document (plus any custom profiles).")
+_RENDER_FLEET = click.option("--fleet", "fleet_name", help="The Fleet to plan for, when the files hold several.")
+_RENDER_NAMESPACE = click.option("--namespace", default="moxin", show_default=True,
+                                 help="Kubernetes namespace the objects go to (router URLs name it).")
+_RENDER_IMAGES = click.option("--image", "images", multiple=True, metavar="KEY=IMAGE",
+                              help="Engine image where the profile names none; KEY is ENGINE/PLATFORM (helm, k8s) "
+                                   "or a pool name (kuberay worker images). Repeatable.")
+
+
+def _render_inputs(paths: tuple[Path, ...], fleet_name: str | None) -> tuple[dict[str, Any], Any, Any]:
+    """(plan, catalog, fleet or None): a Plan file is used as it is (other files add profiles and the fleet);
+    otherwise the fleet and deployments are planned now."""
+    from orchestrator.planner import PlanOptions
+    from orchestrator.spec.yamlsource import read_yaml_file
+
+    plan_files = [p for p in paths if p.is_file() and p.suffix in (".yaml", ".yml", ".json")
+                  and any(isinstance(d.data, dict) and d.data.get("kind") == "Plan" for d in read_yaml_file(p))]
+    if len(plan_files) > 1:
+        raise SpecError([Problem("more than one Plan document given", hint="render one plan at a time")])
+    others = tuple(p for p in paths if p not in plan_files)
+    catalog = _catalog(others)
+    fleets = catalog.fleets
+    if plan_files:
+        doc = _read_plan(plan_files[0])
+        fleet = fleets.get(fleet_name or doc.get("spec", {}).get("fleet", ""))
+    else:
+        doc = _plan_files(paths, fleet_name, None, PlanOptions())
+        fleet = fleets[fleet_name] if fleet_name else next(iter(fleets.values()))
+    for u in doc.get("spec", {}).get("unplaced", []):
+        click.echo(f"warning: {u['deployment']} is not (fully) placed by the plan: "
+                   f"{'; '.join(u['reasons'][:2])}", err=True)
+    return doc, catalog, fleet
+
+
+def _parse_images(images: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in images:
+        key, sep, image = item.partition("=")
+        if not sep or not key or not image:
+            raise SpecError([Problem(f"--image {item!r} is not KEY=IMAGE", hint="e.g. --image vllm/mlu=REGISTRY/vllm-mlu:TAG")])
+        out[key] = image
+    return out
+
+
+def _check_namespace(namespace: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace):
+        raise SpecError([Problem(f"namespace {namespace!r} is not a DNS label",
+                                 hint="lowercase letters, digits and '-', at most 63 characters")])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _emit_objects(objects: list[dict[str, Any]], out_dir: Path | None) -> None:
+    """One file per object in ``out_dir`` (stale files of an earlier render removed), or a YAML stream."""
+    import re
+
+    from orchestrator.output import to_yaml
+    from orchestrator.render.kubernetes import object_filename
+
+    if out_dir is None:
+        sys.stdout.write("".join("---\n" + to_yaml(o) for o in objects))
+        return
+    names = [object_filename(o, i) for i, o in enumerate(objects)]
+    for name, obj in zip(names, objects):
+        _write_atomic(out_dir / name, to_yaml(obj))
+    for old in out_dir.glob("*.yaml"):
+        if re.fullmatch(r"\d{3}-[a-z]+-.+\.yaml", old.name) and old.name not in names:
+            old.unlink()
+    click.echo(f"wrote {len(objects)} objects to {out_dir}", err=True)
+
+
+def _helm_values(paths: tuple[Path, ...], fleet_name: str | None, namespace: str, images: tuple[str, ...]) -> Any:
+    from orchestrator.render.helm import helm_values
+
+    _check_namespace(namespace)
+    doc, catalog, fleet = _render_inputs(paths, fleet_name)
+    result = helm_values(doc, catalog, fleet=fleet, namespace=namespace, images=_parse_images(images))
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    return result
+
+
+@cli.group()
+def render() -> None:
+    """Render a plan for Kubernetes: Helm values for helm/moxin, the chart's objects, or KubeRay objects."""
+
+
+@render.command("helm")
+@_RENDER_PATHS
+@_RENDER_FLEET
+@_RENDER_NAMESPACE
+@_RENDER_IMAGES
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="values.yaml to write [default: stdout].")
+def render_helm(paths: tuple[Path, ...], fleet_name: str | None, namespace: str, images: tuple[str, ...],
+                out: Path | None) -> None:
+    """Values for the helm/moxin chart from the plan: `helm install moxin helm/moxin -n NS -f values.yaml`."""
+    from orchestrator.output import to_yaml
+
+    text = "# Rendered by `moxin render helm` from the plan; install with helm install -n NAMESPACE -f THIS_FILE.\n" \
+           + to_yaml(_helm_values(paths, fleet_name, namespace, images).values)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        _write_atomic(out, text)
+        click.echo(f"wrote {out}", err=True)
+
+
+@render.command("k8s")
+@_RENDER_PATHS
+@_RENDER_FLEET
+@_RENDER_NAMESPACE
+@_RENDER_IMAGES
+@click.option("--values", "values_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Extra chart values (YAML) over the plan's, e.g. monitoring or model storage. Repeatable.")
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for one file per object [default: a YAML stream on stdout].")
+def render_k8s(paths: tuple[Path, ...], fleet_name: str | None, namespace: str, images: tuple[str, ...],
+               values_files: tuple[Path, ...], out: Path | None) -> None:
+    """Kubernetes objects: the helm/moxin chart rendered (Helm SDK, no cluster) with the plan's values."""
+    import yaml
+
+    from orchestrator.render.helm import deep_merge
+    from orchestrator.render.kubernetes import render_chart
+
+    values = _helm_values(paths, fleet_name, namespace, images).values
+    for f in values_files:
+        extra = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        if not isinstance(extra, dict):
+            raise SpecError([Problem("chart values must be a YAML mapping", str(f), 1)])
+        values = deep_merge(values, extra)
+    _emit_objects(render_chart(values, namespace=namespace), out)
+
+
+@render.command("kuberay")
+@_RENDER_PATHS
+@_RENDER_FLEET
+@_RENDER_NAMESPACE
+@_RENDER_IMAGES
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for one file per object [default: a YAML stream on stdout].")
+def render_kuberay(paths: tuple[Path, ...], fleet_name: str | None, namespace: str, images: tuple[str, ...],
+                   out: Path | None) -> None:
+    """A KubeRay RayCluster shaped like the fleet, and a Job that runs `moxin apply` (controller + router) on it."""
+    from orchestrator.render.kuberay import kuberay_objects
+
+    _check_namespace(namespace)
+    doc, catalog, fleet = _render_inputs(paths, fleet_name)
+    result = kuberay_objects(doc, catalog, fleet=fleet, namespace=namespace, images=_parse_images(images))
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    _emit_objects(result.objects, out)
 
 
 def main() -> None:

@@ -38,7 +38,6 @@ MAX_NAME = 52
 RAY_GCS_PORT = 6379
 EMULATED_SHM = "2Gi"
 
-_GENERATED_NODE = re.compile(r"^(?P<pool>.+)-\d+$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -132,11 +131,12 @@ def router_config(plan: dict[str, Any], namespace: str,
                   skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The router's configuration (router.json): per deployment, its assignments with the URL of their
     Service and a weight proportional to the capacity the plan gave them (req/s per replica x replicas).
-    ``skip`` names assignment ids that have no Service (external pools without addresses)."""
+    ``skip`` names assignment ids that have no Service (external pools without addresses); assignments
+    with no replicas get no route (the router refuses a weight of 0)."""
     assignments = plan.get("spec", {}).get("assignments", [])
     deployments: dict[str, list[dict[str, Any]]] = {}
     for a, name in zip(assignments, assignment_ids(assignments), strict=True):
-        if name in skip:
+        if name in skip or not a["replicas"]:
             continue
         capacity = (a.get("predicted") or {}).get("capacityRequestsPerSecond")
         weight = float(capacity) * a["replicas"] if capacity is not None else float(a["replicas"])
@@ -198,9 +198,9 @@ def model_sub_path(model_path: str, mount_path: str) -> str:
     return model_path[len(prefix):] if model_path.startswith(prefix) else ""
 
 
-def node_selector(a: dict[str, Any], profile: HardwareProfile, pool: Pool | None) -> dict[str, str]:
+def node_selector(emulated: bool, profile: HardwareProfile, pool: Pool | None) -> dict[str, str]:
     """The profile's node labels (not for emulated pools: they run on CPU nodes) and the pool's own."""
-    selector = {} if a["emulated"] else dict(profile.spec.kubernetes.node_selector)
+    selector = {} if emulated else dict(profile.spec.kubernetes.node_selector)
     if pool is not None:
         selector.update(pool.labels)
     return dict(sorted(selector.items()))
@@ -221,7 +221,7 @@ def engine_assignment(a: dict[str, Any], name: str, profile: HardwareProfile, po
         "argv": list(launch["argv"]), "env": dict(launch["env"]), "port": int(launch["port"]),
         "healthPath": launch["healthPath"], "metricsPath": launch.get("metricsPath") or "",
         "readinessTimeoutSeconds": int(launch["readinessTimeoutSeconds"]),
-        "nodeSelector": node_selector(a, profile, pool),
+        "nodeSelector": node_selector(bool(a["emulated"]), profile, pool),
         "tolerations": [{"key": resource, "operator": "Exists", "effect": "NoSchedule"}] if resource else [],
         "modelSubPath": model_sub_path(launch["modelPath"], mount_path),
         "labels": assignment_labels(a),
@@ -248,17 +248,22 @@ def address_type(address: str) -> str:
         return "FQDN"
 
 
-def external_addresses(a: dict[str, Any], pool: Pool | None) -> list[str] | None:
-    """The machines the plan placed this assignment's replicas on, when they have addresses: the plan's
-    node names are the pool's addresses when the fleet listed them (planner/place.py)."""
-    placed = list(dict.fromkeys(str(p["node"]) for p in a.get("placements", [])))
+def pool_addresses(plan: dict[str, Any], pool: Pool | None, name: str) -> list[str] | None:
+    """A pool's machine addresses: from the fleet when given, else as the plan recorded them (spec.pools)."""
     if pool is not None:
-        if not pool.addresses:
-            return None
-        known = set(pool.addresses)
-        return [n for n in placed if n in known] or list(pool.addresses)
-    generated = [n for n in placed if (m := _GENERATED_NODE.match(n)) and m.group("pool") == a["pool"]]
-    return None if generated or not placed else placed
+        return list(pool.addresses) if pool.addresses else None
+    recorded = next((p for p in plan.get("spec", {}).get("pools", []) if p.get("name") == name), None)
+    return list(recorded["addresses"]) if recorded and recorded.get("addresses") else None
+
+
+def external_addresses(a: dict[str, Any], addresses: list[str] | None) -> list[str] | None:
+    """The machines the plan placed this assignment's replicas on: the plan's node names are the pool's
+    addresses when the fleet lists them (planner/place.py). None when the pool has no addresses."""
+    if not addresses:
+        return None
+    placed = list(dict.fromkeys(str(p["node"]) for p in a.get("placements", [])))
+    known = set(addresses)
+    return [n for n in placed if n in known] or list(addresses)
 
 
 def external_assignment(a: dict[str, Any], name: str, addresses: list[str]) -> dict[str, Any]:
@@ -287,8 +292,7 @@ def helm_values(plan: dict[str, Any], catalog: Catalog, *, fleet: Fleet | None =
                 images: Mapping[str, str] | None = None, moxin_image: str = MOXIN_IMAGE,
                 mount_path: str = "/models", overrides: Mapping[str, Any] | None = None) -> HelmValues:
     """The chart's values for a Plan. ``fleet`` (the one the plan was made for) adds each pool's node
-    labels and the addresses of machines that are not Kubernetes nodes; without it those come from the
-    plan alone (addresses only where the planner used them as node names)."""
+    labels to the node selectors; machine addresses come from the fleet, else from the plan's spec.pools."""
     if plan.get("kind") != "Plan":
         raise SpecError([Problem("expected a Plan document", hint="pass the output of `moxin plan -o yaml`")])
     pools = {p.name: p for p in fleet.spec.pools} if fleet else {}
@@ -304,7 +308,7 @@ def helm_values(plan: dict[str, Any], catalog: Catalog, *, fleet: Fleet | None =
         if not is_external(a, profile):
             engines.append(engine_assignment(a, name, profile, pool, images, moxin_image, mount_path))
             continue
-        addresses = external_addresses(a, pool)
+        addresses = external_addresses(a, pool_addresses(plan, pool, a["pool"]))
         if not addresses:
             skipped.add(name)
             warnings.append(

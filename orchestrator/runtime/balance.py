@@ -31,6 +31,25 @@ class Endpoint:
         return (self.in_flight + 1) / max(self.weight, 1e-9)
 
 
+ROW_KEYS = ("name", "url", "requestModel", "weight")
+
+
+def parse_table(data: Any) -> dict[str, list[dict[str, Any]]]:
+    """Check a routing table ({"deployments": {name: [rows]}}); ValueError says what is wrong where."""
+    if not isinstance(data, dict) or not isinstance(data.get("deployments"), dict):
+        raise ValueError('expected an object with "deployments": {NAME: [replica, ...]}')
+    for name, rows in data["deployments"].items():
+        if not isinstance(rows, list):
+            raise ValueError(f"deployments.{name}: expected a list of replicas")
+        for i, row in enumerate(rows):
+            missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise ValueError(f"deployments.{name}[{i}]: missing {', '.join(missing)}")
+            if not isinstance(row["weight"], (int, float)) or row["weight"] <= 0:
+                raise ValueError(f"deployments.{name}[{i}].weight: expected a number > 0, got {row['weight']!r}")
+    return data["deployments"]
+
+
 class Balancer:
     def __init__(self, rng: random.Random | None = None) -> None:
         self.table: dict[str, list[Endpoint]] = {}

@@ -114,14 +114,14 @@ class Controller:
                              **({"labels": spec.labels, "nodes": spec.nodes, "devices": spec.devices,
                                  "weight": spec.weight} if spec else {}),
                              "url": d.get("url"), "enginePid": d.get("enginePid"), "restarts": self._restarts(rid),
-                             "lastError": d.get("lastError", ""), "log": d.get("log"), "host": d.get("host")})
+                             "lastError": d.get("lastError", ""), "log": d.get("log"), "host": d.get("host"),
+                             "nodeId": d.get("nodeId")})
             return {"plan": None if self.plan is None else self.plan["metadata"]["name"], "replicas": rows,
                     "routers": self.router_addresses(), "metricsUrl": self.metrics_url(), "loops": self.loops,
                     "adopted": self.adopted, "events": self.events[-20:], "prometheusSd": self.options["prometheusSd"]}
 
     def routing_table(self) -> dict[str, list[dict]]:
-        with self._lock:
-            return self.table
+        return self.table  # replaced whole each loop: no lock, so routers never wait on a slow loop
 
     def logs(self, rid: str, tail: int = 200) -> str:
         handle = self.replicas.get(rid)

@@ -1,18 +1,23 @@
-"""Guard of one engine process tree: ``python -m orchestrator.runtime.guard --grace S --pidfile F -- ARGV...``.
+"""Guard of one engine process tree:
+``python -m orchestrator.runtime.guard [--detach] [--owner-pid P] --grace S --pidfile F -- ARGV...``.
 
 The replica actor starts the guard; the guard starts the engine in a new session (its own process group) and
 makes sure no part of that tree outlives its owner:
 - the engine exits -> the rest of its group is killed, and the guard exits with the engine's status;
 - SIGTERM/SIGINT to the guard -> SIGTERM to the engine's group, SIGKILL after the grace period;
-- the replica actor's process dies (crash, ``ray.kill``, node shutdown) -> the guard notices that its parent
-  changed and stops the engine the same way.
-The guard runs in a session of its own, so that killing the Ray node's process group does not take the guard
-down before it has stopped the engine. It polls; it needs nothing beyond POSIX.
+- the owner (the replica actor's process) dies: crash, ``ray.kill``, node shutdown -> the guard stops the engine
+  the same way.
+With ``--detach`` the guard leaves its parent (double fork, new session): a dying Ray worker SIGKILLs its direct
+children (verified with Ray 2.60), which would kill a guard that is one before it could stop the engine. The
+pidfile then tells the owner both pids, as JSON. As a last resort on Linux, the engine gets SIGKILL if the guard
+itself is killed (PR_SET_PDEATHSIG). The guard polls; beyond that it needs nothing but POSIX.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -42,16 +47,44 @@ def stop_group(pgid: int, grace_s: float, proc: subprocess.Popen | None = None) 
         proc.wait()
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (Linux: /proc says so; elsewhere a zombie counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _die_with_parent() -> None:
+    """In the engine, before exec (Linux): SIGKILL when the guard dies, however it dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="moxin-guard")
     parser.add_argument("--grace", type=float, default=15.0)
     parser.add_argument("--pidfile", type=Path, required=True)
+    parser.add_argument("--owner-pid", type=int, help="Stop the engine when this process is gone [default: parent].")
+    parser.add_argument("--detach", action="store_true", help="Leave the parent (double fork, new session).")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no engine command after --")
-    parent = os.getppid()
+    owner = args.owner_pid or os.getppid()
+    if args.detach:
+        if os.fork() > 0:
+            os._exit(0)
+        os.setsid()
     stop = {"signal": 0}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -59,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    proc = subprocess.Popen(command, start_new_session=True)
+    proc = subprocess.Popen(command, start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     tmp = args.pidfile.with_suffix(".tmp")
-    tmp.write_text(str(proc.pid))
+    tmp.write_text(json.dumps({"guard": os.getpid(), "engine": proc.pid}))
     tmp.replace(args.pidfile)
     print(f"moxin-guard: engine pid {proc.pid}: {' '.join(command)}", file=sys.stderr, flush=True)
     while True:
@@ -70,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"moxin-guard: engine exited with status {code}", file=sys.stderr, flush=True)
             stop_group(proc.pid, 0.0)  # reap what the engine left behind (its workers)
             return code if code >= 0 else 128 - code
-        if stop["signal"] or os.getppid() != parent:
-            why = f"signal {stop['signal']}" if stop["signal"] else "the replica process is gone"
+        if stop["signal"] or not alive(owner):
+            why = f"signal {stop['signal']}" if stop["signal"] else f"its owner (pid {owner}) is gone"
             print(f"moxin-guard: stopping the engine ({why})", file=sys.stderr, flush=True)
             stop_group(proc.pid, args.grace, proc)
             return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.runtime.desired import ReplicaSpec
-from orchestrator.runtime.guard import stop_group
+from orchestrator.runtime.guard import alive, stop_group
 from orchestrator.runtime.reconcile import State
 
 HEALTH_EVERY_S = 2.0
@@ -86,7 +86,7 @@ class Replica:
         self.last_error = ""
         self.port = 0
         self.engine_pid: int | None = None
-        self.guard: subprocess.Popen | None = None
+        self.guard_pid: int | None = None
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.host = node_ip()
@@ -99,7 +99,7 @@ class Replica:
     def describe(self) -> dict[str, Any]:
         return {"id": self.spec.id, "specHash": self.spec.spec_hash, "state": self.state.value,
                 "url": f"http://{self.host}:{self.port}" if self.port else None, "host": self.host,
-                "enginePid": self.engine_pid, "guardPid": self.guard.pid if self.guard else None,
+                "enginePid": self.engine_pid, "guardPid": self.guard_pid,
                 "restarts": self.restarts, "lastError": self.last_error, "startedAt": self.started_at,
                 "readyAt": self.ready_at, "log": str(self.log_path), "actorPid": os.getpid(),
                 "nodeId": _node_id()}
@@ -145,8 +145,8 @@ class Replica:
         self.port = free_port()
         pidfile = self.log_path.with_suffix(".pid")
         pidfile.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "orchestrator.runtime.guard", "--grace", str(self.grace_s),
-                "--pidfile", str(pidfile), "--", *engine_argv(launch, self.port)]
+        argv = [sys.executable, "-m", "orchestrator.runtime.guard", "--detach", "--owner-pid", str(os.getpid()),
+                "--grace", str(self.grace_s), "--pidfile", str(pidfile), "--", *engine_argv(launch, self.port)]
         env = engine_env(launch, _device_ids(self.spec), dict(os.environ))
         if launch["engine"] == "mlx-lm":  # mlx-lm's /v1/models lists the hub cache, which must exist
             cache = Path(env.setdefault("HF_HUB_CACHE", str(self.log_path.parent / "hf-cache")))
@@ -154,14 +154,23 @@ class Replica:
         with open(self.log_path, "ab") as log:
             log.write(f"\n==== moxin: starting {self.spec.id} on port {self.port} at {time.ctime()}\n".encode())
             log.flush()
-            with self._lock:
-                self.guard = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, start_new_session=True)
+            # The guard detaches (see guard.py): this process only waits for the first fork to return.
+            subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=30)
         deadline = time.monotonic() + 10
-        while not pidfile.exists() and time.monotonic() < deadline and self.guard.poll() is None:
+        while not pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.engine_pid = int(pidfile.read_text()) if pidfile.exists() else None
+        pids = json.loads(pidfile.read_text()) if pidfile.exists() else {}
+        with self._lock:
+            self.guard_pid, self.engine_pid = pids.get("guard"), pids.get("engine")
         self.state = State.STARTING
+
+    def _engine_alive(self) -> bool:
+        return self.guard_pid is not None and alive(self.guard_pid)
+
+    def _exit_reason(self) -> str:
+        """The guard's last word in the log: the engine's exit status."""
+        lines = [ln for ln in self.logs(50).splitlines() if ln.startswith("moxin-guard: engine exited")]
+        return lines[-1].removeprefix("moxin-guard: ") if lines else "engine exited"
 
     def _start_and_wait_ready(self) -> bool:
         self._start_engine()
@@ -169,9 +178,8 @@ class Replica:
         base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + launch["readinessTimeoutSeconds"]
         while time.monotonic() < deadline and not self._stop.is_set():
-            if self.guard is None or self.guard.poll() is not None:
-                self.last_error = f"engine exited with status {self.guard.returncode if self.guard else '?'} while " \
-                                  f"starting (see moxin logs {self.spec.id})"
+            if not self._engine_alive():
+                self.last_error = f"{self._exit_reason()} while starting (see moxin logs {self.spec.id})"
                 return False
             try:
                 if _get(base + launch["healthPath"], 2) == 200 and _post(
@@ -191,8 +199,8 @@ class Replica:
         misses = 0
         url = f"http://127.0.0.1:{self.port}{self.spec.launch['healthPath']}"
         while not self._stop.wait(HEALTH_EVERY_S):
-            if self.guard is None or self.guard.poll() is not None:
-                self.last_error = f"engine exited with status {self.guard.returncode if self.guard else '?'}"
+            if not self._engine_alive():
+                self.last_error = self._exit_reason()
                 return
             try:
                 misses = 0 if _get(url, 5) == 200 else misses + 1
@@ -205,18 +213,18 @@ class Replica:
 
     def _kill_engine(self, grace_s: float) -> None:
         with self._lock:
-            guard, pid = self.guard, self.engine_pid
+            guard, engine = self.guard_pid, self.engine_pid
         if guard is None:
             return
-        if guard.poll() is None:
-            guard.send_signal(signal.SIGTERM)
-            try:
-                guard.wait(grace_s + 5)
-            except subprocess.TimeoutExpired:
-                guard.kill()
-                guard.wait()
-        if pid:  # the guard is gone; make sure nothing of the engine's group is left
-            stop_group(pid, 0.0)
+        if alive(guard):
+            os.kill(guard, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s + 5
+            while alive(guard) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if alive(guard):
+                os.kill(guard, signal.SIGKILL)
+        if engine:  # the guard is gone; make sure nothing of the engine's group is left
+            stop_group(engine, 0.0)
 
 
 def _node_id() -> str | None:

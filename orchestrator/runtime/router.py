@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConnector, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Balancer, Endpoint
+from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Balancer, Endpoint, parse_table
 from orchestrator.runtime.desired import LABELS
 from orchestrator.runtime.metrics import RouterMetrics
 
@@ -214,7 +214,7 @@ async def serve(router: Router, host: str, port: int, reuse_port: bool = True) -
 
 
 def read_config(path: Path) -> dict[str, list[dict[str, Any]]]:
-    return json.loads(path.read_text())["deployments"]
+    return parse_table(json.loads(path.read_text()))
 
 
 def run_from_config(path: Path, host: str, port: int) -> None:

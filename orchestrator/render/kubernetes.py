@@ -1,0 +1,89 @@
+"""Plan -> Kubernetes objects, by rendering the ``helm/moxin`` chart with the plan's values.
+
+One source of truth: the objects are exactly what ``helm install`` would create from the values
+``render/helm.py`` derives (rendered in-process by helm-python-sdk, no helm binary, no cluster). Reading
+files and the SDK is the only effect here; writing the objects out is the CLI's job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import MoxinError
+from orchestrator.render.helm import RenderError, helm_values
+from orchestrator.spec.catalog import Catalog
+from orchestrator.spec.fleet import Fleet
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+RELEASE = "moxin"
+# The order kubectl/helm create kinds in: what others reference first.
+KIND_ORDER = ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "PersistentVolumeClaim", "Role", "RoleBinding",
+              "Service", "EndpointSlice", "Deployment", "LeaderWorkerSet", "PodDisruptionBudget", "PodMonitor",
+              "ServiceMonitor", "PrometheusRule"]
+
+
+def chart_dir() -> Path:
+    """The chart: inside the wheel (orchestrator/_builtin/helm/moxin), or at the top of a checkout."""
+    inside = _PACKAGE_DIR / "_builtin" / "helm" / "moxin"
+    return inside if (inside / "Chart.yaml").is_file() else _PACKAGE_DIR.parent / "helm" / "moxin"
+
+
+def _helm() -> Any:
+    try:
+        import helm_python
+    except ImportError:
+        raise MoxinError("helm-python-sdk is not installed: install the k8s extra "
+                         "(pip install 'moxin[k8s]')") from None
+    return helm_python
+
+
+def render_chart(values: Mapping[str, Any] | None, *, namespace: str = "moxin", release: str = RELEASE,
+                 chart: Path | None = None) -> list[dict[str, Any]]:
+    """Render the chart with ``values`` (over its defaults) into objects, in creation order. Values the
+    chart's schema rejects, and template failures, become RenderError (exit 2) with Helm's message."""
+    helm = _helm()
+    try:
+        with helm.Chart.load(str(chart or chart_dir())) as loaded:
+            manifests = loaded.render(dict(values or {}), name=release, namespace=namespace)
+    except helm.HelmError as exc:
+        raise RenderError(f"the moxin chart refused these values: {_clean(str(exc))}") from None
+    objects = []
+    for path in sorted(manifests):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        objects += [doc for doc in yaml.safe_load_all(manifests[path]) if doc]
+    return sorted(objects, key=_creation_order)
+
+
+def render_objects(plan: dict[str, Any], values_overrides: dict[str, Any] | None = None, namespace: str = "moxin",
+                   *, catalog: Catalog | None = None, fleet: Fleet | None = None,
+                   images: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every object the plan needs in ``namespace``: the chart rendered with the plan's values (plus
+    ``values_overrides``). Without a catalog the built-in one resolves the plan's hardware profiles."""
+    if catalog is None:
+        from orchestrator.spec import load_catalog
+
+        catalog = load_catalog()
+    values = helm_values(plan, catalog, fleet=fleet, namespace=namespace, images=images,
+                         overrides=values_overrides)
+    return render_chart(values.values, namespace=namespace)
+
+
+def object_filename(obj: dict[str, Any], index: int) -> str:
+    """A stable file name for one object: NN-kind-name.yaml (NN keeps creation order in `kubectl apply -f`)."""
+    return f"{index:03d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+
+
+def _creation_order(obj: dict[str, Any]) -> tuple[int, str, str]:
+    kind = obj.get("kind", "")
+    rank = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+    return rank, kind, obj.get("metadata", {}).get("name", "")
+
+
+def _clean(message: str) -> str:
+    return re.sub(r"\s+", " ", message).strip()

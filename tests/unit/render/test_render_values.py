@@ -1,0 +1,113 @@
+"""render/helm.py on its own: names, router config, external pools, images — pure functions of the plan."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+from k8s_support import example
+
+from orchestrator.render.helm import (
+    MAX_NAME,
+    RenderError,
+    address_type,
+    assignment_ids,
+    helm_values,
+    label_value,
+    object_name,
+    router_config,
+)
+
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@pytest.mark.parametrize("text", ["glm-4.5-air-w4a16-h200", "Qwen3.235B_A22B", "1st-model", "x" * 200, "--a--"])
+def test_object_names_are_short_dns_labels(text):
+    name = object_name(text)
+    assert DNS_1035.match(name) and len(name) <= MAX_NAME
+
+
+def test_long_names_stay_distinct():
+    assert object_name("a" * 80 + "-one") != object_name("a" * 80 + "-two")
+
+
+def test_label_values_are_valid():
+    assert label_value("glm-4.5-air") == "glm-4.5-air"
+    assert label_value("-a b/c-") == "a-b-c"
+    assert len(label_value("y" * 100)) == 63
+
+
+def test_parallelism_disambiguates_assignments_that_would_share_a_name():
+    a = {"deployment": "d", "variant": "v", "pool": "p", "tensorParallel": 1, "pipelineParallel": 1}
+    b = {**a, "tensorParallel": 2}
+    ids = assignment_ids([a, b])
+    assert len(set(ids)) == 2 and ids[0].endswith("tp1-pp1")
+
+
+def test_router_weights_follow_capacity_and_replicas():
+    plan, _, _ = example("maas")
+    config = router_config(plan, "ns")
+    (air,) = config["deployments"]["glm-45-air"]
+    a = next(x for x in plan["spec"]["assignments"] if x["deployment"] == "glm-45-air")
+    assert air["weight"] == pytest.approx(a["predicted"]["capacityRequestsPerSecond"] * a["replicas"])
+    assert air["url"] == "http://glm-45-air-w4a16-h200.ns.svc:8000"
+    assert {r["labels"]["pool"] for r in config["deployments"]["qwen3-30b"]} == {"h100", "mac-studio"}
+
+
+def test_an_apple_pool_without_addresses_is_left_out_with_a_warning():
+    plan, catalog, _ = example("maas")
+    plan = copy.deepcopy(plan)
+    for p in plan["spec"]["pools"]:
+        p["addresses"] = None
+    result = helm_values(plan, catalog)  # no fleet: the plan's spec.pools are all there is
+    assert result.values["externalAssignments"] == []
+    (warning,) = result.warnings
+    assert "mac-studio" in warning and "addresses" in warning
+    assert [r["labels"]["pool"] for r in result.values["router"]["config"]["deployments"]["qwen3-30b"]] == ["h100"]
+
+
+def test_without_a_fleet_the_plans_recorded_addresses_are_used():
+    plan, catalog, _ = example("maas")
+    (external,) = helm_values(plan, catalog).values["externalAssignments"]
+    assert external["endpointSlices"] == [{"addressType": "FQDN", "addresses": ["studio-1.lan"]}]
+
+
+def test_pool_labels_from_the_fleet_join_the_profiles_node_selector():
+    plan, catalog, fleet = example("maas")
+    values = helm_values(plan, catalog, fleet=fleet).values
+    h100 = next(a for a in values["assignments"] if a["pool"] == "h100")
+    assert h100["nodeSelector"] == {"moxin.dev/pool": "h100", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def test_addresses_are_typed_and_bad_ones_refused():
+    assert address_type("10.0.0.1") == "IPv4"
+    assert address_type("fd00::1") == "IPv6"
+    assert address_type("studio-1.lan") == "FQDN"
+    with pytest.raises(RenderError):
+        address_type("Not A Host")
+
+
+def test_cpu_platforms_default_to_the_moxin_image_and_images_can_be_overridden():
+    plan, catalog, fleet = example("local")
+    values = helm_values(plan, catalog, fleet=fleet, moxin_image="reg/moxin:9").values
+    assert {a["image"] for a in values["assignments"]} == {"reg/moxin:9"}
+    assert values["router"]["image"] == {"repository": "reg/moxin", "tag": "9"}
+    values = helm_values(plan, catalog, fleet=fleet, images={"vllm/cpu": "reg/vllm-cpu:1"}).values
+    assert {a["platform"]: a["image"] for a in values["assignments"]}["cpu"] == "reg/vllm-cpu:1"
+
+
+def test_not_a_plan_is_a_spec_error():
+    from orchestrator.errors import SpecError
+
+    _, catalog, _ = example("local")
+    with pytest.raises(SpecError):
+        helm_values({"kind": "Fleet"}, catalog)
+
+
+def test_router_config_is_a_routing_table_the_router_accepts(example_name):
+    from orchestrator.runtime.balance import parse_table
+
+    plan, _, _ = example(example_name)
+    table = parse_table(router_config(plan, "moxin"))
+    assert sum(len(rows) for rows in table.values()) == sum(1 for a in plan["spec"]["assignments"] if a["replicas"])

@@ -1,0 +1,57 @@
+"""Weighted least-load replica choice (pure)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Balancer
+
+
+def table(weights: dict[str, float]) -> dict:
+    return {"d": [{"name": n, "url": f"http://{n}:1/", "requestModel": "d", "weight": w} for n, w in weights.items()]}
+
+
+def fill(b: Balancer, n: int) -> Counter:
+    """Send n requests that all stay in flight; count where they went."""
+    got: Counter = Counter()
+    for _ in range(n):
+        ep = b.pick("d", set(), now=0.0)
+        ep.in_flight += 1
+        got[ep.name] += 1
+    return got
+
+
+def test_concurrent_requests_split_in_proportion_to_predicted_capacity():
+    b = Balancer(random.Random(0))
+    b.update(table({"h100": 30.0, "mac": 10.0}))
+    assert fill(b, 40) == {"h100": 30, "mac": 10}
+
+
+def test_a_busy_replica_yields_to_an_idle_one_of_lower_capacity():
+    b = Balancer(random.Random(0))
+    b.update(table({"big": 4.0, "small": 1.0}))
+    big = next(e for e in b.table["d"] if e.name == "big")
+    big.in_flight = 4
+    assert b.pick("d", set(), 0.0).name == "small"
+
+
+def test_excluded_and_recently_failed_replicas_are_skipped_unless_nothing_else_is_left():
+    b = Balancer(random.Random(0))
+    b.update(table({"a": 10.0, "b": 1.0}))
+    assert b.pick("d", {"a"}, 0.0).name == "b"
+    assert b.pick("d", {"a", "b"}, 0.0) is None
+    b.table["d"][0].failed_until = 5.0
+    assert b.pick("d", set(), 1.0).name == "b"
+    assert b.pick("d", {"b"}, 1.0).name == "a"      # the failed one is better than none
+    assert b.pick("d", set(), 5.0 + FAILED_COOLDOWN_S).name == "a"
+    assert b.pick("other", set(), 0.0) is None
+
+
+def test_a_table_update_keeps_the_counters_of_replicas_that_stay():
+    b = Balancer(random.Random(0))
+    b.update(table({"a": 1.0, "b": 1.0}))
+    b.table["d"][0].in_flight = 3
+    b.update(table({"a": 1.0, "c": 1.0}))
+    counts = {e.name: e.in_flight for e in b.table["d"]}
+    assert counts == {"a": 3, "c": 0}

@@ -1,0 +1,76 @@
+"""Plan -> replica specs and the local cluster's node layout (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.planner import PlanOptions, plan
+from orchestrator.runtime.desired import replica_specs
+from orchestrator.runtime.local import layout
+from orchestrator.spec import load_catalog
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def local_plan():
+    catalog = load_catalog([ROOT / "manifests" / "local"])
+    return plan(catalog.fleets["local"], list(catalog.deployments.values()), catalog,
+                options=PlanOptions(model_root="/cache/models"))
+
+
+@pytest.fixture(scope="module")
+def maas_plan():
+    catalog = load_catalog([ROOT / "manifests" / "fleets" / "maas.yaml", ROOT / "manifests" / "deployments" / "maas.yaml"])
+    return plan(catalog.fleets["maas"], list(catalog.deployments.values()), catalog)
+
+
+def test_every_replica_of_the_plan_gets_a_spec_with_its_assignments_launch(maas_plan):
+    specs = replica_specs(maas_plan)
+    assignments = maas_plan["spec"]["assignments"]
+    assert len(specs) == sum(a["replicas"] for a in assignments)
+    assert len({s.id for s in specs}) == len(specs)
+    for a in assignments:
+        mine = [s for s in specs if s.labels["pool"] == a["pool"] and s.labels["variant"] == a["variant"]
+                and s.deployment == a["deployment"]]
+        assert len(mine) == a["replicas"]
+        pool = next(p for p in maas_plan["spec"]["pools"] if p["name"] == a["pool"])
+        for s in mine:
+            assert s.launch is a["launch"]
+            # Every bundle asks for the profile's resource; together they hold the replica's devices.
+            assert sum(b[pool["rayResource"]] for b in s.bundles) == a["devicesPerReplica"]
+            assert all(b[f"accelerator_type:{pool['acceleratorType']}"] > 0 for b in s.bundles)
+            assert s.strategy == ("STRICT_PACK" if len(set(s.nodes)) == 1 else "STRICT_SPREAD")
+            assert s.weight == a["predicted"]["capacityRequestsPerSecond"]
+
+
+def test_nodes_are_pinned_only_where_the_cluster_has_them(local_plan):
+    unpinned = replica_specs(local_plan)
+    assert not any(k.startswith("moxin-node-") for s in unpinned for b in s.bundles for k in b)
+    pinned = {s.id: s for s in replica_specs(local_plan, known_nodes={"gpu-emu-0"})}
+    gpu = pinned["tiny-chat-bf16-gpu-emu-0"]
+    assert gpu.bundles == [{"GPU": 1.0, "accelerator_type:H100": 0.001, "moxin-node-gpu-emu-0": 0.001}]
+    assert pinned["tiny-chat-mlx-3bit-mac-emu-0"].bundles == [{"mlx": 1.0, "accelerator_type:M2-Max-64G": 0.001}]
+    # Pinning is part of what a replica reserves: a change of it replaces the replica.
+    assert gpu.spec_hash != next(s for s in unpinned if s.id == gpu.id).spec_hash
+
+
+def test_emulated_replicas_run_their_engine_for_the_cpu_from_the_model_root(local_plan):
+    specs = {s.labels["engine"]: s for s in replica_specs(local_plan)}
+    assert specs["vllm"].launch["platform"] == "cpu" and specs["vllm"].labels["hardware"] == "nvidia-h100-sxm"
+    assert "/cache/models/tiny-llama/bf16" in specs["vllm"].launch["argv"]
+    assert specs["mlx-lm"].request_model == "default_model"
+    assert specs["vllm"].request_model == "tiny-chat"
+    assert all(s.labels["emulated"] == "true" for s in specs.values())
+
+
+def test_the_local_cluster_has_one_ray_node_per_fleet_node_with_its_profiles_resources(local_plan):
+    nodes = {n.name: n for n in layout(local_plan["spec"]["pools"])}
+    assert set(nodes) == {"gpu-emu-0", "mac-emu-0"}
+    assert nodes["gpu-emu-0"].num_gpus == 1 and "GPU" not in nodes["gpu-emu-0"].resources
+    assert nodes["gpu-emu-0"].resources == {"accelerator_type:H100": 1.0, "moxin-node-gpu-emu-0": 1.0}
+    assert nodes["mac-emu-0"].num_gpus == 0
+    assert nodes["mac-emu-0"].resources == {"mlx": 1.0, "accelerator_type:M2-Max-64G": 1.0,
+                                            "moxin-node-mac-emu-0": 1.0}

@@ -1,0 +1,107 @@
+"""The process guard with real processes: no part of an engine's process tree outlives its owner."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# An "engine" that starts a worker (as vLLM does) and waits; both record their pids.
+ENGINE = ("import os, subprocess, sys, time\n"
+          "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+          "open(sys.argv[1], 'w').write(str(w.pid))\n"
+          "time.sleep(600)\n")
+GUARD = [sys.executable, "-m", "orchestrator.runtime.guard"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(path: Path, timeout: float = 20) -> int:
+    """A pid from a file: the worker's (a number) or the guard's pidfile (JSON: the engine's)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            data = json.loads(path.read_text())
+            return data["engine"] if isinstance(data, dict) else int(data)
+        time.sleep(0.05)
+    raise AssertionError(f"{path} was never written")
+
+
+def gone(*pids: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(alive(p) for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def start(tmp_path: Path, grace: float = 5) -> tuple[subprocess.Popen, int, int]:
+    guard = subprocess.Popen([*GUARD, "--grace", str(grace), "--pidfile", str(tmp_path / "engine.pid"), "--",
+                              sys.executable, "-c", ENGINE, str(tmp_path / "worker.pid")], start_new_session=True)
+    return guard, wait_for(tmp_path / "engine.pid"), wait_for(tmp_path / "worker.pid")
+
+
+def test_sigterm_stops_the_engine_and_its_workers(tmp_path):
+    guard, engine, worker = start(tmp_path)
+    guard.send_signal(signal.SIGTERM)
+    assert guard.wait(15) == 0
+    assert gone(engine, worker)
+
+
+def test_an_engine_killed_with_sigkill_takes_its_workers_along_and_the_guard_reports_it(tmp_path):
+    guard, engine, worker = start(tmp_path)
+    os.kill(engine, signal.SIGKILL)
+    assert guard.wait(15) == 128 + signal.SIGKILL
+    assert gone(worker)
+
+
+def test_the_owner_dying_stops_the_engine_even_when_its_direct_children_are_killed_with_it(tmp_path):
+    """As a Ray worker dies (``ray.kill``, crash): the owner is SIGKILLed and so are its direct children (Ray 2.60
+    does that). The detached guard is not one of them; it stops the engine and its workers."""
+    guard = [*GUARD, "--detach", "--grace", "2", "--pidfile", str(tmp_path / "engine.pid"), "--",
+             sys.executable, "-c", ENGINE, str(tmp_path / "worker.pid")]
+    owner = subprocess.Popen([sys.executable, "-c", f"import subprocess, time; subprocess.run({guard!r}); "
+                              "time.sleep(600)"], start_new_session=True)
+    engine, worker = wait_for(tmp_path / "engine.pid"), wait_for(tmp_path / "worker.pid")
+    guard_pid = json.loads((tmp_path / "engine.pid").read_text())["guard"]
+    os.killpg(owner.pid, signal.SIGKILL)  # the owner and anything still in its group
+    owner.wait()
+    assert alive(guard_pid) or not alive(engine)
+    assert gone(engine, worker, guard_pid)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux only")
+def test_a_guard_killed_outright_still_takes_the_engine_down(tmp_path):
+    """Last resort (Linux): SIGKILL of the guard itself kills the engine (PR_SET_PDEATHSIG)."""
+    guard, engine, _worker = start(tmp_path)
+    guard.kill()
+    guard.wait()
+    assert gone(engine)
+
+
+def test_an_engine_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    guard = subprocess.Popen([*GUARD, "--grace", "1", "--pidfile", str(tmp_path / "e.pid"), "--",
+                              sys.executable, "-c", stubborn])
+    engine = wait_for(tmp_path / "e.pid")
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    guard.send_signal(signal.SIGTERM)
+    guard.wait(15)
+    assert gone(engine, timeout=2) and 0.9 < time.monotonic() - t0 < 10

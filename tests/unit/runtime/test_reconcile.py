@@ -1,0 +1,75 @@
+"""Desired vs observed -> actions (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.runtime.desired import ReplicaSpec
+from orchestrator.runtime.reconcile import (
+    BACKOFF_MAX_S,
+    Drain,
+    Observed,
+    Start,
+    State,
+    Stop,
+    backoff_s,
+    decide,
+)
+
+
+def spec(rid: str, spec_hash: str = "h1") -> ReplicaSpec:
+    return ReplicaSpec(id=rid, deployment="d", labels={}, launch={"argv": []}, bundles=[{"GPU": 1.0}],
+                       strategy="STRICT_PACK", nodes=["n-0"], devices=[0], weight=1.0, cost_usd_per_hour=None,
+                       spec_hash=spec_hash)
+
+
+def obs(rid: str, state: State = State.READY, spec_hash: str = "h1", draining: float | None = None) -> Observed:
+    return Observed(rid, spec_hash, state, draining)
+
+
+def test_missing_replicas_start_and_healthy_ones_are_left_alone():
+    actions = decide([spec("a"), spec("b")], {"a": obs("a")}, {}, now=100.0)
+    assert [type(a) for a in actions] == [Start] and actions[0].spec.id == "b"
+    assert decide([spec("a")], {"a": obs("a")}, {}, now=100.0) == []
+    assert decide([spec("a")], {"a": obs("a", State.STARTING)}, {}, now=100.0) == []
+
+
+def test_extra_ready_replicas_drain_first_and_stop_after_the_drain_period():
+    assert decide([], {"x": obs("x")}, {}, now=100.0) == [Drain("x", "not in the plan")]
+    assert decide([], {"x": obs("x", draining=95.0)}, {}, now=100.0, drain_s=10) == []
+    assert decide([], {"x": obs("x", draining=85.0)}, {}, now=100.0, drain_s=10) == [Stop("x", "not in the plan")]
+
+
+def test_extra_replicas_that_serve_nothing_stop_at_once():
+    assert decide([], {"x": obs("x", State.STARTING)}, {}, now=1.0) == [Stop("x", "not in the plan")]
+
+
+def test_a_changed_launch_replaces_the_replica_and_a_stopping_one_is_waited_for():
+    new = spec("a", spec_hash="h2")
+    assert decide([new], {"a": obs("a")}, {}, now=1.0) == [Drain("a", "its launch changed in the plan")]
+    assert decide([new], {"a": obs("a", State.STOPPING, spec_hash="")}, {}, now=1.0) == []
+    assert decide([new], {}, {}, now=1.0) == [Start(new, "missing")]
+
+
+@pytest.mark.parametrize("state", [State.DEAD, State.FAILED])
+def test_dead_or_failed_replicas_are_stopped_as_failures_and_restarted_after_backoff(state):
+    assert decide([spec("a")], {"a": obs("a", state)}, {}, now=1.0) == [Stop("a", f"replica is {state.value}",
+                                                                             failed=True)]
+    failures = {"a": (2, 100.0)}  # two failures, the last at t=100: backoff 10 s
+    assert decide([spec("a")], {}, failures, now=105.0) == []
+    started = decide([spec("a")], {}, failures, now=110.0)
+    assert started == [Start(spec("a"), "restart after 2 failure(s)")]
+    # A dead replica that is no longer wanted is stopped without counting as a failure to restart.
+    assert decide([], {"a": obs("a", state)}, {}, now=1.0) == [Stop("a", f"replica is {state.value}", failed=False)]
+
+
+def test_backoff_doubles_and_is_capped():
+    assert [backoff_s(n) for n in range(5)] == [0.0, 5.0, 10.0, 20.0, 40.0]
+    assert backoff_s(50) == BACKOFF_MAX_S
+
+
+def test_a_scale_down_and_a_new_variant_at_once():
+    """Plan change: replica b-1 leaves, c-0 (another variant) arrives; a stays untouched."""
+    observed = {"a": obs("a"), "b-1": obs("b-1")}
+    actions = decide([spec("a"), spec("c-0")], observed, {}, now=50.0)
+    assert actions == [Drain("b-1", "not in the plan"), Start(spec("c-0"), "missing")]

@@ -1,0 +1,49 @@
+"""Runtime commands that need no cluster: node-resources, and clear errors where a cluster or input is missing."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+
+
+def run(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def test_node_resources_prints_the_json_for_ray_start_and_the_builtin_flags_apart():
+    out = CliRunner().invoke(cli, ["node-resources", "--hardware", "nvidia-h100-sxm", "--node", "h100-3"])
+    assert out.exit_code == 0, out.output
+    first, *rest = out.stdout.splitlines()
+    assert json.loads(first) == {"accelerator_type:H100": 1.0, "moxin-node-h100-3": 1.0}
+    assert "--num-gpus=8" in out.stderr  # ray start refuses GPU in --resources
+
+
+def test_node_resources_of_a_custom_resource_profile_carries_the_device_count():
+    out = CliRunner().invoke(cli, ["node-resources", "-H", "apple-m3-ultra-512g"])
+    assert out.exit_code == 0 and json.loads(out.stdout) == {"mlx": 1.0, "accelerator_type:M3-Ultra-512G": 1.0}
+    assert out.stderr == ""
+    bad = run("node-resources", "-H", "nvidia-h1000")
+    assert bad.exit_code == 2 and "nvidia-h100" in bad.output
+
+
+def test_commands_that_need_a_cluster_say_how_to_get_one(tmp_path):
+    env = {"MOXIN_HOME": str(tmp_path), "RAY_ADDRESS": ""}
+    for args in (["status"], ["logs", "x"]):
+        out = run(*args, env=env)
+        assert out.exit_code != 0 and "moxin up" in out.output and "--address" in out.output, out.output
+    out = run("down", env=env)
+    assert out.exit_code == 0 and "nothing is running" in out.output
+
+
+def test_router_refuses_a_config_that_is_not_a_routing_table(tmp_path):
+    config = tmp_path / "router.json"
+    config.write_text(json.dumps({"routes": []}))
+    out = run("router", "--config", str(config))
+    assert out.exit_code == 2 and str(config) in out.output and "deployments" in out.output
+    config.write_text(json.dumps({"deployments": {"d": [{"name": "a", "url": "http://x", "requestModel": "d",
+                                                         "weight": 0}]}}))
+    out = run("router", "--config", str(config))
+    assert out.exit_code == 2 and "deployments.d[0].weight" in out.output
