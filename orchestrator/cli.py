@@ -434,19 +434,6 @@ def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None,
 ADDRESS = click.option("--address", help="Ray cluster address [default: $RAY_ADDRESS, else the local cluster].")
 
 
-def _plan_or_manifests(paths: tuple[Path, ...], fleet_name: str | None, model_root: str,
-                       previous: dict[str, Any] | None) -> dict[str, Any]:
-    """A Plan document given with -f is used as it is; manifests are planned (stable against ``previous``)."""
-    from orchestrator.planner import PlanOptions
-    from orchestrator.spec.yamlsource import read_yaml_file
-
-    files = [p for p in paths if p.is_file()]
-    if len(paths) == 1 and files and any(isinstance(d.data, dict) and d.data.get("kind") == "Plan"
-                                         for d in read_yaml_file(files[0])):
-        return _read_plan(files[0])
-    return _plan_files(paths, fleet_name, previous, PlanOptions(model_root=model_root))
-
-
 def _unplaced_error(doc: dict[str, Any]) -> None:
     if doc["spec"]["unplaced"]:
         lines = [f"{u['deployment']}: {'; '.join(u['reasons'][:3])}" for u in doc["spec"]["unplaced"]]
@@ -459,9 +446,11 @@ def _unplaced_error(doc: dict[str, Any]) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Router port.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=9400, show_default=True,
               help="Controller metrics port (0: any free port).")
+@click.option("--routers", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Router instances sharing the port (SO_REUSEPORT).")
 @click.option("--timeout", type=click.FloatRange(1), default=900, show_default=True,
               help="Seconds to wait for every replica to serve.")
-def up(paths: tuple[Path, ...], port: int, metrics_port: int, timeout: float) -> None:
+def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, timeout: float) -> None:
     """Start the embedded default: a local multi-node Ray cluster with one node per fleet node (emulated pools),
     the tiny demo model, the controller, the router; then wait until every replica serves."""
     from orchestrator.runtime import client, local
@@ -475,14 +464,14 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, timeout: float) ->
         if model.spec.architecture and all(v.checkpoint is None for v in model.spec.variants):
             click.echo(f"preparing {model.name} checkpoints under {root} ...")
             local.tiny_model(model, {v.name: v.formats["default"] for v in model.spec.variants}, root)
-    doc = _plan_or_manifests(paths, None, str(root), None)
+    doc, _, _ = _plan_inputs(paths, None, str(root))
     _unplaced_error(doc)
     nodes = local.layout(doc["spec"]["pools"])
     click.echo(f"starting a local Ray cluster: head + {len(nodes)} node(s): " +
                ", ".join(f"{n.name} {dict(n.resources, **({'GPU': n.num_gpus} if n.num_gpus else {}))}" for n in nodes))
     info = local.start(nodes)
     address = info["address"]
-    options = {"routerPort": port, "metricsPort": metrics_port, "logDir": str(local.home() / "logs"),
+    options = {"routerPort": port, "metricsPort": metrics_port, "routers": routers, "logDir": str(local.home() / "logs"),
                "prometheusSd": str(local.home() / "prometheus-sd.json")}
     try:
         client.apply(address, doc, options)
@@ -523,18 +512,22 @@ then: moxin status | moxin logs REPLICA | moxin down""")
               help="Where every node keeps checkpoints: <root>/<model>/<variant>.")
 @click.option("--kubernetes", is_flag=True, help="Apply to the Kubernetes cluster of $KUBECONFIG instead of Ray.")
 @click.option("--namespace", default="moxin", show_default=True, help="Kubernetes namespace (with --kubernetes).")
+@click.option("--image", "images", multiple=True, metavar="KEY=IMAGE",
+              help="With --kubernetes: engine image where the profile names none (KEY: ENGINE/PLATFORM).")
 @click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
 def apply(paths: tuple[Path, ...], fleet_name: str | None, address: str | None, model_root: str, kubernetes: bool,
-          namespace: str, dry_run: bool) -> None:
+          namespace: str, images: tuple[str, ...], dry_run: bool) -> None:
     """Make a cluster run the plan: on Ray (the controller reconciles) or on Kubernetes (server-side apply)."""
     if kubernetes:
         from orchestrator.render.kubernetes import render_objects
         from orchestrator.runtime.kubernetes import apply_objects
 
-        doc = _plan_or_manifests(paths, fleet_name, model_root, None)
+        _check_namespace(namespace)
+        doc, catalog, fleet = _plan_inputs(paths, fleet_name, model_root)
         _unplaced_error(doc)
-        for line in apply_objects(render_objects(doc, namespace=namespace), namespace=namespace,
-                                  plan_name=doc["metadata"]["name"], dry_run=dry_run):
+        objects = render_objects(doc, {"managedBy": "moxin"}, namespace, catalog=catalog, fleet=fleet,
+                                 images=_parse_images(images))
+        for line in apply_objects(objects, namespace=namespace, plan_name=doc["metadata"]["name"], dry_run=dry_run):
             click.echo(line)
         return
     from orchestrator.planner import diff
@@ -542,7 +535,7 @@ def apply(paths: tuple[Path, ...], fleet_name: str | None, address: str | None, 
 
     addr, _ = client.resolve_address(address)
     previous = client.current_plan(addr)
-    doc = _plan_or_manifests(paths, fleet_name, model_root, previous)
+    doc, _, _ = _plan_inputs(paths, fleet_name, model_root, previous)
     _unplaced_error(doc)
     changes = diff(previous, doc) if previous else [{"assignment": f"{a['deployment']}/{a['variant']}@{a['pool']}",
                                                      "change": "added", "replicasBefore": 0,
@@ -711,9 +704,10 @@ _RENDER_IMAGES = click.option("--image", "images", multiple=True, metavar="KEY=I
                                    "or a pool name (kuberay worker images). Repeatable.")
 
 
-def _render_inputs(paths: tuple[Path, ...], fleet_name: str | None) -> tuple[dict[str, Any], Any, Any]:
+def _plan_inputs(paths: tuple[Path, ...], fleet_name: str | None, model_root: str = "/models",
+                 previous: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any, Any]:
     """(plan, catalog, fleet or None): a Plan file is used as it is (other files add profiles and the fleet);
-    otherwise the fleet and deployments are planned now."""
+    otherwise the fleet and deployments are planned now (stable against ``previous``)."""
     from orchestrator.planner import PlanOptions
     from orchestrator.spec.yamlsource import read_yaml_file
 
@@ -728,7 +722,7 @@ def _render_inputs(paths: tuple[Path, ...], fleet_name: str | None) -> tuple[dic
         doc = _read_plan(plan_files[0])
         fleet = fleets.get(fleet_name or doc.get("spec", {}).get("fleet", ""))
     else:
-        doc = _plan_files(paths, fleet_name, None, PlanOptions())
+        doc = _plan_files(paths, fleet_name, previous, PlanOptions(model_root=model_root))
         fleet = fleets[fleet_name] if fleet_name else next(iter(fleets.values()))
     for u in doc.get("spec", {}).get("unplaced", []):
         click.echo(f"warning: {u['deployment']} is not (fully) placed by the plan: "
@@ -754,25 +748,11 @@ def _check_namespace(namespace: str) -> None:
                                  hint="lowercase letters, digits and '-', at most 63 characters")])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _emit_objects(objects: list[dict[str, Any]], out_dir: Path | None) -> None:
     """One file per object in ``out_dir`` (stale files of an earlier render removed), or a YAML stream."""
     import re
 
-    from orchestrator.output import to_yaml
+    from orchestrator.output import to_yaml, write_atomic
     from orchestrator.render.kubernetes import object_filename
 
     if out_dir is None:
@@ -780,7 +760,7 @@ def _emit_objects(objects: list[dict[str, Any]], out_dir: Path | None) -> None:
         return
     names = [object_filename(o, i) for i, o in enumerate(objects)]
     for name, obj in zip(names, objects):
-        _write_atomic(out_dir / name, to_yaml(obj))
+        write_atomic(out_dir / name, to_yaml(obj))
     for old in out_dir.glob("*.yaml"):
         if re.fullmatch(r"\d{3}-[a-z]+-.+\.yaml", old.name) and old.name not in names:
             old.unlink()
@@ -791,7 +771,7 @@ def _helm_values(paths: tuple[Path, ...], fleet_name: str | None, namespace: str
     from orchestrator.render.helm import helm_values
 
     _check_namespace(namespace)
-    doc, catalog, fleet = _render_inputs(paths, fleet_name)
+    doc, catalog, fleet = _plan_inputs(paths, fleet_name)
     result = helm_values(doc, catalog, fleet=fleet, namespace=namespace, images=_parse_images(images))
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
@@ -813,14 +793,14 @@ def render() -> None:
 def render_helm(paths: tuple[Path, ...], fleet_name: str | None, namespace: str, images: tuple[str, ...],
                 out: Path | None) -> None:
     """Values for the helm/moxin chart from the plan: `helm install moxin helm/moxin -n NS -f values.yaml`."""
-    from orchestrator.output import to_yaml
+    from orchestrator.output import to_yaml, write_atomic
 
     text = "# Rendered by `moxin render helm` from the plan; install with helm install -n NAMESPACE -f THIS_FILE.\n" \
            + to_yaml(_helm_values(paths, fleet_name, namespace, images).values)
     if out is None:
         sys.stdout.write(text)
     else:
-        _write_atomic(out, text)
+        write_atomic(out, text)
         click.echo(f"wrote {out}", err=True)
 
 
@@ -863,7 +843,7 @@ def render_kuberay(paths: tuple[Path, ...], fleet_name: str | None, namespace: s
     from orchestrator.render.kuberay import kuberay_objects
 
     _check_namespace(namespace)
-    doc, catalog, fleet = _render_inputs(paths, fleet_name)
+    doc, catalog, fleet = _plan_inputs(paths, fleet_name)
     result = kuberay_objects(doc, catalog, fleet=fleet, namespace=namespace, images=_parse_images(images))
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)

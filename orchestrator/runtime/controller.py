@@ -78,8 +78,9 @@ class Controller:
         self.draining: dict[str, float] = {}
         self.stopping: dict[str, tuple[Any, float]] = {}
         self.failures: dict[str, tuple[int, float]] = {}
-        self.replaced: dict[str, int] = {}
+        self.replaced: dict[str, int] = {}        # restarts of replicas no longer running, by id
         self.routers: dict[str, Any] = {}
+        self.router_endpoints: list[dict[str, str]] = []
         self.events: list[str] = []
         self.table: dict[str, list[dict]] = {}
         self.loops = 0
@@ -259,6 +260,8 @@ class Controller:
         self.described.pop(spec.id, None)
 
     def _forget(self, rid: str) -> None:
+        # Engine restarts counted by the replica go with it: keep them in the replica's running total.
+        self.replaced[rid] = self.replaced.get(rid, 0) + self.described.get(rid, {}).get("restarts", 0)
         handle = self.replicas.pop(rid, None)
         if handle is not None:
             ray.kill(handle, no_restart=True)
@@ -297,7 +300,7 @@ class Controller:
                     max_concurrency=1000).remote(self.options["routerHost"], int(self.options["routerPort"]))
                 self._event(f"started router {name} on port {self.options['routerPort']}")
         # Idempotent: serves once, and again after Ray restarted a router actor. A bind error surfaces here.
-        ray.get([h.start.remote() for h in self.routers.values()], timeout=30)
+        self.router_endpoints = ray.get([h.start.remote() for h in self.routers.values()], timeout=30)
 
     # -- record --------------------------------------------------------------------------------------------------
     def _route(self, desired: list[ReplicaSpec]) -> None:
@@ -341,8 +344,9 @@ class Controller:
     def _sd_targets(self) -> list[dict[str, Any]]:
         host = ray.util.get_node_ip_address()
         targets = [{"targets": [f"{host}:{self.metrics_port}"], "labels": {"job": "moxin-controller"}}]
-        if self.routers:
-            targets.append({"targets": [f"{host}:{self.options['routerPort']}"], "labels": {"job": "moxin-router"}})
+        if self.router_endpoints:
+            targets.append({"targets": sorted(r["metrics"] for r in self.router_endpoints),
+                            "labels": {"job": "moxin-router"}})
         for spec in self._desired():
             d = self.described.get(spec.id, {})
             path = spec.launch.get("metricsPath")

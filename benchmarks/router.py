@@ -1,0 +1,197 @@
+"""Benchmark: the router's added latency and its ceiling; time from `moxin up` to the first token.
+
+    python benchmarks/router.py [--levels 1,16,64] [--requests 64] [--skip-up]
+
+1. `moxin up` (the embedded default, cold Ray cluster, cached tiny model) timed until the first streamed token
+   comes back through the router. Skipped with --skip-up when a cluster is already up.
+2. Added latency: the same streamed chats (16 tokens) sent to the vLLM replica directly and through a
+   `moxin router` whose table holds only that replica, at 1, 16 and 64 concurrent streams; p50/p99 of TTFT and
+   end-to-end, and router minus direct.
+3. Ceiling: requests/s the router sustains when the upstream costs nothing: a static SSE server in this script
+   (labelled as such), 64 concurrent streams.
+Prints tables and the machine. Medians and percentiles over all requests of a level; these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _machine import describe  # noqa: E402
+
+MOXIN = [sys.executable, "-m", "orchestrator"]
+BODY = {"model": "tiny-chat", "messages": [{"role": "user", "content": "Benchmark me"}], "max_tokens": 16,
+        "stream": True, "ignore_eos": True}
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def stream(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    first = None
+    async with session.post(url + "/v1/chat/completions", json=body) as r:
+        assert r.status == 200, await r.text()
+        async for line in r.content:
+            if first is None and line.startswith(b"data: {") and b'"content":"' in line.replace(b": ", b":") \
+                    and b'"content":""' not in line.replace(b": ", b":"):
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return (first or end) - t0, end - t0
+
+
+async def level(url: str, concurrency: int, total: int, body: dict) -> tuple[list[float], list[float], float]:
+    results: list[tuple[float, float]] = []
+    queue = list(range(total))
+
+    async def worker(session):
+        while queue:
+            queue.pop()
+            results.append(await stream(session, url, body))
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        await stream(s, url, body)  # warm the connection and the engine
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker(s) for _ in range(concurrency)])
+        wall = time.perf_counter() - t0
+    return [r[0] for r in results], [r[1] for r in results], wall
+
+
+def start_router(table: dict, port: int, tmp: Path) -> subprocess.Popen:
+    config = tmp / f"router-{port}.json"
+    config.write_text(json.dumps(table))
+    proc = subprocess.Popen([*MOXIN, "router", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            import urllib.request
+
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("router did not start")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def time_up(port: int) -> float:
+    subprocess.run([*MOXIN, "down"], capture_output=True)
+    t0 = time.perf_counter()
+    subprocess.run([*MOXIN, "up", "--port", str(port), "--metrics-port", "0"], check=True, capture_output=True)
+
+    async def first_token() -> float:
+        async with aiohttp.ClientSession() as s:
+            await stream(s, f"http://127.0.0.1:{port}", BODY)
+        return time.perf_counter() - t0
+
+    return asyncio.run(first_token())
+
+
+async def static_upstream(port: int) -> web.AppRunner:
+    """Benchmark-only upstream with no cost: 16 SSE chunks, at once (to find the router's own ceiling)."""
+    chunk = {"id": "x", "object": "chat.completion.chunk", "model": "tiny-chat",
+             "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None}]}
+    usage = {"id": "x", "object": "chat.completion.chunk", "model": "tiny-chat", "choices": [],
+             "usage": {"prompt_tokens": 5, "completion_tokens": 16, "total_tokens": 21}}
+    payload = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in [chunk] * 16 + [usage]) + \
+        b"data: [DONE]\n\n"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        await out.write(payload)
+        await out.write_eof()
+        return out
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--levels", default="1,16,64")
+    ap.add_argument("--requests", type=int, default=64, help="Requests per level (at least the concurrency).")
+    ap.add_argument("--skip-up", action="store_true", help="Use the running cluster; do not time `moxin up`.")
+    args = ap.parse_args()
+    print(f"machine: {describe()}")
+    port = 8000
+    if not args.skip_up:
+        print(f"moxin up -> first token through the router: {time_up(port):.1f} s (cold Ray cluster, cached model)")
+    st = json.loads(subprocess.run([*MOXIN, "status", "-o", "json"], check=True, capture_output=True, text=True).stdout)
+    vllm = next(r for r in st["replicas"] if r.get("labels", {}).get("engine") == "vllm")
+    tmp = Path(tempfile.mkdtemp())
+    rport = free_port()
+    router = start_router({"deployments": {"tiny-chat": [{"name": vllm["id"], "url": vllm["url"],
+                                                          "requestModel": "tiny-chat", "weight": 1,
+                                                          "labels": vllm["labels"]}]}}, rport, tmp)
+    try:
+        print("\nadded latency, streamed chat of 16 tokens to the vLLM-cpu replica (ms)")
+        print(f"{'streams':>7} {'path':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'e2e p50':>9} {'e2e p99':>9} {'req/s':>7}")
+        for c in (int(x) for x in args.levels.split(",")):
+            n = max(args.requests, c)
+            rows = {}
+            for name, url in (("direct", vllm["url"]), ("router", f"http://127.0.0.1:{rport}")):
+                ttft, e2e, wall = asyncio.run(level(url, c, n, BODY))
+                rows[name] = (ttft, e2e)
+                print(f"{c:>7} {name:>7} {1e3 * statistics.median(ttft):9.1f} {1e3 * pct(ttft, .99):9.1f} "
+                      f"{1e3 * statistics.median(e2e):9.1f} {1e3 * pct(e2e, .99):9.1f} {n / wall:7.1f}")
+            d = {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in rows.items()}
+            print(f"{c:>7} {'added':>7} {1e3 * (d['router'][0] - d['direct'][0]):9.1f} {'':>9} "
+                  f"{1e3 * (d['router'][1] - d['direct'][1]):9.1f}")
+    finally:
+        router.terminate()
+        router.wait()
+
+    async def ceiling() -> tuple[float, float]:
+        up_port, r_port = free_port(), free_port()
+        runner = await static_upstream(up_port)
+        proc = start_router({"deployments": {"tiny-chat": [{"name": "static", "url": f"http://127.0.0.1:{up_port}",
+                                                            "requestModel": "tiny-chat", "weight": 1}]}}, r_port, tmp)
+        try:
+            n = 2000
+            _, e2e_direct, wall_direct = await level(f"http://127.0.0.1:{up_port}", 64, n, BODY)
+            _, e2e, wall = await level(f"http://127.0.0.1:{r_port}", 64, n, BODY)
+            return n / wall, n / wall_direct
+        finally:
+            proc.terminate()
+            proc.wait()
+            await runner.cleanup()
+
+    routed, direct = asyncio.run(ceiling())
+    print(f"\nrouter ceiling (upstream: the benchmark's static SSE server, 16 chunks, 64 streams): {routed:.0f} req/s "
+          f"through the router vs {direct:.0f} req/s straight to the static server (one router process, same 2 cores "
+          "as the client)")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
