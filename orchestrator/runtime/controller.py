@@ -153,7 +153,7 @@ class Controller:
             ray.wait(list(refs.values()), num_returns=len(refs), timeout=STOP_TIMEOUT_S)
             for rid in list(self.replicas):
                 self._forget(rid)
-            for name, h in self.routers.items():
+            for h in self.routers.values():
                 ray.kill(h, no_restart=True)
             self.routers.clear()
             return sorted(refs)

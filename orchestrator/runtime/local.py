@@ -22,6 +22,7 @@ from typing import Any
 from orchestrator.errors import MoxinError
 from orchestrator.output import write_atomic
 from orchestrator.runtime.desired import pool_ray
+from orchestrator.runtime.guard import alive
 
 OBJECT_STORE_BYTES = 80 * 2**20  # Ray's minimum is 75 MiB; the demo passes no large objects
 
@@ -75,23 +76,13 @@ def serve(state: Path, nodes: list[dict[str, Any]]) -> None:
         state.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running(state: Path | None = None) -> dict[str, Any] | None:
     state = state or home() / "cluster.json"
     try:
         info = json.loads(state.read_text())
     except (OSError, ValueError):
         return None
-    return info if _alive(info["pid"]) else None
+    return info if alive(info["pid"]) else None
 
 
 def start(nodes: list[NodeLayout], state: Path | None = None, timeout_s: float = 180.0) -> dict[str, Any]:
@@ -134,7 +125,7 @@ def stop(state: Path | None = None, timeout_s: float = 60.0) -> bool:
     pid = info["pid"]
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.3)
     try:
         os.killpg(pid, signal.SIGKILL)

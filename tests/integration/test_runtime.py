@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -28,6 +27,7 @@ aiohttp = pytest.importorskip("aiohttp")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from orchestrator.runtime.guard import alive  # noqa: E402
 from tests.integration.engines import free_port  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -48,17 +48,6 @@ def status(env: dict[str, str]) -> dict:
 
 def by_engine(st: dict) -> dict[str, dict]:
     return {r["labels"]["engine"]: r for r in st["replicas"] if r["desired"]}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def metrics(url: str) -> dict[str, list]:

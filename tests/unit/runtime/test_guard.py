@@ -12,23 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.runtime.guard import alive
+
 # An "engine" that starts a worker (as vLLM does) and waits; both record their pids.
 ENGINE = ("import os, subprocess, sys, time\n"
           "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
           "open(sys.argv[1], 'w').write(str(w.pid))\n"
           "time.sleep(600)\n")
 GUARD = [sys.executable, "-m", "orchestrator.runtime.guard"]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def wait_for(path: Path, timeout: float = 20) -> int:
