@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.runtime.desired import LABELS
+
 FAILED_COOLDOWN_S = 2.0
 
 
@@ -23,6 +25,7 @@ class Endpoint:
     request_model: str
     weight: float
     labels: dict[str, str] = field(default_factory=dict)
+    """The metric labels (``desired.LABELS``): what a table row gives, "" for what it does not."""
     in_flight: int = 0
     failed_until: float = 0.0
 
@@ -62,8 +65,9 @@ class Balancer:
         for deployment, rows in table.items():
             eps = []
             for r in rows:
-                e = Endpoint(r["name"], r["url"].rstrip("/"), r["requestModel"], float(r["weight"]),
-                             dict(r.get("labels") or {}))
+                given = r.get("labels") or {}
+                labels = {k: str(given.get(k, deployment if k == "deployment" else "")) for k in LABELS}
+                e = Endpoint(r["name"], r["url"].rstrip("/"), r["requestModel"], float(r["weight"]), labels)
                 if r["name"] in old and old[r["name"]].url == e.url:
                     e.in_flight, e.failed_until = old[r["name"]].in_flight, old[r["name"]].failed_until
                 eps.append(e)

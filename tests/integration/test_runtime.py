@@ -344,6 +344,40 @@ def test_a_crashed_replica_actor_takes_its_engine_with_it_and_is_replaced(up):
     assert now["state"] == "ready" and now["restarts"] > before["restarts"], now
 
 
+def test_apply_of_a_changed_plan_drains_the_extra_replica_and_leaves_the_other_alone(up, tmp_path):
+    """`moxin apply` on the running cluster: the deployment now allows only bf16 on the GPU pool, so the mlx-lm
+    replica leaves the routing table, is drained and stopped; the vLLM replica keeps its engine process. Applying
+    the original again brings the mlx-lm replica back."""
+    from orchestrator.spec.catalog import local_example_dir
+
+    before = by_engine(status(up["env"]))
+    models = str(up["home"] / "models")
+    changed = tmp_path / "local"
+    shutil.copytree(local_example_dir(), changed)
+    deployment = changed / "deployment.yaml"
+    deployment.write_text(deployment.read_text().replace("variants: [bf16, mlx-3bit]",
+                                                         "variants: [bf16]\n  pools: [gpu-emu]")
+                          .replace("min: 2", "min: 1"))
+    out = moxin(up["env"], "apply", "-f", str(changed), "--model-root", models).stdout
+    assert "removed" in out and "mlx-3bit" in out, out
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "mlx-lm" in by_engine(st := status(up["env"])):
+        time.sleep(1)
+    assert "mlx-lm" not in by_engine(st) and not any(r["labels"]["engine"] == "mlx-lm" for r in st["replicas"]
+                                                     if "labels" in r), st
+    assert not alive(before["mlx-lm"]["enginePid"])
+    assert by_engine(st)["vllm"]["enginePid"] == before["vllm"]["enginePid"]
+    assert all(code == 200 for code, _, _ in chats(up["router"], 8))
+    moxin(up["env"], "apply", "-f", str(local_example_dir()), "--model-root", models)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        replicas = by_engine(status(up["env"]))
+        if replicas.get("mlx-lm", {}).get("state") == "ready":
+            break
+        time.sleep(1)
+    assert replicas["mlx-lm"]["state"] == "ready" and replicas["vllm"]["enginePid"] == before["vllm"]["enginePid"]
+
+
 def test_down_leaves_no_process(up):
     st = status(up["env"])
     pids = [r["enginePid"] for r in st["replicas"]]

@@ -55,3 +55,11 @@ def test_a_table_update_keeps_the_counters_of_replicas_that_stay():
     b.update(table({"a": 1.0, "c": 1.0}))
     counts = {e.name: e.in_flight for e in b.table["d"]}
     assert counts == {"a": 3, "c": 0}
+
+
+def test_rows_without_labels_get_the_full_label_set():
+    """Metrics need every label; a hand-written routing table may give none."""
+    b = Balancer()
+    b.update(table({"a": 1.0}))
+    labels = b.table["d"][0].labels
+    assert labels["deployment"] == "d" and labels["pool"] == "" and len(labels) == 7
