@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         if stop["signal"] or not alive(owner):
             why = f"signal {stop['signal']}" if stop["signal"] else f"its owner (pid {owner}) is gone"
             print(f"moxin-guard: stopping the engine ({why})", file=sys.stderr, flush=True)
+            t0 = time.monotonic()
             stop_group(proc.pid, args.grace, proc)
+            print(f"moxin-guard: engine stopped in {time.monotonic() - t0:.1f} s (status {proc.returncode})",
+                  file=sys.stderr, flush=True)
             return 0
         time.sleep(POLL_S)
 

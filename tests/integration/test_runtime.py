@@ -360,11 +360,15 @@ def test_apply_of_a_changed_plan_drains_the_extra_replica_and_leaves_the_other_a
                           .replace("min: 2", "min: 1"))
     out = moxin(up["env"], "apply", "-f", str(changed), "--model-root", models).stdout
     assert "removed" in out and "mlx-3bit" in out, out
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "mlx-lm" in by_engine(st := status(up["env"])):
-        time.sleep(1)
-    assert "mlx-lm" not in by_engine(st) and not any(r["labels"]["engine"] == "mlx-lm" for r in st["replicas"]
-                                                     if "labels" in r), st
+    gone_id = before["mlx-lm"]["id"]
+    deadline, drained = time.monotonic() + 90, False
+    while time.monotonic() < deadline:
+        st = status(up["env"])
+        if gone_id not in {r["id"] for r in st["replicas"]}:
+            break
+        drained |= any(r["id"] == gone_id and r["draining"] for r in st["replicas"])
+        time.sleep(0.5)
+    assert gone_id not in {r["id"] for r in st["replicas"]} and drained, st
     assert not alive(before["mlx-lm"]["enginePid"])
     assert by_engine(st)["vllm"]["enginePid"] == before["vllm"]["enginePid"]
     assert all(code == 200 for code, _, _ in chats(up["router"], 8))
