@@ -72,6 +72,7 @@ class Controller:
         self.metrics = ControllerMetrics()
         self.metrics_port = self._serve_metrics()
         self.plan: dict[str, Any] | None = kv_get(KV_PLAN)
+        self.specs: list[ReplicaSpec] = []        # the plan's replicas, as of the last loop or apply
         self.replicas: dict[str, Any] = {}        # id -> actor handle
         self.described: dict[str, dict] = {}      # id -> last describe()
         self.states: dict[str, State] = {}
@@ -88,6 +89,7 @@ class Controller:
         self._stopped = threading.Event()
         self._lock = threading.RLock()
         self.adopted = self._adopt()
+        self.specs = self._desired()
         threading.Thread(target=self._loop, name="moxin-reconcile", daemon=True).start()
 
     # -- API (called by the CLI and the routers) -----------------------------------------------------------------
@@ -98,15 +100,15 @@ class Controller:
                 self.options.update(options)
                 kv_put(KV_OPTIONS, self.options)
             self.plan = plan
-            self._event(f"applied plan {plan['metadata']['name']!r}: "
-                        f"{sum(a['replicas'] for a in plan['spec']['assignments'])} replica(s)")
+            self.specs = self._desired()
+            self._event(f"applied plan {plan['metadata']['name']!r}: {len(self.specs)} replica(s)")
         self._wake.set()
-        return {"replicas": [s.id for s in self._desired()]}
+        return {"replicas": [s.id for s in self.specs]}
 
     def status(self) -> dict[str, Any]:
         with self._lock:
             rows = []
-            desired = {s.id: s for s in self._desired()}
+            desired = {s.id: s for s in self.specs}
             for rid in sorted(set(desired) | set(self.states)):
                 spec = desired.get(rid)
                 d = self.described.get(rid, {})
@@ -193,7 +195,7 @@ class Controller:
         return names
 
     def _reconcile_once(self) -> None:
-        desired = self._desired()
+        self.specs = desired = self._desired()  # once per loop: it asks Ray which nodes exist
         observed = self._observe()
         actions = decide(desired, observed, self.failures, time.time(), self.options["drainSeconds"])
         for action in actions:
@@ -332,7 +334,7 @@ class Controller:
             labels = {"pool": p["name"], "hardware": p["hardware"], "emulated": str(p["emulated"]).lower()}
             m.pool_devices.labels(**labels).set(p["nodes"] * p["devicesPerNode"])
             m.pool_allocated.labels(**labels).set(used.get(p["name"], 0))
-        for spec in self._desired():
+        for spec in self.specs:
             m.desired.labels(**spec.labels).inc()
             m.capacity.labels(**spec.labels).inc(spec.weight)
             m.cost.labels(**spec.labels).inc(spec.cost_usd_per_hour or 0.0)
@@ -347,7 +349,7 @@ class Controller:
         if self.router_endpoints:
             targets.append({"targets": sorted(r["metrics"] for r in self.router_endpoints),
                             "labels": {"job": "moxin-router"}})
-        for spec in self._desired():
+        for spec in self.specs:
             d = self.described.get(spec.id, {})
             path = spec.launch.get("metricsPath")
             if path and d.get("url") and self.states.get(spec.id) == State.READY:
