@@ -117,11 +117,18 @@ class Controller:
                              **({"labels": spec.labels, "nodes": spec.nodes, "devices": spec.devices,
                                  "weight": spec.weight} if spec else {}),
                              "url": d.get("url"), "enginePid": d.get("enginePid"), "restarts": self._restarts(rid),
-                             "lastError": d.get("lastError", ""), "log": d.get("log"), "host": d.get("host"),
+                             "lastError": d.get("lastError", "") or self._waiting_for(rid, spec),
+                             "log": d.get("log"), "host": d.get("host"),
                              "nodeId": d.get("nodeId")})
             return {"plan": None if self.plan is None else self.plan["metadata"]["name"], "replicas": rows,
                     "routers": self.router_addresses(), "metricsUrl": self.metrics_url(), "loops": self.loops,
                     "adopted": self.adopted, "events": self.events[-20:], "prometheusSd": self.options["prometheusSd"]}
+
+    def _waiting_for(self, rid: str, spec: ReplicaSpec | None) -> str:
+        if spec is None or self.states.get(rid) != State.PENDING or rid not in self.replicas:
+            return ""
+        return (f"waiting for Ray resources: {spec.strategy} {spec.bundles} (a node must declare them: "
+                "moxin node-resources)")
 
     def routing_table(self) -> dict[str, list[dict]]:
         return self.table  # replaced whole each loop: no lock, so routers never wait on a slow loop
