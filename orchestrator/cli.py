@@ -704,6 +704,13 @@ _RENDER_IMAGES = click.option("--image", "images", multiple=True, metavar="KEY=I
                                    "or a pool name (kuberay worker images). Repeatable.")
 
 
+def _render_options(command: Any) -> Any:
+    """-f, --fleet, --namespace, --image: what every `moxin render` command takes."""
+    for option in (_RENDER_IMAGES, _RENDER_NAMESPACE, _RENDER_FLEET, _RENDER_PATHS):
+        command = option(command)
+    return command
+
+
 def _plan_inputs(paths: tuple[Path, ...], fleet_name: str | None, model_root: str = "/models",
                  previous: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any, Any]:
     """(plan, catalog, fleet or None): a Plan file is used as it is (other files add profiles and the fleet);
@@ -784,10 +791,7 @@ def render() -> None:
 
 
 @render.command("helm")
-@_RENDER_PATHS
-@_RENDER_FLEET
-@_RENDER_NAMESPACE
-@_RENDER_IMAGES
+@_render_options
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="values.yaml to write [default: stdout].")
 def render_helm(paths: tuple[Path, ...], fleet_name: str | None, namespace: str, images: tuple[str, ...],
@@ -805,10 +809,7 @@ def render_helm(paths: tuple[Path, ...], fleet_name: str | None, namespace: str,
 
 
 @render.command("k8s")
-@_RENDER_PATHS
-@_RENDER_FLEET
-@_RENDER_NAMESPACE
-@_RENDER_IMAGES
+@_render_options
 @click.option("--values", "values_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Extra chart values (YAML) over the plan's, e.g. monitoring or model storage. Repeatable.")
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path),
@@ -831,10 +832,7 @@ def render_k8s(paths: tuple[Path, ...], fleet_name: str | None, namespace: str, 
 
 
 @render.command("kuberay")
-@_RENDER_PATHS
-@_RENDER_FLEET
-@_RENDER_NAMESPACE
-@_RENDER_IMAGES
+@_render_options
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path),
               help="Directory for one file per object [default: a YAML stream on stdout].")
 def render_kuberay(paths: tuple[Path, ...], fleet_name: str | None, namespace: str, images: tuple[str, ...],

@@ -73,13 +73,10 @@ def apply(address: str, plan: dict[str, Any], options: dict[str, Any] | None = N
 
 def current_plan(address: str) -> dict[str, Any] | None:
     """The plan the controller holds (the previous plan of the next apply), or None."""
-    try:
-        ray = connect(address)
-        from orchestrator.runtime.controller import KV_PLAN, kv_get
+    connect(address)
+    from orchestrator.runtime.controller import KV_PLAN, kv_get
 
-        return kv_get(KV_PLAN) if ray.is_initialized() else None
-    except MoxinError:
-        return None
+    return kv_get(KV_PLAN)
 
 
 def status(address: str) -> dict[str, Any]:

@@ -72,7 +72,6 @@ class Controller:
         self.metrics = ControllerMetrics()
         self.metrics_port = self._serve_metrics()
         self.plan: dict[str, Any] | None = kv_get(KV_PLAN)
-        self.specs: list[ReplicaSpec] = []        # the plan's replicas, as of the last loop or apply
         self.replicas: dict[str, Any] = {}        # id -> actor handle
         self.described: dict[str, dict] = {}      # id -> last describe()
         self.states: dict[str, State] = {}
@@ -88,8 +87,9 @@ class Controller:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._lock = threading.RLock()
+        self._sd_written: str | None = None
         self.adopted = self._adopt()
-        self.specs = self._desired()
+        self.specs: list[ReplicaSpec] = self._desired()  # the plan's replicas, as of the last loop or apply
         threading.Thread(target=self._loop, name="moxin-reconcile", daemon=True).start()
 
     # -- API (called by the CLI and the routers) -----------------------------------------------------------------
@@ -142,6 +142,7 @@ class Controller:
     def set_prometheus_sd(self, path: str | None) -> None:
         with self._lock:
             self.options["prometheusSd"] = path
+            self._sd_written = None
             kv_put(KV_OPTIONS, self.options)
         self._write_sd()
 
@@ -341,12 +342,12 @@ class Controller:
             labels = {"pool": p["name"], "hardware": p["hardware"], "emulated": str(p["emulated"]).lower()}
             m.pool_devices.labels(**labels).set(p["nodes"] * p["devicesPerNode"])
             m.pool_allocated.labels(**labels).set(used.get(p["name"], 0))
+        routed = {r["name"] for rows in self.table.values() for r in rows}
         for spec in self.specs:
             m.desired.labels(**spec.labels).inc()
             m.capacity.labels(**spec.labels).inc(spec.weight)
             m.cost.labels(**spec.labels).inc(spec.cost_usd_per_hour or 0.0)
-            m.ready.labels(**spec.labels).inc(1 if any(r["name"] == spec.id for r in self.table.get(spec.deployment,
-                                                                                                   [])) else 0)
+            m.ready.labels(**spec.labels).inc(1 if spec.id in routed else 0)
             m.restarts.labels(**spec.labels).inc(self._restarts(spec.id))
         self._write_sd()
 
@@ -369,7 +370,10 @@ class Controller:
         path = self.options.get("prometheusSd")
         if not path:
             return
-        write_atomic(Path(path), json.dumps(self._sd_targets(), indent=1, sort_keys=True) + "\n")
+        text = json.dumps(self._sd_targets(), indent=1, sort_keys=True) + "\n"
+        if text != self._sd_written or not Path(path).exists():  # every loop calls this; write on change only
+            write_atomic(Path(path), text)
+            self._sd_written = text
 
     def _serve_metrics(self) -> int:
         port = int(self.options["metricsPort"])

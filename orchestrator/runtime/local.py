@@ -23,6 +23,7 @@ from orchestrator.errors import MoxinError
 from orchestrator.output import write_atomic
 from orchestrator.runtime.desired import pool_ray
 from orchestrator.runtime.guard import alive
+from orchestrator.spec.formats import FORMATS
 
 OBJECT_STORE_BYTES = 80 * 2**20  # Ray's minimum is 75 MiB; the demo passes no large objects
 
@@ -142,24 +143,16 @@ def tiny_model(model: Any, variants: dict[str, str], root: Path) -> dict[str, Pa
 
     arch = model.spec.architecture
     base = root / model.name
-    paths = {}
-    hf = None
-    for name, fmt in variants.items():
-        if not fmt.startswith("mlx"):
-            hf = base / name
-    hf = hf or base / "hf"
+    formats = {name: FORMATS[fmt] for name, fmt in variants.items()}
+    hf = next((base / name for name, f in formats.items() if f.family != "mlx-affine"), base / "hf")
     if not (hf / "config.json").exists():
         tm.generate(arch.family, hf, layers=arch.layers, hidden=arch.hidden_size, heads=arch.attention_heads,
                     kv_heads=arch.kv_heads, head_dim=arch.head_dim, intermediate=arch.intermediate_size,
                     vocab=arch.vocab_size, max_position=arch.max_position_embeddings)
-    for name, fmt in variants.items():
-        path = base / name
-        if fmt.startswith("mlx") and not (path / "config.json").exists():
-            bits = int(fmt.split("-")[1].removesuffix("bit"))
-            group = int(fmt.split("-g")[1]) if "-g" in fmt else 64
-            tm.convert_mlx(hf, path, bits, group)
-        paths[name] = path
-    return paths
+    for name, f in formats.items():
+        if f.family == "mlx-affine" and not (base / name / "config.json").exists():
+            tm.convert_mlx(hf, base / name, f.bits, f.group_size or 64)
+    return {name: base / name for name in variants}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,6 +90,7 @@ class Replica:
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.host = node_ip()
+        self.node_id = _node_id()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name=f"replica-{spec.id}", daemon=True)
@@ -102,7 +103,7 @@ class Replica:
                 "enginePid": self.engine_pid, "guardPid": self.guard_pid,
                 "restarts": self.restarts, "lastError": self.last_error, "startedAt": self.started_at,
                 "readyAt": self.ready_at, "log": str(self.log_path), "actorPid": os.getpid(),
-                "nodeId": _node_id()}
+                "nodeId": self.node_id}
 
     def logs(self, tail: int = 200) -> str:
         try:
