@@ -73,13 +73,13 @@ def main() -> None:
                     t0 = time.perf_counter()
                     doc = plan(fleet, deployments, catalog, options=PlanOptions(gap=args.gap))
                     totals.append(time.perf_counter() - t0)
-                    solves.append(doc["status"]["solveSeconds"])
-                st = doc["status"]
-                served = st["servedRequestsPerSecond"] / max(st["demandRequestsPerSecond"], 1e-9)
-                per_rps = st["costUsdPerHour"] / max(st["servedRequestsPerSecond"], 1e-9)
-                print(f"{nodes:6d} {deps:6d} {st['candidates']:6d} {statistics.median(totals):8.2f} "
-                      f"{statistics.median(solves):8.2f} {st['optimalityGap']:7.4f} {st['solverStatus']:>10s} "
-                      f"{served:7.1%} {st['costUsdPerHour']:10.1f} {per_rps:9.2f}", flush=True)
+                    solves.append(doc.status.solve_seconds)
+                st = doc.status
+                served = st.served_requests_per_second / max(st.demand_requests_per_second, 1e-9)
+                per_rps = st.cost_usd_per_hour / max(st.served_requests_per_second, 1e-9)
+                print(f"{nodes:6d} {deps:6d} {st.candidates:6d} {statistics.median(totals):8.2f} "
+                      f"{statistics.median(solves):8.2f} {st.optimality_gap:7.4f} {st.solver_status:>10s} "
+                      f"{served:7.1%} {st.cost_usd_per_hour:10.1f} {per_rps:9.2f}", flush=True)
 
 
 if __name__ == "__main__":

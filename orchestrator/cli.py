@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ from orchestrator.errors import InfeasibleError, MoxinError, Problem, SpecError
 
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
                       show_default=True, help="table for people; json/yaml print the full documents.")
-PATHS = click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 
 
 class MoxinGroup(click.Group):
@@ -290,24 +290,19 @@ def engine_args(model_name: str, variant_name: str, hardware: str, tp: int | Non
     """The engine command line, environment and probes for one replica (exit 2 if it cannot run there)."""
     import shlex
 
-    from orchestrator.engines.launch import engine_launch
-    from orchestrator.estimate.estimator import estimate as run_estimate
+    from orchestrator.engines.launch import engine_launch, fitted_parallelism
     from orchestrator.output import emit
 
     catalog = _catalog(paths)
     model = catalog.model(model_name)
     variant = _pick_variant(model, variant_name)
     profile = catalog.profile(hardware)
-    if tp is None or pp is None:
-        chosen = run_estimate(model, variant, profile, tp=tp, pp=pp, ep=ep, context=context, kv_dtype=kv_dtype,
-                              engine=engine)
-        # The smallest parallelism that fits; where fit cannot be checked (a CPU host), one device.
-        fitted = chosen.fits or chosen.usable_bytes_per_device is not None
-        tp, pp = tp or (chosen.tensor_parallel if fitted else 1), pp or (chosen.pipeline_parallel if fitted else 1)
+    tp, pp = fitted_parallelism(model, variant, profile, tp=tp, pp=pp, ep=ep, context=context, kv_dtype=kv_dtype,
+                                engine=engine)
     launch = engine_launch(model, variant, profile, tp=tp, pp=pp, ep=ep, context=context, concurrency=concurrency,
                            kv_dtype=kv_dtype, engine=engine, port=port, model_path=model_path)
     if fmt != "table":
-        emit(launch.to_json(), fmt)
+        emit(launch.model_dump(mode="json", by_alias=True), fmt)
         return
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in launch.env.items())
     click.echo((env + " " if env else "") + shlex.join(launch.argv))
@@ -318,44 +313,10 @@ def engine_args(model_name: str, variant_name: str, hardware: str, tp: int | Non
         click.echo(f"# {note}")
 
 
-def _plan_files(paths: tuple[Path, ...], fleet_name: str | None, previous: dict[str, Any] | None,
-                options: Any) -> dict[str, Any]:
-    """Plan the Fleet and ModelDeployments in ``paths`` (with the built-in catalog)."""
-    from orchestrator.planner import plan as run_plan
+def _load_plan(path: Path) -> Any:
+    from orchestrator.spec.loader import load_plan
 
-    catalog = _catalog(paths)
-    fleets = catalog.fleets
-    if fleet_name is None and len(fleets) != 1:
-        raise SpecError([Problem(f"the files hold {len(fleets)} Fleet documents; the planner needs one",
-                                 hint=f"choose with --fleet ({', '.join(sorted(fleets)) or 'none found'})")])
-    if fleet_name is not None and fleet_name not in fleets:
-        raise SpecError([Problem(f"no Fleet named {fleet_name!r} in the files",
-                                 hint=f"one of: {', '.join(sorted(fleets)) or 'none found'}")])
-    fleet = fleets[fleet_name] if fleet_name else next(iter(fleets.values()))
-    deployments = list(catalog.deployments.values())
-    if not deployments:
-        raise SpecError([Problem("no ModelDeployment documents in the files", hint="add deployments with -f")])
-    return run_plan(fleet, deployments, catalog, previous, options)
-
-
-def _read_plan(path: Path) -> dict[str, Any]:
-    from orchestrator.spec.yamlsource import read_yaml_file
-
-    docs = read_yaml_file(path)
-    plans = [d for d in docs if isinstance(d.data, dict) and d.data.get("kind") == "Plan"]
-    if len(plans) != 1:
-        raise SpecError([Problem(f"expected one Plan document, found {len(plans)}", str(path), 1,
-                                 hint="pass a file written by `moxin plan -o yaml` (or -o json)")])
-    doc = plans[0]
-    problems = []
-    for i, a in enumerate((doc.data.get("spec") or {}).get("assignments") or []):
-        for key in ("deployment", "variant", "pool", "tensorParallel", "pipelineParallel", "replicas", "placements"):
-            if not isinstance(a, dict) or key not in a:
-                problems.append(Problem(f"missing field {key!r}", str(path), doc.line_of(("spec", "assignments", i)),
-                                        f"spec.assignments[{i}].{key}"))
-    if problems:
-        raise SpecError(problems)
-    return doc.data
+    return load_plan(path)
 
 
 @cli.command()
@@ -377,66 +338,67 @@ def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None,
          gap: float, time_limit: float, diff_paths: tuple[Path, Path] | None, fmt: str) -> None:
     """Place every deployment on the fleet: variant, pool, parallelism, replicas, nodes, with the reasons."""
     from orchestrator.output import emit, table
+    from orchestrator.planner import PlanOptions, diff, plan_catalog
 
     if diff_paths:
-        from orchestrator.planner import diff
-
-        old, new = (_read_plan(p) for p in diff_paths)
+        old, new = (_load_plan(p) for p in diff_paths)
         changes = diff(old, new)
         if fmt != "table":
-            emit({"changes": changes, "costUsdPerHour": {"before": old.get("status", {}).get("costUsdPerHour"),
-                                                         "after": new.get("status", {}).get("costUsdPerHour")}}, fmt)
+            cost = {"before": old.status and old.status.cost_usd_per_hour,
+                    "after": new.status and new.status.cost_usd_per_hour}
+            emit({"changes": [c.to_json() for c in changes], "costUsdPerHour": cost}, fmt)
             return
         if not changes:
             click.echo("no changes")
         for c in changes:
-            if c["change"] == "moved":
-                click.echo(f"~ {c['assignment']}: replica {c['replica']} stage {c['stage']} {c['from']} -> {c['to']}")
-            else:
-                sign = {"added": "+", "removed": "-", "scaled": "~"}[c["change"]]
-                click.echo(f"{sign} {c['assignment']}: {c['replicasBefore']} -> {c['replicasAfter']} replicas")
+            click.echo(_change_line(c))
         return
     if not paths:
         raise click.UsageError("give the fleet and deployments with -f (or two plans with --diff)")
-    from orchestrator.planner import PlanOptions
-
-    prev = _read_plan(previous) if previous else None
-    doc = _plan_files(paths, fleet_name, prev, PlanOptions(churn_weight=churn_weight, gap=gap,
-                                                           time_limit_s=time_limit, objective=objective))
-    fleet_name = doc["spec"]["fleet"]
+    prev = _load_plan(previous) if previous else None
+    doc = plan_catalog(_catalog(paths), fleet_name, prev, PlanOptions(churn_weight=churn_weight, gap=gap,
+                                                                       time_limit_s=time_limit, objective=objective))
     if fmt != "table":
-        emit(doc, fmt)
+        emit(doc.to_json(), fmt)
         return
     rows = []
-    for a in doc["spec"]["assignments"]:
-        p = a["predicted"]
-        nodes = sorted({pl["node"] for pl in a["placements"]})
-        rows.append([a["deployment"], a["variant"], a["pool"] + (" (emulated)" if a["emulated"] else ""), a["engine"],
-                     f"tp={a['tensorParallel']} pp={a['pipelineParallel']}", a["replicas"],
-                     p["capacityRequestsPerSecond"], p["ttftSeconds"], p["tpotSeconds"], a["costUsdPerHour"],
+    for a in doc.spec.assignments:
+        p = a.predicted
+        nodes = sorted({pl.node for pl in a.placements})
+        rows.append([a.deployment, a.variant, a.pool + (" (emulated)" if a.emulated else ""), a.engine,
+                     f"tp={a.tensor_parallel} pp={a.pipeline_parallel}", a.replicas,
+                     p.capacity_requests_per_second, p.ttft_seconds, p.tpot_seconds, a.cost_usd_per_hour,
                      ", ".join(nodes[:3]) + (f" +{len(nodes) - 3}" if len(nodes) > 3 else "")])
     table(["DEPLOYMENT", "VARIANT", "POOL", "ENGINE", "PARALLEL", "REPLICAS", "REQ/S EACH", "TTFT S", "TPOT S",
-           "USD/H", "NODES"], rows, title=f"plan for fleet {fleet_name}")
-    for a in doc["spec"]["assignments"]:
-        click.echo(f"- {a['deployment']}: {a['why']['summary']}")
-    for u in doc["spec"]["unplaced"]:
-        click.echo(f"UNPLACED {u['deployment']} ({u['servedRequestsPerSecond']} of {u['demandRequestsPerSecond']} "
+           "USD/H", "NODES"], rows, title=f"plan for fleet {doc.spec.fleet}")
+    for a in doc.spec.assignments:
+        click.echo(f"- {a.deployment}: {a.why.summary}")
+    for u in doc.spec.unplaced:
+        click.echo(f"UNPLACED {u.deployment} ({u.served_requests_per_second} of {u.demand_requests_per_second} "
                    "req/s served):")
-        for r in u["reasons"][:8]:
+        for r in u.reasons[:8]:
             click.echo(f"    {r}")
-    st = doc["status"]
-    click.echo(f"cost ${st['costUsdPerHour']}/h; served {st['servedRequestsPerSecond']} of "
-               f"{st['demandRequestsPerSecond']} req/s; {st['solver']}: {st['solverStatus']}, gap "
-               f"{st['optimalityGap']}, {st['solveSeconds']} s over {st['candidates']} candidates")
+    st = doc.status
+    if st is not None:
+        click.echo(f"cost ${st.cost_usd_per_hour}/h; served {st.served_requests_per_second} of "
+                   f"{st.demand_requests_per_second} req/s; {st.solver}: {st.solver_status}, gap "
+                   f"{st.optimality_gap}, {st.solve_seconds} s over {st.candidates} candidates")
+
+
+def _change_line(c: Any) -> str:
+    if c.change == "moved":
+        return f"~ {c.assignment}: replica {c.replica} stage {c.stage} {c.from_} -> {c.to}"
+    sign = {"added": "+", "removed": "-", "scaled": "~"}[c.change]
+    return f"{sign} {c.assignment}: {c.replicas_before} -> {c.replicas_after} replicas"
 
 
 # -- the Ray runtime -------------------------------------------------------------------------------------------------
 ADDRESS = click.option("--address", help="Ray cluster address [default: $RAY_ADDRESS, else the local cluster].")
 
 
-def _unplaced_error(doc: dict[str, Any]) -> None:
-    if doc["spec"]["unplaced"]:
-        lines = [f"{u['deployment']}: {'; '.join(u['reasons'][:3])}" for u in doc["spec"]["unplaced"]]
+def _unplaced_error(doc: Any) -> None:
+    if doc.spec.unplaced:
+        lines = [f"{u.deployment}: {'; '.join(u.reasons[:3])}" for u in doc.spec.unplaced]
         raise InfeasibleError("the plan leaves deployments unplaced, nothing was applied:\n  " + "\n  ".join(lines))
 
 
@@ -458,15 +420,11 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
 
     paths = paths or (local_example_dir(),)
     root = local.home() / "models"
-    catalog = _catalog(paths)
-    for d in catalog.deployments.values():  # the demo's model has no checkpoint anywhere: generate it (cached)
-        model = catalog.model(d.spec.model)
-        if model.spec.architecture and all(v.checkpoint is None for v in model.spec.variants):
-            click.echo(f"preparing {model.name} checkpoints under {root} ...")
-            local.tiny_model(model, {v.name: v.formats["default"] for v in model.spec.variants}, root)
-    doc, _, _ = _plan_inputs(paths, None, str(root))
+    for name in local.prepare_checkpoints(_catalog(paths), root):  # the demo's model exists nowhere: generate it
+        click.echo(f"prepared {name} checkpoints under {root}")
+    doc = _plan_inputs(paths, None, str(root)).plan
     _unplaced_error(doc)
-    nodes = local.layout(doc["spec"]["pools"])
+    nodes = local.layout(doc.spec.pools)
     click.echo(f"starting a local Ray cluster: head + {len(nodes)} node(s): " +
                ", ".join(f"{n.name} {dict(n.resources, **({'GPU': n.num_gpus} if n.num_gpus else {}))}" for n in nodes))
     info = local.start(nodes)
@@ -523,11 +481,11 @@ def apply(paths: tuple[Path, ...], fleet_name: str | None, address: str | None, 
         from orchestrator.runtime.kubernetes import apply_objects
 
         _check_namespace(namespace)
-        doc, catalog, fleet = _plan_inputs(paths, fleet_name, model_root)
-        _unplaced_error(doc)
-        objects = render_objects(doc, {"managedBy": "moxin"}, namespace, catalog=catalog, fleet=fleet,
-                                 images=_parse_images(images))
-        for line in apply_objects(objects, namespace=namespace, plan_name=doc["metadata"]["name"], dry_run=dry_run):
+        inputs = _plan_inputs(paths, fleet_name, model_root)
+        _unplaced_error(inputs.plan)
+        objects = render_objects(inputs.plan, {"managedBy": "moxin"}, namespace, catalog=inputs.catalog,
+                                 fleet=inputs.fleet, images=_parse_images(images))
+        for line in apply_objects(objects, namespace=namespace, plan_name=inputs.plan.name, dry_run=dry_run):
             click.echo(line)
         return
     from orchestrator.planner import diff
@@ -535,15 +493,11 @@ def apply(paths: tuple[Path, ...], fleet_name: str | None, address: str | None, 
 
     addr, _ = client.resolve_address(address)
     previous = client.current_plan(addr)
-    doc, _, _ = _plan_inputs(paths, fleet_name, model_root, previous)
+    doc = _plan_inputs(paths, fleet_name, model_root, previous).plan
     _unplaced_error(doc)
-    changes = diff(previous, doc) if previous else [{"assignment": f"{a['deployment']}/{a['variant']}@{a['pool']}",
-                                                     "change": "added", "replicasBefore": 0,
-                                                     "replicasAfter": a["replicas"]}
-                                                    for a in doc["spec"]["assignments"]]
+    changes = diff(previous, doc)
     for c in changes:
-        click.echo(f"{c['change']:>7} {c['assignment']}" + (f": {c['replicasBefore']} -> {c['replicasAfter']}"
-                                                           if "replicasAfter" in c else ""))
+        click.echo(_change_line(c))
     if not changes:
         click.echo("no changes to the plan")
     if dry_run:
@@ -711,30 +665,24 @@ def _render_options(command: Any) -> Any:
     return command
 
 
-def _plan_inputs(paths: tuple[Path, ...], fleet_name: str | None, model_root: str = "/models",
-                 previous: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any, Any]:
-    """(plan, catalog, fleet or None): a Plan file is used as it is (other files add profiles and the fleet);
-    otherwise the fleet and deployments are planned now (stable against ``previous``)."""
-    from orchestrator.planner import PlanOptions
-    from orchestrator.spec.yamlsource import read_yaml_file
+@dataclass(frozen=True)
+class _Inputs:
+    plan: Any
+    catalog: Any
+    fleet: Any
 
-    plan_files = [p for p in paths if p.is_file() and p.suffix in (".yaml", ".yml", ".json")
-                  and any(isinstance(d.data, dict) and d.data.get("kind") == "Plan" for d in read_yaml_file(p))]
-    if len(plan_files) > 1:
-        raise SpecError([Problem("more than one Plan document given", hint="render one plan at a time")])
-    others = tuple(p for p in paths if p not in plan_files)
-    catalog = _catalog(others)
-    fleets = catalog.fleets
-    if plan_files:
-        doc = _read_plan(plan_files[0])
-        fleet = fleets.get(fleet_name or doc.get("spec", {}).get("fleet", ""))
-    else:
-        doc = _plan_files(paths, fleet_name, previous, PlanOptions(model_root=model_root))
-        fleet = fleets[fleet_name] if fleet_name else next(iter(fleets.values()))
-    for u in doc.get("spec", {}).get("unplaced", []):
-        click.echo(f"warning: {u['deployment']} is not (fully) placed by the plan: "
-                   f"{'; '.join(u['reasons'][:2])}", err=True)
-    return doc, catalog, fleet
+
+def _plan_inputs(paths: tuple[Path, ...], fleet_name: str | None, model_root: str = "/models",
+                 previous: Any = None) -> _Inputs:
+    """The plan (a Plan file as it is, or the fleet and deployments planned now), its catalog and fleet; warns
+    about deployments the plan leaves unplaced."""
+    from orchestrator.planner import PlanOptions, plan_or_given
+
+    catalog = _catalog(paths)
+    found = plan_or_given(catalog, fleet_name, previous, PlanOptions(model_root=model_root))
+    for u in found.plan.spec.unplaced:
+        click.echo(f"warning: {u.deployment} is not (fully) placed by the plan: {'; '.join(u.reasons[:2])}", err=True)
+    return _Inputs(found.plan, catalog, found.fleet)
 
 
 def _parse_images(images: tuple[str, ...]) -> dict[str, str]:
@@ -757,20 +705,13 @@ def _check_namespace(namespace: str) -> None:
 
 def _emit_objects(objects: list[dict[str, Any]], out_dir: Path | None) -> None:
     """One file per object in ``out_dir`` (stale files of an earlier render removed), or a YAML stream."""
-    import re
-
-    from orchestrator.output import to_yaml, write_atomic
-    from orchestrator.render.kubernetes import object_filename
+    from orchestrator.output import to_yaml
+    from orchestrator.render.kubernetes import write_objects
 
     if out_dir is None:
         sys.stdout.write("".join("---\n" + to_yaml(o) for o in objects))
         return
-    names = [object_filename(o, i) for i, o in enumerate(objects)]
-    for name, obj in zip(names, objects):
-        write_atomic(out_dir / name, to_yaml(obj))
-    for old in out_dir.glob("*.yaml"):
-        if re.fullmatch(r"\d{3}-[a-z]+-.+\.yaml", old.name) and old.name not in names:
-            old.unlink()
+    write_objects(objects, out_dir)
     click.echo(f"wrote {len(objects)} objects to {out_dir}", err=True)
 
 
@@ -778,8 +719,9 @@ def _helm_values(paths: tuple[Path, ...], fleet_name: str | None, namespace: str
     from orchestrator.render.helm import helm_values
 
     _check_namespace(namespace)
-    doc, catalog, fleet = _plan_inputs(paths, fleet_name)
-    result = helm_values(doc, catalog, fleet=fleet, namespace=namespace, images=_parse_images(images))
+    inputs = _plan_inputs(paths, fleet_name)
+    result = helm_values(inputs.plan, inputs.catalog, fleet=inputs.fleet, namespace=namespace,
+                         images=_parse_images(images))
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     return result
@@ -817,17 +759,10 @@ def render_helm(paths: tuple[Path, ...], fleet_name: str | None, namespace: str,
 def render_k8s(paths: tuple[Path, ...], fleet_name: str | None, namespace: str, images: tuple[str, ...],
                values_files: tuple[Path, ...], out: Path | None) -> None:
     """Kubernetes objects: the helm/moxin chart rendered (Helm SDK, no cluster) with the plan's values."""
-    import yaml
-
     from orchestrator.render.helm import deep_merge
-    from orchestrator.render.kubernetes import render_chart
+    from orchestrator.render.kubernetes import read_values, render_chart
 
-    values = _helm_values(paths, fleet_name, namespace, images).values
-    for f in values_files:
-        extra = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-        if not isinstance(extra, dict):
-            raise SpecError([Problem("chart values must be a YAML mapping", str(f), 1)])
-        values = deep_merge(values, extra)
+    values = deep_merge(_helm_values(paths, fleet_name, namespace, images).values, read_values(values_files))
     _emit_objects(render_chart(values, namespace=namespace), out)
 
 
@@ -841,8 +776,9 @@ def render_kuberay(paths: tuple[Path, ...], fleet_name: str | None, namespace: s
     from orchestrator.render.kuberay import kuberay_objects
 
     _check_namespace(namespace)
-    doc, catalog, fleet = _plan_inputs(paths, fleet_name)
-    result = kuberay_objects(doc, catalog, fleet=fleet, namespace=namespace, images=_parse_images(images))
+    inputs = _plan_inputs(paths, fleet_name)
+    result = kuberay_objects(inputs.plan, inputs.catalog, fleet=inputs.fleet, namespace=namespace,
+                             images=_parse_images(images))
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     _emit_objects(result.objects, out)

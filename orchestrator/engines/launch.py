@@ -1,6 +1,7 @@
 """``EngineLaunch``: everything needed to start one engine replica, as a value.
 
-Pure: (model, variant, profile, parallelism, context, concurrency) -> EngineLaunch. The runtime (Ray),
+Pure: (model, variant, profile, parallelism, context, concurrency) -> ``EngineLaunch`` (a typed value, defined
+with the Plan in ``spec/plan.py``). The runtime (Ray),
 the Kubernetes renderer and ``moxin engine-args`` all start engines from this one value: an argv list
 (never a shell string), environment, port, health and metrics paths, a readiness budget, the image and
 the device-visibility variable.
@@ -9,8 +10,6 @@ the device-visibility variable.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 from orchestrator.engines import mlx, vllm
 from orchestrator.engines.compat import check
@@ -18,6 +17,9 @@ from orchestrator.errors import MoxinError
 from orchestrator.estimate.estimator import EngineSettings, estimate
 from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.model import Model, Variant
+from orchestrator.spec.plan import EngineLaunch
+
+__all__ = ["EngineLaunch", "UnsupportedError", "engine_launch"]
 
 # Startup budget: engine start-up plus loading the weights of one device. vLLM on CPU took 66-110 s to
 # become healthy on this project's 2-core machines with a tiny model (tests/integration/ENGINE_NOTES.md);
@@ -37,49 +39,6 @@ class UnsupportedError(MoxinError):
     exit_code = 2
 
 
-@dataclass(frozen=True)
-class EngineLaunch:
-    engine: str
-    platform: str
-    argv: list[str]
-    env: dict[str, str]
-    port: int
-    health_path: str
-    metrics_path: str | None
-    readiness_timeout_s: int
-    image: str | None
-    visibility_env: str | None
-    served_model_name: str
-    model_path: str
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def request_model(self) -> str:
-        """The model name a request must carry to reach this engine: the served name on vLLM; mlx-lm loads
-        whatever a request names, and 'default_model' is the checkpoint it was started with."""
-        return "default_model" if self.engine == "mlx-lm" else self.served_model_name
-
-    def with_port(self, port: int) -> EngineLaunch:
-        """The same launch listening on another port (the runtime picks free ports per replica)."""
-        argv = list(self.argv)
-        argv[argv.index("--port") + 1] = str(port)
-        return replace(self, argv=argv, port=port)
-
-    def env_for(self, devices: list[int]) -> dict[str, str]:
-        """The environment of a replica that owns these device indices."""
-        if self.visibility_env is None:
-            return dict(self.env)
-        return {**self.env, self.visibility_env: ",".join(str(d) for d in devices)}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"engine": self.engine, "platform": self.platform, "argv": self.argv, "env": self.env,
-                "port": self.port, "healthPath": self.health_path, "metricsPath": self.metrics_path,
-                "readinessTimeoutSeconds": self.readiness_timeout_s, "image": self.image,
-                "visibilityEnv": self.visibility_env, "servedModelName": self.served_model_name,
-                "requestModel": self.request_model,
-                "modelPath": self.model_path, "notes": self.notes}
-
-
 def readiness_timeout(engine: str, weights_bytes_per_device: int) -> int:
     return int(BASE_READINESS_S[engine] + math.ceil(weights_bytes_per_device / LOAD_BYTES_PER_S))
 
@@ -91,6 +50,19 @@ def default_concurrency(model: Model, variant: Variant, profile: HardwareProfile
                        settings=settings)
         return max(1, min(DEFAULT_CONCURRENCY["mlx-lm"], one.max_concurrency or 1))
     return DEFAULT_CONCURRENCY.get(platform, settings.max_num_seqs)
+
+
+def fitted_parallelism(model: Model, variant: Variant, profile: HardwareProfile, *, tp: int | None = None,
+                       pp: int | None = None, ep: bool = False, context: int | None = None, kv_dtype: str = "auto",
+                       engine: str | None = None) -> tuple[int, int]:
+    """(tp, pp) for a replica where the caller fixed neither or one: the smallest that fits; where fit cannot be
+    checked (a CPU host has no device memory to fill), one device."""
+    if tp is not None and pp is not None:
+        return tp, pp
+    chosen = estimate(model, variant, profile, tp=tp, pp=pp, ep=ep, context=context, kv_dtype=kv_dtype,
+                      engine=engine)
+    fitted = chosen.fits or chosen.usable_bytes_per_device is not None
+    return tp or (chosen.tensor_parallel if fitted else 1), pp or (chosen.pipeline_parallel if fitted else 1)
 
 
 def engine_launch(model: Model, variant: Variant, profile: HardwareProfile, *, tp: int = 1, pp: int = 1,
@@ -128,7 +100,7 @@ def engine_launch(model: Model, variant: Variant, profile: HardwareProfile, *, t
         notes = [f"forced: compatibility says {verdict.status}: {verdict.reason}", *notes]
     return EngineLaunch(
         engine=support.engine, platform=support.platform, argv=argv, env=env, port=port, health_path="/health",
-        metrics_path=metrics, readiness_timeout_s=readiness_timeout(support.engine, est.weights_bytes_per_device),
+        metrics_path=metrics, readiness_timeout_seconds=readiness_timeout(support.engine, est.weights_bytes_per_device),
         image=support.image, visibility_env=profile.spec.kubernetes.visibility_env, served_model_name=name,
-        model_path=path, notes=notes)
+        request_model="default_model" if support.engine == "mlx-lm" else name, model_path=path, notes=notes)
 

@@ -1,7 +1,7 @@
 """``plan()``: every deployment placed on the fleet at once — variant, pool, parallelism, replicas, nodes.
 
-Pure: (fleet, deployments, catalog, previous plan) -> a Plan document (plain data, the contract with the
-runtime and the renderers). Candidates come from the estimator and the compatibility matrix, the replica
+Pure: (fleet, deployments, catalog, previous plan) -> a typed ``Plan`` document (``spec/plan.py``, the
+contract with the runtime and the renderers). Candidates come from the estimator and the compatibility matrix, the replica
 counts from one exact MILP over all deployments together, the nodes and devices from the placer; every
 assignment says why it was chosen and what the best alternatives would have cost.
 """
@@ -9,7 +9,6 @@ assignment says why it was chosen and what the best alternatives would have cost
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from orchestrator.engines.launch import engine_launch
 from orchestrator.planner.candidates import (
@@ -23,11 +22,12 @@ from orchestrator.planner.candidates import (
 )
 from orchestrator.planner.place import Placement, Stage, node_names, place_pool
 from orchestrator.planner.solve import Demand, solve
+from orchestrator.spec import plan as doc
+from orchestrator.spec.base import API_VERSION
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.deployment import ModelDeployment
 from orchestrator.spec.fleet import Fleet
 
-API_VERSION = "moxin.dev/v1alpha1"
 SOLVER = "HiGHS via scipy.optimize.milp"
 
 
@@ -45,8 +45,8 @@ class PlanOptions:
     ``{model_root}/{model}/{variant}`` (a PVC mount on Kubernetes, a local cache for ``moxin up``)."""
 
 
-def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, previous: dict | None = None,
-         options: PlanOptions = PlanOptions()) -> dict[str, Any]:
+def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, previous: doc.Plan | None = None,
+         options: PlanOptions = PlanOptions()) -> doc.Plan:
     pools = {p.name: p for p in fleet.spec.pools}
     per_node = {p.name: p.devices_per_node or catalog.profile(p.hardware).spec.devices_per_node for p in pools.values()}
     pool_devices = {name: per_node[name] * p.nodes for name, p in pools.items()}
@@ -69,7 +69,7 @@ def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, pre
     for c in usable:
         used[c.pool] += c.devices * sol.replicas.get(c.key, 0)
     assignments, unplaced = [], []
-    for d, f in zip(deployments, found):
+    for d, f in zip(deployments, found, strict=True):
         chosen = [c for c in usable if c.deployment == d.name and c.key in sol.replicas]
         for c in chosen:
             assignments.append(_assignment(d, c, sol.replicas, placements[c.key], f, chosen, used,
@@ -78,37 +78,34 @@ def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, pre
         demand = d.spec.traffic.requests_per_second
         count = sum(sol.replicas[c.key] for c in chosen)
         if served + 1e-9 < demand or count < d.spec.replicas.min or (not chosen and demand > 0):
-            unplaced.append({"deployment": d.name, "servedRequestsPerSecond": _r(served),
-                             "demandRequestsPerSecond": demand,
-                             "reasons": _unplaced_reasons(d, f, served, used, pool_devices)})
-    cost = sum(a["costUsdPerHour"] or 0.0 for a in assignments)
-    unpriced = sorted({a["pool"] for a in assignments if a["costUsdPerHour"] is None})
-    status = {
-        "costUsdPerHour": _r(cost),
-        "servedRequestsPerSecond": _r(sum(sol.served.values())),
-        "demandRequestsPerSecond": _r(sum(d.requests_per_second for d in demands)),
-        "solver": SOLVER, "solverStatus": sol.status, "optimalityGap": _r(sol.gap),
-        "solveSeconds": round(sol.seconds, 3), "candidates": len(usable),
-        "devicesUsed": {k: v for k, v in sorted(used.items())},
-        "devicesTotal": dict(sorted(pool_devices.items())),
-    }
-    if unpriced:
-        status["unpricedPools"] = unpriced
-    return {"apiVersion": API_VERSION, "kind": "Plan", "metadata": {"name": fleet.name},
-            "spec": {"fleet": fleet.name, "objective": options.objective, "pools": _pools(fleet, per_node, catalog),
-                     "assignments": assignments, "unplaced": unplaced},
-            "status": status}
+            unplaced.append(doc.Unplaced(deployment=d.name, served_requests_per_second=_r(served),
+                                         demand_requests_per_second=demand,
+                                         reasons=_unplaced_reasons(d, f, served, used, pool_devices)))
+    cost = sum(a.cost_usd_per_hour or 0.0 for a in assignments)
+    unpriced = sorted({a.pool for a in assignments if a.cost_usd_per_hour is None})
+    status = doc.PlanStatus(
+        cost_usd_per_hour=_r(cost), served_requests_per_second=_r(sum(sol.served.values())),
+        demand_requests_per_second=_r(sum(d.requests_per_second for d in demands)),
+        solver=SOLVER, solver_status=sol.status, optimality_gap=_r(sol.gap),
+        solve_seconds=round(sol.seconds, 3), candidates=len(usable),
+        devices_used=dict(sorted(used.items())), devices_total=dict(sorted(pool_devices.items())),
+        unpriced_pools=unpriced or None)
+    return doc.Plan(api_version=API_VERSION, kind="Plan", metadata={"name": fleet.name},
+                    spec=doc.PlanSpec(fleet=fleet.name, objective=options.objective,
+                                      pools=_pools(fleet, per_node, catalog), assignments=assignments,
+                                      unplaced=unplaced),
+                    status=status)
 
 
-def _pools(fleet: Fleet, per_node: dict[str, int], catalog: Catalog) -> list[dict[str, Any]]:
+def _pools(fleet: Fleet, per_node: dict[str, int], catalog: Catalog) -> list[doc.PlanPool]:
     """The fleet's pools as the runtime and renderers need them: node names (the plan's placements refer to
     them), devices, whether emulated, and the Ray resource each node declares."""
     out = []
     for p in fleet.spec.pools:
         ray = catalog.profile(p.hardware).spec.ray
-        out.append({"name": p.name, "hardware": p.hardware, "nodes": p.nodes, "devicesPerNode": per_node[p.name],
-                    "nodeNames": node_names(p), "addresses": p.addresses, "emulated": p.emulate is not None,
-                    "rayResource": ray.resource, "acceleratorType": ray.accelerator_type})
+        out.append(doc.PlanPool(name=p.name, hardware=p.hardware, nodes=p.nodes, devices_per_node=per_node[p.name],
+                                node_names=node_names(p), addresses=p.addresses, emulated=p.emulate is not None,
+                                ray_resource=ray.resource, accelerator_type=ray.accelerator_type))
     return out
 
 
@@ -118,7 +115,7 @@ def _r(x: float | None, digits: int = 4) -> float | None:
 
 def _assignment(d: ModelDeployment, c: Candidate, replicas_of: dict[tuple, int], placed: list[Placement],
                 f: DeploymentCandidates, chosen: list[Candidate], used: dict[str, int], pool_devices: dict[str, int],
-                catalog: Catalog, emulate: str | None, model_root: str) -> dict[str, Any]:
+                catalog: Catalog, emulate: str | None, model_root: str) -> doc.Assignment:
     replicas = replicas_of[c.key]
     model = catalog.model(c.model)
     variant = model.spec.variant(c.variant)
@@ -130,23 +127,22 @@ def _assignment(d: ModelDeployment, c: Candidate, replicas_of: dict[tuple, int],
                            served_name=d.name, multi_node=multi_node,
                            model_path=variant.checkpoint or f"{model_root.rstrip('/')}/{model.name}/{variant.name}")
     cap = c.capacity
-    return {
-        "deployment": d.name, "model": c.model, "variant": c.variant, "pool": c.pool, "hardware": c.hardware,
-        "engine": c.engine, "tensorParallel": c.tp, "pipelineParallel": c.pp, "replicas": replicas,
-        "devicesPerReplica": c.devices, "emulated": emulate is not None,
-        "placements": [{"replica": p.replica, "stage": i, "node": s.node, "devices": list(s.devices)}
-                       for p in placed for i, s in enumerate(p.stages)],
-        "predicted": {"capacityRequestsPerSecond": _r(cap.requests_per_second), "batch": cap.batch,
-                      "decodeTokensPerSecond": _r(cap.decode_tokens_per_second), "ttftSeconds": _r(cap.ttft_s),
-                      "tpotSeconds": _r(cap.tpot_s)},
-        "costUsdPerHour": None if c.usd_per_hour is None else _r(c.usd_per_hour * replicas),
-        "why": _why(d, c, replicas, f, chosen, used, pool_devices, replicas_of),
-        "launch": launch.to_json(),
-    }
+    return doc.Assignment(
+        deployment=d.name, model=c.model, variant=c.variant, pool=c.pool, hardware=c.hardware,
+        engine=c.engine, tensor_parallel=c.tp, pipeline_parallel=c.pp, replicas=replicas,
+        devices_per_replica=c.devices, emulated=emulate is not None,
+        placements=[doc.Placement(replica=p.replica, stage=i, node=s.node, devices=list(s.devices))
+                    for p in placed for i, s in enumerate(p.stages)],
+        predicted=doc.Predicted(capacity_requests_per_second=_r(cap.requests_per_second), batch=cap.batch,
+                                decode_tokens_per_second=_r(cap.decode_tokens_per_second), ttft_seconds=_r(cap.ttft_s),
+                                tpot_seconds=_r(cap.tpot_s)),
+        cost_usd_per_hour=None if c.usd_per_hour is None else _r(c.usd_per_hour * replicas),
+        why=_why(d, c, replicas, f, chosen, used, pool_devices, replicas_of),
+        launch=launch)
 
 
 def _why(d: ModelDeployment, c: Candidate, replicas: int, f: DeploymentCandidates, chosen: list[Candidate],
-         used: dict[str, int], pool_devices: dict[str, int], replicas_of: dict[tuple, int]) -> dict[str, Any]:
+         used: dict[str, int], pool_devices: dict[str, int], replicas_of: dict[tuple, int]) -> doc.Why:
     demand = d.spec.traffic.requests_per_second
     cap = c.capacity
     binding = {"tpot-slo": f"the TPOT target of {d.spec.slo.tpot_seconds} s",
@@ -181,12 +177,12 @@ def _why(d: ModelDeployment, c: Candidate, replicas: int, f: DeploymentCandidate
             note = "costs the same"
         else:
             note = "cheaper alone, but its devices serve other deployments at a lower total cost"
-        others.append((alone if alone is not None else float("inf"), o.key, {
-            "candidate": o.label, "replicas": n, "costUsdPerHour": _r(alone), "note": note}))
+        others.append((alone if alone is not None else float("inf"), o.key,
+                       doc.Alternative(candidate=o.label, replicas=n, cost_usd_per_hour=_r(alone), note=note)))
     others.sort(key=lambda t: (t[0], t[1]))
     rejected = sorted({(r.kind, r.variant, r.pool): r.reason for r in f.rejections}.items())[:5]
-    return {"binding": cap.binding, "summary": text, "alternatives": [o[2] for o in others[:3]],
-            "rejected": [{"variant": v, "pool": p, "kind": k, "reason": reason} for (k, v, p), reason in rejected]}
+    return doc.Why(binding=cap.binding, summary=text, alternatives=[o[2] for o in others[:3]],
+                   rejected=[doc.Rejection(variant=v, pool=p, kind=k, reason=reason) for (k, v, p), reason in rejected])
 
 
 def _unplaced_reasons(d: ModelDeployment, f: DeploymentCandidates, served: float, used: dict[str, int],
@@ -210,42 +206,55 @@ def _unplaced_reasons(d: ModelDeployment, f: DeploymentCandidates, served: float
     return reasons
 
 
-def _read_previous(previous: dict | None) -> tuple[dict[tuple, int], dict[tuple, list[Placement]]]:
-    """Replica counts and placements of a previous Plan document, keyed like candidates."""
+def _read_previous(previous: doc.Plan | None) -> tuple[dict[tuple, int], dict[tuple, list[Placement]]]:
+    """Replica counts and placements of a previous Plan, keyed like candidates."""
     counts: dict[tuple, int] = {}
     places: dict[tuple, list[Placement]] = {}
-    if not previous:
+    if previous is None:
         return counts, places
-    for a in previous.get("spec", {}).get("assignments", []):
-        key = (a["deployment"], a["variant"], a["pool"], int(a["tensorParallel"]), int(a["pipelineParallel"]))
-        counts[key] = int(a["replicas"])
-        stages: dict[int, list[Stage]] = {}
-        for p in sorted(a.get("placements", []), key=lambda p: (p["replica"], p.get("stage", 0))):
-            stages.setdefault(int(p["replica"]), []).append(Stage(str(p["node"]), tuple(int(x) for x in p["devices"])))
-        places[key] = [Placement(r, tuple(s)) for r, s in sorted(stages.items())]
+    for a in previous.spec.assignments:
+        counts[a.key] = a.replicas
+        places[a.key] = [Placement(r, tuple(Stage(p.node, tuple(p.devices)) for p in ps))
+                         for r, ps in sorted(a.stages().items())]
     return counts, places
 
 
-def diff(old: dict, new: dict) -> list[dict[str, Any]]:
-    """What moves between two plans: replica counts per assignment and replicas whose devices changed."""
-    def index(doc: dict) -> dict[tuple, dict]:
-        return {(a["deployment"], a["variant"], a["pool"], a["tensorParallel"], a["pipelineParallel"]): a
-                for a in doc.get("spec", {}).get("assignments", [])}
+@dataclass(frozen=True)
+class Change:
+    """One difference between two plans (``diff``)."""
 
-    before, after = index(old), index(new)
+    assignment: str
+    change: str
+    """'added', 'removed', 'scaled' (replica count) or 'moved' (a replica's stage on other devices)."""
+    replicas_before: int | None = None
+    replicas_after: int | None = None
+    replica: int | None = None
+    stage: int | None = None
+    from_: str | None = None
+    to: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        names = {"replicas_before": "replicasBefore", "replicas_after": "replicasAfter", "from_": "from"}
+        return {names.get(k, k): v for k, v in self.__dict__.items() if v is not None}
+
+
+def diff(old: doc.Plan | None, new: doc.Plan) -> list[Change]:
+    """What moves between two plans: replica counts per assignment and replicas whose devices changed. With no
+    old plan, every assignment is added."""
+    before = {a.key: a for a in old.spec.assignments} if old is not None else {}
+    after = {a.key: a for a in new.spec.assignments}
     changes = []
     for key in sorted(set(before) | set(after)):
         a, b = before.get(key), after.get(key)
-        label = f"{key[0]}: {key[1]} on {key[2]} (tp={key[3]} pp={key[4]})"
-        ra, rb = (a or {}).get("replicas", 0), (b or {}).get("replicas", 0)
+        label = (a or b).label  # type: ignore[union-attr]
+        ra, rb = a.replicas if a else 0, b.replicas if b else 0
         if ra != rb:
-            changes.append({"assignment": label, "change": "added" if not a else "removed" if not b else "scaled",
-                            "replicasBefore": ra, "replicasAfter": rb})
+            changes.append(Change(label, "added" if not a else "removed" if not b else "scaled", ra, rb))
         if a and b:
-            pa = {(p["replica"], p["stage"]): (p["node"], p["devices"]) for p in a["placements"]}
-            pb = {(p["replica"], p["stage"]): (p["node"], p["devices"]) for p in b["placements"]}
+            pa = {(p.replica, p.stage): (p.node, p.devices) for p in a.placements}
+            pb = {(p.replica, p.stage): (p.node, p.devices) for p in b.placements}
             for rep in sorted(set(pa) & set(pb)):
                 if pa[rep] != pb[rep]:
-                    changes.append({"assignment": label, "change": "moved", "replica": rep[0], "stage": rep[1],
-                                    "from": f"{pa[rep][0]}{pa[rep][1]}", "to": f"{pb[rep][0]}{pb[rep][1]}"})
+                    changes.append(Change(label, "moved", replica=rep[0], stage=rep[1],
+                                          from_=f"{pa[rep][0]}{pa[rep][1]}", to=f"{pb[rep][0]}{pb[rep][1]}"))
     return changes

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.errors import MoxinError, Problem, SpecError
+from orchestrator.errors import MoxinError
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.fleet import Fleet, Pool
 from orchestrator.spec.hardware import RAY_BUILTIN_RESOURCES, HardwareProfile
+from orchestrator.spec.plan import Assignment, Plan
 
 MOXIN_IMAGE = f"ghcr.io/moxin-dev/moxin:{__version__}"
 """The moxin image (router, controller, and the CPU engines: built with the cpu and ray extras)."""
@@ -74,78 +75,65 @@ def label_value(text: str) -> str:
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
 
 
-def assignment_ids(assignments: list[dict[str, Any]]) -> list[str]:
+def assignment_ids(assignments: list[Assignment]) -> list[str]:
     """One object name per assignment, ``<deployment>-<variant>-<pool>``; parallelism is appended only
     where two assignments would otherwise share a name."""
-    base = [object_name(f"{a['deployment']}-{a['variant']}-{a['pool']}") for a in assignments]
+    base = [object_name(f"{a.deployment}-{a.variant}-{a.pool}") for a in assignments]
     ids = []
     for a, b in zip(assignments, base, strict=True):
         ids.append(b if base.count(b) == 1 else
-                   object_name(f"{a['deployment']}-{a['variant']}-{a['pool']}-tp{a['tensorParallel']}"
-                               f"-pp{a['pipelineParallel']}"))
+                   object_name(f"{a.deployment}-{a.variant}-{a.pool}-tp{a.tensor_parallel}-pp{a.pipeline_parallel}"))
     return ids
 
 
-def assignment_labels(a: dict[str, Any]) -> dict[str, str]:
-    return {"moxin.dev/deployment": label_value(a["deployment"]), "moxin.dev/model": label_value(a["model"]),
-            "moxin.dev/variant": label_value(a["variant"]), "moxin.dev/pool": label_value(a["pool"]),
-            "moxin.dev/engine": label_value(a["engine"]), "moxin.dev/emulated": str(bool(a["emulated"])).lower()}
+def assignment_labels(a: Assignment) -> dict[str, str]:
+    """The metric label set (``METRIC_LABELS``) as Kubernetes labels under moxin.dev/."""
+    return {f"moxin.dev/{k}": label_value(v) for k, v in a.metric_labels().items()}
 
 
 # ----------------------------------------------------------------------------------- plan geometry
 
-def nodes_per_replica(a: dict[str, Any]) -> int:
-    """How many nodes one replica spans (its pipeline stages on distinct nodes), at least 1."""
-    by_replica: dict[int, set[str]] = {}
-    for p in a.get("placements", []):
-        by_replica.setdefault(int(p["replica"]), set()).add(str(p["node"]))
-    return max((len(nodes) for nodes in by_replica.values()), default=1)
-
-
-def devices_per_pod(a: dict[str, Any]) -> int:
+def devices_per_pod(a: Assignment) -> int:
     """Devices one pod holds: the whole replica on one node, else the most any node of a replica holds."""
-    if nodes_per_replica(a) == 1:
-        return int(a["devicesPerReplica"])
+    if a.nodes_per_replica() == 1:
+        return a.devices_per_replica
     per_node: dict[tuple[int, str], int] = {}
-    for p in a["placements"]:
-        key = (int(p["replica"]), str(p["node"]))
-        per_node[key] = per_node.get(key, 0) + len(p["devices"])
+    for p in a.placements:
+        key = (p.replica, p.node)
+        per_node[key] = per_node.get(key, 0) + len(p.devices)
     return max(per_node.values())
 
 
-def is_external(a: dict[str, Any], profile: HardwareProfile) -> bool:
+def is_external(emulated: bool, profile: HardwareProfile) -> bool:
     """Hardware that is not a Kubernetes node (Apple silicon): no device plugin resource and not a CPU
     host. Emulated pools run as CPU pods, so they are never external."""
     k8s = profile.spec.kubernetes
-    return not a["emulated"] and k8s.resource is None and profile.spec.device_type != "cpu"
+    return not emulated and k8s.resource is None and profile.spec.device_type != "cpu"
 
 
 # ---------------------------------------------------------------------------------------- router
 
-def service_url(a: dict[str, Any], name: str, namespace: str) -> str:
-    return f"http://{name}.{namespace}.svc:{a['launch']['port']}"
+def service_url(a: Assignment, name: str, namespace: str) -> str:
+    return f"http://{name}.{namespace}.svc:{a.launch.port}"
 
 
-def router_config(plan: dict[str, Any], namespace: str,
-                  service_url: Callable[[dict[str, Any], str, str], str] = service_url,
+def router_config(plan: Plan, namespace: str,
+                  service_url: Callable[[Assignment, str, str], str] = service_url,
                   skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The router's configuration (router.json): per deployment, its assignments with the URL of their
     Service and a weight proportional to the capacity the plan gave them (req/s per replica x replicas).
     ``skip`` names assignment ids that have no Service (external pools without addresses); assignments
     with no replicas get no route (the router refuses a weight of 0)."""
-    assignments = plan.get("spec", {}).get("assignments", [])
+    assignments = plan.spec.assignments
     deployments: dict[str, list[dict[str, Any]]] = {}
     for a, name in zip(assignments, assignment_ids(assignments), strict=True):
-        if name in skip or not a["replicas"]:
+        if name in skip or not a.replicas:
             continue
-        capacity = (a.get("predicted") or {}).get("capacityRequestsPerSecond")
-        weight = float(capacity) * a["replicas"] if capacity is not None else float(a["replicas"])
-        deployments.setdefault(a["deployment"], []).append({
-            "name": name, "url": service_url(a, name, namespace), "requestModel": a["launch"]["requestModel"],
-            "weight": round(weight, 6),
-            "labels": {"deployment": a["deployment"], "model": a["model"], "variant": a["variant"],
-                       "pool": a["pool"], "hardware": a["hardware"], "engine": a["engine"],
-                       "emulated": str(bool(a["emulated"])).lower()}})
+        capacity = a.predicted.capacity_requests_per_second
+        weight = float(capacity) * a.replicas if capacity is not None else float(a.replicas)
+        deployments.setdefault(a.deployment, []).append({
+            "name": name, "url": service_url(a, name, namespace), "requestModel": a.launch.request_model,
+            "weight": round(weight, 6), "labels": a.metric_labels()})
     return {"deployments": deployments}
 
 
@@ -178,16 +166,16 @@ def worker_script(ray_args: list[str]) -> str:
 
 # ------------------------------------------------------------------------------------ assignments
 
-def engine_image(a: dict[str, Any], images: Mapping[str, str], moxin_image: str) -> str:
-    launch = a["launch"]
-    key = f"{launch['engine']}/{launch['platform']}"
-    image = images.get(key) or launch.get("image")
+def engine_image(a: Assignment, images: Mapping[str, str], moxin_image: str) -> str:
+    launch = a.launch
+    key = f"{launch.engine}/{launch.platform}"
+    image = images.get(key) or launch.image
     if image:
         return image
-    if launch["platform"] in CPU_PLATFORMS:
+    if launch.platform in CPU_PLATFORMS:
         return moxin_image
     raise RenderError(
-        f"assignment {a['deployment']}/{a['variant']} on pool {a['pool']}: hardware profile {a['hardware']} names "
+        f"assignment {a.deployment}/{a.variant} on pool {a.pool}: hardware profile {a.hardware} names "
         f"no container image for {key}.\n  To fix: pass --image {key}=REGISTRY/IMAGE:TAG (an image with the "
         "vendor's vLLM plugin), or set spec.engines[].image in the hardware profile")
 
@@ -206,30 +194,30 @@ def node_selector(emulated: bool, profile: HardwareProfile, pool: Pool | None) -
     return dict(sorted(selector.items()))
 
 
-def engine_assignment(a: dict[str, Any], name: str, profile: HardwareProfile, pool: Pool | None,
+def engine_assignment(a: Assignment, name: str, profile: HardwareProfile, pool: Pool | None,
                       images: Mapping[str, str], moxin_image: str, mount_path: str) -> dict[str, Any]:
-    launch = a["launch"]
-    group = nodes_per_replica(a)
+    launch = a.launch
+    group = a.nodes_per_replica()
     devices = devices_per_pod(a)
-    resource = None if a["emulated"] else profile.spec.kubernetes.resource
+    resource = None if a.emulated else profile.spec.kubernetes.resource
     out: dict[str, Any] = {
-        "id": name, "deployment": a["deployment"], "model": a["model"], "variant": a["variant"], "pool": a["pool"],
-        "hardware": a["hardware"], "engine": a["engine"], "platform": launch["platform"],
-        "emulated": bool(a["emulated"]), "kind": "LeaderWorkerSet" if group > 1 else "Deployment",
-        "replicas": int(a["replicas"]), "groupSize": group, "devicesPerPod": devices,
+        "id": name, "deployment": a.deployment, "model": a.model, "variant": a.variant, "pool": a.pool,
+        "hardware": a.hardware, "engine": a.engine, "platform": launch.platform,
+        "emulated": a.emulated, "kind": "LeaderWorkerSet" if group > 1 else "Deployment",
+        "replicas": a.replicas, "groupSize": group, "devicesPerPod": devices,
         "deviceResource": resource or "", "image": engine_image(a, images, moxin_image),
-        "argv": list(launch["argv"]), "env": dict(launch["env"]), "port": int(launch["port"]),
-        "healthPath": launch["healthPath"], "metricsPath": launch.get("metricsPath") or "",
-        "readinessTimeoutSeconds": int(launch["readinessTimeoutSeconds"]),
-        "nodeSelector": node_selector(bool(a["emulated"]), profile, pool),
+        "argv": list(launch.argv), "env": dict(launch.env), "port": launch.port,
+        "healthPath": launch.health_path, "metricsPath": launch.metrics_path or "",
+        "readinessTimeoutSeconds": launch.readiness_timeout_seconds,
+        "nodeSelector": node_selector(a.emulated, profile, pool),
         "tolerations": [{"key": resource, "operator": "Exists", "effect": "NoSchedule"}] if resource else [],
-        "modelSubPath": model_sub_path(launch["modelPath"], mount_path),
+        "modelSubPath": model_sub_path(launch.model_path, mount_path),
         "labels": assignment_labels(a),
     }
     runtime_class = profile.spec.kubernetes.runtime_class_name
-    if runtime_class and not a["emulated"]:
+    if runtime_class and not a.emulated:
         out["runtimeClassName"] = runtime_class
-    if a["emulated"]:
+    if a.emulated:
         out["sharedMemorySize"] = EMULATED_SHM
     if group > 1:
         ray_args = ray_start_args(profile, devices)
@@ -248,32 +236,32 @@ def address_type(address: str) -> str:
         return "FQDN"
 
 
-def pool_addresses(plan: dict[str, Any], pool: Pool | None, name: str) -> list[str] | None:
+def pool_addresses(plan: Plan, pool: Pool | None, name: str) -> list[str] | None:
     """A pool's machine addresses: from the fleet when given, else as the plan recorded them (spec.pools)."""
     if pool is not None:
         return list(pool.addresses) if pool.addresses else None
-    recorded = next((p for p in plan.get("spec", {}).get("pools", []) if p.get("name") == name), None)
-    return list(recorded["addresses"]) if recorded and recorded.get("addresses") else None
+    recorded = plan.spec.pool(name)
+    return list(recorded.addresses) if recorded and recorded.addresses else None
 
 
-def external_addresses(a: dict[str, Any], addresses: list[str] | None) -> list[str] | None:
+def external_addresses(a: Assignment, addresses: list[str] | None) -> list[str] | None:
     """The machines the plan placed this assignment's replicas on: the plan's node names are the pool's
     addresses when the fleet lists them (planner/place.py). None when the pool has no addresses."""
     if not addresses:
         return None
-    placed = list(dict.fromkeys(str(p["node"]) for p in a.get("placements", [])))
+    placed = list(dict.fromkeys(p.node for p in a.placements))
     known = set(addresses)
     return [n for n in placed if n in known] or list(addresses)
 
 
-def external_assignment(a: dict[str, Any], name: str, addresses: list[str]) -> dict[str, Any]:
+def external_assignment(a: Assignment, name: str, addresses: list[str]) -> dict[str, Any]:
     slices: dict[str, list[str]] = {}
     for address in addresses:
         slices.setdefault(address_type(address), []).append(address)
-    return {"id": name, "deployment": a["deployment"], "model": a["model"], "variant": a["variant"],
-            "pool": a["pool"], "hardware": a["hardware"], "engine": a["engine"],
-            "platform": a["launch"]["platform"], "emulated": False, "replicas": int(a["replicas"]),
-            "port": int(a["launch"]["port"]), "labels": assignment_labels(a),
+    return {"id": name, "deployment": a.deployment, "model": a.model, "variant": a.variant,
+            "pool": a.pool, "hardware": a.hardware, "engine": a.engine,
+            "platform": a.launch.platform, "emulated": False, "replicas": a.replicas,
+            "port": a.launch.port, "labels": assignment_labels(a),
             "endpointSlices": [{"addressType": t, "addresses": v} for t, v in sorted(slices.items())]}
 
 
@@ -288,39 +276,36 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def helm_values(plan: dict[str, Any], catalog: Catalog, *, fleet: Fleet | None = None, namespace: str = "moxin",
+def helm_values(plan: Plan, catalog: Catalog, *, fleet: Fleet | None = None, namespace: str = "moxin",
                 images: Mapping[str, str] | None = None, moxin_image: str = MOXIN_IMAGE,
                 mount_path: str = "/models", overrides: Mapping[str, Any] | None = None) -> HelmValues:
     """The chart's values for a Plan. ``fleet`` (the one the plan was made for) adds each pool's node
     labels to the node selectors; machine addresses come from the fleet, else from the plan's spec.pools."""
-    if plan.get("kind") != "Plan":
-        raise SpecError([Problem("expected a Plan document", hint="pass the output of `moxin plan -o yaml`")])
     pools = {p.name: p for p in fleet.spec.pools} if fleet else {}
     images = dict(images or {})
-    assignments = plan.get("spec", {}).get("assignments", [])
+    assignments = plan.spec.assignments
     engines, external, warnings, skipped = [], [], [], set()
     for a, name in zip(assignments, assignment_ids(assignments), strict=True):
-        profile = catalog.profile(a["hardware"])
-        pool = pools.get(a["pool"])
+        profile = catalog.profile(a.hardware)
+        pool = pools.get(a.pool)
         if fleet is not None and pool is None:
-            raise RenderError(f"the plan places {a['deployment']} on pool {a['pool']!r}, which fleet "
+            raise RenderError(f"the plan places {a.deployment} on pool {a.pool!r}, which fleet "
                               f"{fleet.name!r} does not have\n  To fix: pass the fleet the plan was made for")
-        if not is_external(a, profile):
+        if not is_external(a.emulated, profile):
             engines.append(engine_assignment(a, name, profile, pool, images, moxin_image, mount_path))
             continue
-        addresses = external_addresses(a, pool_addresses(plan, pool, a["pool"]))
+        addresses = external_addresses(a, pool_addresses(plan, pool, a.pool))
         if not addresses:
             skipped.add(name)
             warnings.append(
-                f"pool {a['pool']} ({a['hardware']}) is not made of Kubernetes nodes and has no addresses: "
-                f"{a['deployment']}/{a['variant']} ({a['replicas']} replica(s)) is left out of the cluster's "
+                f"pool {a.pool} ({a.hardware}) is not made of Kubernetes nodes and has no addresses: "
+                f"{a.deployment}/{a.variant} ({a.replicas} replica(s)) is left out of the cluster's "
                 "routing. To fix: list the machines under spec.pools[].addresses in the fleet and render "
                 "with the fleet (-f)")
             continue
         external.append(external_assignment(a, name, addresses))
     values = {
-        "plan": {"name": label_value(plan.get("metadata", {}).get("name", "")) or "plan",
-                 "fleet": str(plan.get("spec", {}).get("fleet", ""))},
+        "plan": {"name": label_value(plan.name) or "plan", "fleet": plan.spec.fleet},
         "namespace": namespace,
         "images": images,
         "assignments": engines,

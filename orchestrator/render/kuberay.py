@@ -30,6 +30,7 @@ from orchestrator.render.helm import (
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.fleet import Fleet
 from orchestrator.spec.hardware import RAY_BUILTIN_RESOURCES, HardwareProfile
+from orchestrator.spec.plan import Plan
 
 RAY_VERSION = "2.60.0"
 """The Ray release moxin runs (pyproject: ray[serve]==2.60.*); KubeRay checks the head image against it."""
@@ -65,11 +66,11 @@ def _labels(plan_name: str, component: str, extra: Mapping[str, str] | None = No
             "moxin.dev/plan": plan_name, **(extra or {})}
 
 
-def _plan_pools(plan: dict[str, Any], fleet: Fleet | None, catalog: Catalog) -> list[dict[str, Any]]:
+def _plan_pools(plan: Plan, fleet: Fleet | None, catalog: Catalog) -> list[dict[str, Any]]:
     """Pools as (name, hardware, nodes, devicesPerNode, emulated): from the plan's spec.pools, else the fleet."""
-    recorded = plan.get("spec", {}).get("pools")
-    if recorded:
-        return [{k: p[k] for k in ("name", "hardware", "nodes", "devicesPerNode", "emulated")} for p in recorded]
+    if plan.spec.pools:
+        return [{"name": p.name, "hardware": p.hardware, "nodes": p.nodes, "devicesPerNode": p.devices_per_node,
+                 "emulated": p.emulated} for p in plan.spec.pools]
     if fleet is None:
         raise RenderError("the plan records no pools (an older plan): pass the fleet it was made for with -f")
     return [{"name": p.name, "hardware": p.hardware, "nodes": p.nodes,
@@ -132,23 +133,21 @@ def worker_group(pool: dict[str, Any], profile: HardwareProfile, image: str, fle
                          "spec": spec}}
 
 
-def kuberay_objects(plan: dict[str, Any], catalog: Catalog, *, fleet: Fleet | None = None,
+def kuberay_objects(plan: Plan, catalog: Catalog, *, fleet: Fleet | None = None,
                     namespace: str = "moxin", images: Mapping[str, str] | None = None,
                     moxin_image: str = MOXIN_IMAGE, model_root: str = "/models",
                     models_claim: str = "moxin-models") -> KubeRayObjects:
     """The RayCluster, the plan's ConfigMap, the controller Job and the router's Service. ``images`` maps
     a pool name to its worker image (moxin + Ray + that pool's engine); default the moxin image."""
-    if plan.get("kind") != "Plan":
-        raise RenderError("expected a Plan document (the output of `moxin plan -o yaml`)")
     images = dict(images or {})
-    plan_name = label_value(plan.get("metadata", {}).get("name", "")) or "plan"
+    plan_name = label_value(plan.name) or "plan"
     cluster = object_name(f"moxin-{plan_name}")
     warnings: list[str] = []
-    platforms = {a["pool"]: a["launch"]["platform"] for a in plan.get("spec", {}).get("assignments", [])}
+    platforms = {a.pool: a.launch.platform for a in plan.spec.assignments}
     groups = []
     for pool in _plan_pools(plan, fleet, catalog):
         profile = catalog.profile(pool["hardware"])
-        if is_external({"emulated": pool["emulated"]}, profile):
+        if is_external(pool["emulated"], profile):
             resources = json.dumps({k: v for k, v in profile.spec.ray.node_resources(int(pool["devicesPerNode"])).items()
                                     if k not in RAY_BUILTIN_RESOURCES}, sort_keys=True)
             warnings.append(f"pool {pool['name']} ({pool['hardware']}) is not made of Kubernetes nodes: start Ray on "
@@ -186,7 +185,7 @@ def kuberay_objects(plan: dict[str, Any], catalog: Catalog, *, fleet: Fleet | No
     plan_map = {"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": f"{cluster}-plan", "namespace": namespace,
                              "labels": _labels(plan_name, "controller")},
-                "data": {"plan.yaml": yaml.safe_dump(plan, sort_keys=False)}}
+                "data": {"plan.yaml": yaml.safe_dump(plan.to_json(), sort_keys=False)}}
     address = f"ray://{cluster}-head-svc.{namespace}.svc:{RAY_CLIENT_PORT}"
     job = {
         "apiVersion": "batch/v1", "kind": "Job",

@@ -1,23 +1,25 @@
 """Plan -> Kubernetes objects, by rendering the ``helm/moxin`` chart with the plan's values.
 
 One source of truth: the objects are exactly what ``helm install`` would create from the values
-``render/helm.py`` derives (rendered in-process by helm-python-sdk, no helm binary, no cluster). Reading
-files and the SDK is the only effect here; writing the objects out is the CLI's job.
+``render/helm.py`` derives (rendered in-process by helm-python-sdk, no helm binary, no cluster). Reading the
+chart and values files, and writing the objects out, are the only effects here.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from orchestrator.errors import MoxinError
-from orchestrator.render.helm import RenderError, helm_values
+from orchestrator.errors import MoxinError, Problem, SpecError
+from orchestrator.output import to_yaml, write_atomic
+from orchestrator.render.helm import RenderError, deep_merge, helm_values
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.fleet import Fleet
+from orchestrator.spec.plan import Plan
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 RELEASE = "moxin"
@@ -60,7 +62,7 @@ def render_chart(values: Mapping[str, Any] | None, *, namespace: str = "moxin", 
     return sorted(objects, key=_creation_order)
 
 
-def render_objects(plan: dict[str, Any], values_overrides: dict[str, Any] | None = None, namespace: str = "moxin",
+def render_objects(plan: Plan, values_overrides: dict[str, Any] | None = None, namespace: str = "moxin",
                    *, catalog: Catalog | None = None, fleet: Fleet | None = None,
                    images: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Every object the plan needs in ``namespace``: the chart rendered with the plan's values (plus
@@ -74,9 +76,34 @@ def render_objects(plan: dict[str, Any], values_overrides: dict[str, Any] | None
     return render_chart(values.values, namespace=namespace)
 
 
+def read_values(files: Iterable[Path]) -> dict[str, Any]:
+    """Extra chart values from YAML files, merged in order (Helm's -f)."""
+    merged: dict[str, Any] = {}
+    for f in files:
+        extra = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        if not isinstance(extra, dict):
+            raise SpecError([Problem("chart values must be a YAML mapping", str(f), 1)])
+        merged = deep_merge(merged, extra)
+    return merged
+
+
+def write_objects(objects: list[dict[str, Any]], out_dir: Path) -> None:
+    """One file per object in ``out_dir`` (atomically), and the files of an earlier render that this one no longer
+    writes removed (only files named like ours)."""
+    names = [object_filename(o, i) for i, o in enumerate(objects)]
+    for name, obj in zip(names, objects, strict=True):
+        write_atomic(out_dir / name, to_yaml(obj))
+    for old in out_dir.glob("*.yaml"):
+        if _OURS.fullmatch(old.name) and old.name not in names:
+            old.unlink()
+
+
 def object_filename(obj: dict[str, Any], index: int) -> str:
     """A stable file name for one object: NN-kind-name.yaml (NN keeps creation order in `kubectl apply -f`)."""
     return f"{index:03d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+
+
+_OURS = re.compile(r"\d{3}-[a-z]+-.+\.yaml")
 
 
 def _creation_order(obj: dict[str, Any]) -> tuple[int, str, str]:

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.runtime.desired import LABELS
+from orchestrator.spec.plan import METRIC_LABELS
 
 FAILED_COOLDOWN_S = 2.0
 
@@ -25,7 +25,7 @@ class Endpoint:
     request_model: str
     weight: float
     labels: dict[str, str] = field(default_factory=dict)
-    """The metric labels (``desired.LABELS``): what a table row gives, "" for what it does not."""
+    """The metric labels (``spec.plan.METRIC_LABELS``): what a table row gives, "" for what it does not."""
     in_flight: int = 0
     failed_until: float = 0.0
 
@@ -66,7 +66,7 @@ class Balancer:
             eps = []
             for r in rows:
                 given = r.get("labels") or {}
-                labels = {k: str(given.get(k, deployment if k == "deployment" else "")) for k in LABELS}
+                labels = {k: str(given.get(k, deployment if k == "deployment" else "")) for k in METRIC_LABELS}
                 e = Endpoint(r["name"], r["url"].rstrip("/"), r["requestModel"], float(r["weight"]), labels)
                 if r["name"] in old and old[r["name"]].url == e.url:
                     e.in_flight, e.failed_until = old[r["name"]].in_flight, old[r["name"]].failed_until

@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator.errors import MoxinError
 from orchestrator.runtime import local
+from orchestrator.spec.plan import Plan
 
 ALL_READY_TIMEOUT_S = 900.0
 
@@ -65,18 +66,19 @@ def controller(address: str, create: bool = False, options: dict[str, Any] | Non
         max_concurrency=16, num_cpus=0, resources=HEAD).remote(options or {})
 
 
-def apply(address: str, plan: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
+def apply(address: str, plan: Plan, options: dict[str, Any] | None = None) -> dict[str, Any]:
     ray = connect(address)
     handle = controller(address, create=True, options=options)
     return ray.get(handle.apply.remote(plan, options), timeout=120)
 
 
-def current_plan(address: str) -> dict[str, Any] | None:
+def current_plan(address: str) -> Plan | None:
     """The plan the controller holds (the previous plan of the next apply), or None."""
     connect(address)
     from orchestrator.runtime.controller import KV_PLAN, kv_get
 
-    return kv_get(KV_PLAN)
+    saved = kv_get(KV_PLAN)
+    return None if saved is None else Plan.model_validate(saved)
 
 
 def status(address: str) -> dict[str, Any]:

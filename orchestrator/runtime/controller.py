@@ -30,6 +30,7 @@ from orchestrator.runtime.metrics import ControllerMetrics
 from orchestrator.runtime.reconcile import Action, Drain, Observed, Start, State, Stop, decide
 from orchestrator.runtime.replica import Replica
 from orchestrator.spec.hardware import NODE_RESOURCE_PREFIX
+from orchestrator.spec.plan import Plan
 
 NAMESPACE = "moxin"
 CONTROLLER = "moxin-controller"
@@ -71,7 +72,8 @@ class Controller:
         kv_put(KV_OPTIONS, self.options)
         self.metrics = ControllerMetrics()
         self.metrics_port = self._serve_metrics()
-        self.plan: dict[str, Any] | None = kv_get(KV_PLAN)
+        saved_plan = kv_get(KV_PLAN)
+        self.plan: Plan | None = None if saved_plan is None else Plan.model_validate(saved_plan)
         self.replicas: dict[str, Any] = {}        # id -> actor handle
         self.described: dict[str, dict] = {}      # id -> last describe()
         self.states: dict[str, State] = {}
@@ -93,15 +95,15 @@ class Controller:
         threading.Thread(target=self._loop, name="moxin-reconcile", daemon=True).start()
 
     # -- API (called by the CLI and the routers) -----------------------------------------------------------------
-    def apply(self, plan: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
-        kv_put(KV_PLAN, plan)  # desired state first: a controller restarted from here on acts on this plan
+    def apply(self, plan: Plan, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        kv_put(KV_PLAN, plan.to_json())  # desired state first: a controller restarted from here on acts on this plan
         with self._lock:
             if options:
                 self.options.update(options)
                 kv_put(KV_OPTIONS, self.options)
             self.plan = plan
             self.specs = self._desired()
-            self._event(f"applied plan {plan['metadata']['name']!r}: {len(self.specs)} replica(s)")
+            self._event(f"applied plan {plan.name!r}: {len(self.specs)} replica(s)")
         self._wake.set()
         return {"replicas": [s.id for s in self.specs]}
 
@@ -120,7 +122,7 @@ class Controller:
                              "lastError": d.get("lastError", "") or self._waiting_for(rid, spec),
                              "log": d.get("log"), "host": d.get("host"),
                              "nodeId": d.get("nodeId")})
-            return {"plan": None if self.plan is None else self.plan["metadata"]["name"], "replicas": rows,
+            return {"plan": None if self.plan is None else self.plan.name, "replicas": rows,
                     "routers": self.router_addresses(), "metricsUrl": self.metrics_url(), "loops": self.loops,
                     "adopted": self.adopted, "events": self.events[-20:], "prometheusSd": self.options["prometheusSd"]}
 
@@ -337,11 +339,11 @@ class Controller:
             g.clear()
         if self.plan is None:
             return
-        used = self.plan.get("status", {}).get("devicesUsed", {})
-        for p in self.plan["spec"]["pools"]:
-            labels = {"pool": p["name"], "hardware": p["hardware"], "emulated": str(p["emulated"]).lower()}
-            m.pool_devices.labels(**labels).set(p["nodes"] * p["devicesPerNode"])
-            m.pool_allocated.labels(**labels).set(used.get(p["name"], 0))
+        used = self.plan.status.devices_used if self.plan.status else {}
+        for p in self.plan.spec.pools:
+            labels = {"pool": p.name, "hardware": p.hardware, "emulated": str(p.emulated).lower()}
+            m.pool_devices.labels(**labels).set(p.nodes * p.devices_per_node)
+            m.pool_allocated.labels(**labels).set(used.get(p.name, 0))
         routed = {r["name"] for rows in self.table.values() for r in rows}
         for spec in self.specs:
             m.desired.labels(**spec.labels).inc()
@@ -359,7 +361,7 @@ class Controller:
                             "labels": {"job": "moxin-router"}})
         for spec in self.specs:
             d = self.described.get(spec.id, {})
-            path = spec.launch.get("metricsPath")
+            path = spec.launch.metrics_path
             if path and d.get("url") and self.states.get(spec.id) == State.READY:
                 targets.append({"targets": [d["url"].split("://", 1)[1]],
                                 "labels": {"job": "moxin-engine", "replica": spec.id, "__metrics_path__": path,

@@ -11,12 +11,11 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
-from orchestrator.spec.hardware import RayResources
+from orchestrator.spec.plan import EngineLaunch, Plan
 
-LABELS = ("deployment", "model", "variant", "pool", "hardware", "engine", "emulated")
-"""The labels every moxin metric and Prometheus target carries."""
+__all__ = ["ReplicaSpec", "replica_id", "replica_specs"]
+
 
 
 @dataclass(frozen=True)
@@ -25,8 +24,8 @@ class ReplicaSpec:
     """Stable name: ``<deployment>-<variant>-<pool>-<index>`` (DNS-1123-ish), unique in a plan."""
     deployment: str
     labels: dict[str, str]
-    launch: dict[str, Any]
-    """The assignment's EngineLaunch JSON, as the plan wrote it."""
+    launch: EngineLaunch
+    """The assignment's engine launch, as the plan wrote it."""
     bundles: list[dict[str, float]]
     """One placement-group bundle per pipeline stage (one node each)."""
     strategy: str
@@ -41,7 +40,7 @@ class ReplicaSpec:
 
     @property
     def request_model(self) -> str:
-        return self.launch.get("requestModel") or self.launch["servedModelName"]
+        return self.launch.request_model
 
 
 def _slug(text: str) -> str:
@@ -52,44 +51,36 @@ def replica_id(deployment: str, variant: str, pool: str, index: int) -> str:
     return f"{_slug(deployment)}-{_slug(variant)}-{_slug(pool)}-{index}"
 
 
-def _hash(launch: dict[str, Any], bundles: list[dict[str, float]], strategy: str) -> str:
+def _hash(launch: EngineLaunch, bundles: list[dict[str, float]], strategy: str) -> str:
     """What forces a restart when it changes: the launch (minus the port, which the runtime picks) and the
     resources reserved."""
-    body = {k: v for k, v in launch.items() if k not in ("port", "notes")}
+    body = launch.model_dump(mode="json", by_alias=True, exclude={"port", "notes"})
     text = json.dumps([body, bundles, strategy], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def pool_ray(pool: dict[str, Any]) -> RayResources:
-    return RayResources.model_validate({"resource": pool["rayResource"], "acceleratorType": pool["acceleratorType"]})
-
-
-def replica_specs(plan: dict[str, Any], known_nodes: set[str] | None = None) -> list[ReplicaSpec]:
+def replica_specs(plan: Plan, known_nodes: set[str] | None = None) -> list[ReplicaSpec]:
     """Every replica of the plan, with Ray resources from the plan's pools. Nodes are pinned
     (a ``moxin-node-<name>`` resource in each bundle) only where ``known_nodes`` holds them: a cluster whose nodes
     were not started with moxin's node resources still runs the plan, placed by Ray."""
     out: list[ReplicaSpec] = []
-    ray_of = {p["name"]: pool_ray(p) for p in plan["spec"]["pools"]}
-    for a in plan["spec"]["assignments"]:
-        ray = ray_of[a["pool"]]
-        labels = {k: str(a[k]).lower() if k == "emulated" else str(a[k]) for k in LABELS}
-        by_replica: dict[int, list[dict[str, Any]]] = {}
-        for p in a["placements"]:
-            by_replica.setdefault(p["replica"], []).append(p)
-        per_replica_cost = None if a.get("costUsdPerHour") is None else a["costUsdPerHour"] / max(1, a["replicas"])
-        for index in sorted(by_replica):
-            stages = sorted(by_replica[index], key=lambda p: p["stage"])
-            nodes = [s["node"] for s in stages]
+    ray_of = {p.name: p.ray for p in plan.spec.pools}
+    for a in plan.spec.assignments:
+        ray = ray_of[a.pool]
+        labels = a.metric_labels()
+        per_replica_cost = None if a.cost_usd_per_hour is None else a.cost_usd_per_hour / max(1, a.replicas)
+        for index, stages in sorted(a.stages().items()):
+            nodes = [s.node for s in stages]
             # Stages on the same node share one bundle; a pipeline across nodes gets one bundle per node.
             per_node: dict[str, int] = {}
             for s in stages:
-                per_node[s["node"]] = per_node.get(s["node"], 0) + len(s["devices"])
+                per_node[s.node] = per_node.get(s.node, 0) + len(s.devices)
             bundles = [ray.bundle(n, node if known_nodes is not None and node in known_nodes else None)
                        for node, n in per_node.items()]
             strategy = "STRICT_PACK" if len(per_node) == 1 else "STRICT_SPREAD"
             out.append(ReplicaSpec(
-                id=replica_id(a["deployment"], a["variant"], a["pool"], index), deployment=a["deployment"],
-                labels=labels, launch=a["launch"], bundles=bundles, strategy=strategy, nodes=nodes,
-                devices=list(stages[0]["devices"]), weight=float(a["predicted"]["capacityRequestsPerSecond"] or 1.0),
-                cost_usd_per_hour=per_replica_cost, spec_hash=_hash(a["launch"], bundles, strategy)))
+                id=replica_id(a.deployment, a.variant, a.pool, index), deployment=a.deployment,
+                labels=labels, launch=a.launch, bundles=bundles, strategy=strategy, nodes=nodes,
+                devices=list(stages[0].devices), weight=float(a.predicted.capacity_requests_per_second or 1.0),
+                cost_usd_per_hour=per_replica_cost, spec_hash=_hash(a.launch, bundles, strategy)))
     return out

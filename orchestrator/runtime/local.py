@@ -21,9 +21,10 @@ from typing import Any
 
 from orchestrator.errors import MoxinError
 from orchestrator.output import write_atomic
-from orchestrator.runtime.desired import pool_ray
 from orchestrator.runtime.guard import alive
+from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.formats import FORMATS
+from orchestrator.spec.plan import PlanPool
 
 OBJECT_STORE_BYTES = 80 * 2**20  # Ray's minimum is 75 MiB; the demo passes no large objects
 
@@ -43,13 +44,12 @@ class NodeLayout:
         return {"name": self.name, "numCpus": self.num_cpus, "numGpus": self.num_gpus, "resources": self.resources}
 
 
-def layout(pools: list[dict[str, Any]], cpus_per_node: float = 1.0) -> list[NodeLayout]:
+def layout(pools: list[PlanPool], cpus_per_node: float = 1.0) -> list[NodeLayout]:
     """One Ray node per fleet node (the head, which runs the controller and router, comes on top). Pure."""
     out = []
     for pool in pools:
-        ray = pool_ray(pool)
-        for node in pool["nodeNames"]:
-            res = ray.node_resources(pool["devicesPerNode"], node)
+        for node in pool.node_names:
+            res = pool.ray.node_resources(pool.devices_per_node, node)
             out.append(NodeLayout(node, res.pop("CPU", cpus_per_node), res.pop("GPU", 0.0), res))
     return out
 
@@ -134,6 +134,18 @@ def stop(state: Path | None = None, timeout_s: float = 60.0) -> bool:
         pass
     state.unlink(missing_ok=True)
     return True
+
+
+def prepare_checkpoints(catalog: Catalog, root: Path) -> list[str]:
+    """Generate (once, cached under ``root``) the checkpoints of every deployed model that has none anywhere: the
+    embedded default's tiny model. Returns the models it prepared."""
+    prepared = []
+    for name in sorted({d.spec.model for d in catalog.deployments.values()}):
+        model = catalog.model(name)
+        if model.spec.architecture and all(v.checkpoint is None for v in model.spec.variants):
+            tiny_model(model, {v.name: v.formats["default"] for v in model.spec.variants}, root)
+            prepared.append(name)
+    return prepared
 
 
 def tiny_model(model: Any, variants: dict[str, str], root: Path) -> dict[str, Path]:

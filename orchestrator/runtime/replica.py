@@ -22,6 +22,7 @@ from typing import Any
 from orchestrator.runtime.desired import ReplicaSpec
 from orchestrator.runtime.guard import alive, stop_group
 from orchestrator.runtime.reconcile import State
+from orchestrator.spec.plan import EngineLaunch
 
 HEALTH_EVERY_S = 2.0
 HEALTH_FAILURES_TO_RESTART = 3
@@ -57,22 +58,13 @@ def _post(url: str, body: dict[str, Any], timeout: float) -> int:
         return r.status
 
 
-def engine_argv(launch: dict[str, Any], port: int, python: str = sys.executable) -> list[str]:
-    """The plan's argv with the port the replica picked. ``python3`` in a plan names the image's interpreter; on
-    a Ray node the engine runs with the node's own (the one Ray runs moxin with)."""
-    argv = list(launch["argv"])
-    argv[argv.index("--port") + 1] = str(port)
+def engine_argv(launch: EngineLaunch, python: str = sys.executable) -> list[str]:
+    """The launch's argv. ``python3`` in a plan names the image's interpreter; on a Ray node the engine runs with
+    the node's own (the one Ray runs moxin with)."""
+    argv = list(launch.argv)
     if argv[0] in ("python3", "python"):
         argv[0] = python
     return argv
-
-
-def engine_env(launch: dict[str, Any], devices: list[int], base: dict[str, str]) -> dict[str, str]:
-    env = {**base, **launch["env"]}
-    visibility = launch.get("visibilityEnv")
-    if visibility:
-        env[visibility] = ",".join(str(d) for d in devices)
-    return env
 
 
 class Replica:
@@ -142,14 +134,14 @@ class Replica:
             self._stop.wait(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)])
 
     def _start_engine(self) -> None:
-        launch = self.spec.launch
         self.port = free_port()
+        launch = self.spec.launch.with_port(self.port)
         pidfile = self.log_path.with_suffix(".pid")
         pidfile.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "orchestrator.runtime.guard", "--detach", "--owner-pid", str(os.getpid()),
-                "--grace", str(self.grace_s), "--pidfile", str(pidfile), "--", *engine_argv(launch, self.port)]
-        env = engine_env(launch, _device_ids(self.spec), dict(os.environ))
-        if launch["engine"] == "mlx-lm":  # mlx-lm's /v1/models lists the hub cache, which must exist
+                "--grace", str(self.grace_s), "--pidfile", str(pidfile), "--", *engine_argv(launch)]
+        env = {**os.environ, **launch.env_for(_device_ids(self.spec))}
+        if launch.engine == "mlx-lm":  # mlx-lm's /v1/models lists the hub cache, which must exist
             cache = Path(env.setdefault("HF_HUB_CACHE", str(self.log_path.parent / "hf-cache")))
             cache.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
@@ -177,13 +169,13 @@ class Replica:
         self._start_engine()
         launch = self.spec.launch
         base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + launch["readinessTimeoutSeconds"]
+        deadline = time.monotonic() + launch.readiness_timeout_seconds
         while time.monotonic() < deadline and not self._stop.is_set():
             if not self._engine_alive():
                 self.last_error = f"{self._exit_reason()} while starting (see moxin logs {self.spec.id})"
                 return False
             try:
-                if _get(base + launch["healthPath"], 2) == 200 and _post(
+                if _get(base + launch.health_path, 2) == 200 and _post(
                         base + "/v1/completions", {"model": self.spec.request_model, "prompt": "ping",
                                                    "max_tokens": 1}, 30) == 200:
                     return True
@@ -191,14 +183,14 @@ class Replica:
                 pass
             self._stop.wait(1.0)
         if not self._stop.is_set():
-            self.last_error = f"not ready within {launch['readinessTimeoutSeconds']} s"
+            self.last_error = f"not ready within {launch.readiness_timeout_seconds} s"
             self._kill_engine(self.grace_s)
         return False
 
     def _watch(self) -> None:
         """While ready: the engine process must live and answer its health check."""
         misses = 0
-        url = f"http://127.0.0.1:{self.port}{self.spec.launch['healthPath']}"
+        url = f"http://127.0.0.1:{self.port}{self.spec.launch.health_path}"
         while not self._stop.wait(HEALTH_EVERY_S):
             if not self._engine_alive():
                 self.last_error = self._exit_reason()

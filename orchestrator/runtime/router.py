@@ -22,7 +22,7 @@ from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Balancer, Endpoint, parse_table
-from orchestrator.runtime.desired import LABELS
+from orchestrator.spec.plan import METRIC_LABELS
 from orchestrator.runtime.metrics import RouterMetrics
 
 RETRY_STATUSES = {502, 503}
@@ -99,7 +99,7 @@ class Router:
         while True:
             ep = self.balancer.pick(name, tried, time.monotonic())
             if ep is None:
-                labels = {k: "" for k in LABELS} | {"deployment": name}
+                labels = {k: "" for k in METRIC_LABELS} | {"deployment": name}
                 self.metrics.requests.labels(**labels, code="503").inc()
                 why = "no replica is ready" if not tried else f"every ready replica failed ({len(tried)} tried)"
                 return _error(503, f"deployment {name!r}: {why}; see `moxin status`", "service_unavailable")

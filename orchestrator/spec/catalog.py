@@ -21,6 +21,7 @@ from orchestrator.spec.fleet import Fleet
 from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.loader import Loaded, load_documents
 from orchestrator.spec.model import Model
+from orchestrator.spec.plan import Plan
 from orchestrator.spec.rollout import Rollout
 from orchestrator.spec.suggest import did_you_mean
 
@@ -70,6 +71,10 @@ class Catalog:
     @property
     def rollouts(self) -> dict[str, Rollout]:
         return self._of("Rollout")
+
+    @property
+    def plans(self) -> dict[str, Plan]:
+        return self._of("Plan")
 
     def entry(self, kind: str, name: str) -> Loaded:
         return self.entries[(kind, name)]

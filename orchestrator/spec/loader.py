@@ -23,6 +23,7 @@ from orchestrator.spec.fleet import Fleet
 from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.hfconfig import ConfigError, architecture_from_hf_config
 from orchestrator.spec.model import Model
+from orchestrator.spec.plan import Plan
 from orchestrator.spec.rollout import Rollout
 from orchestrator.spec.suggest import did_you_mean
 from orchestrator.spec.yamlsource import RawDocument, decode, format_path, read_yaml_file
@@ -33,6 +34,7 @@ KINDS: dict[str, type[Document[Any]]] = {
     "Fleet": Fleet,
     "ModelDeployment": ModelDeployment,
     "Rollout": Rollout,
+    "Plan": Plan,
 }
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -90,6 +92,15 @@ def load_documents(paths: list[Path]) -> list[Loaded]:
     if problems:
         raise SpecError(problems)
     return loaded
+
+
+def load_plan(path: Path) -> Plan:
+    """The one Plan document in ``path`` (a file written by ``moxin plan -o yaml``), validated like any document."""
+    plans = [d.doc for d in load_documents([path]) if isinstance(d.doc, Plan)]
+    if len(plans) != 1:
+        raise SpecError([Problem(f"expected one Plan document, found {len(plans)}", str(path), 1,
+                                 hint="pass a file written by `moxin plan -o yaml` (or -o json)")])
+    return plans[0]
 
 
 def validate_document(raw: RawDocument, base_dir: Path | None = None) -> Loaded:

@@ -66,9 +66,9 @@ def test_mlx_launch_has_no_metrics_and_quantized_kv_flags(catalog) -> None:
 def test_readiness_budget_grows_with_the_weights_per_device(catalog) -> None:
     small, big = catalog.model("llama-3.1-8b"), catalog.model("llama-3.1-70b")
     h100 = catalog.profile("nvidia-h100-sxm")
-    t_small = engine_launch(small, small.spec.variant("bf16"), h100).readiness_timeout_s
-    t_big = engine_launch(big, big.spec.variant("bf16"), h100, tp=2).readiness_timeout_s
-    t_big_tp8 = engine_launch(big, big.spec.variant("bf16"), h100, tp=8).readiness_timeout_s
+    t_small = engine_launch(small, small.spec.variant("bf16"), h100).readiness_timeout_seconds
+    t_big = engine_launch(big, big.spec.variant("bf16"), h100, tp=2).readiness_timeout_seconds
+    t_big_tp8 = engine_launch(big, big.spec.variant("bf16"), h100, tp=8).readiness_timeout_seconds
     assert t_small < t_big_tp8 < t_big
 
 

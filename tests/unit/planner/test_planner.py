@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -67,8 +66,8 @@ def test_cost_equals_the_exhaustive_optimum(instance, pools, deps) -> None:
     doc = plan(fleet, deployments, catalog, options=EXACT)
     best, n = _brute_force(fleet, deployments, catalog)
     assert n >= 4 and math.isfinite(best)
-    assert not doc["spec"]["unplaced"]
-    assert doc["status"]["costUsdPerHour"] == pytest.approx(best, rel=1e-6), (doc["status"], best)
+    assert not doc.spec.unplaced
+    assert doc.status.cost_usd_per_hour == pytest.approx(best, rel=1e-6), (doc.status, best)
 
 
 def _greedy_one_at_a_time(fleet, deployments, catalog) -> tuple[float, float]:
@@ -105,9 +104,9 @@ def test_joint_placement_beats_one_at_a_time(instance) -> None:
     doc = plan(fleet, deployments, catalog, options=EXACT)
     greedy_cost, greedy_served = _greedy_one_at_a_time(fleet, deployments, catalog)
     total = sum(d.spec.traffic.requests_per_second for d in deployments)
-    assert not doc["spec"]["unplaced"] and doc["status"]["servedRequestsPerSecond"] == pytest.approx(total)
+    assert not doc.spec.unplaced and doc.status.served_requests_per_second == pytest.approx(total)
     assert greedy_served < total, "the instance no longer defeats one-at-a-time placement"
-    pools = {a["deployment"]: a["pool"] for a in doc["spec"]["assignments"]}
+    pools = {a.deployment: a.pool for a in doc.spec.assignments}
     assert pools == {"d0": "dear", "d1": "cheap"}
     del greedy_cost  # what matters: one-at-a-time leaves d1 unserved
 
@@ -119,8 +118,8 @@ def test_shared_deployment_uses_two_kinds_of_hardware(instance) -> None:
         ["{model: qwen3-30b-a3b, variants: [fp8, mlx-4bit], contextTokens: 16384, traffic: {requestsPerSecond: 30, "
          "promptTokens: 800, outputTokens: 300}, slo: {tpotSeconds: 0.05}}"])
     doc = plan(fleet, deployments, catalog, options=EXACT)
-    engines = {a["engine"] for a in doc["spec"]["assignments"]}
-    assert engines == {"vllm", "mlx-lm"}, doc["spec"]["assignments"]
+    engines = {a.engine for a in doc.spec.assignments}
+    assert engines == {"vllm", "mlx-lm"}, doc.spec.assignments
 
 
 def _check_capacity(doc, fleet, catalog) -> None:
@@ -128,19 +127,19 @@ def _check_capacity(doc, fleet, catalog) -> None:
                 for p in fleet.spec.pools}
     seen = set()
     used = dict.fromkeys(per_node, 0)
-    for a in doc["spec"]["assignments"]:
-        replicas = {p["replica"] for p in a["placements"]}
-        assert len(replicas) == a["replicas"]
-        assert len(a["placements"]) == a["replicas"] * a["pipelineParallel"]
-        for p in a["placements"]:
-            assert len(p["devices"]) == a["tensorParallel"]
-            for dev in p["devices"]:
-                assert 0 <= dev < per_node[a["pool"]]
-                assert (p["node"], dev) not in seen
-                seen.add((p["node"], dev))
-            used[a["pool"]] += len(p["devices"])
+    for a in doc.spec.assignments:
+        replicas = {p.replica for p in a.placements}
+        assert len(replicas) == a.replicas
+        assert len(a.placements) == a.replicas * a.pipeline_parallel
+        for p in a.placements:
+            assert len(p.devices) == a.tensor_parallel
+            for dev in p.devices:
+                assert 0 <= dev < per_node[a.pool]
+                assert (p.node, dev) not in seen
+                seen.add((p.node, dev))
+            used[a.pool] += len(p.devices)
     for pool, n in used.items():
-        assert n <= doc["status"]["devicesTotal"][pool]
+        assert n <= doc.status.devices_total[pool]
 
 
 def test_capacity_holds_per_pool_node_and_device_when_demand_exceeds_the_fleet(instance) -> None:
@@ -153,9 +152,9 @@ def test_capacity_holds_per_pool_node_and_device_when_demand_exceeds_the_fleet(i
          "outputTokens: 200}, slo: {tpotSeconds: 0.03}}"])
     doc = plan(fleet, deployments, catalog)
     _check_capacity(doc, fleet, catalog)
-    assert doc["spec"]["unplaced"], "this fleet cannot serve 600 req/s"
-    assert sum(doc["status"]["devicesUsed"].values()) >= 20  # short of capacity: the fleet is used
-    assert any("capacity short" in r for u in doc["spec"]["unplaced"] for r in u["reasons"])
+    assert doc.spec.unplaced, "this fleet cannot serve 600 req/s"
+    assert sum(doc.status.devices_used.values()) >= 20  # short of capacity: the fleet is used
+    assert any("capacity short" in r for u in doc.spec.unplaced for r in u.reasons)
 
 
 def test_unplaceable_deployment_says_what_would_make_it_fit(instance) -> None:
@@ -164,9 +163,9 @@ def test_unplaceable_deployment_says_what_would_make_it_fit(instance) -> None:
         ["{model: glm-4.6, variants: [bf16], contextTokens: 131072, traffic: {requestsPerSecond: 1, "
          "promptTokens: 1000, outputTokens: 200}}"])
     doc = plan(fleet, deployments, catalog)
-    assert not doc["spec"]["assignments"]
-    (u,) = doc["spec"]["unplaced"]
-    text = " ".join(u["reasons"])
+    assert not doc.spec.assignments
+    (u,) = doc.spec.unplaced
+    text = " ".join(u.reasons)
     assert "needs" in text and "GB" in text and "To fit" in text
 
 
@@ -177,11 +176,11 @@ def test_deterministic_and_stable_against_the_previous_plan(instance) -> None:
     fleet, deployments, catalog = instance(pools, [dep.replace("RPS", "20")])
     one = plan(fleet, deployments, catalog)
     two = plan(fleet, deployments, catalog)
-    assert json.dumps(one["spec"], sort_keys=True) == json.dumps(two["spec"], sort_keys=True)
+    assert one.spec == two.spec
     again = plan(fleet, deployments, catalog, previous=one)
     assert diff(one, again) == []
     fleet, deployments, catalog = instance(pools, [dep.replace("RPS", "40")])
     more = plan(fleet, deployments, catalog, previous=one)
     changes = diff(one, more)
-    assert changes and all(c["change"] in ("scaled", "added") for c in changes), changes
+    assert changes and all(c.change in ("scaled", "added") for c in changes), changes
     _check_capacity(more, fleet, catalog)

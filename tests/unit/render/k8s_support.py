@@ -33,7 +33,7 @@ VENDOR_IMAGES = {"vllm/mlu": "registry.example.com/vllm-mlu:0.9", "vllm/musa": "
 
 
 @functools.cache
-def example(name: str) -> tuple[dict[str, Any], Any, Any]:
+def example(name: str) -> tuple[Any, Any, Any]:
     """(plan, catalog, fleet) of an example, planned with the real planner."""
     from orchestrator.planner import plan
     from orchestrator.spec import load_catalog

@@ -12,7 +12,6 @@ from orchestrator.render.helm import (
     RenderError,
     devices_per_pod,
     helm_values,
-    nodes_per_replica,
     router_config,
 )
 from orchestrator.render.kubernetes import chart_dir, render_chart
@@ -79,55 +78,55 @@ def test_workloads_agree_with_the_plan(example_name):
     values, objects = rendered(example_name)
     engines = {a["id"]: a for a in values["assignments"]}
     external = {a["id"] for a in values["externalAssignments"]}
-    assert len(engines) + len(external) == len(plan["spec"]["assignments"])
-    for a in plan["spec"]["assignments"]:
-        launch = a["launch"]
+    assert len(engines) + len(external) == len(plan.spec.assignments)
+    for a in plan.spec.assignments:
+        launch = a.launch
         match = [v for v in engines.values() if (v["deployment"], v["variant"], v["pool"]) ==
-                 (a["deployment"], a["variant"], a["pool"])]
+                 (a.deployment, a.variant, a.pool)]
         if not match:
             continue  # an external (Apple) assignment, checked below
         v = match[0]
         obj = _workload(objects, v)
-        group = nodes_per_replica(a)
+        group = a.nodes_per_replica()
         assert obj["kind"] == ("LeaderWorkerSet" if group > 1 else "Deployment")
-        assert obj["spec"]["replicas"] == a["replicas"]
+        assert obj["spec"]["replicas"] == a.replicas
         if group > 1:
             assert obj["spec"]["leaderWorkerTemplate"]["size"] == group
-        profile = catalog.profile(a["hardware"])
+        profile = catalog.profile(a.hardware)
         resource = profile.spec.kubernetes.resource
         for role, pod in _engine_pod_specs(obj):
             (c,) = pod["containers"]
-            assert c["image"] == (launch["image"] or VENDOR_IMAGES.get(f"{launch['engine']}/{launch['platform']}")
+            assert c["image"] == (launch.image or VENDOR_IMAGES.get(f"{launch.engine}/{launch.platform}")
                                   or c["image"])
-            if launch["image"]:
-                assert c["image"] == launch["image"]
+            if launch.image:
+                assert c["image"] == launch.image
             limits = c["resources"].get("limits", {})
-            if a["emulated"] or resource is None:
+            if a.emulated or resource is None:
                 assert not [k for k in limits if "/" in k], "emulated pools request no vendor device"
             else:
                 assert limits[resource] == devices_per_pod(a)
                 assert c["resources"]["requests"][resource] == devices_per_pod(a)
-                assert sum(len(p["devices"]) for p in a["placements"]) == a["replicas"] * a["devicesPerReplica"]
+                assert sum(len(p.devices) for p in a.placements) == a.replicas * a.devices_per_replica
                 assert {"key": resource, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-            for k, val in launch["env"].items():
+            for k, val in launch.env.items():
                 assert {"name": k, "value": val} in c["env"]
-            if profile.spec.kubernetes.node_selector and not a["emulated"]:
+            if profile.spec.kubernetes.node_selector and not a.emulated:
                 assert profile.spec.kubernetes.node_selector.items() <= pod["nodeSelector"].items()
             assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
             if role == "worker":
                 assert "LWS_LEADER_ADDRESS" in c["command"][2] and "--block" in c["command"][2]
                 continue
             if role == "pod":
-                assert c["command"] == launch["argv"]
+                assert c["command"] == launch.argv
             else:
                 assert c["command"][:2] == ["/bin/sh", "-c"] and "ray start --head" in c["command"][2]
-                assert c["args"] == launch["argv"]
-                assert "--distributed-executor-backend" in launch["argv"]
-            assert c["ports"][0]["containerPort"] == launch["port"]
+                assert c["args"] == launch.argv
+                assert "--distributed-executor-backend" in launch.argv
+            assert c["ports"][0]["containerPort"] == launch.port
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                assert c[probe]["httpGet"]["path"] == launch["healthPath"]
+                assert c[probe]["httpGet"]["path"] == launch.health_path
             start = c["startupProbe"]
-            assert start["periodSeconds"] * start["failureThreshold"] >= launch["readinessTimeoutSeconds"]
+            assert start["periodSeconds"] * start["failureThreshold"] >= launch.readiness_timeout_seconds
 
 
 def test_emulated_pools_run_on_cpu_and_say_so():
@@ -148,7 +147,7 @@ def test_every_object_carries_the_labels_moxin_prunes_and_selects_by(example_nam
         assert labels["app.kubernetes.io/name"] == "moxin"
         assert labels["app.kubernetes.io/instance"] == "moxin"
         assert labels["app.kubernetes.io/managed-by"]
-        assert labels["moxin.dev/plan"] == plan["metadata"]["name"]
+        assert labels["moxin.dev/plan"] == plan.metadata.name
         if obj["kind"] != "ServiceAccount" and labels.get("app.kubernetes.io/component") == "engine":
             assert {"moxin.dev/assignment", "moxin.dev/deployment", "moxin.dev/pool", "moxin.dev/variant"} <= set(labels)
 
@@ -172,15 +171,15 @@ def test_every_assignment_has_a_service_a_budget_and_a_monitor_when_it_serves_me
 def test_apple_pools_become_a_selectorless_service_and_an_endpointslice_of_the_placed_macs():
     plan, _, _ = example("maas")
     _, objects = rendered("maas")
-    (mac,) = [a for a in plan["spec"]["assignments"] if a["pool"] == "mac-studio"]
+    (mac,) = [a for a in plan.spec.assignments if a.pool == "mac-studio"]
     name = "qwen3-30b-mlx-3bit-mac-studio"
     svc = by_kind(objects, "Service")[name]
     assert "selector" not in svc["spec"]
     slices = [o for o in objects if o["kind"] == "EndpointSlice"
               and o["metadata"]["labels"]["kubernetes.io/service-name"] == name]
     assert [s["addressType"] for s in slices] == ["FQDN"]
-    assert [e["addresses"][0] for e in slices[0]["endpoints"]] == [p["node"] for p in mac["placements"]]
-    assert slices[0]["ports"][0]["port"] == mac["launch"]["port"]
+    assert [e["addresses"][0] for e in slices[0]["endpoints"]] == [p.node for p in mac.placements]
+    assert slices[0]["ports"][0]["port"] == mac.launch.port
     _, vendor_objects = rendered("vendors")
     ip_slices = [o for o in vendor_objects if o["kind"] == "EndpointSlice"]
     assert {s["addressType"] for s in ip_slices} == {"IPv4"}
@@ -194,11 +193,11 @@ def test_router_configmap_holds_the_router_config_of_the_plan(example_name):
     assert config == router_config(plan, "moxin")
     for name, routes in config["deployments"].items():
         for route in routes:
-            a = next(x for x in plan["spec"]["assignments"] if x["deployment"] == name
-                     and route["labels"]["variant"] == x["variant"] and route["labels"]["pool"] == x["pool"])
-            assert route["url"] == f"http://{route['name']}.moxin.svc:{a['launch']['port']}"
-            assert math.isclose(route["weight"], a["predicted"]["capacityRequestsPerSecond"] * a["replicas"])
-            assert route["requestModel"] == a["launch"]["requestModel"]
+            a = next(x for x in plan.spec.assignments if x.deployment == name
+                     and route["labels"]["variant"] == x.variant and route["labels"]["pool"] == x.pool)
+            assert route["url"] == f"http://{route['name']}.moxin.svc:{a.launch.port}"
+            assert math.isclose(route["weight"], a.predicted.capacity_requests_per_second * a.replicas)
+            assert route["requestModel"] == a.launch.request_model
             assert route["labels"]["emulated"] in ("true", "false")
     router = by_kind(objects, "Deployment")["moxin-router"]
     (c,) = router["spec"]["template"]["spec"]["containers"]

@@ -9,6 +9,7 @@ import yaml
 from k8s_support import by_kind, crd_validator, example, validate
 
 from orchestrator.render.kuberay import RAY_CLIENT_PORT, kuberay_objects, ray_start_params
+from orchestrator.spec.plan import Plan
 
 pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed (the k8s extra)")
 
@@ -60,7 +61,7 @@ def test_the_job_runs_moxin_apply_on_the_plan_against_the_head():
     assert c["command"][:4] == ["moxin", "apply", "-f", "/etc/moxin/plan.yaml"]
     assert c["command"][-1] == f"ray://moxin-maas-head-svc.serving.svc:{RAY_CLIENT_PORT}"
     (cm,) = [o for o in result.objects if o["kind"] == "ConfigMap"]
-    assert yaml.safe_load(cm["data"]["plan.yaml"]) == plan
+    assert Plan.model_validate(yaml.safe_load(cm["data"]["plan.yaml"])) == plan
     assert any("mac-studio" in w and "ray start --address" in w for w in result.warnings)
     assert any("h200" in w and "--image h200=" in w for w in result.warnings)
 

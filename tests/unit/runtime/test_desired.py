@@ -29,21 +29,21 @@ def maas_plan():
 
 def test_every_replica_of_the_plan_gets_a_spec_with_its_assignments_launch(maas_plan):
     specs = replica_specs(maas_plan)
-    assignments = maas_plan["spec"]["assignments"]
-    assert len(specs) == sum(a["replicas"] for a in assignments)
+    assignments = maas_plan.spec.assignments
+    assert len(specs) == sum(a.replicas for a in assignments)
     assert len({s.id for s in specs}) == len(specs)
     for a in assignments:
-        mine = [s for s in specs if s.labels["pool"] == a["pool"] and s.labels["variant"] == a["variant"]
-                and s.deployment == a["deployment"]]
-        assert len(mine) == a["replicas"]
-        pool = next(p for p in maas_plan["spec"]["pools"] if p["name"] == a["pool"])
+        mine = [s for s in specs if s.labels["pool"] == a.pool and s.labels["variant"] == a.variant
+                and s.deployment == a.deployment]
+        assert len(mine) == a.replicas
+        pool = next(p for p in maas_plan.spec.pools if p.name == a.pool)
         for s in mine:
-            assert s.launch is a["launch"]
+            assert s.launch is a.launch
             # Every bundle asks for the profile's resource; together they hold the replica's devices.
-            assert sum(b[pool["rayResource"]] for b in s.bundles) == a["devicesPerReplica"]
-            assert all(b[f"accelerator_type:{pool['acceleratorType']}"] > 0 for b in s.bundles)
+            assert sum(b[pool.ray_resource] for b in s.bundles) == a.devices_per_replica
+            assert all(b[f"accelerator_type:{pool.accelerator_type}"] > 0 for b in s.bundles)
             assert s.strategy == ("STRICT_PACK" if len(set(s.nodes)) == 1 else "STRICT_SPREAD")
-            assert s.weight == a["predicted"]["capacityRequestsPerSecond"]
+            assert s.weight == a.predicted.capacity_requests_per_second
 
 
 def test_nodes_are_pinned_only_where_the_cluster_has_them(local_plan):
@@ -59,15 +59,15 @@ def test_nodes_are_pinned_only_where_the_cluster_has_them(local_plan):
 
 def test_emulated_replicas_run_their_engine_for_the_cpu_from_the_model_root(local_plan):
     specs = {s.labels["engine"]: s for s in replica_specs(local_plan)}
-    assert specs["vllm"].launch["platform"] == "cpu" and specs["vllm"].labels["hardware"] == "nvidia-h100-sxm"
-    assert "/cache/models/tiny-llama/bf16" in specs["vllm"].launch["argv"]
+    assert specs["vllm"].launch.platform == "cpu" and specs["vllm"].labels["hardware"] == "nvidia-h100-sxm"
+    assert "/cache/models/tiny-llama/bf16" in specs["vllm"].launch.argv
     assert specs["mlx-lm"].request_model == "default_model"
     assert specs["vllm"].request_model == "tiny-chat"
     assert all(s.labels["emulated"] == "true" for s in specs.values())
 
 
 def test_the_local_cluster_has_one_ray_node_per_fleet_node_with_its_profiles_resources(local_plan):
-    nodes = {n.name: n for n in layout(local_plan["spec"]["pools"])}
+    nodes = {n.name: n for n in layout(local_plan.spec.pools)}
     assert set(nodes) == {"gpu-emu-0", "mac-emu-0"}
     assert nodes["gpu-emu-0"].num_gpus == 1 and "GPU" not in nodes["gpu-emu-0"].resources
     assert nodes["gpu-emu-0"].resources == {"accelerator_type:H100": 1.0, "moxin-node-gpu-emu-0": 1.0}
