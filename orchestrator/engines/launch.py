@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator.engines import mlx, vllm
-from orchestrator.engines.compat import check
+from orchestrator.compat import check
 from orchestrator.errors import MoxinError
 from orchestrator.estimate.estimator import EngineSettings, estimate
 from orchestrator.spec.hardware import HardwareProfile
