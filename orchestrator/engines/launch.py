@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from orchestrator.engines import mlx, vllm
-from orchestrator.engines.compat import check
+from orchestrator.compat import check
 from orchestrator.errors import MoxinError
 from orchestrator.estimate.estimator import EngineSettings, estimate
 from orchestrator.spec.hardware import HardwareProfile

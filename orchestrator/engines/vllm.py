@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.engines.compat import quantization_flag
+from orchestrator.compat import quantization_flag
 from orchestrator.estimate.estimator import EngineSettings, Estimate
 from orchestrator.estimate.memory import GiB
 from orchestrator.spec.hardware import EngineSupport, HardwareProfile

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from orchestrator.engines.compat import Verdict, check
+from orchestrator.compat import Verdict, check
 from orchestrator.estimate.calibration import Calibration, format_class, lookup
 from orchestrator.estimate.memory import (
     GiB,
@@ -57,7 +57,7 @@ class Estimate:
     engine: str | None
     platform: str | None
     support: str
-    """'supported', 'unsupported' or 'unknown' (engines.compat); an unknown combination is estimated
+    """'supported', 'unsupported' or 'unknown' (orchestrator.compat); an unknown combination is estimated
     as if it ran, and says so in reasons."""
     fits: bool
     tensor_parallel: int

@@ -15,7 +15,7 @@ class Cell:
     variant: str
     hardware: str
     support: str
-    """'supported', 'unsupported' or 'unknown' (engines.compat)."""
+    """'supported', 'unsupported' or 'unknown' (orchestrator.compat)."""
     engine: str | None
     fits: bool
     devices: int | None

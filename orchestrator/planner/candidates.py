@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from orchestrator.engines.compat import check
+from orchestrator.compat import check
 from orchestrator.estimate.estimator import Estimate, estimate
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.deployment import ModelDeployment

@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator.errors import MoxinError
 from orchestrator.runtime import local
+from orchestrator.runtime.names import CONTROLLER, HEAD, KV_PLAN, NAMESPACE
 from orchestrator.spec.plan import Plan
 
 ALL_READY_TIMEOUT_S = 900.0
@@ -41,8 +42,6 @@ def resolve_address(address: str | None) -> tuple[str, bool]:
 
 def connect(address: str) -> Any:
     ray = _ray()
-    from orchestrator.runtime.controller import NAMESPACE
-
     if not ray.is_initialized():
         try:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
@@ -53,7 +52,7 @@ def connect(address: str) -> Any:
 
 def controller(address: str, create: bool = False, options: dict[str, Any] | None = None) -> Any:
     ray = connect(address)
-    from orchestrator.runtime.controller import CONTROLLER, HEAD, NAMESPACE, Controller
+    from orchestrator.runtime.controller import Controller
 
     try:
         return ray.get_actor(CONTROLLER, namespace=NAMESPACE)
@@ -75,7 +74,7 @@ def apply(address: str, plan: Plan, options: dict[str, Any] | None = None) -> di
 def current_plan(address: str) -> Plan | None:
     """The plan the controller holds (the previous plan of the next apply), or None."""
     connect(address)
-    from orchestrator.runtime.controller import KV_PLAN, kv_get
+    from orchestrator.runtime.controller import kv_get
 
     saved = kv_get(KV_PLAN)
     return None if saved is None else Plan.model_validate(saved)
@@ -108,8 +107,6 @@ def down(address: str | None) -> list[str]:
     except MoxinError:
         return ["nothing is running"]
     ray = connect(addr)
-    from orchestrator.runtime.controller import CONTROLLER, NAMESPACE
-
     try:
         handle = ray.get_actor(CONTROLLER, namespace=NAMESPACE)
     except ValueError:

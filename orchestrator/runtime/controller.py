@@ -27,19 +27,20 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from orchestrator.output import write_atomic
 from orchestrator.runtime.desired import ReplicaSpec, replica_specs
 from orchestrator.runtime.metrics import ControllerMetrics
+from orchestrator.runtime.names import (
+    HEAD,
+    KV_OPTIONS,
+    KV_PLAN,
+    NAMESPACE,
+    PG_PREFIX,
+    REPLICA_PREFIX,
+    ROUTER_PREFIX,
+)
 from orchestrator.runtime.reconcile import Action, Drain, Observed, Start, State, Stop, decide
 from orchestrator.runtime.replica import Replica
 from orchestrator.spec.hardware import NODE_RESOURCE_PREFIX
 from orchestrator.spec.plan import Plan
 
-NAMESPACE = "moxin"
-CONTROLLER = "moxin-controller"
-REPLICA_PREFIX = "moxin-replica:"
-PG_PREFIX = "moxin-pg:"
-ROUTER_PREFIX = "moxin-router-"
-KV_PLAN = b"desired-plan"
-KV_OPTIONS = b"options"
-HEAD = {"node:__internal_head__": 0.001}
 LOOP_S = 1.0
 OBSERVE_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 40.0

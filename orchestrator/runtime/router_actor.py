@@ -10,6 +10,7 @@ import socket
 import ray
 from aiohttp import web
 
+from orchestrator.runtime.names import CONTROLLER, NAMESPACE
 from orchestrator.runtime.router import Router, serve
 
 REFRESH_S = 1.0
@@ -24,8 +25,6 @@ class RouterActor:
         self._task: asyncio.Task | None = None
 
     async def _run(self) -> None:
-        from orchestrator.runtime.controller import CONTROLLER, NAMESPACE
-
         await serve(self.router, self.host, self.port)
         controller = None
         # Several routers share the public port (the kernel picks one per connection), so each also serves its

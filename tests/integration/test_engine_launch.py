@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.engines.compat import check
+from orchestrator.compat import check
 from orchestrator.engines.launch import UnsupportedError, engine_launch
 from orchestrator.spec import load_catalog
 

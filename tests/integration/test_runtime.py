@@ -287,7 +287,7 @@ def test_kill_9_of_an_engine_restarts_it_and_it_serves_again_within_90_s(up):
 def test_a_restarted_controller_adopts_the_running_replicas(up):
     import ray
 
-    from orchestrator.runtime.controller import CONTROLLER, NAMESPACE, REPLICA_PREFIX
+    from orchestrator.runtime.names import CONTROLLER, NAMESPACE, REPLICA_PREFIX
 
     before = {r["id"]: r["enginePid"] for r in status(up["env"])["replicas"]}
     info = json.loads((up["home"] / "cluster.json").read_text())
@@ -322,7 +322,7 @@ def test_a_restarted_controller_adopts_the_running_replicas(up):
 def test_a_crashed_replica_actor_takes_its_engine_with_it_and_is_replaced(up):
     import ray
 
-    from orchestrator.runtime.controller import NAMESPACE, REPLICA_PREFIX
+    from orchestrator.runtime.names import NAMESPACE, REPLICA_PREFIX
 
     before = by_engine(status(up["env"]))["mlx-lm"]
     info = json.loads((up["home"] / "cluster.json").read_text())

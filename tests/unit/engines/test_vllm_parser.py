@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.engines.compat import check
+from orchestrator.compat import check
 from orchestrator.engines.launch import engine_launch
 from orchestrator.estimate.estimator import estimate
 

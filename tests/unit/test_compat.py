@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.engines import compat
-from orchestrator.engines.compat import check
+from orchestrator import compat
+from orchestrator.compat import check
 from orchestrator.spec.formats import FORMATS, Format
 
 

@@ -1,6 +1,7 @@
 """Can engine E on hardware H load and run variant V? supported | unsupported(reason) | unknown(reason).
 
-Pure. Two kinds of evidence, both named:
+Pure, and it reads only spec/: the estimator, the engines' launch and the planner all ask it, so it sits
+below them. Two kinds of evidence, both named:
 - the profile's data: which engines serve the hardware, the quantization methods each declares (vLLM's
   ``--quantization`` names, a plugin's own names, or 'mlx'), aliases from a checkpoint's method to the
   plugin's name, the numeric formats the matrix units compute in;
