@@ -234,7 +234,7 @@ class Controller:
             if ref not in ready:
                 self.states[rid] = State.PENDING  # actor not created yet: its placement group waits for resources
         out = {rid: Observed(rid, self.described.get(rid, {}).get("specHash", ""), self.states[rid],
-                             self.draining.get(rid)) for rid in live}
+                             self.draining.get(rid), self.described.get(rid, {}).get("stateSince")) for rid in live}
         out |= {rid: Observed(rid, "", State.STOPPING) for rid in self.stopping}
         return out
 

@@ -15,6 +15,11 @@ DRAIN_S = 10.0
 """How long a replica leaves the routing tables before it is stopped (routers refresh every second)."""
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
+STARTING_MARGIN_S = 120.0
+"""How long a replica may stay STARTING or RESTARTING beyond its engine's readiness timeout before it counts as
+stuck. The longest a healthy replica's supervisor spends in one of these states past that timeout: starting the
+guard (up to 40 s), a last readiness probe (up to 32 s) and stopping an engine that did not get ready (grace + 5 s,
+20 s at the default grace); a RESTARTING backoff is at most 30 s plus the guard's start."""
 
 
 class State(str, Enum):
@@ -33,6 +38,8 @@ class Observed:
     spec_hash: str
     state: State
     draining_since: float | None = None
+    since: float | None = None
+    """When the replica entered ``state`` (its node's clock; seconds of skew do not matter here), None if unknown."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,11 @@ def backoff_s(failures: int) -> float:
     return 0.0 if failures <= 0 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
 
 
+def readiness_budget_s(spec: ReplicaSpec) -> float:
+    """How long the replica may stay STARTING (or RESTARTING) before the controller treats it as failed."""
+    return spec.launch["readinessTimeoutSeconds"] + STARTING_MARGIN_S
+
+
 def decide(desired: list[ReplicaSpec], observed: dict[str, Observed], failures: dict[str, tuple[int, float]],
            now: float, drain_s: float = DRAIN_S) -> list[Action]:
     """``failures`` maps a replica id to (consecutive failures, time of the last one)."""
@@ -82,6 +94,11 @@ def decide(desired: list[ReplicaSpec], observed: dict[str, Observed], failures: 
                 actions.append(Drain(rid, why))
             elif now - obs.draining_since >= drain_s:
                 actions.append(Stop(rid, why))
+        elif obs.state in (State.STARTING, State.RESTARTING) and obs.since is not None:
+            budget = readiness_budget_s(spec)
+            if now - obs.since > budget:  # its supervisor is stuck or gone: it would never be READY nor FAILED
+                actions.append(Stop(rid, f"{obs.state.value} for {now - obs.since:.0f} s, past its readiness "
+                                         f"budget of {budget:.0f} s", failed=True))
     for rid, spec in wanted.items():
         if rid in observed:
             continue

@@ -73,13 +73,14 @@ class Replica:
         self.grace_s = grace_s
         self.log_path = Path(log_dir) / f"{spec.id}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.state = State.STARTING
+        self._state = State.STARTING
+        self.state_since = time.time()  # when it entered its current state: the controller judges stuck starts by it
         self.restarts = 0
         self.last_error = ""
         self.port = 0
         self.engine_pid: int | None = None
         self.guard_pid: int | None = None
-        self.started_at = time.time()
+        self.started_at = self.state_since
         self.ready_at: float | None = None
         self.host = node_ip()
         self.node_id = _node_id()
@@ -88,9 +89,19 @@ class Replica:
         self._thread = threading.Thread(target=self._supervise, name=f"replica-{spec.id}", daemon=True)
         self._thread.start()
 
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        if value != self._state:
+            self._state, self.state_since = value, time.time()
+
     # -- what the controller reads -------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         return {"id": self.spec.id, "specHash": self.spec.spec_hash, "state": self.state.value,
+                "stateSince": self.state_since,
                 "url": f"http://{self.host}:{self.port}" if self.port else None, "host": self.host,
                 "enginePid": self.engine_pid, "guardPid": self.guard_pid,
                 "restarts": self.restarts, "lastError": self.last_error, "startedAt": self.started_at,
@@ -113,6 +124,16 @@ class Replica:
 
     # -- supervision ---------------------------------------------------------------------------------------------
     def _supervise(self) -> None:
+        """The supervision thread. Whatever goes wrong in it ends in FAILED with the reason and the engine stopped,
+        never in a thread that is gone while the replica still says STARTING or READY."""
+        try:
+            self._supervise_loop()
+        except Exception as e:  # the top of the thread: the controller replaces a FAILED replica
+            self.last_error = f"supervisor stopped: {type(e).__name__}: {str(e).strip()}"
+            self.state = State.FAILED
+            self._kill_engine(self.grace_s)
+
+    def _supervise_loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
             ok = self._start_and_wait_ready()
@@ -138,6 +159,8 @@ class Replica:
         launch = self.spec.launch.with_port(self.port)
         pidfile = self.log_path.with_suffix(".pid")
         pidfile.unlink(missing_ok=True)
+        with self._lock:  # the last engine's pids: gone, and possibly reused by now
+            self.guard_pid = self.engine_pid = None
         argv = [sys.executable, "-m", "orchestrator.runtime.guard", "--detach", "--owner-pid", str(os.getpid()),
                 "--grace", str(self.grace_s), "--pidfile", str(pidfile), "--", *engine_argv(launch)]
         env = {**os.environ, **launch.env_for(_device_ids(self.spec))}
@@ -210,20 +233,30 @@ class Replica:
         if guard is None:
             return
         if alive(guard):
-            os.kill(guard, signal.SIGTERM)
+            _signal(guard, signal.SIGTERM)
             deadline = time.monotonic() + grace_s + 5
             while alive(guard) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if alive(guard):
-                os.kill(guard, signal.SIGKILL)
+                _signal(guard, signal.SIGKILL)
         if engine:  # the guard is gone; make sure nothing of the engine's group is left
             stop_group(engine, 0.0)
+
+
+def _signal(pid: int, signum: int) -> None:
+    """Signal a process that was alive a moment ago; one that has exited since needs nothing more."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _node_id() -> str | None:
     try:
         import ray
 
+        if not ray.is_initialized():  # not in a Ray worker: asking the runtime context would start Ray
+            return None
         return ray.get_runtime_context().get_node_id()
     except Exception:
         return None
@@ -234,6 +267,8 @@ def _device_ids(spec: ReplicaSpec) -> list[int]:
     try:
         import ray
 
+        if not ray.is_initialized():  # not in a Ray worker (unit use): the plan's choice
+            return list(spec.devices)
         ids = ray.get_runtime_context().get_accelerator_ids()
         resource = next(iter(spec.bundles[0]))
         granted = ids.get(resource) or []

@@ -14,17 +14,20 @@ from orchestrator.runtime.reconcile import (
     Stop,
     backoff_s,
     decide,
+    readiness_budget_s,
 )
 
 
 def spec(rid: str, spec_hash: str = "h1") -> ReplicaSpec:
-    return ReplicaSpec(id=rid, deployment="d", labels={}, launch={"argv": []}, bundles=[{"GPU": 1.0}],
+    return ReplicaSpec(id=rid, deployment="d", labels={}, launch={"argv": [], "readinessTimeoutSeconds": 210},
+                       bundles=[{"GPU": 1.0}],
                        strategy="STRICT_PACK", nodes=["n-0"], devices=[0], weight=1.0, cost_usd_per_hour=None,
                        spec_hash=spec_hash)
 
 
-def obs(rid: str, state: State = State.READY, spec_hash: str = "h1", draining: float | None = None) -> Observed:
-    return Observed(rid, spec_hash, state, draining)
+def obs(rid: str, state: State = State.READY, spec_hash: str = "h1", draining: float | None = None,
+        since: float | None = None) -> Observed:
+    return Observed(rid, spec_hash, state, draining, since)
 
 
 def test_missing_replicas_start_and_healthy_ones_are_left_alone():
@@ -73,3 +76,22 @@ def test_a_scale_down_and_a_new_variant_at_once():
     observed = {"a": obs("a"), "b-1": obs("b-1")}
     actions = decide([spec("a"), spec("c-0")], observed, {}, now=50.0)
     assert actions == [Drain("b-1", "not in the plan"), Start(spec("c-0"), "missing")]
+
+
+def test_a_replica_starting_within_its_readiness_budget_is_left_alone():
+    assert readiness_budget_s(spec("a")) == 330.0  # the launch's 210 s and the margin for the supervisor
+    for state in (State.STARTING, State.RESTARTING):
+        assert decide([spec("a")], {"a": obs("a", state, since=1000.0)}, {}, now=1330.0) == []
+    assert decide([spec("a")], {"a": obs("a", State.STARTING)}, {}, now=1e9) == []  # since unknown: no judgement
+
+
+@pytest.mark.parametrize("state", [State.STARTING, State.RESTARTING])
+def test_a_replica_stuck_past_its_readiness_budget_is_stopped_as_a_failure(state):
+    """Its supervisor is stuck or gone: it would neither get ready nor report FAILED, so the controller acts."""
+    actions = decide([spec("a")], {"a": obs("a", state, since=1000.0)}, {}, now=1412.0)
+    assert actions == [Stop("a", f"{state.value} for 412 s, past its readiness budget of 330 s", failed=True)]
+
+
+def test_a_replica_ready_for_long_is_left_alone_and_one_stuck_but_unwanted_is_stopped_as_unwanted():
+    assert decide([spec("a")], {"a": obs("a", State.READY, since=0.0)}, {}, now=1e9) == []
+    assert decide([], {"a": obs("a", State.STARTING, since=0.0)}, {}, now=1e9) == [Stop("a", "not in the plan")]
