@@ -72,7 +72,7 @@ def backoff_s(failures: int) -> float:
 
 def readiness_budget_s(spec: ReplicaSpec) -> float:
     """How long the replica may stay STARTING (or RESTARTING) before the controller treats it as failed."""
-    return spec.launch["readinessTimeoutSeconds"] + STARTING_MARGIN_S
+    return spec.launch.readiness_timeout_seconds + STARTING_MARGIN_S
 
 
 def decide(desired: list[ReplicaSpec], observed: dict[str, Observed], failures: dict[str, tuple[int, float]],

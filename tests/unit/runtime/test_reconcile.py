@@ -16,10 +16,16 @@ from orchestrator.runtime.reconcile import (
     decide,
     readiness_budget_s,
 )
+from orchestrator.spec.plan import EngineLaunch
+
+
+LAUNCH = EngineLaunch(engine="vllm", platform="cpu", argv=["vllm", "--port", "8000"], port=8000, health_path="/health",
+                      metrics_path=None, readiness_timeout_seconds=210, image=None, visibility_env=None,
+                      served_model_name="m", request_model="m", model_path="/m")
 
 
 def spec(rid: str, spec_hash: str = "h1") -> ReplicaSpec:
-    return ReplicaSpec(id=rid, deployment="d", labels={}, launch={"argv": [], "readinessTimeoutSeconds": 210},
+    return ReplicaSpec(id=rid, deployment="d", labels={}, launch=LAUNCH,
                        bundles=[{"GPU": 1.0}],
                        strategy="STRICT_PACK", nodes=["n-0"], devices=[0], weight=1.0, cost_usd_per_hour=None,
                        spec_hash=spec_hash)

@@ -18,6 +18,7 @@ from orchestrator.runtime.desired import ReplicaSpec
 from orchestrator.runtime.guard import alive, stop_group
 from orchestrator.runtime.reconcile import State
 from orchestrator.runtime.replica import Replica
+from orchestrator.spec.plan import EngineLaunch
 
 # A stand-in engine: answers /health and /v1/completions, until the file named by its first argument exists; then
 # /health answers with something that is not HTTP.
@@ -60,8 +61,9 @@ def make(tmp_path):
     made: list[Replica] = []
 
     def _make(argv: list[str], readiness_s: int = 10) -> Replica:
-        launch = {"engine": "vllm", "argv": argv, "env": {}, "healthPath": "/health",
-                  "readinessTimeoutSeconds": readiness_s, "servedModelName": "m"}
+        launch = EngineLaunch(engine="vllm", platform="cpu", argv=argv, port=8000, health_path="/health",
+                              metrics_path=None, readiness_timeout_seconds=readiness_s, image=None,
+                              visibility_env=None, served_model_name="m", request_model="m", model_path="/m")
         spec = ReplicaSpec(id=f"r{len(made)}", deployment="d", labels={}, launch=launch, bundles=[{"GPU": 1.0}],
                            strategy="STRICT_PACK", nodes=["n-0"], devices=[0], weight=1.0, cost_usd_per_hour=None,
                            spec_hash="h")
