@@ -12,6 +12,7 @@ from k8s_support import VENDOR_IMAGES, example
 from pydantic import ValidationError
 
 from orchestrator.render.helm import deep_merge, helm_values
+from orchestrator.render.kuberay import kuberay_values
 from orchestrator.render.kubernetes import chart_dir
 from orchestrator.render.values import ChartValues, values_schema, values_schema_text
 
@@ -43,11 +44,14 @@ def test_values_yaml_holds_the_models_defaults():
 
 def _rendered_values(name: str, kind: str) -> dict:
     plan, catalog, fleet = example(name)
-    values = helm_values(plan, catalog, fleet=fleet, images=VENDOR_IMAGES).values
+    if kind == "helm":
+        values = helm_values(plan, catalog, fleet=fleet, images=VENDOR_IMAGES).values
+    else:
+        values = kuberay_values(plan, catalog, fleet=fleet).values
     return deep_merge(_chart_defaults(), values)  # what Helm validates: the values over the chart's defaults
 
 
-@pytest.mark.parametrize("kind", ["helm"])
+@pytest.mark.parametrize("kind", ["helm", "kuberay"])
 def test_values_moxin_writes_are_valid_by_the_models_and_the_schema(example_name, kind):
     values = _rendered_values(example_name, kind)
     ChartValues.model_validate(values)
