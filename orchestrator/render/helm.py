@@ -194,29 +194,39 @@ def node_selector(emulated: bool, profile: HardwareProfile, pool: Pool | None) -
     return dict(sorted(selector.items()))
 
 
+def device_placement(emulated: bool, profile: HardwareProfile, pool: Pool | None) -> dict[str, Any]:
+    """Chart values of a pod holding this profile's devices (an engine pod, or a KubeRay worker pod): the
+    vendor's extended resource ("" for emulated pools: CPU pods), the node selector, a toleration for the
+    resource's taint, and the profile's runtime class (not for emulated pools)."""
+    resource = None if emulated else profile.spec.kubernetes.resource
+    out: dict[str, Any] = {
+        "deviceResource": resource or "", "nodeSelector": node_selector(emulated, profile, pool),
+        "tolerations": [{"key": resource, "operator": "Exists", "effect": "NoSchedule"}] if resource else [],
+    }
+    runtime_class = profile.spec.kubernetes.runtime_class_name
+    if runtime_class and not emulated:
+        out["runtimeClassName"] = runtime_class
+    return out
+
+
 def engine_assignment(a: Assignment, name: str, profile: HardwareProfile, pool: Pool | None,
                       images: Mapping[str, str], moxin_image: str, mount_path: str) -> dict[str, Any]:
     launch = a.launch
     group = a.nodes_per_replica()
     devices = devices_per_pod(a)
-    resource = None if a.emulated else profile.spec.kubernetes.resource
     out: dict[str, Any] = {
         "id": name, "deployment": a.deployment, "model": a.model, "variant": a.variant, "pool": a.pool,
         "hardware": a.hardware, "engine": a.engine, "platform": launch.platform,
         "emulated": a.emulated, "kind": "LeaderWorkerSet" if group > 1 else "Deployment",
         "replicas": a.replicas, "groupSize": group, "devicesPerPod": devices,
-        "deviceResource": resource or "", "image": engine_image(a, images, moxin_image),
+        "image": engine_image(a, images, moxin_image),
         "argv": list(launch.argv), "env": dict(launch.env), "port": launch.port,
         "healthPath": launch.health_path, "metricsPath": launch.metrics_path or "",
         "readinessTimeoutSeconds": launch.readiness_timeout_seconds,
-        "nodeSelector": node_selector(a.emulated, profile, pool),
-        "tolerations": [{"key": resource, "operator": "Exists", "effect": "NoSchedule"}] if resource else [],
+        **device_placement(a.emulated, profile, pool),
         "modelSubPath": model_sub_path(launch.model_path, mount_path),
         "labels": assignment_labels(a),
     }
-    runtime_class = profile.spec.kubernetes.runtime_class_name
-    if runtime_class and not a.emulated:
-        out["runtimeClassName"] = runtime_class
     if a.emulated:
         out["sharedMemorySize"] = EMULATED_SHM
     if group > 1:

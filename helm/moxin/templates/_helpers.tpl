@@ -56,38 +56,125 @@ Refuse a namespace other than the one the plan's router URLs name.
 {{- end }}
 
 {{/*
-Volumes of an engine pod: shared memory, scratch space for a read-only root filesystem, model storage.
+Pod pieces shared by every pod moxin runs (engine Deployments and LeaderWorkerSets, KubeRay head and
+worker pods, the `moxin apply` Job), so that a security, storage or placement change is made here once.
 */}}
-{{- define "moxin.engineVolumes" -}}
+
+{{/* Pod-level security (engine.podSecurityContext): non-root, seccomp RuntimeDefault. */}}
+{{- define "moxin.podSecurityContext" -}}
+{{- toYaml .Values.engine.podSecurityContext }}
+{{- end }}
+
+{{/* What every moxin pod sets: no API token (none calls the Kubernetes API), no service links, the
+image pull secrets, the pod security context. Context: the root. */}}
+{{- define "moxin.podBasics" -}}
+automountServiceAccountToken: false
+enableServiceLinks: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- include "moxin.podSecurityContext" . | nindent 2 }}
+{{- end }}
+
+{{/*
+A container's securityContext: engine.securityContext (restricted: no privilege escalation, no
+capabilities, read-only root), replaced by engine.securityOverrides[<device resource>] for a container
+that holds that vendor's devices. writableRoot: for Ray nodes (Ray writes its session under /tmp and the
+workers it spawns write caches under HOME, on the image's filesystem): everything but readOnlyRootFilesystem.
+Context: dict "root" $ ["a" (an assignment or a Ray worker group)] ["writableRoot" true].
+*/}}
+{{- define "moxin.containerSecurityContext" -}}
+{{- $context := .root.Values.engine.securityContext -}}
+{{- if and .a .a.deviceResource -}}
+{{- $override := get .root.Values.engine.securityOverrides .a.deviceResource | default dict -}}
+{{- if gt (len $override) 0 -}}
+{{- $context = $override -}}
+{{- end -}}
+{{- end -}}
+{{- if .writableRoot -}}
+{{- $context = omit $context "readOnlyRootFilesystem" -}}
+{{- end -}}
+{{- toYaml $context }}
+{{- end }}
+
+{{/*
+Where a pod holding devices runs: the profile's runtime class, its node selector (with the pool's
+labels), tolerations (the vendor resource's taint, then engine.tolerations), affinity.
+Context: dict "root" $ "a" (an assignment or a Ray worker group).
+*/}}
+{{- define "moxin.devicePlacement" -}}
+{{- with .a.runtimeClassName }}
+runtimeClassName: {{ . | quote }}
+{{- end }}
+{{- with .a.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- $tolerations := concat (.a.tolerations | default list) .root.Values.engine.tolerations }}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- $affinity := .a.affinity | default .root.Values.engine.affinity }}
+{{- with $affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Shared memory (/dev/shm): the assignment's size, else engine.sharedMemorySize. Context: dict "root" "a". */}}
+{{- define "moxin.sharedMemoryVolume" -}}
 - name: dshm
   emptyDir:
     medium: Memory
-    sizeLimit: {{ .a.sharedMemorySize | default .root.Values.engine.sharedMemorySize }}
+    sizeLimit: {{ .a.sharedMemorySize | default .root.Values.engine.sharedMemorySize | quote }}
+{{- end }}
+
+{{- define "moxin.sharedMemoryMount" -}}
+- name: dshm
+  mountPath: /dev/shm
+{{- end }}
+
+{{/* Model storage: the shared claim (modelStorage.type pvc), or an emptyDir an init container fills. Context: the root. */}}
+{{- define "moxin.modelsVolume" -}}
+{{- if eq .Values.modelStorage.type "pvc" -}}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ .Values.modelStorage.pvc.claimName | quote }}
+    readOnly: {{ .Values.modelStorage.pvc.readOnly }}
+{{- else -}}
+- name: models
+  emptyDir:
+    sizeLimit: {{ .Values.modelStorage.objectStore.sizeLimit | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "moxin.modelsMount" -}}
+- name: models
+  mountPath: {{ .Values.modelStorage.mountPath | quote }}
+{{- end }}
+
+{{/*
+Volumes of an engine pod: shared memory, scratch space for a read-only root filesystem, model storage.
+*/}}
+{{- define "moxin.engineVolumes" -}}
+{{ include "moxin.sharedMemoryVolume" . }}
 - name: tmp
   emptyDir: {}
 - name: home
   emptyDir: {}
-{{- if eq .root.Values.modelStorage.type "pvc" }}
-- name: models
-  persistentVolumeClaim:
-    claimName: {{ .root.Values.modelStorage.pvc.claimName }}
-    readOnly: {{ .root.Values.modelStorage.pvc.readOnly }}
-{{- else }}
-- name: models
-  emptyDir:
-    sizeLimit: {{ .root.Values.modelStorage.objectStore.sizeLimit }}
-{{- end }}
+{{ include "moxin.modelsVolume" .root }}
 {{- end }}
 
 {{- define "moxin.engineMounts" -}}
-- name: dshm
-  mountPath: /dev/shm
+{{ include "moxin.sharedMemoryMount" . }}
 - name: tmp
   mountPath: /tmp
 - name: home
   mountPath: /home/moxin
-- name: models
-  mountPath: {{ .root.Values.modelStorage.mountPath }}
+{{ include "moxin.modelsMount" .root }}
 {{- end }}
 
 {{/* Environment common to engine containers: the launch's env, HOME for a read-only root, the hub token. */}}
@@ -112,7 +199,9 @@ Volumes of an engine pod: shared memory, scratch space for a read-only root file
 {{- end }}
 {{- end }}
 
-{{/* Container resources: the vendor's extended resource times the devices of this pod, host CPU/memory. */}}
+{{/* Container resources of a pod holding devices (an engine pod, or a Ray worker pod that runs engines):
+the vendor's extended resource times the devices of this pod, host CPU/memory from engine.resources
+(engine.emulatedResources for emulated pools). Context: dict "root" $ "a" (an assignment or a Ray worker group). */}}
 {{- define "moxin.engineResources" -}}
 {{- $base := ternary .root.Values.engine.emulatedResources .root.Values.engine.resources .a.emulated -}}
 {{- $requests := deepCopy ($base.requests | default dict) -}}
@@ -131,43 +220,12 @@ limits:
 {{- end }}
 {{- end }}
 
-{{- define "moxin.engineSecurityContext" -}}
-{{- $override := dict -}}
-{{- if .a.deviceResource -}}
-{{- $override = get .root.Values.engine.securityOverrides .a.deviceResource | default dict -}}
-{{- end -}}
-{{- toYaml (ternary $override .root.Values.engine.securityContext (gt (len $override) 0)) }}
-{{- end }}
-
-{{/* Scheduling: node selector, tolerations (the vendor resource's taint), affinity, runtime class. */}}
+{{/* Scheduling of an engine pod: its ServiceAccount and grace period, where it runs, the common pod settings. */}}
 {{- define "moxin.engineScheduling" -}}
-serviceAccountName: {{ include "moxin.engineServiceAccount" .root }}
-automountServiceAccountToken: false
-enableServiceLinks: false
+serviceAccountName: {{ include "moxin.engineServiceAccount" .root | quote }}
 terminationGracePeriodSeconds: {{ .root.Values.engine.terminationGracePeriodSeconds }}
-{{- with .a.runtimeClassName }}
-runtimeClassName: {{ . }}
-{{- end }}
-{{- with .a.nodeSelector }}
-nodeSelector:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- $tolerations := concat (.a.tolerations | default list) .root.Values.engine.tolerations }}
-{{- with $tolerations }}
-tolerations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- $affinity := .a.affinity | default .root.Values.engine.affinity }}
-{{- with $affinity }}
-affinity:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .root.Values.imagePullSecrets }}
-imagePullSecrets:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-securityContext:
-  {{- toYaml .root.Values.engine.podSecurityContext | nindent 2 }}
+{{- include "moxin.devicePlacement" . }}
+{{ include "moxin.podBasics" .root }}
 {{- end }}
 
 {{/* Init container that fetches the checkpoint from object storage (modelStorage.type objectStore). */}}
@@ -193,7 +251,7 @@ initContainers:
       - name: tmp
         mountPath: /tmp
     securityContext:
-      {{- toYaml .root.Values.engine.securityContext | nindent 6 }}
+      {{- include "moxin.containerSecurityContext" (dict "root" .root) | nindent 6 }}
 {{- end }}
 {{- end }}
 

@@ -57,7 +57,7 @@ def test_render_kuberay_prints_a_raycluster(tmp_path):
     result = _run("render", "kuberay", "-f", str(HERE / "data" / "multinode.yaml"))
     assert result.exit_code == 0, result.output
     kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout) if d]
-    assert kinds == ["ConfigMap", "RayCluster", "Service", "Job"]
+    assert kinds == ["ConfigMap", "Service", "RayCluster", "Job"]  # creation order (render/kubernetes.py)
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path):
