@@ -13,9 +13,6 @@ from typing import Any
 
 import yaml
 
-FORMATS = ("table", "json", "yaml")
-
-
 class _Dumper(yaml.SafeDumper):
     pass
 

@@ -68,7 +68,7 @@ class Rejection:
     pool: str
     reason: str
     kind: str
-    """'unsupported', 'no-fit', 'slo', 'unknown-speed', 'not-allowed'."""
+    """'unsupported', 'no-fit', 'slo' or 'unknown-speed'."""
 
 
 # The profile an emulated pool's engines actually run on (the pool is planned as its declared hardware).

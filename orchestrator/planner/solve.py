@@ -47,7 +47,6 @@ class Solution:
     """'optimal', 'time-limit' (feasible, gap reported), 'infeasible'."""
     gap: float
     seconds: float
-    objective_cost: float
 
 
 def solve(demands: list[Demand], candidates: list[Candidate], pool_devices: dict[str, int],
@@ -140,7 +139,7 @@ def solve(demands: list[Demand], candidates: list[Candidate], pool_devices: dict
         # Capacity is short: the most demand first, then the least cost at that service level.
         most = milp(-served, constraints=cons, integrality=integrality, bounds=Bounds(lb, ub), options=options)
         if most.x is None:
-            return Solution({}, {}, "infeasible", 0.0, time.perf_counter() - t0, 0.0)
+            return Solution({}, {}, "infeasible", 0.0, time.perf_counter() - t0)
         level = float(served @ most.x)
         result = milp(cost, constraints=[*cons, LinearConstraint(served.reshape(1, -1), level - 1e-6, np.inf)],
                       integrality=integrality, bounds=Bounds(lb, ub), options=options)
@@ -153,8 +152,7 @@ def solve(demands: list[Demand], candidates: list[Candidate], pool_devices: dict
         for j, d in enumerate(demands)}
     status = "optimal" if result.status == 0 else "time-limit"
     mip_gap = float(getattr(result, "mip_gap", 0.0) or 0.0)
-    real_cost = sum((c.usd_per_hour or 0.0) * replicas.get(c.key, 0) for c in candidates)
-    return Solution(replicas, served_rps, status, mip_gap, time.perf_counter() - t0, real_cost)
+    return Solution(replicas, served_rps, status, mip_gap, time.perf_counter() - t0)
 
 
 def _ub(c: Candidate, pool_devices: dict[str, int]) -> int:

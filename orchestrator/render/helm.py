@@ -1,4 +1,5 @@
-"""Plan -> values of the ``helm/moxin`` chart: the one place that decides what Kubernetes runs.
+"""Plan -> values of the ``helm/moxin`` chart for the engine workloads and the router (``render/kuberay.py``
+derives the chart's KubeRay section the same way).
 
 Pure: (Plan document, catalog, optional fleet, options) -> values dict (+ warnings). The chart turns
 these values into objects (``render/kubernetes.py`` renders it through the Helm SDK), so every number

@@ -16,9 +16,6 @@ from orchestrator.runtime import local
 from orchestrator.runtime.names import CONTROLLER, HEAD, KV_PLAN, NAMESPACE
 from orchestrator.spec.plan import Plan
 
-ALL_READY_TIMEOUT_S = 900.0
-
-
 def _ray() -> Any:
     try:
         import ray

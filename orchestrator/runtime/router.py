@@ -47,11 +47,9 @@ class Router:
         self.metrics = metrics or RouterMetrics()
         self.connect_timeout_s = connect_timeout_s
         self.session: ClientSession | None = None
-        self.table_version = 0
 
     def set_table(self, table: dict[str, list[dict[str, Any]]]) -> None:
         self.balancer.update(table)
-        self.table_version += 1
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 2**20)

@@ -20,7 +20,6 @@ class RouterActor:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.router = Router()
-        self.errors = 0
         self.metrics_port = 0
         self._task: asyncio.Task | None = None
 
@@ -44,7 +43,6 @@ class RouterActor:
                 self.router.set_table(await controller.routing_table.remote())
             except Exception:  # controller restarting: keep the last table, find it again next time
                 controller = None
-                self.errors += 1
             await asyncio.sleep(REFRESH_S)
 
     async def start(self) -> dict[str, str]:
@@ -56,6 +54,3 @@ class RouterActor:
                 self._task.result()  # surfaces a bind error to the caller
         host = ray.util.get_node_ip_address()
         return {"url": f"http://{host}:{self.port}", "metrics": f"{host}:{self.metrics_port}"}
-
-    async def table(self) -> dict:
-        return {d: [e.name for e in eps] for d, eps in self.router.balancer.table.items()}
