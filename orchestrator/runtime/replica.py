@@ -37,8 +37,9 @@ KEY_CHECKING_ENGINES = frozenset({"vllm", "vllm-metal"})
 AuthenticationMiddleware answers 401 ({"error": "Unauthorized"}) to requests without ``Authorization: Bearer <key>``
 whose path starts with /v1, /v2, /inference or /cohere; every other path stays open, among them /health and
 /metrics (Prometheus scrapes it without the key), /ping, /version, /load, /tokenize, /detokenize and SageMaker's
-/invocations, which runs completions: the key alone does not close that one (the router never sends it there).
-Other engines (mlx-lm) listen on loopback behind the replica's ``engine_proxy``."""
+/invocations, which runs completions for anyone who reaches the port (tests/integration/test_engine_auth.py shows
+it): the key does not close that one. Other engines (mlx-lm) listen on loopback behind the replica's
+``engine_proxy``."""
 
 
 def free_port() -> int:
