@@ -63,6 +63,13 @@ class EngineLaunch(Strict):
         argv[argv.index("--port") + 1] = str(port)
         return self.model_copy(update={"argv": argv, "port": port})
 
+    def with_host(self, host: str) -> EngineLaunch:
+        """The same launch listening on another address (the argv's --host), e.g. loopback only for an engine
+        that authenticates nobody and is reached through the replica's proxy."""
+        argv = list(self.argv)
+        argv[argv.index("--host") + 1] = host
+        return self.model_copy(update={"argv": argv})
+
     def env_for(self, devices: list[int]) -> dict[str, str]:
         """The environment of a replica that owns these device indices."""
         if self.visibility_env is None:
