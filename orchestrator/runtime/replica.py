@@ -22,6 +22,7 @@ from typing import Any
 from orchestrator.runtime.desired import ReplicaSpec
 from orchestrator.runtime.engine_proxy import RunningProxy, serve_in_thread
 from orchestrator.runtime.guard import alive, stop_group
+from orchestrator.runtime import vllm_auth
 from orchestrator.runtime.reconcile import State
 from orchestrator.runtime.secrets import engine_key
 from orchestrator.spec.plan import EngineLaunch
@@ -33,12 +34,10 @@ GIVE_UP_AFTER = 5
 """Consecutive failed starts after which the replica reports FAILED and the controller replaces it."""
 KEY_CHECKING_ENGINES = frozenset({"vllm", "vllm-metal"})
 """Engines that check the engine key themselves, given ``VLLM_API_KEY`` in their environment (never in argv, which
-``ps`` shows). vLLM 0.32, vllm/entrypoints/serve/middleware/register.py and authenticate.py: with a key set,
-AuthenticationMiddleware answers 401 ({"error": "Unauthorized"}) to requests without ``Authorization: Bearer <key>``
-whose path starts with /v1, /v2, /inference or /cohere; every other path stays open, among them /health and
-/metrics (Prometheus scrapes it without the key), /ping, /version, /load, /tokenize, /detokenize and SageMaker's
-/invocations, which runs completions for anyone who reaches the port (tests/integration/test_engine_auth.py shows
-it): the key does not close that one. Other engines (mlx-lm) listen on loopback behind the replica's
+``ps`` shows). vLLM 0.32's own check covers only /v1, /v2, /inference and /cohere
+(vllm/entrypoints/serve/middleware/authenticate.py), so the replica adds ``vllm_auth``'s middleware, which asks for
+the key everywhere but /health, /metrics (Prometheus scrapes it) and /ping; tests/integration/test_engine_auth.py
+shows SageMaker's /invocations closed. Other engines (mlx-lm) listen on loopback behind the replica's
 ``engine_proxy``."""
 
 
@@ -149,6 +148,10 @@ class Replica:
     def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
+    def _auth_argv(self) -> list[str]:
+        """vLLM's own key check leaves /invocations and more open: the middleware closes every path but health."""
+        return ["--middleware", vllm_auth.MIDDLEWARE] if self.key and self.spec.launch.engine == "vllm" else []
+
     def _auth_env(self) -> dict[str, str]:
         return {"VLLM_API_KEY": self.key} if self.key and not self.proxied else {}
 
@@ -213,7 +216,8 @@ class Replica:
         with self._lock:  # the last engine's pids: gone, and possibly reused by now
             self.guard_pid = self.engine_pid = None
         argv = [sys.executable, "-m", "orchestrator.runtime.guard", "--detach", "--owner-pid", str(os.getpid()),
-                "--grace", str(self.grace_s), "--pidfile", str(pidfile), "--", *engine_argv(launch)]
+                "--grace", str(self.grace_s), "--pidfile", str(pidfile), "--", *engine_argv(launch),
+                *self._auth_argv()]
         env = {**os.environ, **launch.env_for(_device_ids(self.spec)), **self._auth_env()}
         if launch.engine == "mlx-lm":  # mlx-lm's /v1/models lists the hub cache, which must exist
             cache = Path(env.setdefault("HF_HUB_CACHE", str(self.log_path.parent / "hf-cache")))

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.engines.launch import engine_launch
+from orchestrator.runtime import vllm_auth
 from orchestrator.runtime.engine_proxy import serve_in_thread
 from orchestrator.spec import load_catalog
 
@@ -87,8 +88,9 @@ def vllm(tiny, tmp_path_factory):
     launch = _launch(model, "bf16", "cpu-x86", path, concurrency=2)
     assert not any(KEY in a for a in launch.argv)
     log = tmp_path_factory.mktemp("vllm-auth") / "vllm.log"
-    with serve(launch.argv, {**launch.env, "VLLM_API_KEY": KEY}, log, launch.port,
-               launch.readiness_timeout_seconds) as server:
+    # As the replica starts it: the key in the environment, and the middleware that closes what vLLM's check leaves.
+    with serve([*launch.argv, "--middleware", vllm_auth.MIDDLEWARE], {**launch.env, "VLLM_API_KEY": KEY}, log,
+               launch.port, launch.readiness_timeout_seconds) as server:
         yield server
 
 
@@ -107,10 +109,12 @@ def test_vllm_health_and_metrics_stay_open_without_the_key(vllm) -> None:
     assert status == 200 and b"vllm:num_requests_running" in body
 
 
-def test_vllm_invocations_serves_without_the_key(vllm) -> None:
-    """Known gap, kept visible: vLLM 0.32's key guards only /v1, /v2, /inference and /cohere; SageMaker's
-    /invocations runs the same completion unauthenticated. If this starts failing, vLLM has closed it."""
-    status, body = call(vllm.url + "/invocations", None, completion("tiny"))
+def test_vllm_paths_its_own_check_leaves_open_are_closed_by_the_middleware(vllm) -> None:
+    """vLLM 0.32's key guards only /v1, /v2, /inference and /cohere; SageMaker's /invocations runs completions and
+    /tokenize answers too. The replica's middleware closes them; with the key they still work."""
+    assert call(vllm.url + "/invocations", None, completion("tiny"))[0] == 401
+    assert call(vllm.url + "/tokenize", None, {"model": "tiny", "prompt": "Hello"})[0] == 401
+    status, body = call(vllm.url + "/invocations", KEY, completion("tiny"))
     assert status == 200 and json.loads(body)["usage"]["completion_tokens"] >= 1
 
 

@@ -111,6 +111,7 @@ def test_a_key_checking_engine_gets_the_key_in_its_environment_and_the_probes_se
     argv, env = engine_process(r)
     assert env["VLLM_API_KEY"] == KEY and not any(KEY in a for a in argv)  # ps shows argv, never the key
     assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    assert argv[argv.index("--middleware") + 1] == "orchestrator.runtime.vllm_auth.require_key"  # closes /invocations
     url = f"http://127.0.0.1:{d['enginePort']}"
     assert status(url + "/v1/completions") == 401 and status(url + "/v1/completions", KEY) == 200
 
