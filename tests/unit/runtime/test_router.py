@@ -6,6 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -16,8 +22,9 @@ from aiohttp import ClientSession, ClientTimeout
 
 from orchestrator.runtime.keys import KeyRing, create_key
 from orchestrator.runtime.router import Router, reload_forever
-from tests.unit.runtime.router_support import USAGE, Engine, metric, refused_url, row, serving
+from tests.unit.runtime.router_support import USAGE, Background, Engine, metric, refused_url, row, serving
 
+REPO = Path(__file__).resolve().parents[3]
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -421,6 +428,43 @@ def test_the_engine_gets_the_engine_key_and_never_the_clients(tmp_path, engine_k
             assert len(engine.seen) == 2
 
     run(scenario())
+
+
+def test_moxin_router_with_api_keys_sends_the_engine_key_from_the_environment(tmp_path):
+    """The standalone router as Kubernetes runs it: `moxin router --config --api-keys`, MOXIN_ENGINE_KEY set."""
+    keys = tmp_path / "keys.yaml"
+    key = create_key(keys, "team-a")
+    engine = Engine("m")
+    with Background() as bg:
+        config = tmp_path / "router.json"
+        config.write_text(json.dumps({"deployments": {"d": [row("a", bg.serve(engine.app()), "m")]}}))
+        port = int(refused_url().rsplit(":", 1)[1])
+        env = {**os.environ, "MOXIN_ENGINE_KEY": "from-a-secret", "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "router", "--config", str(config), "--host",
+                                 "127.0.0.1", "--port", str(port), "--api-keys", str(keys)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    urllib.request.urlopen(url + "/health", timeout=2).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read().decode()
+                    time.sleep(0.1)
+            body = json.dumps({"model": "d", "messages": MESSAGES}).encode()
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(url + CHAT, body), timeout=10)
+            assert refused.value.code == 401
+            request = urllib.request.Request(url + CHAT, body, {"Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                assert json.loads(r.read())["model"] == "d"
+            assert [s["headers"]["Authorization"] for s in engine.seen] == ["Bearer from-a-secret"]
+        finally:
+            proc.kill()
+            proc.wait(10)
+            proc.stderr.close()
 
 
 def test_the_router_actor_keeps_the_last_good_table_from_the_controller_and_logs_a_bad_one_once(caplog, monkeypatch):
