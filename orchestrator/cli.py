@@ -412,13 +412,19 @@ def _unplaced_error(doc: Any) -> None:
               help="Router instances sharing the port (SO_REUSEPORT).")
 @click.option("--timeout", type=click.FloatRange(1), default=900, show_default=True,
               help="Seconds to wait for every replica to serve.")
-def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, timeout: float) -> None:
+@click.option("--api-keys", "api_keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Key file (moxin keys create): the router then needs a key on /v1 and listens on every "
+                   "interface. Without it, the router listens on 127.0.0.1 only.")
+def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, timeout: float,
+       api_keys: Path | None) -> None:
     """Start the embedded default: a local multi-node Ray cluster with one node per fleet node (emulated pools),
     the tiny demo model, the controller, the router; then wait until every replica serves."""
     from orchestrator.runtime import client, local
     from orchestrator.spec.catalog import local_example_dir
 
     paths = paths or (local_example_dir(),)
+    if api_keys is not None:
+        _read_keys(api_keys)
     root = local.home() / "models"
     for name in local.prepare_checkpoints(_catalog(paths), root):  # the demo's model exists nowhere: generate it
         click.echo(f"prepared {name} checkpoints under {root}")
@@ -430,7 +436,10 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
     info = local.start(nodes)
     address = info["address"]
     options = {"routerPort": port, "metricsPort": metrics_port, "routers": routers, "logDir": str(local.home() / "logs"),
-               "prometheusSd": str(local.home() / "prometheus-sd.json")}
+               "prometheusSd": str(local.home() / "prometheus-sd.json"),
+               # No keys, no network: a keyless router answers anyone who can reach it.
+               "routerHost": "0.0.0.0" if api_keys else "127.0.0.1",
+               "apiKeys": str(api_keys.resolve()) if api_keys else None}
     try:
         client.apply(address, doc, options)
         seen: dict[str, str] = {}
@@ -448,17 +457,38 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
         for line in client.down(address):
             click.echo(line)
         raise SystemExit(130) from None
-    router = st["routers"][0]
+    router = st["routers"][0] if api_keys else f"http://127.0.0.1:{port}"
     deployment = next(r["labels"]["deployment"] for r in st["replicas"] if r["desired"])
+    auth = " -H \"Authorization: Bearer $MOXIN_API_KEY\"" if api_keys else ""
+    access = (f"API keys: {api_keys} (every /v1 request needs Authorization: Bearer KEY)" if api_keys else
+              "listening on 127.0.0.1 only: pass --api-keys FILE (moxin keys create) to serve other hosts")
     click.echo(f"""
 moxin is up (Ray at {address}).
   router (OpenAI API): {router}/v1
   metrics:             {router}/metrics (router), {st['metricsUrl']} (controller)
   Prometheus targets:  {st['prometheusSd']} (file_sd, kept current)
+  {access}
 try:
-  curl -s {router}/v1/chat/completions -H 'Content-Type: application/json' \\
+  curl -s {router}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\
     -d '{{"model": "{deployment}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
 then: moxin status | moxin logs REPLICA | moxin down""")
+    if api_keys and _answers_without_a_key(port):
+        click.echo("WARNING: the router answered /v1 without a key although it listens on every interface: it "
+                   "does not use the key file. Run `moxin down`.", err=True)
+
+
+def _answers_without_a_key(port: int) -> bool:
+    """A router on every interface that serves /v1 without a key is an open door: check, do not assume."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10).close()
+    except urllib.error.HTTPError as exc:
+        return exc.code != 401
+    except OSError:
+        return False
+    return True
 
 
 @cli.command()
@@ -585,8 +615,14 @@ def node_resources(hardware: str, devices: int | None, node_name: str | None, pa
               help='Routing table: {"deployments": {name: [{name, url, requestModel, weight, labels}]}}.')
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-def router(config: Path, host: str, port: int) -> None:
-    """Run the OpenAI-compatible router outside Ray, from a routing-table file (reloaded when it changes)."""
+@click.option("--api-keys", "api_keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Key file (moxin keys create): every /v1 request then needs Authorization: Bearer KEY. "
+                   "Reloaded when it changes.")
+@click.option("--max-body-mib", type=click.FloatRange(0.001, 1024), default=4, show_default=True,
+              help="Largest request body accepted (413 above).")
+def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_mib: float) -> None:
+    """Run the OpenAI-compatible router outside Ray, from a routing-table file (reloaded when it changes).
+    Upstream requests carry $MOXIN_ENGINE_KEY, when set, as the engines' bearer token."""
     from orchestrator.runtime.balance import parse_table
 
     try:
@@ -594,11 +630,23 @@ def router(config: Path, host: str, port: int) -> None:
     except ValueError as exc:
         raise SpecError([Problem(f"not a routing table: {exc}", str(config),
                                  hint='{"deployments": {"NAME": [{"name", "url", "requestModel", "weight"}]}}')]) from None
+    if api_keys is not None:
+        _read_keys(api_keys)
     try:
         from orchestrator.runtime.router import run_from_config
     except ImportError as exc:
         raise MoxinError(f"{exc.name} is not installed: pip install 'moxin[ray]'") from None
-    run_from_config(config, host, port)
+    run_from_config(config, host, port, api_keys=api_keys, max_body_bytes=int(max_body_mib * 2**20))
+
+
+def _read_keys(path: Path) -> Any:
+    from orchestrator.runtime.keys import read_key_file
+
+    try:
+        return read_key_file(path)
+    except (OSError, ValueError) as exc:
+        raise SpecError([Problem(f"not a key file: {exc}", hint="create one with `moxin keys create NAME --file "
+                                 f"{path}`")]) from None
 
 
 @cli.group()
@@ -782,6 +830,52 @@ def render_kuberay(paths: tuple[Path, ...], fleet_name: str | None, namespace: s
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     _emit_objects(result.objects, out)
+
+
+@cli.group()
+def keys() -> None:
+    """The router's API keys. The key file holds names and sha256 digests, never keys; pass it to
+    `moxin router --api-keys` or `moxin up --api-keys`."""
+
+
+KEY_FILE = click.option("--file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                        help="Key file: YAML, or JSON when its name ends in .json.")
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--deployment", "deployments", multiple=True,
+              help="A deployment the key may use and see (repeatable) [default: every deployment].")
+@KEY_FILE
+def keys_create(name: str, deployments: tuple[str, ...], path: Path) -> None:
+    """Create a random key named NAME, add its digest to the key file (created if absent, mode 0600) and print the
+    key: once, on stdout. It is stored nowhere else."""
+    from orchestrator.runtime.keys import create_key
+
+    try:
+        key = create_key(path, name, deployments)
+    except (OSError, ValueError) as exc:
+        raise SpecError([Problem(f"cannot add key {name!r}: {exc}")]) from None
+    click.echo(key)
+    scope = ", ".join(deployments) or "every deployment"
+    click.echo(f"added key {name!r} ({scope}) to {path}; the key above is shown once: store it now", err=True)
+
+
+@keys.command("list")
+@KEY_FILE
+@OUTPUT
+def keys_list(path: Path, fmt: str) -> None:
+    """The keys of a key file: names and deployments (digests stay in the file)."""
+    from orchestrator.output import emit
+    from orchestrator.runtime.keys import summary
+
+    rows = summary(_read_keys(path))
+    if fmt != "table":
+        emit(rows, fmt)
+        return
+    for row in rows:
+        scope = row["deployments"] if isinstance(row["deployments"], str) else ", ".join(row["deployments"])
+        click.echo(f"{row['name']:<24} {scope}")
 
 
 def main() -> None:

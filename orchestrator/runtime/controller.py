@@ -153,7 +153,8 @@ class Controller:
         return f"http://{ray.util.get_node_ip_address()}:{self.metrics_port}/metrics"
 
     def router_addresses(self) -> list[str]:
-        host = ray.util.get_node_ip_address()
+        bound = self.options["routerHost"]
+        host = ray.util.get_node_ip_address() if bound in ("0.0.0.0", "::") else bound
         return [f"http://{host}:{self.options['routerPort']}"] if self.routers else []
 
     def shutdown(self) -> list[str]:
@@ -310,7 +311,8 @@ class Controller:
             if name not in self.routers:
                 self.routers[name] = ray.remote(RouterActor).options(
                     name=name, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, num_cpus=0, resources=HEAD,
-                    max_concurrency=1000).remote(self.options["routerHost"], int(self.options["routerPort"]))
+                    max_concurrency=1000).remote(self.options["routerHost"], int(self.options["routerPort"]),
+                                                 self.options.get("apiKeys"))
                 self._event(f"started router {name} on port {self.options['routerPort']}")
         # Idempotent: serves once, and again after Ray restarted a router actor. A bind error surfaces here.
         self.router_endpoints = ray.get([h.start.remote() for h in self.routers.values()], timeout=30)
