@@ -13,7 +13,6 @@ pool — is kept exactly.
 from __future__ import annotations
 
 import copy
-import hashlib
 import ipaddress
 import json
 import re
@@ -27,15 +26,13 @@ from orchestrator.errors import MoxinError
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.fleet import Fleet, Pool
 from orchestrator.spec.hardware import RAY_BUILTIN_RESOURCES, HardwareProfile
+from orchestrator.spec.names import label_value, object_name
 from orchestrator.spec.plan import Assignment, Plan
 
 MOXIN_IMAGE = f"ghcr.io/moxin-dev/moxin:{__version__}"
 """The moxin image (router, controller, and the CPU engines: built with the cpu and ray extras)."""
 CPU_PLATFORMS = frozenset({"cpu", "mlx-cpu"})
 """Platforms whose engines ship inside the moxin image (``pip install moxin[cpu]``)."""
-MAX_NAME = 52
-"""Longest object name: LeaderWorkerSet pods are ``<name>-<group>-<worker>`` and carry the name in a
-63-character label, so names stay well under 63."""
 RAY_GCS_PORT = 6379
 EMULATED_SHM = "2Gi"
 
@@ -55,25 +52,6 @@ class HelmValues:
 
 
 # ---------------------------------------------------------------------------------------------- names
-
-def object_name(text: str) -> str:
-    """A DNS-1035 label of at most MAX_NAME characters: model names carry dots (glm-4.5-air) and case,
-    which object names may not; a long name keeps a hash of the whole so that names stay distinct."""
-    name = re.sub(r"[^a-z0-9-]+", "-", text.lower())
-    name = re.sub(r"-{2,}", "-", name).strip("-") or "x"
-    if not name[0].isalpha():
-        name = "m-" + name
-    if len(name) > MAX_NAME:
-        digest = hashlib.sha1(text.encode()).hexdigest()[:6]
-        name = name[:MAX_NAME - 7].rstrip("-") + "-" + digest
-    return name
-
-
-def label_value(text: str) -> str:
-    """A valid label value (63 characters of [A-Za-z0-9._-], alphanumeric at both ends)."""
-    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63]
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
-
 
 def assignment_ids(assignments: list[Assignment]) -> list[str]:
     """One object name per assignment, ``<deployment>-<variant>-<pool>``; parallelism is appended only
