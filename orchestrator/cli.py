@@ -570,14 +570,11 @@ def down(address: str | None) -> None:
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
 def node_resources(hardware: str, devices: int | None, node_name: str | None, paths: tuple[Path, ...]) -> None:
     """Print the JSON for `ray start --resources` on a node of this hardware (CPU/GPU go to their own flags)."""
-    from orchestrator.spec.hardware import RAY_BUILTIN_RESOURCES
-
     profile = _catalog(paths).profile(hardware)
-    res = profile.spec.ray.node_resources(devices or profile.spec.devices_per_node, node_name)
-    flags = [f"{RAY_BUILTIN_RESOURCES[k]}={v:g}" for k, v in res.items() if k in RAY_BUILTIN_RESOURCES]
-    click.echo(json.dumps({k: v for k, v in res.items() if k not in RAY_BUILTIN_RESOURCES}, sort_keys=True))
+    flags, custom = profile.spec.ray.start_flags(devices or profile.spec.devices_per_node, node_name)
+    click.echo(json.dumps(custom))
     if flags:
-        click.echo(f"# also pass: {' '.join(flags)}", err=True)
+        click.echo(f"# also pass: {' '.join(f'--{flag}={v:g}' for flag, v in flags.items())}", err=True)
 
 
 @cli.command(hidden=False)

@@ -25,7 +25,7 @@ from orchestrator import __version__
 from orchestrator.errors import MoxinError
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.fleet import Fleet, Pool
-from orchestrator.spec.hardware import RAY_BUILTIN_RESOURCES, HardwareProfile
+from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.names import label_value, object_name
 from orchestrator.spec.plan import Assignment, Plan
 
@@ -120,12 +120,10 @@ def router_config(plan: Plan, namespace: str,
 def ray_start_args(profile: HardwareProfile, devices: int) -> list[str]:
     """``ray start`` flags declaring a node with ``devices`` of this profile's devices: CPU and GPU go
     through --num-cpus/--num-gpus (Ray refuses them in --resources), the rest as --resources JSON."""
-    resources = profile.spec.ray.node_resources(devices)
-    args = [f"{RAY_BUILTIN_RESOURCES[k]}={int(v) if float(v).is_integer() else v}"
-            for k, v in resources.items() if k in RAY_BUILTIN_RESOURCES]
-    custom = {k: v for k, v in resources.items() if k not in RAY_BUILTIN_RESOURCES}
+    flags, custom = profile.spec.ray.start_flags(devices)
+    args = [f"--{flag}={v:g}" for flag, v in flags.items()]
     if custom:
-        args.append("--resources=" + json.dumps(custom, sort_keys=True))
+        args.append("--resources=" + json.dumps(custom))
     return args
 
 

@@ -40,7 +40,7 @@ ROUTER_PORT = 8000
 CONTROLLER_METRICS_PORT = 9400
 PLAN_MOUNT = "/etc/moxin"
 # ray start flag names as KubeRay's rayStartParams keys.
-_PARAM = {"CPU": "num-cpus", "GPU": "num-gpus"}
+_PARAM = RAY_BUILTIN_RESOURCES
 
 
 @dataclass(frozen=True)
