@@ -19,6 +19,7 @@ import click
 
 from orchestrator import __version__
 from orchestrator.errors import InfeasibleError, MoxinError, Problem, SpecError
+from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ENGINE_PORT, MODEL_ROOT, ROUTER_PORT
 
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
                       show_default=True, help="table for people; json/yaml print the full documents.")
@@ -280,7 +281,7 @@ def matrix(model_name: str, context: int | None, hardware: tuple[str, ...], path
               show_default=True)
 @click.option("--engine", type=click.Choice(["vllm", "mlx-lm", "vllm-metal"]), help="Default: the profile's first "
               "engine that runs the variant.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=ENGINE_PORT, show_default=True)
 @click.option("--model-path", help="Where the engine reads the weights [default: the variant's checkpoint].")
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
@@ -405,8 +406,8 @@ def _unplaced_error(doc: Any) -> None:
 @cli.command()
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Fleet + deployments to run [default: the local example, emulated on this machine's CPU].")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Router port.")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=9400, show_default=True,
+@click.option("--port", type=click.IntRange(1, 65535), default=ROUTER_PORT, show_default=True, help="Router port.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=CONTROLLER_METRICS_PORT, show_default=True,
               help="Controller metrics port (0: any free port).")
 @click.option("--routers", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Router instances sharing the port (SO_REUSEPORT).")
@@ -466,7 +467,7 @@ then: moxin status | moxin logs REPLICA | moxin down""")
               help="Fleet + deployments (planned now), or one Plan document.")
 @click.option("--fleet", "fleet_name", help="The Fleet to plan for, when the files hold several.")
 @ADDRESS
-@click.option("--model-root", default="/models", show_default=True,
+@click.option("--model-root", default=MODEL_ROOT, show_default=True,
               help="Where every node keeps checkpoints: <root>/<model>/<variant>.")
 @click.option("--kubernetes", is_flag=True, help="Apply to the Kubernetes cluster of $KUBECONFIG instead of Ray.")
 @click.option("--namespace", default="moxin", show_default=True, help="Kubernetes namespace (with --kubernetes).")
@@ -669,7 +670,7 @@ class _Inputs:
     fleet: Any
 
 
-def _plan_inputs(paths: tuple[Path, ...], fleet_name: str | None, model_root: str = "/models",
+def _plan_inputs(paths: tuple[Path, ...], fleet_name: str | None, model_root: str = MODEL_ROOT,
                  previous: Any = None) -> _Inputs:
     """The plan (a Plan file as it is, or the fleet and deployments planned now), its catalog and fleet; warns
     about deployments the plan leaves unplaced."""

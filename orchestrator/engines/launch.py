@@ -15,6 +15,7 @@ from orchestrator.engines import mlx, vllm
 from orchestrator.compat import check
 from orchestrator.errors import MoxinError
 from orchestrator.estimate.estimator import EngineSettings, estimate
+from orchestrator.spec.defaults import ENGINE_PORT, MODEL_ROOT
 from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.model import Model, Variant
 from orchestrator.spec.plan import EngineLaunch
@@ -67,12 +68,13 @@ def fitted_parallelism(model: Model, variant: Variant, profile: HardwareProfile,
 
 def engine_launch(model: Model, variant: Variant, profile: HardwareProfile, *, tp: int = 1, pp: int = 1,
                   ep: bool = False, context: int | None = None, concurrency: int | None = None,
-                  kv_dtype: str = "auto", engine: str | None = None, port: int = 8000, host: str = "0.0.0.0",
-                  model_path: str | None = None, served_name: str | None = None, python: str = "python3",
-                  settings: EngineSettings = EngineSettings(), multi_node: bool = False,
-                  force: bool = False) -> EngineLaunch:
+                  kv_dtype: str = "auto", engine: str | None = None, port: int = ENGINE_PORT,
+                  host: str = "0.0.0.0", model_path: str | None = None, model_root: str = MODEL_ROOT,
+                  served_name: str | None = None, python: str = "python3", settings: EngineSettings = EngineSettings(),
+                  multi_node: bool = False, force: bool = False) -> EngineLaunch:
     """Build the launch of one replica. Refuses (UnsupportedError) what compat says will not run, unless
-    ``force`` (tests use it to show the engine refusing too)."""
+    ``force`` (tests use it to show the engine refusing too). The weights are read from ``model_path``, else the
+    variant's checkpoint, else ``<model_root>/<model>/<variant>``."""
     verdict = check(variant, profile, engine)
     if not verdict.supported and not (force and verdict.engine is not None):
         raise UnsupportedError(f"{model.name}/{variant.name} on {profile.name}: {verdict.status}: {verdict.reason}")
@@ -86,7 +88,7 @@ def engine_launch(model: Model, variant: Variant, profile: HardwareProfile, *, t
     # The KV the replica is sized for: all its sequences where moxin sizes the pool (CPU, mlx-lm).
     est = estimate(model, variant, profile, tp=tp, pp=pp, ep=ep, context=ctx, batch=seqs, kv_dtype=kv_dtype,
                    engine=support.engine, settings=settings)
-    path = model_path or variant.checkpoint or f"/models/{model.name}/{variant.name}"
+    path = model_path or variant.checkpoint or f"{model_root.rstrip('/')}/{model.name}/{variant.name}"
     name = served_name or model.name
     common = dict(path=path, name=name, host=host, port=port, python=python, context=ctx, concurrency=seqs)
     if support.engine == "mlx-lm":

@@ -25,6 +25,7 @@ from orchestrator.planner.solve import Demand, solve
 from orchestrator.spec import plan as doc
 from orchestrator.spec.base import API_VERSION
 from orchestrator.spec.catalog import Catalog
+from orchestrator.spec.defaults import MODEL_ROOT
 from orchestrator.spec.deployment import ModelDeployment
 from orchestrator.spec.fleet import Fleet
 
@@ -40,7 +41,7 @@ class PlanOptions:
     """Relative optimality gap at which the solver stops."""
     time_limit_s: float = 60.0
     objective: str = "cost"
-    model_root: str = "/models"
+    model_root: str = MODEL_ROOT
     """Where checkpoints live on every node: a variant without its own ``checkpoint`` is read from
     ``{model_root}/{model}/{variant}`` (a PVC mount on Kubernetes, a local cache for ``moxin up``)."""
 
@@ -124,8 +125,7 @@ def _assignment(d: ModelDeployment, c: Candidate, replicas_of: dict[tuple, int],
     multi_node = any(len({s.node for s in p.stages}) > 1 for p in placed)
     launch = engine_launch(model, variant, profile, tp=c.tp, pp=c.pp, context=d.spec.context_tokens,
                            concurrency=c.capacity.batch, kv_dtype=d.spec.kv_cache_dtype, engine=c.engine,
-                           served_name=d.name, multi_node=multi_node,
-                           model_path=variant.checkpoint or f"{model_root.rstrip('/')}/{model.name}/{variant.name}")
+                           served_name=d.name, multi_node=multi_node, model_root=model_root)
     cap = c.capacity
     return doc.Assignment(
         deployment=d.name, model=c.model, variant=c.variant, pool=c.pool, hardware=c.hardware,

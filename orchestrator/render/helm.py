@@ -24,6 +24,7 @@ from typing import Any
 from orchestrator import __version__
 from orchestrator.errors import MoxinError
 from orchestrator.spec.catalog import Catalog
+from orchestrator.spec.defaults import MODEL_ROOT
 from orchestrator.spec.fleet import Fleet, Pool
 from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.names import label_value, object_name
@@ -254,7 +255,7 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
 
 def helm_values(plan: Plan, catalog: Catalog, *, fleet: Fleet | None = None, namespace: str = "moxin",
                 images: Mapping[str, str] | None = None, moxin_image: str = MOXIN_IMAGE,
-                mount_path: str = "/models", overrides: Mapping[str, Any] | None = None) -> HelmValues:
+                mount_path: str = MODEL_ROOT, overrides: Mapping[str, Any] | None = None) -> HelmValues:
     """The chart's values for a Plan. ``fleet`` (the one the plan was made for) adds each pool's node
     labels to the node selectors; machine addresses come from the fleet, else from the plan's spec.pools."""
     pools = {p.name: p for p in fleet.spec.pools} if fleet else {}

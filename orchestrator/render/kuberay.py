@@ -28,6 +28,7 @@ from orchestrator.render.helm import (
     object_name,
 )
 from orchestrator.spec.catalog import Catalog
+from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, MODEL_ROOT, ROUTER_PORT
 from orchestrator.spec.fleet import Fleet
 from orchestrator.spec.hardware import RAY_BUILTIN_RESOURCES, HardwareProfile
 from orchestrator.spec.plan import Plan
@@ -35,9 +36,6 @@ from orchestrator.spec.plan import Plan
 RAY_VERSION = "2.60.0"
 """The Ray release moxin runs (pyproject: ray[serve]==2.60.*); KubeRay checks the head image against it."""
 RAY_CLIENT_PORT = 10001
-ROUTER_PORT = 8000
-"""The controller's default router port (runtime/controller.py options)."""
-CONTROLLER_METRICS_PORT = 9400
 PLAN_MOUNT = "/etc/moxin"
 # ray start flag names as KubeRay's rayStartParams keys.
 _PARAM = RAY_BUILTIN_RESOURCES
@@ -135,7 +133,7 @@ def worker_group(pool: dict[str, Any], profile: HardwareProfile, image: str, fle
 
 def kuberay_objects(plan: Plan, catalog: Catalog, *, fleet: Fleet | None = None,
                     namespace: str = "moxin", images: Mapping[str, str] | None = None,
-                    moxin_image: str = MOXIN_IMAGE, model_root: str = "/models",
+                    moxin_image: str = MOXIN_IMAGE, model_root: str = MODEL_ROOT,
                     models_claim: str = "moxin-models") -> KubeRayObjects:
     """The RayCluster, the plan's ConfigMap, the controller Job and the router's Service. ``images`` maps
     a pool name to its worker image (moxin + Ray + that pool's engine); default the moxin image."""
