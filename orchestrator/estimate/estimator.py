@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from orchestrator.compat import Verdict, check
+from orchestrator.compat import MAX_PIPELINE_STAGES, Verdict, check, pp_choices, tp_choices
 from orchestrator.estimate.calibration import Calibration, format_class, lookup
 from orchestrator.estimate.memory import (
     GiB,
@@ -112,18 +112,10 @@ def _kv_step(engine: str, platform: str | None) -> int:
     return VLLM_BLOCK_TOKENS.get(platform or "", VLLM_DEFAULT_BLOCK)
 
 
-def _tp_choices(model: Model, profile: HardwareProfile, engine: str) -> list[int]:
-    if engine != "vllm":
-        return [1]
-    arch = model.spec.architecture
-    n = profile.spec.devices_per_node
-    return [t for t in (1, 2, 4, 8, 16, 32) if t <= n and arch.attention_heads % t == 0]
-
-
 def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: int | None = None,
              pp: int | None = None, ep: bool = False, context: int | None = None, batch: int = 1,
              kv_dtype: str = "auto", engine: str | None = None, settings: EngineSettings = EngineSettings(),
-             usd_per_device_hour: float | None = None, max_pp: int = 8,
+             usd_per_device_hour: float | None = None, max_pp: int = MAX_PIPELINE_STAGES,
              prompt_tokens: int | None = None) -> Estimate:
     """Estimate one (model, variant, hardware). With tp/pp unset, the smallest parallelism that fits.
 
@@ -136,8 +128,8 @@ def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: in
     verdict = check(variant, profile, engine)
     support = verdict.engine if verdict.status != "unsupported" else None
     engine_name = verdict.engine.engine if verdict.engine else (engine or "vllm")
-    tps = [tp] if tp else _tp_choices(model, profile, engine_name)
-    pps = [pp] if pp else (list(range(1, max_pp + 1)) if engine_name == "vllm" else [1])
+    tps = [tp] if tp else tp_choices(profile.spec.devices_per_node, arch.attention_heads, engine_name)
+    pps = [pp] if pp else pp_choices(engine_name, max_pp)
     tried: list[Estimate] = []
     for p in pps:
         for t in tps:

@@ -7,7 +7,7 @@ Constraints:
 - coverage: sum_c cap_c x_c >= s_d; s_d <= demand_d z_d;
 - replica bounds: min_d z_d <= sum_c x_c <= max_d z_d;
 - pool devices: sum_c devices_c x_c <= devices of the pool (exact for packing: tensor-parallel
-  groups are powers of two that divide the node, see candidates.tp_choices);
+  groups are powers of two that divide the node, see compat.tp_choices);
 - churn: u_c >= |x_c - previous_c|.
 
 Objective, lexicographic: first serve as much demand as possible (sum of served fractions; a

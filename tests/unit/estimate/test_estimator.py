@@ -102,6 +102,17 @@ def test_smallest_parallelism_that_fits_is_chosen(catalog) -> None:
     assert not _est(catalog, "llama-3.1-70b", "bf16", "nvidia-h100-sxm", context=8192, tp=2, pp=1).fits
 
 
+def test_the_search_uses_only_tensor_parallel_sizes_that_divide_the_node(catalog) -> None:
+    """The estimator and the planner share compat.tp_choices: on a 6-device node tp=4 (which would strand two
+    devices per node) is never chosen, a deeper pipeline is."""
+    h100 = catalog.profile("nvidia-h100-sxm")
+    six = h100.model_copy(update={"spec": h100.spec.model_copy(update={"devices_per_node": 6})})
+    m = catalog.model("llama-3.1-70b")
+    e = estimate(m, m.spec.variant("bf16"), six)
+    assert e.fits and (e.tensor_parallel, e.pipeline_parallel) == (2, 2)
+    assert _est(catalog, "llama-3.1-70b", "bf16", "nvidia-h100-sxm").tensor_parallel == 4
+
+
 def test_expected_distinct_experts() -> None:
     assert expected_distinct_experts(128, 8, 1) == pytest.approx(8)
     assert expected_distinct_experts(128, 8, 64) == pytest.approx(128 * (1 - (120 / 128) ** 64))
