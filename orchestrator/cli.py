@@ -199,8 +199,8 @@ def estimate(model_name: str, variant_name: str, hardware: str, tp: int | None, 
              cpu_kv_cache_gib: float | None, usd_per_device_hour: float | None, paths: tuple[Path, ...],
              fmt: str) -> None:
     """Does a variant fit on a hardware profile, at what context and concurrency, how fast, at what cost."""
-    from orchestrator.estimate.estimator import EngineSettings
     from orchestrator.estimate.estimator import estimate as run_estimate
+    from orchestrator.spec.engine import EngineSettings
     from orchestrator.output import emit, table
 
     catalog = _catalog(paths)

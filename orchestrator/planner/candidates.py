@@ -14,12 +14,10 @@ from orchestrator.compat import check, pp_choices, tp_choices
 from orchestrator.estimate.estimator import Estimate, estimate
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.deployment import ModelDeployment
+from orchestrator.spec.engine import ENGINE_DEFAULTS
 from orchestrator.spec.fleet import Pool
 from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.model import Model, Variant
-
-# mlx-lm's server decodes at most this many sequences together (its --decode-concurrency default).
-MLX_DECODE_CONCURRENCY = 32
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ class EstimateCache:
         hit = self._cache.get(key)
         if hit is None:
             hit = self._cache[key] = estimate(model, variant, profile, tp=tp, pp=pp, context=ctx, batch=batch,
-                                              kv_dtype=kv)
+                                              kv_dtype=kv, settings=ENGINE_DEFAULTS)
         return hit
 
 
@@ -198,7 +196,7 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
                         continue
                     mem = cache(model, variant, profile, tp, pp, length, 1, spec.kv_cache_dtype)
                     max_batch = max(1, mem.max_concurrency or 1)
-                    limit = MLX_DECODE_CONCURRENCY if engine.engine == "mlx-lm" else 256  # vLLM max_num_seqs
+                    limit = ENGINE_DEFAULTS.max_seqs(engine.engine)
                     binding = "max-num-seqs" if max_batch >= limit else "kv-memory"
                     max_batch = min(max_batch, limit)
                     cap = capacity(lambda b, tp=tp, pp=pp, v=variant, h=profile: cache(model, v, h, tp, pp, length,

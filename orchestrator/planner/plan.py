@@ -27,6 +27,7 @@ from orchestrator.spec.base import API_VERSION
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.defaults import MODEL_ROOT
 from orchestrator.spec.deployment import ModelDeployment
+from orchestrator.spec.engine import ENGINE_DEFAULTS
 from orchestrator.spec.fleet import Fleet
 
 SOLVER = "HiGHS via scipy.optimize.milp"
@@ -125,7 +126,8 @@ def _assignment(d: ModelDeployment, c: Candidate, replicas_of: dict[tuple, int],
     multi_node = any(len({s.node for s in p.stages}) > 1 for p in placed)
     launch = engine_launch(model, variant, profile, tp=c.tp, pp=c.pp, context=d.spec.context_tokens,
                            concurrency=c.capacity.batch, kv_dtype=d.spec.kv_cache_dtype, engine=c.engine,
-                           served_name=d.name, multi_node=multi_node, model_root=model_root)
+                           served_name=d.name, multi_node=multi_node, model_root=model_root,
+                           settings=ENGINE_DEFAULTS)
     cap = c.capacity
     return doc.Assignment(
         deployment=d.name, model=c.model, variant=c.variant, pool=c.pool, hardware=c.hardware,

@@ -11,10 +11,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from orchestrator.spec.base import Document, Source, Strict, require_sources
+from orchestrator.spec.engine import EngineName, KvDtype
 
 NumericFormat = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]
-EngineName = Literal["vllm", "mlx-lm", "vllm-metal"]
-KvDtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 
 
 class PeakTflops(Strict):

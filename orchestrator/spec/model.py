@@ -16,7 +16,6 @@ from orchestrator.spec.base import Document, ModelObjectMeta, Name, Source, Stri
 from orchestrator.spec.formats import FORMATS, MODULE_CLASSES
 
 Family = Literal["llama", "qwen3", "qwen3-moe", "glm4-moe", "deepseek-v3"]
-KvDtypeChoice = Literal["auto", "bf16", "fp16", "fp8", "int8", "int4"]
 
 
 class MoE(Strict):

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from orchestrator.spec.base import Document, ModelName, Name, Strict
+from orchestrator.spec.engine import EngineName
 from orchestrator.spec.hardware import RayResources
 
 _OMIT_NONE: Any = Field(None, exclude_if=lambda v: v is None)
@@ -27,7 +28,7 @@ class EngineLaunch(Strict):
     """Everything needed to start one engine replica: an argv list (never a shell string), environment,
     port, probes and the readiness budget."""
 
-    engine: Literal["vllm", "mlx-lm", "vllm-metal"]
+    engine: EngineName
     """Serving engine."""
     platform: str = Field(min_length=1)
     """Engine platform (vLLM's platform or plugin: 'cuda', 'mlu', 'cpu', ...; 'mlx' / 'mlx-cpu' for mlx-lm)."""
@@ -140,7 +141,7 @@ class Assignment(Strict):
     """The pool the replicas run on."""
     hardware: Name
     """The pool's hardware profile (as declared, also for emulated pools)."""
-    engine: Literal["vllm", "mlx-lm", "vllm-metal"]
+    engine: EngineName
     """Serving engine."""
     tensor_parallel: int = Field(ge=1)
     """Tensor-parallel degree."""

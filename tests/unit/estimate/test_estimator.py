@@ -9,10 +9,11 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.estimate.calibration import MLX_APPLE_AFFINE_BW, lookup
-from orchestrator.estimate.estimator import EngineSettings, estimate
+from orchestrator.estimate.estimator import estimate
 from orchestrator.estimate.memory import Parallelism, kv_bytes_per_token, stage_weight_bytes
 from orchestrator.estimate.performance import decode_step_costs, expected_distinct_experts
 from orchestrator.estimate.parameters import weight_bytes
+from orchestrator.spec.engine import EngineSettings
 
 # facts/models.md: (layers, kv heads, head dim) per catalog model, typed here independently of the catalog.
 KV_SHAPES = {"glm-4.5-air": (46, 8, 128), "glm-4.5": (92, 8, 128), "glm-4.6": (92, 8, 128),
@@ -111,6 +112,16 @@ def test_the_search_uses_only_tensor_parallel_sizes_that_divide_the_node(catalog
     e = estimate(m, m.spec.variant("bf16"), six)
     assert e.fits and (e.tensor_parallel, e.pipeline_parallel) == (2, 2)
     assert _est(catalog, "llama-3.1-70b", "bf16", "nvidia-h100-sxm").tensor_parallel == 4
+
+
+def test_engine_settings_are_what_the_estimate_uses(catalog) -> None:
+    assert _est(catalog, "llama-3.1-8b", "bf16", "nvidia-h100-sxm").context_tokens == 8192
+    shorter = EngineSettings(default_context_tokens=1024)
+    assert _est(catalog, "llama-3.1-8b", "bf16", "nvidia-h100-sxm", settings=shorter).context_tokens == 1024
+    # At 512 tokens the KV pool holds far more than vLLM's max_num_seqs: the setting is the bound.
+    assert _est(catalog, "llama-3.1-8b", "bf16", "nvidia-h100-sxm", context=512).max_concurrency == 256
+    fewer = EngineSettings(max_num_seqs=7)
+    assert _est(catalog, "llama-3.1-8b", "bf16", "nvidia-h100-sxm", context=512, settings=fewer).max_concurrency == 7
 
 
 def test_expected_distinct_experts() -> None:
