@@ -308,7 +308,7 @@ def engine_args(model_name: str, variant_name: str, hardware: str, tp: int | Non
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in launch.env.items())
     click.echo((env + " " if env else "") + shlex.join(launch.argv))
     click.echo(f"# health {launch.health_path}, metrics {launch.metrics_path or 'none'}, ready within "
-               f"{launch.readiness_timeout_s} s, image {launch.image or 'none'}, devices via "
+               f"{launch.readiness_timeout_seconds} s, image {launch.image or 'none'}, devices via "
                f"{launch.visibility_env or 'none'}")
     for note in launch.notes:
         click.echo(f"# {note}")
