@@ -25,30 +25,17 @@ from orchestrator.planner.solve import Demand, solve
 from orchestrator.spec import plan as doc
 from orchestrator.spec.base import API_VERSION
 from orchestrator.spec.catalog import Catalog
-from orchestrator.spec.defaults import MODEL_ROOT
 from orchestrator.spec.deployment import ModelDeployment
 from orchestrator.spec.engine import ENGINE_DEFAULTS
 from orchestrator.spec.fleet import Fleet
+from orchestrator.spec.plan import PlanOptions
 
 SOLVER = "HiGHS via scipy.optimize.milp"
 
 
-@dataclass(frozen=True)
-class PlanOptions:
-    churn_weight: float = 0.1
-    """Penalty for each replica added or removed against the previous plan, as a fraction of that
-    replica's hourly cost (0: ignore the previous plan's replica counts)."""
-    gap: float = 0.005
-    """Relative optimality gap at which the solver stops."""
-    time_limit_s: float = 60.0
-    objective: str = "cost"
-    model_root: str = MODEL_ROOT
-    """Where checkpoints live on every node: a variant without its own ``checkpoint`` is read from
-    ``{model_root}/{model}/{variant}`` (a PVC mount on Kubernetes, a local cache for ``moxin up``)."""
-
-
 def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, previous: doc.Plan | None = None,
-         options: PlanOptions = PlanOptions()) -> doc.Plan:
+         options: PlanOptions | None = None) -> doc.Plan:
+    options = options or PlanOptions()
     pools = {p.name: p for p in fleet.spec.pools}
     per_node = {p.name: p.devices_per_node or catalog.profile(p.hardware).spec.devices_per_node for p in pools.values()}
     pool_devices = {name: per_node[name] * p.nodes for name, p in pools.items()}
@@ -59,7 +46,8 @@ def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, pre
     usable = [c for f in found for c in prune_dominated(f.candidates, keep)]
     demands = [Demand(d.name, d.spec.traffic.requests_per_second, d.spec.replicas.min, d.spec.replicas.max)
                for d in deployments]
-    sol = solve(demands, usable, pool_devices, prev_counts, options.churn_weight, options.gap, options.time_limit_s)
+    sol = solve(demands, usable, pool_devices, prev_counts, churn_weight=options.churn_weight, gap=options.gap,
+                time_limit=options.time_limit_s)
 
     placements: dict[tuple, list[Placement]] = {}
     for name, pool in pools.items():

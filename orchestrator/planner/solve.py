@@ -51,8 +51,9 @@ class Solution:
 
 
 def solve(demands: list[Demand], candidates: list[Candidate], pool_devices: dict[str, int],
-          previous: dict[tuple, int] | None = None, churn_weight: float = 0.1, gap: float = 0.005,
-          time_limit: float = 60.0) -> Solution:
+          previous: dict[tuple, int] | None = None, *, churn_weight: float, gap: float,
+          time_limit: float) -> Solution:
+    """The replica counts (``PlanOptions`` documents churn_weight, gap and time_limit, in seconds)."""
     t0 = time.perf_counter()
     previous = previous or {}
     nd, nc = len(demands), len(candidates)
