@@ -21,7 +21,8 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from orchestrator.spec.hardware import EngineName
+from orchestrator.spec.defaults import MODEL_ROOT
+from orchestrator.spec.engine import EngineName
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -518,7 +519,7 @@ class ChartValues(Values):
     """ServiceAccounts."""
     rbac: Rbac = Rbac()
     """Kubernetes API access."""
-    model_storage: ModelStorage = ModelStorage(mount_path="/models", type="pvc")
+    model_storage: ModelStorage = ModelStorage(mount_path=MODEL_ROOT, type="pvc")
     """Where checkpoints live."""
     hub_token: HubToken = HubToken()
     """Hugging Face token."""

@@ -16,6 +16,7 @@ from orchestrator.runtime import local
 from orchestrator.runtime.names import CONTROLLER, HEAD, KV_PLAN, NAMESPACE
 from orchestrator.spec.plan import Plan
 
+
 def _ray() -> Any:
     try:
         import ray

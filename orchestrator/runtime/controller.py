@@ -38,6 +38,7 @@ from orchestrator.runtime.names import (
 )
 from orchestrator.runtime.reconcile import Action, Drain, Observed, Start, State, Stop, decide
 from orchestrator.runtime.replica import Replica
+from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ROUTER_PORT
 from orchestrator.spec.hardware import NODE_RESOURCE_PREFIX
 from orchestrator.spec.plan import Plan
 
@@ -67,7 +68,8 @@ def actor_resources(bundle: dict[str, float]) -> dict[str, Any]:
 class Controller:
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         saved = kv_get(KV_OPTIONS) or {}
-        self.options = {"metricsPort": 9400, "routers": 1, "routerHost": "0.0.0.0", "routerPort": 8000,
+        self.options = {"metricsPort": CONTROLLER_METRICS_PORT, "routers": 1, "routerHost": "0.0.0.0",
+                        "routerPort": ROUTER_PORT,
                         "logDir": str(Path(tempfile.gettempdir()) / "moxin" / "logs"), "drainSeconds": 10.0,
                         "graceSeconds": 15.0, "prometheusSd": None, **saved, **(options or {})}
         kv_put(KV_OPTIONS, self.options)

@@ -19,10 +19,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from orchestrator.runtime import vllm_auth
 from orchestrator.runtime.desired import ReplicaSpec
 from orchestrator.runtime.engine_proxy import RunningProxy, serve_in_thread
 from orchestrator.runtime.guard import alive, stop_group
-from orchestrator.runtime import vllm_auth
 from orchestrator.runtime.reconcile import State
 from orchestrator.runtime.secrets import engine_key
 from orchestrator.spec.plan import EngineLaunch

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from orchestrator.spec.base import Document, ModelName, Name, Strict
+from orchestrator.spec.engine import KvCacheDtype
 
 
 class Traffic(Strict):
@@ -53,7 +54,7 @@ class ModelDeploymentSpec(Strict):
     """Replica bounds."""
     pools: list[Name] = Field(default_factory=list)
     """Pools the planner may use; empty means every pool of the fleet."""
-    kv_cache_dtype: Literal["auto", "bf16", "fp16", "fp8", "int8", "int4"] = "auto"
+    kv_cache_dtype: KvCacheDtype = "auto"
     """KV-cache data type; 'auto' uses the weights' activation type."""
 
 

@@ -11,10 +11,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from orchestrator.spec.base import Document, Source, Strict, require_sources
+from orchestrator.spec.engine import EngineName, KvDtype
 
 NumericFormat = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]
-EngineName = Literal["vllm", "mlx-lm", "vllm-metal"]
-KvDtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 
 
 class PeakTflops(Strict):
@@ -91,8 +90,8 @@ class EngineSupport(Strict):
         return self
 
 
-# Ray takes these through --num-cpus / --num-gpus, never through --resources.
-RAY_BUILTIN_RESOURCES = {"CPU": "--num-cpus", "GPU": "--num-gpus"}
+RAY_BUILTIN_RESOURCES = {"CPU": "num-cpus", "GPU": "num-gpus"}
+"""Resources ``ray start`` takes through their own flags (--num-cpus, --num-gpus) and refuses in --resources."""
 NODE_RESOURCE_PREFIX = "moxin-node-"
 """A node of a moxin fleet carries ``moxin-node-<name>: 1`` so that replicas can be pinned to the node the
 plan chose (placement-group bundles ask for a sliver of it)."""
@@ -114,6 +113,15 @@ class RayResources(Strict):
         if node:
             out[NODE_RESOURCE_PREFIX + node] = 1.0
         return out
+
+    def start_flags(self, devices: int, node: str | None = None) -> tuple[dict[str, float], dict[str, float]]:
+        """What ``ray start`` declares for such a node: the built-in resources by flag name (``{"num-gpus": 8.0}``
+        for --num-gpus) and the custom ones for --resources, each sorted by name. The Helm values, `moxin
+        node-resources` and `moxin up`'s local nodes are formatted from these two."""
+        resources = self.node_resources(devices, node)
+        flags = {RAY_BUILTIN_RESOURCES[k]: v for k, v in sorted(resources.items()) if k in RAY_BUILTIN_RESOURCES}
+        custom = {k: v for k, v in sorted(resources.items()) if k not in RAY_BUILTIN_RESOURCES}
+        return flags, custom
 
     def bundle(self, devices: int, node: str | None = None) -> dict[str, float]:
         """One placement-group bundle: ``devices`` devices on one node (of the plan's choice, if given)."""

@@ -6,9 +6,7 @@ A variant says, for each module class, which numeric format its weights are stor
 
 from __future__ import annotations
 
-from typing import Literal
-
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -16,7 +14,6 @@ from orchestrator.spec.base import Document, ModelObjectMeta, Name, Source, Stri
 from orchestrator.spec.formats import FORMATS, MODULE_CLASSES
 
 Family = Literal["llama", "qwen3", "qwen3-moe", "glm4-moe", "deepseek-v3"]
-KvDtypeChoice = Literal["auto", "bf16", "fp16", "fp8", "int8", "int4"]
 
 
 class MoE(Strict):

@@ -4,7 +4,8 @@ A Plan is written by ``planner.plan()`` and read by the Ray runtime (``runtime/d
 KubeRay renderers and ``moxin plan --diff``/``--previous``. It is a document like the others: typed, frozen,
 camelCase in YAML, loaded through the ordinary loader (file:line:field errors), so nothing downstream reads it
 through string keys. ``EngineLaunch`` is here too: it is plain data (argv, env, probes) that
-``engines/launch.py`` builds and every runtime starts engines from.
+``engines/launch.py`` builds and every runtime starts engines from; and ``PlanOptions``, how the planner searches
+(plain data, here so that the CLI generates ``moxin plan``'s flags from it without loading the solver).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from orchestrator.spec.base import Document, ModelName, Name, Strict
+from orchestrator.spec.defaults import MODEL_ROOT
+from orchestrator.spec.engine import EngineName
 from orchestrator.spec.hardware import RayResources
 
 _OMIT_NONE: Any = Field(None, exclude_if=lambda v: v is None)
@@ -21,13 +24,15 @@ _OMIT_NONE: Any = Field(None, exclude_if=lambda v: v is None)
 METRIC_LABELS = ("deployment", "model", "variant", "pool", "hardware", "engine", "emulated")
 """The labels every moxin metric and Prometheus target carries: the schema of the router's, the controller's
 and (through file_sd) the engines' series, and of the router's routing table."""
+Objective = Literal["cost"]
+"""What the planner minimises after serving the most demand."""
 
 
 class EngineLaunch(Strict):
     """Everything needed to start one engine replica: an argv list (never a shell string), environment,
     port, probes and the readiness budget."""
 
-    engine: Literal["vllm", "mlx-lm", "vllm-metal"]
+    engine: EngineName
     """Serving engine."""
     platform: str = Field(min_length=1)
     """Engine platform (vLLM's platform or plugin: 'cuda', 'mlu', 'cpu', ...; 'mlx' / 'mlx-cpu' for mlx-lm)."""
@@ -147,7 +152,7 @@ class Assignment(Strict):
     """The pool the replicas run on."""
     hardware: Name
     """The pool's hardware profile (as declared, also for emulated pools)."""
-    engine: Literal["vllm", "mlx-lm", "vllm-metal"]
+    engine: EngineName
     """Serving engine."""
     tensor_parallel: int = Field(ge=1)
     """Tensor-parallel degree."""
@@ -237,7 +242,7 @@ class Unplaced(Strict):
 class PlanSpec(Strict):
     fleet: Name
     """The Fleet planned for."""
-    objective: Literal["cost"] = "cost"
+    objective: Objective = "cost"
     """What the solver minimised after serving the most demand."""
     pools: list[PlanPool] = Field(default_factory=list)
     """The fleet's pools."""
@@ -292,3 +297,20 @@ class Plan(Document[PlanSpec]):
 
     def assignment(self, key: tuple[str, str, str, int, int]) -> Assignment | None:
         return next((a for a in self.spec.assignments if a.key == key), None)
+
+
+class PlanOptions(Strict):
+    """How ``planner.plan()`` searches; ``moxin plan``'s flags are generated from these fields."""
+
+    objective: Objective = "cost"
+    """After serving the most demand: least cost."""
+    churn_weight: float = Field(0.1, ge=0)
+    """Penalty per replica added or removed against the previous plan (--previous), as a fraction of its
+    hourly cost (0: ignore the previous plan's replica counts)."""
+    gap: float = Field(0.005, ge=0, le=1)
+    """Relative optimality gap at which the solver stops."""
+    time_limit_s: float = Field(60.0, gt=0)
+    """Seconds the solver may take."""
+    model_root: str = Field(MODEL_ROOT, min_length=1)
+    """Where every node keeps checkpoints: a variant without its own checkpoint is read from
+    <root>/<model>/<variant> (a volume mount on Kubernetes, a local cache for `moxin up`)."""

@@ -108,3 +108,9 @@ def test_readme_example_documents_validate(tmp_path: Path) -> None:
     (tmp_path / "example.yaml").write_text(block.split("```")[0])
     result = run("validate", str(tmp_path / "example.yaml"))
     assert result.exit_code == 0 and "1 Fleet, 1 ModelDeployment" in result.output, result.output
+
+
+def test_engine_args_table_prints_the_command_line_and_the_readiness_budget() -> None:
+    result = run("engine-args", "-m", "llama-3.1-8b", "-v", "bf16", "-H", "nvidia-h100-sxm")
+    assert result.exit_code == 0, result.output
+    assert "--max-num-seqs 256" in result.output and "ready within" in result.output

@@ -18,7 +18,6 @@ from orchestrator.runtime.reconcile import (
 )
 from orchestrator.spec.plan import EngineLaunch
 
-
 LAUNCH = EngineLaunch(engine="vllm", platform="cpu", argv=["vllm", "--port", "8000"], port=8000, health_path="/health",
                       metrics_path=None, readiness_timeout_seconds=210, image=None, visibility_env=None,
                       served_model_name="m", request_model="m", model_path="/m")
