@@ -77,6 +77,9 @@ class ReplicaRecord:
     """The replica's actor (a cluster handle); None while none runs."""
     description: dict[str, Any] = field(default_factory=dict)
     """Its last ``describe()``."""
+    spec_hash: str = ""
+    """The launch it was started with; "" for an adopted replica until it answers. Its description says, once
+    there is one."""
     state: State = State.PENDING
     draining_since: float | None = None
     stop_ref: Any = None
@@ -105,7 +108,8 @@ class ReplicaRecord:
         if self.stopping:
             return Observed(self.id, "", State.STOPPING, since=self.stop_since, stopped=self.stop_done)
         d = self.description
-        return Observed(self.id, d.get("specHash", ""), self.state, self.draining_since, d.get("stateSince"))
+        return Observed(self.id, d.get("specHash", self.spec_hash), self.state, self.draining_since,
+                        d.get("stateSince"))
 
 
 @dataclass(frozen=True)
@@ -351,7 +355,7 @@ class Controller:
             handle = self.cluster.start_replica(spec, str(view.options["logDir"]), float(view.options["graceSeconds"]))
             with self._lock:
                 rec = self.records.setdefault(spec.id, ReplicaRecord(spec.id))
-                rec.handle, rec.state, rec.description = handle, State.PENDING, {}
+                rec.handle, rec.spec_hash, rec.state, rec.description = handle, spec.spec_hash, State.PENDING, {}
             self._event(f"start {spec.id} ({action.reason})")
         elif isinstance(action, Drain):
             with self._lock:
@@ -375,7 +379,8 @@ class Controller:
         with self._lock:
             rec = self.records[rid]
             rec.carried_restarts += rec.description.get("restarts", 0)  # the engine restarts it counted
-            rec.handle, rec.description, rec.state, rec.draining_since = None, {}, State.PENDING, None
+            rec.handle, rec.spec_hash, rec.description, rec.state = None, "", {}, State.PENDING
+            rec.draining_since = None
             rec.stop_ref, rec.stop_since, rec.stop_done = None, None, False
 
     def _adopt(self) -> list[str]:

@@ -322,6 +322,27 @@ def test_a_start_that_raises_is_counted_as_a_reconcile_error_and_retried_while_t
     assert sorted(cluster.actors) == [GPU, MAC] and c.metrics.reconcile_errors.labels("act")._value.get() == 1
 
 
+def test_a_replica_whose_placement_group_waits_is_pending_and_status_names_the_bundles(make, cluster, clock,
+                                                                                     local_plan):
+    cluster.pending.add(GPU)
+    c = make()
+    c.apply(local_plan)
+    c.reconcile_once()
+    for _ in range(3):
+        clock.now += 1
+        assert c.reconcile_once() == []  # pending is not a failure: nothing is restarted
+    row = rows(c)[GPU]
+    assert row["state"] == "pending"
+    assert row["lastError"] == ("waiting for Ray resources: STRICT_PACK [{'GPU': 1.0, 'accelerator_type:H100': 0.001, "
+                                "'moxin-node-gpu-emu-0': 0.001}] (a node must declare them: moxin node-resources)")
+    assert rows(c)[MAC]["lastError"] == "" and GPU not in routed(c)
+    assert cluster.called("start_replica").count(GPU) == 1 and cluster.called("stop_replica") == []
+    cluster.pending.clear()
+    cluster.actors[GPU].state = "ready"
+    c.reconcile_once()
+    assert rows(c)[GPU]["state"] == "ready" and rows(c)[GPU]["lastError"] == "" and GPU in routed(c)
+
+
 def test_status_and_apply_answer_while_a_describe_call_blocks(make, cluster, local_plan):
     c = make()
     c.apply(local_plan)
