@@ -13,8 +13,8 @@ unit tests run the whole loop against an in-memory stand-in. What it knows of ea
 
 Each step is guarded: a failure is counted and logged, and the next loop tries again. The lock guards the records,
 the plan and the options and is held only to read or swap them, never across a cluster call, so ``status`` and
-``apply`` answer while a loop waits on Ray. Only the loop thread changes records (and ``shutdown``, once the loop
-has ended). Replicas are named detached actors: a restarted controller reads the plan back, finds the replicas by
+``apply`` answer while a loop waits on Ray. Only the loop thread changes records (and ``shutdown``, after waiting
+for the loop to end). Replicas are named detached actors: a restarted controller reads the plan back, finds the replicas by
 name and adopts them, engine processes untouched.
 """
 

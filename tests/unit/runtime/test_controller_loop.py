@@ -251,6 +251,7 @@ def test_a_dead_or_failed_replica_is_stopped_then_restarted_after_its_backoff(ma
     assert c.reconcile_once() == [Stop(MAC, f"replica is {how}", failed=True)]
     assert routed(c) == [GPU] and rows(c)[MAC]["state"] == "stopping"
     assert c.records[MAC].failures == 1 and rows(c)[MAC]["restarts"] == 1
+    assert cluster.called("forget") == []  # observing a dead replica acts on nothing; the executor stopped it
 
     clock.now += 1  # the stop finished: forgotten, but not started again before the backoff
     assert c.reconcile_once() == [Forget(MAC, "stopped")]
