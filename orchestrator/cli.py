@@ -323,7 +323,7 @@ def _load_plan(path: Path) -> Any:
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path),
               help="Fleet and ModelDeployment documents (files or directories).")
 @click.option("--fleet", "fleet_name", help="The Fleet to plan for, when the files hold several.")
-@click.option("--previous", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--previous", type=click.Path(dir_okay=False, path_type=Path),
               help="The plan now running: keep replicas where they are unless moving pays.")
 @click.option("--objective", type=click.Choice(["cost"]), default="cost", show_default=True,
               help="After serving the most demand: least cost.")
@@ -331,7 +331,7 @@ def _load_plan(path: Path) -> Any:
               help="Penalty per replica added or removed against --previous, as a fraction of its hourly cost.")
 @click.option("--gap", type=click.FloatRange(0, 1), default=0.005, show_default=True, help="Solver optimality gap.")
 @click.option("--time-limit", type=click.FloatRange(0.1), default=60, show_default=True, help="Solver seconds.")
-@click.option("--diff", "diff_paths", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--diff", "diff_paths", nargs=2, type=click.Path(dir_okay=False, path_type=Path),
               help="OLD NEW: show what moves between two plans (no planning).")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
 def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None, objective: str, churn_weight: float,

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,24 @@ def test_readme_example_documents_validate(tmp_path: Path) -> None:
     (tmp_path / "example.yaml").write_text(block.split("```")[0])
     result = run("validate", str(tmp_path / "example.yaml"))
     assert result.exit_code == 0 and "1 Fleet, 1 ModelDeployment" in result.output, result.output
+
+
+@pytest.mark.parametrize("what", ["fifo", "/dev/zero", "symlink-loop"])
+def test_a_file_that_is_not_a_regular_file_exits_2_at_once(tmp_path: Path, what: str) -> None:
+    if what == "fifo":
+        target = tmp_path / "fleet.yaml"
+        os.mkfifo(target)
+    elif what == "symlink-loop":
+        target = tmp_path / "fleet.yaml"
+        target.symlink_to(tmp_path / "other.yaml")
+        (tmp_path / "other.yaml").symlink_to(target)
+    else:
+        target = Path(what)
+    for args in (["validate", str(target)], ["plan", "--diff", str(target), str(target)]):
+        start = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, check=False,
+                             timeout=30)
+        assert time.monotonic() - start < 10
+        assert out.returncode == 2, out.stderr
+        assert f"{target}: cannot read: " in out.stderr and "Traceback" not in out.stderr
+        assert ("symlink loop" if what == "symlink-loop" else "not a regular file") in out.stderr
