@@ -6,7 +6,18 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from orchestrator.spec.base import Document, Name, Strict
+from orchestrator.spec.base import (
+    MAX_DEVICES_PER_NODE,
+    MAX_NODES_PER_POOL,
+    MAX_USD_PER_DEVICE_HOUR,
+    Document,
+    FiniteFloat,
+    HostAddress,
+    LabelKey,
+    LabelValue,
+    Name,
+    Strict,
+)
 
 
 class Pool(Strict):
@@ -14,18 +25,19 @@ class Pool(Strict):
     """Pool name, unique in the fleet."""
     hardware: Name
     """The HardwareProfile its nodes are."""
-    nodes: int = Field(ge=0)
+    nodes: int = Field(ge=0, le=MAX_NODES_PER_POOL)
     """Number of nodes in the pool."""
-    devices_per_node: int | None = Field(None, gt=0)
+    devices_per_node: int | None = Field(None, gt=0, le=MAX_DEVICES_PER_NODE)
     """Devices per node; defaults to the profile's devicesPerNode."""
-    usd_per_device_hour: float | None = Field(None, ge=0)
+    usd_per_device_hour: FiniteFloat | None = Field(None, ge=0, le=MAX_USD_PER_DEVICE_HOUR)
     """Price of one device for one hour in USD; unknown prices leave cost out of the plan."""
-    labels: dict[str, str] = Field(default_factory=dict)
-    """Labels of the pool's nodes (node selectors on Kubernetes, node labels on Ray)."""
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    """Labels of the pool's nodes (node selectors on Kubernetes, node labels on Ray): Kubernetes label keys
+    and values."""
     emulate: Literal["cpu"] | None = None
     """'cpu': place and account the nodes as the declared hardware, but run the engines on CPU."""
-    addresses: list[str] | None = None
-    """Host names or IPs of the nodes, one per node (Apple pools reached from Kubernetes need them)."""
+    addresses: list[HostAddress] | None = None
+    """Host names or IPs of the nodes, one per node, no port (Apple pools reached from Kubernetes need them)."""
 
     @model_validator(mode="after")
     def _addresses_match_nodes(self) -> Pool:

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec.base import API_VERSION, Document
+from orchestrator.spec.base import API_VERSION, PATTERN_MEANINGS, Document
 from orchestrator.spec.deployment import ModelDeployment
 from orchestrator.spec.fleet import Fleet
 from orchestrator.spec.hardware import HardwareProfile
@@ -136,7 +136,9 @@ def validate_document(raw: RawDocument, base_dir: Path | None = None, budget: Re
                                  raw.file, raw.line_of(("apiVersion",)), "apiVersion")])
     cls = KINDS[kind]
     try:
-        doc = cls.model_validate(data)
+        # Strict: a number is a YAML number ("4" and yes are refused, as the JSON Schema says); an integer
+        # still fills a float field.
+        doc = cls.model_validate(data, strict=True)
     except ValidationError as exc:
         raise SpecError([_problem_from_pydantic(err, raw, cls) for err in exc.errors()]) from None
     if isinstance(doc, Model) and doc.spec.config_file is not None:
@@ -188,9 +190,11 @@ def _short(exc: Exception) -> str:
 
 def _problem_from_pydantic(err: Any, raw: RawDocument, cls: type[BaseModel]) -> Problem:
     loc = tuple(err["loc"])
-    path = _data_path(loc, raw.data)
     kind = err["type"]
+    error = err.get("ctx", {}).get("error")
+    path = _data_path(loc, raw.data)
     hint = None
+    got = f" (got {_shown(err['input'])})" if "input" in err and not isinstance(err["input"], (dict, list)) else ""
     if kind == "extra_forbidden":
         field = str(path[-1]) if path else "?"
         message = f"unknown field {field!r}"
@@ -200,12 +204,32 @@ def _problem_from_pydantic(err: Any, raw: RawDocument, cls: type[BaseModel]) -> 
     elif kind == "missing":
         message = "required field is missing"
     elif kind == "value_error":
-        message = str(err.get("ctx", {}).get("error", err["msg"]))
+        message = str(error if error is not None else err["msg"])
+    elif kind == "less_than_equal":
+        message = f"at most {_number(err['ctx']['le'])}{got}"
+    elif kind == "less_than":
+        message = f"less than {_number(err['ctx']['lt'])}{got}"
+    elif kind == "string_pattern_mismatch" and err["ctx"]["pattern"] in PATTERN_MEANINGS:
+        message = f"must be {PATTERN_MEANINGS[err['ctx']['pattern']]}{got}"
     else:
-        message = err["msg"]
-        if "input" in err and not isinstance(err["input"], (dict, list)):
-            message += f" (got {err['input']!r})"
+        message = err["msg"] + got
+        value = err.get("input")
+        if kind in ("int_type", "float_type") and isinstance(value, bool):
+            hint = "write a number (yes, no, on, off, true and false are booleans in YAML)"
+        elif kind in ("int_type", "float_type") and isinstance(value, str):
+            hint = "write a plain YAML number, without quotes"
+        elif kind == "bool_type" and isinstance(value, str):
+            hint = "write true or false, without quotes"
     return Problem(message, raw.file, raw.line_of(path), format_path(path), hint)
+
+
+def _number(limit: float) -> str:
+    return str(int(limit)) if float(limit).is_integer() else str(limit)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:

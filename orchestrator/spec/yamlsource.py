@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,7 +229,16 @@ except ImportError:  # pragma: no cover - PyYAML without libyaml
         Parser.__init__(loader)
 
 
-class _CountingComposer(Composer, _EventSource, Resolver):  # type: ignore[misc,valid-type]
+class _Resolver(Resolver):
+    """YAML 1.1 scalars, plus the exponent forms YAML 1.2 and JSON read as floats ('1e6', '2E-3'), which
+    YAML 1.1 leaves strings: numbers are strict, so a string would be refused where a number was meant."""
+
+
+_Resolver.add_implicit_resolver(
+    _T + "float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+class _CountingComposer(Composer, _EventSource, _Resolver):  # type: ignore[misc,valid-type]
     """PyYAML's safe composer over libyaml's events, refusing a document of more than MAX_NODES_PER_DOCUMENT
     nodes while it is composed (the stock composer builds the whole tree first: 8 MB of '1,' is 4 million
     nodes, 30 s and a gigabyte)."""
@@ -236,7 +246,7 @@ class _CountingComposer(Composer, _EventSource, Resolver):  # type: ignore[misc,
     def __init__(self, text: str, budget: ReadBudget) -> None:
         _init_events(self, text)
         Composer.__init__(self)
-        Resolver.__init__(self)
+        _Resolver.__init__(self)
         self.budget = budget
         self.count = 0
 

@@ -131,3 +131,11 @@ def test_a_file_that_is_not_a_regular_file_exits_2_at_once(tmp_path: Path, what:
         assert out.returncode == 2, out.stderr
         assert f"{target}: cannot read: " in out.stderr and "Traceback" not in out.stderr
         assert ("symlink loop" if what == "symlink-loop" else "not a regular file") in out.stderr
+
+
+def test_validate_refuses_a_kubernetes_injection_at_its_line() -> None:
+    bad = DATA / "bad" / "hardware-kubernetes-strings.yaml"
+    result = run("validate", str(bad))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{bad}:36: spec.kubernetes.runtimeClassName: must be a DNS-1123 subdomain" in result.output
+    assert r"(got 'nvidia\nhostPID: true')" in result.output
