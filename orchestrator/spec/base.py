@@ -35,6 +35,8 @@ MAX_REPLICAS = 100_000
 """Replicas of one deployment (replicas.min/max) or one assignment."""
 MAX_NODES_PER_POOL = 100_000
 """Nodes of one pool."""
+MAX_NODES_PER_FLEET = 100_000
+"""Nodes of one fleet, all pools together."""
 MAX_DEVICES_PER_NODE = 256
 """Devices in one node (a profile's devicesPerNode, a pool's)."""
 MAX_USD_PER_DEVICE_HOUR = 10_000
@@ -121,6 +123,15 @@ HostAddress = Annotated[str, StringConstraints(max_length=253), AfterValidator(_
                                            "name; no port."})]
 """A machine address (an IP, or a lowercase DNS-1123 subdomain), without a port: it becomes an
 EndpointSlice address and a Ray node name."""
+
+
+class FieldError(ValueError):
+    """A model validator's error about one field below the model: the loader reports it at ``path``
+    (relative to the model), with that field's own line, rather than at the model."""
+
+    def __init__(self, message: str, *path: str | int) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class Strict(BaseModel):

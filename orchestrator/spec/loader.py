@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec.base import API_VERSION, PATTERN_MEANINGS, Document
+from orchestrator.spec.base import API_VERSION, PATTERN_MEANINGS, Document, FieldError
 from orchestrator.spec.deployment import ModelDeployment
 from orchestrator.spec.fleet import Fleet
 from orchestrator.spec.hardware import HardwareProfile
@@ -192,6 +192,8 @@ def _problem_from_pydantic(err: Any, raw: RawDocument, cls: type[BaseModel]) -> 
     loc = tuple(err["loc"])
     kind = err["type"]
     error = err.get("ctx", {}).get("error")
+    if isinstance(error, FieldError):  # a model validator naming the field below it
+        loc += error.path
     path = _data_path(loc, raw.data)
     hint = None
     got = f" (got {_shown(err['input'])})" if "input" in err and not isinstance(err["input"], (dict, list)) else ""

@@ -17,6 +17,7 @@ from orchestrator.spec.base import (
     MAX_PARAMETERS,
     MAX_TOKENS,
     Document,
+    FieldError,
     FiniteFloat,
     ModelObjectMeta,
     Name,
@@ -184,10 +185,12 @@ class ModelSpec(Strict):
     def _one_architecture(self) -> ModelSpec:
         if (self.architecture is None) == (self.config_file is None):
             raise ValueError("give exactly one of 'architecture' and 'configFile'")
-        names = [v.name for v in self.variants]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate variant names: {', '.join(dupes)}")
+        seen: dict[str, int] = {}
+        for i, variant in enumerate(self.variants):
+            if variant.name in seen:
+                raise FieldError(f"duplicate variant name {variant.name!r} (first at variants[{seen[variant.name]}])",
+                                 "variants", i, "name")
+            seen[variant.name] = i
         numbers = [f"published.{k}" for k, v in (("totalParameters", self.published.total_parameters),
                                                   ("activeParameters", self.published.active_parameters))
                    if v is not None]
