@@ -329,11 +329,11 @@ def _load_plan(path: Path) -> Any:
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path),
               help="Fleet and ModelDeployment documents (files or directories).")
 @click.option("--fleet", "fleet_name", help="The Fleet to plan for, when the files hold several.")
-@click.option("--previous", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--previous", type=click.Path(dir_okay=False, path_type=Path),
               help="The plan now running: keep replicas where they are unless moving pays.")
 @options_from(PlanOptions, ["objective", "churn_weight", "gap", "time_limit_s"],
               flags={"time_limit_s": "--time-limit"})
-@click.option("--diff", "diff_paths", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--diff", "diff_paths", nargs=2, type=click.Path(dir_okay=False, path_type=Path),
               help="OLD NEW: show what moves between two plans (no planning).")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
 def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None,

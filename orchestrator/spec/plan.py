@@ -10,11 +10,23 @@ through string keys. ``EngineLaunch`` is here too: it is plain data (argv, env, 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from orchestrator.spec.base import Document, ModelName, Name, Strict
+from orchestrator.spec.base import (
+    MAX_DEVICES_PER_NODE,
+    MAX_NODES_PER_POOL,
+    MAX_REPLICAS,
+    Document,
+    EnvName,
+    FiniteFloat,
+    HostAddress,
+    ImageRef,
+    ModelName,
+    Name,
+    Strict,
+)
 from orchestrator.spec.defaults import MODEL_ROOT
 from orchestrator.spec.engine import EngineName
 from orchestrator.spec.hardware import RayResources
@@ -38,7 +50,7 @@ class EngineLaunch(Strict):
     """Engine platform (vLLM's platform or plugin: 'cuda', 'mlu', 'cpu', ...; 'mlx' / 'mlx-cpu' for mlx-lm)."""
     argv: list[str] = Field(min_length=1)
     """Command line; 'python3' as the first word names the interpreter of the image or node."""
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict)
     """Environment variables the engine needs (plugins, CPU KV space, ...)."""
     port: int = Field(ge=1, le=65535)
     """Port the engine listens on (the argv's --port); runtimes may pick another with ``with_port``."""
@@ -48,9 +60,9 @@ class EngineLaunch(Strict):
     """HTTP path of Prometheus metrics; null for engines that export none (mlx-lm)."""
     readiness_timeout_seconds: int = Field(gt=0)
     """Budget to become ready: engine start-up plus loading one device's weights."""
-    image: str | None
+    image: ImageRef | None
     """Container image of the engine, where the hardware profile names one."""
-    visibility_env: str | None
+    visibility_env: EnvName | None
     """Variable that selects the devices the engine sees (e.g. CUDA_VISIBLE_DEVICES); null where none."""
     served_model_name: str
     """Model name the engine serves under."""
@@ -83,26 +95,26 @@ class EngineLaunch(Strict):
 
 
 class Placement(Strict):
-    replica: int = Field(ge=0)
+    replica: int = Field(ge=0, lt=MAX_REPLICAS)
     """Replica index within its assignment."""
     stage: int = Field(ge=0)
     """Pipeline stage of the replica held on this node."""
-    node: str = Field(min_length=1)
+    node: HostAddress
     """Node name (the pool's addresses where the fleet lists them, else '<pool>-<i>')."""
-    devices: list[int]
+    devices: list[Annotated[int, Field(ge=0, lt=MAX_DEVICES_PER_NODE)]]
     """Device indices on the node."""
 
 
 class Predicted(Strict):
-    capacity_requests_per_second: float | None
+    capacity_requests_per_second: FiniteFloat | None
     """Requests/s one replica serves within the SLO."""
     batch: int = Field(ge=1)
     """Concurrent sequences per replica that capacity assumes."""
-    decode_tokens_per_second: float | None
+    decode_tokens_per_second: FiniteFloat | None
     """Decode tokens/s per sequence at that batch."""
-    ttft_seconds: float | None
+    ttft_seconds: FiniteFloat | None
     """Predicted time to first token."""
-    tpot_seconds: float | None
+    tpot_seconds: FiniteFloat | None
     """Predicted time per output token."""
 
 
@@ -111,7 +123,7 @@ class Alternative(Strict):
     """The alternative (variant, pool, parallelism)."""
     replicas: int = Field(ge=0)
     """Replicas it would need alone."""
-    cost_usd_per_hour: float | None
+    cost_usd_per_hour: FiniteFloat | None
     """What it would cost alone; null on an unpriced pool."""
     note: str
     """Why it was not chosen."""
@@ -158,7 +170,7 @@ class Assignment(Strict):
     """Tensor-parallel degree."""
     pipeline_parallel: int = Field(ge=1)
     """Pipeline stages."""
-    replicas: int = Field(ge=0)
+    replicas: int = Field(ge=0, le=MAX_REPLICAS)
     """Replica count."""
     devices_per_replica: int = Field(ge=1)
     """Devices one replica holds (tp x pp)."""
@@ -168,7 +180,7 @@ class Assignment(Strict):
     """Node and devices of each replica's stages."""
     predicted: Predicted
     """What one replica is predicted to deliver."""
-    cost_usd_per_hour: float | None
+    cost_usd_per_hour: FiniteFloat | None
     """Cost of all the replicas; null on an unpriced pool."""
     why: Why
     """Why this assignment, and what else was considered."""
@@ -208,13 +220,13 @@ class PlanPool(Strict):
     """Pool name."""
     hardware: Name
     """Hardware profile of its nodes."""
-    nodes: int = Field(ge=0)
+    nodes: int = Field(ge=0, le=MAX_NODES_PER_POOL)
     """Number of nodes."""
-    devices_per_node: int = Field(ge=1)
+    devices_per_node: int = Field(ge=1, le=MAX_DEVICES_PER_NODE)
     """Devices per node."""
-    node_names: list[str]
+    node_names: list[HostAddress]
     """Node names the placements refer to."""
-    addresses: list[str] | None
+    addresses: list[HostAddress] | None
     """Machine addresses, where the fleet lists them."""
     emulated: bool
     """Run on CPU while planned as its hardware."""
@@ -231,9 +243,9 @@ class PlanPool(Strict):
 class Unplaced(Strict):
     deployment: Name
     """The deployment not (fully) served."""
-    served_requests_per_second: float | None
+    served_requests_per_second: FiniteFloat | None
     """Requests/s the plan serves of it."""
-    demand_requests_per_second: float
+    demand_requests_per_second: FiniteFloat
     """Requests/s it asks for."""
     reasons: list[str]
     """Why, and what would change it."""
@@ -256,19 +268,19 @@ class PlanSpec(Strict):
 
 
 class PlanStatus(Strict):
-    cost_usd_per_hour: float | None
+    cost_usd_per_hour: FiniteFloat | None
     """Total cost of the priced assignments."""
-    served_requests_per_second: float | None
+    served_requests_per_second: FiniteFloat | None
     """Requests/s served, all deployments."""
-    demand_requests_per_second: float | None
+    demand_requests_per_second: FiniteFloat | None
     """Requests/s asked for, all deployments."""
     solver: str
     """The solver used."""
     solver_status: str
     """Its final status."""
-    optimality_gap: float | None
+    optimality_gap: FiniteFloat | None
     """Relative gap at which it stopped."""
-    solve_seconds: float = Field(ge=0)
+    solve_seconds: FiniteFloat = Field(ge=0)
     """Solver time."""
     candidates: int = Field(ge=0)
     """Candidates the solver chose among."""
