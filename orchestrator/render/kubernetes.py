@@ -28,8 +28,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 RELEASE = "moxin"
 # The order kubectl/helm create kinds in: what others reference first.
 KIND_ORDER = ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "PersistentVolumeClaim", "Role", "RoleBinding",
-              "Service", "EndpointSlice", "Deployment", "LeaderWorkerSet", "RayCluster", "Job", "PodDisruptionBudget",
-              "PodMonitor", "ServiceMonitor", "PrometheusRule"]
+              "NetworkPolicy", "Service", "EndpointSlice", "Deployment", "LeaderWorkerSet", "RayCluster", "Job",
+              "PodDisruptionBudget", "PodMonitor", "ServiceMonitor", "PrometheusRule"]
 
 
 def chart_dir() -> Path:

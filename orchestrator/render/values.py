@@ -78,6 +78,8 @@ HTTP_URL = r"^https?://[!-~]+$"
 """An http(s) URL: visible ASCII, no spaces."""
 ADDRESS = rf"^([0-9A-Fa-f.:]+|{_DNS_SUBDOMAIN})$"
 """An endpoint address: IPv4, IPv6 or a lowercase DNS name."""
+CIDR = r"^[0-9A-Fa-f.:]+/[0-9]{1,3}$"
+"""An IPv4 or IPv6 CIDR block."""
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 """A Kubernetes resource quantity with a unit suffix ("32Gi", "500m")."""
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
@@ -480,6 +482,63 @@ class Router(Values):
     """router.json, written from the plan by moxin render helm."""
 
 
+class LabelSelectorRequirement(Values):
+    """One requirement of a label selector."""
+
+    key: LabelKey
+    """The label key."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the label's value is compared with values."""
+    values: list[LabelValue] | None = None
+    """The values (In, NotIn)."""
+
+
+class LabelSelector(Values):
+    """A Kubernetes label selector."""
+
+    match_labels: Labels | None = None
+    """Labels a selected object carries, all of them."""
+    match_expressions: list[LabelSelectorRequirement] | None = None
+    """Requirements a selected object meets, all of them."""
+
+
+class IpBlock(Values):
+    """A range of IP addresses."""
+
+    cidr: Annotated[str, _pattern(CIDR)]
+    """The range, e.g. 10.0.0.0/8."""
+    except_: list[Annotated[str, _pattern(CIDR)]] | None = Field(None, alias="except")
+    """Ranges within cidr that are left out."""
+
+
+class NetworkPolicyPeer(Values):
+    """Who may connect: pods (podSelector, in namespaces chosen by namespaceSelector, else the release's),
+    or an IP range (Kubernetes NetworkPolicyPeer)."""
+
+    pod_selector: LabelSelector | None = None
+    """Pods selected by their labels."""
+    namespace_selector: LabelSelector | None = None
+    """Namespaces selected by their labels (kubernetes.io/metadata.name is each one's name)."""
+    ip_block: IpBlock | None = None
+    """An IP range."""
+
+
+class NetworkPolicy(Values):
+    """NetworkPolicies admitting only the traffic moxin needs to engine and router pods (ingress only)."""
+
+    enabled: bool = True
+    """Create them (the cluster's network plugin must enforce NetworkPolicies)."""
+    prometheus: list[NetworkPolicyPeer] = Field(default_factory=lambda: [NetworkPolicyPeer(
+        namespace_selector=LabelSelector(match_labels={"kubernetes.io/metadata.name": "monitoring"}),
+        pod_selector=LabelSelector(match_labels={"app.kubernetes.io/name": "prometheus"}))])
+    """The Prometheus pods that scrape engines and router (kube-prometheus-stack's, in namespace monitoring,
+    by default)."""
+    router_from: list[NetworkPolicyPeer] = Field(default_factory=list)
+    """Who may call the router's port (empty: anyone; Prometheus is always admitted)."""
+    engine_from: list[NetworkPolicyPeer] = Field(default_factory=list)
+    """Who else may call the engines' port, besides the router and Prometheus."""
+
+
 class Monitoring(Values):
     """prometheus-operator objects (need its CRDs in the cluster)."""
 
@@ -616,6 +675,8 @@ class ChartValues(Values):
     """Assignments served by machines that are not Kubernetes nodes (Apple pools)."""
     router: Router = Router()
     """The router."""
+    network_policy: NetworkPolicy = NetworkPolicy()
+    """NetworkPolicies of engines and router."""
     monitoring: Monitoring = Monitoring()
     """Monitoring objects."""
     dashboards: Dashboards = Dashboards()

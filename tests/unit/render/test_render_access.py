@@ -1,0 +1,134 @@
+"""Who may reach and call what: the chart's NetworkPolicies (engines admit the router and Prometheus only)."""
+
+from __future__ import annotations
+
+import pytest
+from k8s_support import by_kind, rendered, validate
+
+from orchestrator.render.helm import RenderError
+from orchestrator.render.kubernetes import render_chart
+
+pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the k8s extra)")
+
+ROUTER_PODS = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "moxin", "app.kubernetes.io/instance": "moxin",
+                                               "app.kubernetes.io/component": "router"}}}
+PROMETHEUS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+              "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def _pod_templates(obj: dict) -> list[dict]:
+    if obj["kind"] == "Deployment":
+        return [obj["spec"]["template"]]
+    t = obj["spec"]["leaderWorkerTemplate"]
+    return [t["leaderTemplate"], t["workerTemplate"]]
+
+
+def _rules(objects: list[dict]) -> list[dict]:
+    return [rule for o in objects if o["kind"] == "NetworkPolicy" for rule in o["spec"]["ingress"]]
+
+
+# ---------------------------------------------------------------------------------- NetworkPolicies
+
+def test_each_assignment_admits_the_router_and_prometheus_on_its_engine_port_only(example_name):
+    values, objects = rendered(example_name)
+    policies = by_kind(objects, "NetworkPolicy")
+    router_labels = by_kind(objects, "Deployment")["moxin-router"]["spec"]["template"]["metadata"]["labels"]
+    assert _selects(ROUTER_PODS["podSelector"], router_labels)
+    for a in values["assignments"]:
+        policy = policies[a["id"]]
+        validate(policy)
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        for template in _pod_templates(by_kind(objects, a["kind"])[a["id"]]):
+            assert _selects(policy["spec"]["podSelector"], template["metadata"]["labels"])
+        serving, *group = policy["spec"]["ingress"]
+        assert serving == {"from": [ROUTER_PODS, PROMETHEUS], "ports": [{"port": a["port"], "protocol": "TCP"}]}
+        if a["kind"] == "LeaderWorkerSet":  # Ray and NCCL between the pods of one replica, on ports they pick
+            assert group == [{"from": [{"podSelector": policy["spec"]["podSelector"]}]}]
+        else:
+            assert group == []
+
+
+def test_an_engine_policy_selects_no_other_assignments_pods():
+    values, objects = rendered("maas")
+    policies = by_kind(objects, "NetworkPolicy")
+    for a in values["assignments"]:
+        for b in values["assignments"]:
+            if a["id"] != b["id"]:
+                labels = by_kind(objects, "Deployment")[b["id"]]["spec"]["template"]["metadata"]["labels"]
+                assert not _selects(policies[a["id"]]["spec"]["podSelector"], labels)
+
+
+def test_the_router_admits_anyone_on_its_port_unless_told_whom():
+    values, objects = rendered("maas")
+    router = by_kind(objects, "NetworkPolicy")["moxin-router"]
+    validate(router)
+    assert router["spec"]["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
+    gateway = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    objects = render_chart({**values, "networkPolicy": {"routerFrom": [gateway]}})
+    router = by_kind(objects, "NetworkPolicy")["moxin-router"]
+    validate(router)
+    assert router["spec"]["ingress"] == [{"from": [gateway, PROMETHEUS], "ports": [{"port": 8080, "protocol": "TCP"}]}]
+
+
+def test_prometheus_and_extra_engine_peers_are_configurable():
+    values, _ = rendered("maas")
+    prometheus = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}]
+    gateway = {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}
+    objects = render_chart({**values, "networkPolicy": {"prometheus": prometheus, "engineFrom": [gateway]}})
+    for policy in by_kind(objects, "NetworkPolicy").values():
+        validate(policy)
+    a = values["assignments"][0]
+    (serving,) = by_kind(objects, "NetworkPolicy")[a["id"]]["spec"]["ingress"]
+    assert serving["from"] == [ROUTER_PODS, *prometheus, gateway]
+
+
+def test_with_no_peers_an_engine_admits_nothing_never_everything():
+    """An ingress rule with an empty `from` admits every source: the chart writes no rule instead."""
+    values, _ = rendered("multinode")
+    objects = render_chart({**values, "router": {"enabled": False}, "networkPolicy": {"prometheus": []}})
+    (a,) = values["assignments"]
+    policy = by_kind(objects, "NetworkPolicy")[a["id"]]
+    validate(policy)
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": policy["spec"]["podSelector"]}]}]
+    values, _ = rendered("maas")
+    objects = render_chart({**values, "router": {"enabled": False}, "networkPolicy": {"prometheus": []}})
+    assert all(p["spec"]["ingress"] == [] for p in by_kind(objects, "NetworkPolicy").values())
+
+
+def test_no_rule_of_any_example_admits_everyone_to_an_engine(example_name):
+    _, objects = rendered(example_name)
+    for policy in by_kind(objects, "NetworkPolicy").values():
+        if policy["metadata"]["name"] == "moxin-router":
+            continue
+        assert all(rule.get("from") for rule in policy["spec"]["ingress"])
+
+
+def test_network_policies_can_be_turned_off():
+    values, _ = rendered("maas")
+    objects = render_chart({**values, "networkPolicy": {"enabled": False}})
+    assert not by_kind(objects, "NetworkPolicy")
+
+
+@pytest.mark.parametrize("peer", [
+    {"podSelector": {"matchLabels": {"app\nhostNetwork: true": "x"}}},
+    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "a b"}}},
+    {"ipBlock": {"cidr": "everything"}},
+    {"podSelector": {"matchLabelz": {}}},
+])
+def test_bad_peers_are_refused(peer):
+    with pytest.raises(RenderError, match="refused"):
+        render_chart({"networkPolicy": {"prometheus": [peer]}})
+    with pytest.raises(RenderError, match="refused"):
+        render_chart({"networkPolicy": {"prometheus": [peer]}}, check=False)
+
+
+def test_network_policies_are_validated_strictly():
+    _, objects = rendered("maas")
+    policy = by_kind(objects, "NetworkPolicy")["moxin-router"]
+    validate(policy)
+    with pytest.raises(Exception, match="ingres"):
+        validate({**policy, "spec": {**policy["spec"], "ingres": []}})
