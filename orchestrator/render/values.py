@@ -379,6 +379,9 @@ class Assignment(AssignmentBase, DevicePod):
     """The engine's command line."""
     env: dict[EnvName, str]
     """The engine's environment."""
+    api_key_env: EnvName | None = None
+    """The variable the engine reads the key it requires of callers from (set from engineAuth's Secret);
+    left out for engines that take no key."""
     health_path: Annotated[str, _pattern(URL_PATH)]
     """Path of the engine's health endpoint (probes)."""
     metrics_path: Annotated[str, _pattern(_or_empty(URL_PATH))]
@@ -463,6 +466,15 @@ class RouterService(Values):
     """Service port."""
 
 
+class RouterApiKeys(Values):
+    """The router's API keys: a file in an existing Secret, mounted read-only (never a value)."""
+
+    secret_name: OptionalSubdomainName = ""
+    """The Secret holding the keys file (empty: the router asks callers for no key)."""
+    key: DataKey = "keys.yaml"
+    """The key of the keys file in the Secret; the router reads it as /etc/moxin/keys/keys.yaml."""
+
+
 class Router(Values):
     """The moxin router: an OpenAI-compatible front door spreading requests over assignments by weight."""
 
@@ -480,6 +492,18 @@ class Router(Values):
     """Its Service."""
     config: RouterConfig = RouterConfig(deployments={})
     """router.json, written from the plan by moxin render helm."""
+    api_keys: RouterApiKeys = RouterApiKeys()
+    """API keys callers must present (moxin router --api-keys)."""
+
+
+class EngineAuth(Values):
+    """The key engines require of every caller, from an existing Secret (never a value): engines whose
+    assignment names an apiKeyEnv read it from there, and the router sends it (MOXIN_ENGINE_KEY)."""
+
+    secret_name: OptionalSubdomainName = ""
+    """The Secret holding the key (empty: engines require no key)."""
+    key: DataKey = "engine-key"
+    """The key of the engine key in the Secret."""
 
 
 class LabelSelectorRequirement(Values):
@@ -675,6 +699,8 @@ class ChartValues(Values):
     """Assignments served by machines that are not Kubernetes nodes (Apple pools)."""
     router: Router = Router()
     """The router."""
+    engine_auth: EngineAuth = EngineAuth()
+    """The key engines require of callers."""
     network_policy: NetworkPolicy = NetworkPolicy()
     """NetworkPolicies of engines and router."""
     monitoring: Monitoring = Monitoring()

@@ -207,6 +207,14 @@ Volumes of an engine pod: shared memory, scratch space for a read-only root file
       key: {{ .root.Values.hubToken.key | quote }}
       optional: true
 {{- end }}
+{{- /* Last, so that it wins over a launch variable of the same name. */}}
+{{- if and .root.Values.engineAuth.secretName .a.apiKeyEnv }}
+- name: {{ .a.apiKeyEnv | quote }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .root.Values.engineAuth.secretName | quote }}
+      key: {{ .root.Values.engineAuth.key | quote }}
+{{- end }}
 {{- end }}
 
 {{/* Container resources of a pod holding devices (an engine pod, or a Ray worker pod that runs engines):

@@ -1,14 +1,15 @@
-"""Who may reach and call what: the chart's NetworkPolicies (engines admit the router and Prometheus only)."""
+"""Who may reach and call what: the chart's NetworkPolicies (engines admit the router and Prometheus only)
+and credentials that come only from Secrets (the router's API keys, the engines' key)."""
 
 from __future__ import annotations
 
 import pytest
 from k8s_support import by_kind, rendered, validate
 
-from orchestrator.render.helm import RenderError
-from orchestrator.render.kubernetes import render_chart
+from orchestrator.render.helm import ENGINE_API_KEY_ENV, RenderError
+from orchestrator.render.kubernetes import chart_dir, render_chart
 
-pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the k8s extra)")
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the k8s extra)")
 
 ROUTER_PODS = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "moxin", "app.kubernetes.io/instance": "moxin",
                                                "app.kubernetes.io/component": "router"}}}
@@ -124,6 +125,102 @@ def test_bad_peers_are_refused(peer):
         render_chart({"networkPolicy": {"prometheus": [peer]}})
     with pytest.raises(RenderError, match="refused"):
         render_chart({"networkPolicy": {"prometheus": [peer]}}, check=False)
+
+
+# ------------------------------------------------------------------------------------------ Secrets
+
+def _router_container(objects: list[dict]) -> dict:
+    (c,) = by_kind(objects, "Deployment")["moxin-router"]["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def _engine_containers(values: dict, objects: list[dict]) -> list[tuple[dict, dict]]:
+    out = []
+    for a in values["assignments"]:
+        for template in _pod_templates(by_kind(objects, a["kind"])[a["id"]]):
+            (c,) = template["spec"]["containers"]
+            out.append((a, c))
+    return out
+
+
+def test_without_secrets_nothing_asks_for_a_key(example_name):
+    values, objects = rendered(example_name)
+    router = _router_container(objects)
+    assert "--api-keys" not in router["command"] and "env" not in router
+    volumes = by_kind(objects, "Deployment")["moxin-router"]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "config", "projected": {"sources": [{"configMap": {"name": "moxin-router"}}]}} in volumes
+    for _, c in _engine_containers(values, objects):
+        assert not {e["name"] for e in c["env"]} & set(ENGINE_API_KEY_ENV.values())
+
+
+def test_the_router_reads_its_api_keys_from_a_secret_mounted_read_only():
+    values, _ = rendered("maas")
+    objects = render_chart({**values, "router": {"apiKeys": {"secretName": "moxin-api-keys"}}})
+    router = _router_container(objects)
+    assert router["command"][-2:] == ["--api-keys", "/etc/moxin/keys/keys.yaml"]
+    assert {"name": "config", "mountPath": "/etc/moxin", "readOnly": True} in router["volumeMounts"]
+    pod = by_kind(objects, "Deployment")["moxin-router"]["spec"]["template"]["spec"]
+    (config,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    assert config["projected"]["sources"] == [
+        {"configMap": {"name": "moxin-router"}},
+        {"secret": {"name": "moxin-api-keys", "items": [{"key": "keys.yaml", "path": "keys/keys.yaml"}]}}]
+    objects = render_chart({**values, "router": {"apiKeys": {"secretName": "k", "key": "api.yaml"}}})
+    (config,) = [v for v in by_kind(objects, "Deployment")["moxin-router"]["spec"]["template"]["spec"]["volumes"]
+                 if v["name"] == "config"]
+    assert config["projected"]["sources"][1]["secret"]["items"] == [{"key": "api.yaml", "path": "keys/keys.yaml"}]
+    validate(by_kind(objects, "Deployment")["moxin-router"])
+
+
+def test_vllm_engines_and_the_router_share_the_engine_key_from_one_secret(example_name):
+    values, _ = rendered(example_name)
+    objects = render_chart({**values, "engineAuth": {"secretName": "moxin-engine-key"}})
+    ref = {"secretKeyRef": {"name": "moxin-engine-key", "key": "engine-key"}}
+    assert _router_container(objects)["env"] == [{"name": "MOXIN_ENGINE_KEY", "valueFrom": ref}]
+    engines = set()
+    for a, c in _engine_containers(values, objects):
+        engines.add(a["engine"])
+        keyed = [e for e in c["env"] if e["name"] in ENGINE_API_KEY_ENV.values()]
+        if a["engine"] in ENGINE_API_KEY_ENV:
+            assert keyed == [{"name": ENGINE_API_KEY_ENV[a["engine"]], "valueFrom": ref}]
+        else:
+            assert keyed == []
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "LeaderWorkerSet"):
+            validate(obj)
+    if example_name == "local":
+        assert engines == {"vllm", "mlx-lm"}  # an engine that takes no key gets none
+
+
+def test_the_engine_key_from_the_secret_wins_over_a_launch_variable_of_the_same_name():
+    values, _ = rendered("maas")
+    a = {**values["assignments"][0], "env": {"VLLM_API_KEY": "from-the-plan"}}
+    objects = render_chart({**values, "assignments": [a], "engineAuth": {"secretName": "ek"}})
+    (c,) = by_kind(objects, "Deployment")[a["id"]]["spec"]["template"]["spec"]["containers"]
+    assert [e for e in c["env"] if e["name"] == "VLLM_API_KEY"][-1] == \
+        {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "ek", "key": "engine-key"}}}
+
+
+@pytest.mark.parametrize("change", [
+    {"engineAuth": {"secretName": "Not_A_Name"}},
+    {"engineAuth": {"secretName": "ek", "key": "a key"}},
+    {"engineAuth": {"value": "s3cret"}},  # a key is never a value
+    {"router": {"apiKeys": {"secretName": "k\nhostNetwork: true"}}},
+    {"router": {"apiKeys": {"keys": ["s3cret"]}}},
+])
+def test_secret_settings_take_names_only(change):
+    with pytest.raises(RenderError, match="refused"):
+        render_chart(change)
+
+
+def test_notes_say_when_nothing_asks_for_a_key():
+    values, _ = rendered("maas")
+    with helm.Chart.load(str(chart_dir())) as chart:
+        open_notes = chart.render(values, name="moxin", namespace="moxin")["moxin/templates/NOTES.txt"]
+        keyed = {**values, "engineAuth": {"secretName": "ek"}, "router": {**values["router"],
+                                                                            "apiKeys": {"secretName": "k"}}}
+        keyed_notes = chart.render(keyed, name="moxin", namespace="moxin")["moxin/templates/NOTES.txt"]
+    assert "router.apiKeys.secretName" in open_notes and "engineAuth.secretName" in open_notes
+    assert "router.apiKeys.secretName" not in keyed_notes and "engineAuth.secretName" not in keyed_notes
 
 
 def test_network_policies_are_validated_strictly():
