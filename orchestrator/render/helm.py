@@ -36,6 +36,9 @@ MOXIN_IMAGE = f"ghcr.io/moxin-dev/moxin:{__version__}"
 CPU_PLATFORMS = frozenset({"cpu", "mlx-cpu"})
 """Platforms whose engines ship inside the moxin image (``pip install moxin[cpu]``)."""
 RAY_GCS_PORT = 6379
+ENGINE_API_KEY_ENV = {"vllm": "VLLM_API_KEY"}
+"""Per engine, the variable it reads the key it requires of every caller from (vLLM: ``--api-key``'s
+variable); the chart fills it from engineAuth's Secret. Engines not named take no key."""
 EMULATED_SHM = "2Gi"
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -205,6 +208,8 @@ def engine_assignment(a: Assignment, name: str, profile: HardwareProfile, pool: 
         "modelSubPath": model_sub_path(launch.model_path, mount_path),
         "labels": assignment_labels(a),
     }
+    if a.engine in ENGINE_API_KEY_ENV:
+        out["apiKeyEnv"] = ENGINE_API_KEY_ENV[a.engine]
     if a.emulated:
         out["sharedMemorySize"] = EMULATED_SHM
     if group > 1:
