@@ -221,6 +221,31 @@ def test_prometheus_scrapes_engines_router_and_controller_from_the_file_sd(up, t
         proc.wait()
 
 
+def cluster_engine_key(up) -> str:
+    import ray
+
+    from orchestrator.runtime.secrets import engine_key
+
+    info = json.loads((up["home"] / "cluster.json").read_text())
+    ray.init(address=info["address"], log_to_driver=False, logging_level="ERROR")
+    try:
+        key = engine_key()
+    finally:
+        ray.shutdown()
+    assert key
+    return key
+
+
+def test_an_engine_port_refuses_a_request_without_the_engine_key(up):
+    """The replicas' engines answer only the router and their replica: without the key, 401."""
+    for replica in by_engine(status(up["env"])).values():
+        req = urllib.request.Request(replica["url"] + "/v1/completions", json.dumps(
+            {"model": "default_model", "prompt": "x", "max_tokens": 1}).encode(), {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 401, (replica["id"], err.value.read())
+
+
 def test_router_retries_a_dead_replica_and_says_503_when_none_is_left(up, tmp_path):
     """The standalone router (as on Kubernetes) with a routing table holding a replica whose port refuses
     connections: every request still succeeds, moved before any byte; with only the dead one: 503."""
@@ -233,8 +258,10 @@ def test_router_retries_a_dead_replica_and_says_503_when_none_is_left(up, tmp_pa
     config = tmp_path / "router.json"
     config.write_text(json.dumps(table))
     port = free_port()
+    # Engines answer only holders of the cluster's engine key: a router outside Ray is given it (as a Secret would).
+    env = {**up["env"], "MOXIN_ENGINE_KEY": cluster_engine_key(up)}
     proc = subprocess.Popen([*MOXIN, "router", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-                            env=up["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
