@@ -1,8 +1,8 @@
 """Calibration: how much of the datasheet bandwidth and compute an engine really gets.
 
-Keyed by engine x hardware family (a glob) x format class, each entry with the measurement it comes
-from. The most specific matching entry wins; the estimate says which one it used. Entries marked
-``measured=False`` are defaults nobody has measured yet, and the estimate says so.
+Keyed by engine x hardware family (a glob) x format class x architecture class (dense or MoE), each entry
+with the measurements it comes from. The most specific matching entry wins; the estimate says which one
+it used. Entries marked ``measured=False`` are defaults nobody has measured yet, and the estimate says so.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from orchestrator.spec.formats import FORMATS
-from orchestrator.spec.model import Variant
+from orchestrator.spec.model import Architecture, Variant
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,10 @@ class Calibration:
     """Achieved / datasheet peak FLOPS during prefill."""
     measured: bool
     source: str
+    architecture: str = "*"
+    """'dense', 'moe' or '*': MoE decode at small batch reaches a far smaller share of the bandwidth."""
+    fitted_to: tuple[str, ...] = ()
+    """Ids of the MEASUREMENTS this entry is fitted to (empty for defaults)."""
 
 
 # GLM-4.5-Air mlx-3bit on an M2 Max 64 GB (400 GB/s), mlx-lm: 4193 tokens at 25.564 tok/s after a
@@ -59,10 +63,16 @@ def format_class(variant: Variant) -> str:
     return FORMATS[name].family
 
 
-def lookup(engine: str, family: str, fmt_class: str) -> Calibration:
+def architecture_class(arch: Architecture) -> str:
+    """'moe' for a mixture-of-experts model, else 'dense'."""
+    return "moe" if arch.moe else "dense"
+
+
+def lookup(engine: str, family: str, fmt_class: str, arch_class: str = "dense") -> Calibration:
     def specificity(c: Calibration) -> int:
-        return sum(part != "*" for part in (c.engine, c.family, c.format_class)) + (c.family != "*" and "*" not in c.family)
+        parts = (c.engine, c.family, c.format_class, c.architecture)
+        return sum(part != "*" for part in parts) + (c.family != "*" and "*" not in c.family)
 
     matches = [c for c in TABLE if fnmatch.fnmatch(engine, c.engine) and fnmatch.fnmatch(family, c.family)
-               and fnmatch.fnmatch(fmt_class, c.format_class)]
+               and fnmatch.fnmatch(fmt_class, c.format_class) and fnmatch.fnmatch(arch_class, c.architecture)]
     return max(matches, key=specificity)
