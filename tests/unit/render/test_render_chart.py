@@ -9,8 +9,8 @@ import pytest
 from k8s_support import VENDOR_IMAGES, by_kind, crd_validator, example, rendered, validate
 
 from orchestrator.render.helm import (
-    assignment_ids,
     RenderError,
+    assignment_ids,
     devices_per_pod,
     helm_values,
     router_config,
