@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator.compat import MAX_PIPELINE_STAGES, Verdict, check, pp_choices, tp_choices
-from orchestrator.estimate.calibration import Calibration, format_class, lookup
+from orchestrator.estimate.calibration import Calibration, architecture_class, format_class, lookup
 from orchestrator.estimate.memory import (
     GiB,
     Parallelism,
@@ -105,11 +105,12 @@ def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: in
              pp: int | None = None, ep: bool = False, context: int | None = None, batch: int = 1,
              kv_dtype: str = "auto", engine: str | None = None, settings: EngineSettings = ENGINE_DEFAULTS,
              usd_per_device_hour: float | None = None, max_pp: int = MAX_PIPELINE_STAGES,
-             prompt_tokens: int | None = None) -> Estimate:
+             prompt_tokens: int | None = None, calibration: Calibration | None = None) -> Estimate:
     """Estimate one (model, variant, hardware). With tp/pp unset, the smallest parallelism that fits.
 
     ``prompt_tokens`` (default: the whole context) sizes the prefill chunk whose activations are the
-    temporary peak of an mlx-lm replica.
+    temporary peak of an mlx-lm replica. ``calibration`` replaces the calibration table's entry (to fit
+    an entry to a published figure, or to ask "what if"; benchmarks/calibration.py).
     """
     arch = model.spec.architecture
     assert arch is not None
@@ -123,7 +124,7 @@ def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: in
     for p in pps:
         for t in tps:
             result = _estimate_at(model, variant, profile, verdict, support, engine_name, Parallelism(t, p, ep), ctx,
-                                  batch, kv_dtype, settings, usd_per_device_hour, prompt_tokens or ctx)
+                                  batch, kv_dtype, settings, usd_per_device_hour, prompt_tokens or ctx, calibration)
             if result.fits or (tp and pp) or support is None:
                 return result
             tried.append(result)
@@ -150,7 +151,7 @@ def _usable_per_device(profile: HardwareProfile, engine: str, settings: EngineSe
 
 def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdict: Verdict,
                  support: EngineSupport | None, engine: str, par: Parallelism, ctx: int, batch: int, kv_choice: str, settings: EngineSettings,
-                 price: float | None, prompt: int) -> Estimate:
+                 price: float | None, prompt: int, calibration: Calibration | None = None) -> Estimate:
     arch = model.spec.architecture
     assert arch is not None
     reasons: list[str] = []
@@ -213,7 +214,7 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdi
                 f"{kv_dev / 1e9:.2f} for {batch} x {ctx} tokens + overhead {overhead / 1e9:.2f}) at tp={par.tp} "
                 f"pp={par.pp}; {where} leaves it short by {short / 1e9:.1f} GB"
                 + _what_would_fit(model, variant, kv_dev + overhead, usable, par, engine))
-    speed = _speed(model, variant, profile, engine, par, ctx, batch, kv, settings, reasons)
+    speed = _speed(model, variant, profile, engine, par, ctx, batch, kv, settings, reasons, calibration)
     devices = par.devices
     usd_hour = None if price is None else price * devices
     per_m = None
@@ -255,10 +256,11 @@ def _what_would_fit(model: Model, variant: Variant, kv_and_overhead: int, usable
 
 
 def _speed(model: Model, variant: Variant, profile: HardwareProfile, engine: str, par: Parallelism, ctx: int,
-           batch: int, kv: KvDtype, settings: EngineSettings, reasons: list[str]) -> dict[str, Any]:
+           batch: int, kv: KvDtype, settings: EngineSettings, reasons: list[str],
+           calibration: Calibration | None = None) -> dict[str, Any]:
     arch = model.spec.architecture
     spec = profile.spec
-    cal: Calibration = lookup(engine, spec.family, format_class(variant))
+    cal: Calibration = calibration or lookup(engine, spec.family, format_class(variant), architecture_class(arch))
     out: dict[str, Any] = {"decode": None, "aggregate": None, "prefill": None, "step": None, "bound": None,
                            "calibration": {"key": cal.key, "bandwidthEfficiency": cal.bandwidth_efficiency,
                                            "computeEfficiency": cal.compute_efficiency, "measured": cal.measured,

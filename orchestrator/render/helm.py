@@ -29,7 +29,7 @@ from orchestrator.spec.defaults import MODEL_ROOT
 from orchestrator.spec.fleet import Fleet, Pool
 from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.names import label_value, object_name
-from orchestrator.spec.plan import Assignment, Plan
+from orchestrator.spec.plan import Assignment, Plan, assignment_names
 
 MOXIN_IMAGE = f"ghcr.io/moxin-dev/moxin:{__version__}"
 """The moxin image (router, controller, and the CPU engines: built with the cpu and ray extras)."""
@@ -61,12 +61,7 @@ class HelmValues:
 def assignment_ids(assignments: list[Assignment]) -> list[str]:
     """One object name per assignment, ``<deployment>-<variant>-<pool>``; parallelism is appended only
     where two assignments would otherwise share a name."""
-    base = [object_name(f"{a.deployment}-{a.variant}-{a.pool}") for a in assignments]
-    ids = []
-    for a, b in zip(assignments, base, strict=True):
-        ids.append(b if base.count(b) == 1 else
-                   object_name(f"{a.deployment}-{a.variant}-{a.pool}-tp{a.tensor_parallel}-pp{a.pipeline_parallel}"))
-    return ids
+    return [object_name(name) for name in assignment_names(assignments)]
 
 
 def assignment_labels(a: Assignment) -> dict[str, str]:

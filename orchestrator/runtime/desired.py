@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 
 from orchestrator.spec.names import slug
-from orchestrator.spec.plan import EngineLaunch, Plan
+from orchestrator.spec.plan import EngineLaunch, Plan, assignment_names
 
 __all__ = ["ReplicaSpec", "replica_id", "replica_specs"]
 
@@ -43,9 +43,10 @@ class ReplicaSpec:
         return self.launch.request_model
 
 
-def replica_id(deployment: str, variant: str, pool: str, index: int) -> str:
-    """``<deployment>-<variant>-<pool>-<index>``, each name through the one naming rule (``spec.names.slug``)."""
-    return f"{slug(deployment)}-{slug(variant)}-{slug(pool)}-{index}"
+def replica_id(assignment_name: str, index: int) -> str:
+    """``<assignment name>-<index>`` (``spec.plan.assignment_names``: ``<deployment>-<variant>-<pool>``, with the
+    parallelism where two assignments share that) through the one naming rule (``spec.names.slug``)."""
+    return f"{slug(assignment_name)}-{index}"
 
 
 def _hash(launch: EngineLaunch, bundles: list[dict[str, float]], strategy: str) -> str:
@@ -62,7 +63,7 @@ def replica_specs(plan: Plan, known_nodes: set[str] | None = None) -> list[Repli
     were not started with moxin's node resources still runs the plan, placed by Ray."""
     out: list[ReplicaSpec] = []
     ray_of = {p.name: p.ray for p in plan.spec.pools}
-    for a in plan.spec.assignments:
+    for a, name in zip(plan.spec.assignments, assignment_names(plan.spec.assignments), strict=True):
         ray = ray_of[a.pool]
         labels = a.metric_labels()
         per_replica_cost = None if a.cost_usd_per_hour is None else a.cost_usd_per_hour / max(1, a.replicas)
@@ -76,7 +77,7 @@ def replica_specs(plan: Plan, known_nodes: set[str] | None = None) -> list[Repli
                        for node, n in per_node.items()]
             strategy = "STRICT_PACK" if len(per_node) == 1 else "STRICT_SPREAD"
             out.append(ReplicaSpec(
-                id=replica_id(a.deployment, a.variant, a.pool, index), deployment=a.deployment,
+                id=replica_id(name, index), deployment=a.deployment,
                 labels=labels, launch=a.launch, bundles=bundles, strategy=strategy, nodes=nodes,
                 devices=list(stages[0].devices), weight=float(a.predicted.capacity_requests_per_second or 1.0),
                 cost_usd_per_hour=per_replica_cost, spec_hash=_hash(a.launch, bundles, strategy)))

@@ -213,6 +213,15 @@ class Assignment(Strict):
         return max((len({p.node for p in ps}) for ps in self.stages().values()), default=1)
 
 
+def assignment_names(assignments: list[Assignment]) -> list[str]:
+    """One name per assignment, ``<deployment>-<variant>-<pool>``, with ``-tp<T>-pp<P>`` appended where two
+    assignments would otherwise share it (the same variant on one pool at two parallelisms). Replica ids and
+    Kubernetes object names are made from it, each through its naming rule (``spec.names``)."""
+    base = [f"{a.deployment}-{a.variant}-{a.pool}" for a in assignments]
+    return [b if base.count(b) == 1 else f"{b}-tp{a.tensor_parallel}-pp{a.pipeline_parallel}"
+            for a, b in zip(assignments, base, strict=True)]
+
+
 class PlanPool(Strict):
     """A pool of the fleet as the runtime and the renderers need it."""
 

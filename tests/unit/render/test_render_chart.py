@@ -10,6 +10,7 @@ from k8s_support import VENDOR_IMAGES, by_kind, crd_validator, example, rendered
 
 from orchestrator.render.helm import (
     RenderError,
+    assignment_ids,
     devices_per_pod,
     helm_values,
     router_config,
@@ -79,13 +80,12 @@ def test_workloads_agree_with_the_plan(example_name):
     engines = {a["id"]: a for a in values["assignments"]}
     external = {a["id"] for a in values["externalAssignments"]}
     assert len(engines) + len(external) == len(plan.spec.assignments)
-    for a in plan.spec.assignments:
+    for a, name in zip(plan.spec.assignments, assignment_ids(plan.spec.assignments), strict=True):
         launch = a.launch
-        match = [v for v in engines.values() if (v["deployment"], v["variant"], v["pool"]) ==
-                 (a.deployment, a.variant, a.pool)]
-        if not match:
+        if name in external:
             continue  # an external (Apple) assignment, checked below
-        v = match[0]
+        v = engines[name]
+        assert (v["deployment"], v["variant"], v["pool"]) == (a.deployment, a.variant, a.pool)
         obj = _workload(objects, v)
         group = a.nodes_per_replica()
         assert obj["kind"] == ("LeaderWorkerSet" if group > 1 else "Deployment")
@@ -191,10 +191,11 @@ def test_router_configmap_holds_the_router_config_of_the_plan(example_name):
     _, objects = rendered(example_name)
     config = json.loads(by_kind(objects, "ConfigMap")["moxin-router"]["data"]["router.json"])
     assert config == router_config(plan, "moxin")
+    by_id = dict(zip(assignment_ids(plan.spec.assignments), plan.spec.assignments, strict=True))
     for name, routes in config["deployments"].items():
         for route in routes:
-            a = next(x for x in plan.spec.assignments if x.deployment == name
-                     and route["labels"]["variant"] == x.variant and route["labels"]["pool"] == x.pool)
+            a = by_id[route["name"]]
+            assert a.deployment == name
             assert route["url"] == f"http://{route['name']}.moxin.svc:{a.launch.port}"
             assert math.isclose(route["weight"], a.predicted.capacity_requests_per_second * a.replicas)
             assert route["requestModel"] == a.launch.request_model
@@ -218,9 +219,11 @@ def test_vendor_resources_and_runtime_settings_come_from_the_profiles():
 
 
 def test_names_are_dns_labels_even_for_models_with_dots():
+    plan, _, _ = example("maas")
     _, objects = rendered("maas")
     names = [o["metadata"]["name"] for o in objects]
-    assert "glm-45-air-w4a16-h200" in names
+    air = [n for n in assignment_ids(plan.spec.assignments) if n.startswith("glm-45-air-")]  # model glm-4.5-air
+    assert air and set(air) <= set(names)
     assert all("." not in n and n == n.lower() and len(n) <= 63 for n in names)
 
 

@@ -25,10 +25,14 @@ def test_parallelism_disambiguates_assignments_that_would_share_a_name():
 def test_router_weights_follow_capacity_and_replicas():
     plan, _, _ = example("maas")
     config = router_config(plan, "ns")
-    (air,) = config["deployments"]["glm-45-air"]
-    a = next(x for x in plan.spec.assignments if x.deployment == "glm-45-air")
-    assert air["weight"] == pytest.approx(a.predicted.capacity_requests_per_second * a.replicas)
-    assert air["url"] == "http://glm-45-air-w4a16-h200.ns.svc:8000"
+    by_id = dict(zip(assignment_ids(plan.spec.assignments), plan.spec.assignments, strict=True))
+    routes = config["deployments"]["glm-45-air"]
+    assert routes and len({r["name"] for r in routes}) == len(routes)
+    for route in routes:
+        a = by_id[route["name"]]
+        assert a.deployment == "glm-45-air"
+        assert route["weight"] == pytest.approx(a.predicted.capacity_requests_per_second * a.replicas)
+        assert route["url"] == f"http://{route['name']}.ns.svc:8000"
     assert {r["labels"]["pool"] for r in config["deployments"]["qwen3-30b"]} == {"h100", "mac-studio"}
 
 

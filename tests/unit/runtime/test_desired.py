@@ -33,8 +33,7 @@ def test_every_replica_of_the_plan_gets_a_spec_with_its_assignments_launch(maas_
     assert len(specs) == sum(a.replicas for a in assignments)
     assert len({s.id for s in specs}) == len(specs)
     for a in assignments:
-        mine = [s for s in specs if s.labels["pool"] == a.pool and s.labels["variant"] == a.variant
-                and s.deployment == a.deployment]
+        mine = [s for s in specs if s.launch is a.launch]
         assert len(mine) == a.replicas
         pool = next(p for p in maas_plan.spec.pools if p.name == a.pool)
         for s in mine:
@@ -74,3 +73,13 @@ def test_the_local_cluster_has_one_ray_node_per_fleet_node_with_its_profiles_res
     assert nodes["mac-emu-0"].num_gpus == 0
     assert nodes["mac-emu-0"].resources == {"mlx": 1.0, "accelerator_type:M2-Max-64G": 1.0,
                                             "moxin-node-mac-emu-0": 1.0}
+
+
+def test_two_assignments_of_one_variant_on_one_pool_get_distinct_replica_ids(local_plan):
+    """The planner may serve one variant on one pool at two parallelisms: their replicas must not share ids."""
+    a = next(x for x in local_plan.spec.assignments if x.engine == "vllm")
+    twin = a.model_copy(update={"tensor_parallel": 2})
+    plan = local_plan.model_copy(update={"spec": local_plan.spec.model_copy(update={"assignments": [a, twin]})})
+    ids = [s.id for s in replica_specs(plan)]
+    assert len(ids) == len(set(ids)) == 2 * a.replicas
+    assert ids[0].endswith("-tp1-pp1-0") and ids[-1].endswith("-tp2-pp1-0")

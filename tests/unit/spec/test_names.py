@@ -34,5 +34,5 @@ def test_slug_turns_every_run_of_other_characters_into_one_dash():
 
 
 def test_replica_ids_and_object_names_apply_the_same_rule():
-    assert replica_id("chat", "fp8", "h100", 0) == "chat-fp8-h100-0"
-    assert replica_id("a--b", "fp8", "h100", 1) == object_name("a--b-fp8-h100") + "-1" == "a-b-fp8-h100-1"
+    assert replica_id("chat-fp8-h100", 0) == "chat-fp8-h100-0"
+    assert replica_id("a--b-fp8-h100", 1) == object_name("a--b-fp8-h100") + "-1" == "a-b-fp8-h100-1"
