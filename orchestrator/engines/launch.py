@@ -101,7 +101,7 @@ def engine_launch(model: Model, variant: Variant, profile: HardwareProfile, *, t
     if not verdict.supported:
         notes = [f"forced: compatibility says {verdict.status}: {verdict.reason}", *notes]
     elif verdict.declared_by:
-        notes = [f"supported only as {verdict.reason}; moxin's own rules cannot confirm it", *notes]
+        notes = [f"supported as declared, not by moxin's rules: {verdict.reason}", *notes]
     return EngineLaunch(
         engine=support.engine, platform=support.platform, argv=argv, env=env, port=port, health_path="/health",
         metrics_path=metrics, readiness_timeout_seconds=readiness_timeout(support.engine, est.weights_bytes_per_device),

@@ -191,7 +191,7 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdi
     if verdict.status != "supported":
         reasons.append(f"{verdict.status} on {profile.name}: {verdict.reason}")
     elif verdict.declared_by:
-        reasons.append(f"supported only as {verdict.reason}; moxin's own rules cannot confirm it")
+        reasons.append(f"supported as declared, not by moxin's rules: {verdict.reason}")
     if support is not None and kv not in support.kv_cache_dtypes and kv_choice != "auto":
         reasons.append(f"{engine} on {profile.name} has no {kv} KV cache (it has {', '.join(support.kv_cache_dtypes)})")
         support = None

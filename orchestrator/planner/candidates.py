@@ -171,7 +171,7 @@ def capacity(est_at, deployment: ModelDeployment, max_batch: int, binding_at_max
 
 def how_to_measure(deployment: ModelDeployment, variant: Variant, profile: HardwareProfile, tp: int, pp: int) -> str:
     """What to run so that measured speed replaces the missing datasheet figures (a Benchmark document)."""
-    return (f"measure it: start one replica (`moxin engine-args -m {deployment.spec.model} -v {variant.name} "
+    return (f"measure it: start one replica (`moxin engine-args -f ... -m {deployment.spec.model} -v {variant.name} "
             f"-H {profile.name} --tp {tp} --pp {pp} --context {deployment.spec.context_tokens}` prints its command), "
             f"then `moxin bench --url http://<replica or router>:PORT --model {deployment.name} "
             "--concurrency 1,2,4,8 --record -o bench.yaml` and plan again with `moxin plan -f ... -f bench.yaml`")
@@ -215,6 +215,7 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
                     continue
             found = False
             last_no_fit = None
+            unknown: tuple[int, int, str] | None = None
             for tp in tp_choices(per_node, arch.attention_heads, engine.engine):
                 for pp in pp_choices(engine.engine):
                     if tp * pp > total:
@@ -234,11 +235,12 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
                     uncertain = _uncertain(fit, mem, cache(model, variant, profile, tp, pp, length, 1,
                                                            spec.kv_cache_dtype))
                     if isinstance(cap, str) and cap.startswith("speed unknown"):
-                        if not any(r.kind == "unknown-speed" and (r.variant, r.pool) == (variant.name, pool.name)
-                                   for r in out.rejections):  # measuring the smallest replica is enough
-                            out.rejections.append(Rejection(
-                                variant.name, pool.name, f"tp={tp} pp={pp}: {cap}; "
-                                + how_to_measure(deployment, variant, profile, tp, pp), "unknown-speed"))
+                        # One measurement is enough: of the replicas whose speed is unknown, ask for the one with
+                        # the fewest pipeline stages (tensor parallel within a node, as replicas usually run), then
+                        # the fewest devices.
+                        if unknown is None or (pp, tp * pp) < (unknown[1], unknown[0] * unknown[1]):
+                            unknown = (tp, pp, f"tp={tp} pp={pp}: {cap}; "
+                                       + how_to_measure(deployment, variant, profile, tp, pp))
                     elif isinstance(cap, str):
                         rests_on = "".join(f"; {u}" for u in uncertain)
                         out.rejections.append(Rejection(variant.name, pool.name, f"tp={tp} pp={pp}: {cap}{rests_on}",
@@ -250,6 +252,8 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
                                                         verdict.declared_by, fit.declared_source))
                     found = True
                     break  # the smallest pipeline that fits at this tp; deeper ones only add devices
+            if unknown is not None:
+                out.rejections.append(Rejection(variant.name, pool.name, unknown[2], "unknown-speed"))
             if not found:
                 said = [r for r in (last_no_fit.reasons if last_no_fit else []) if r.startswith(("needs", "context"))]
                 reason = said[0] if said else f"no parallelism up to {total} devices (the whole pool) fits"

@@ -189,6 +189,10 @@ def _unplaced_reasons(d: ModelDeployment, f: DeploymentCandidates, served: float
                        f"({n * best.devices} devices) would serve the rest; pool {best.pool} has "
                        f"{pool_devices[best.pool] - used[best.pool]} free of {pool_devices[best.pool]}: add nodes "
                        "to it, or allow more pools or variants")
+    elif f.rejections and all(r.kind in ("unknown-speed", "unsupported") for r in f.rejections) and any(
+            r.kind == "unknown-speed" for r in f.rejections):
+        reasons.append("no speed can be predicted where a variant fits: measure it (below), and plan with the "
+                       "Benchmark it records")
     else:
         reasons.append("no variant fits any allowed pool under the SLO")
     by_kind: dict[tuple[str, str], str] = {}
