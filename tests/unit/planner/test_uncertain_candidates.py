@@ -1,4 +1,4 @@
-"""The planner with uncertain datasheet figures: used, ranked below certain ones at equal cost, and said."""
+"""The planner with uncertain figures and declared support: used, ranked below certain ones at equal cost, and said."""
 
 from __future__ import annotations
 
@@ -75,3 +75,39 @@ def test_an_uncertain_candidate_does_not_prune_a_certain_one() -> None:
     assert prune_dominated([sure, unsure]) == [sure, unsure]  # faster, but less sure: both stay
     faster_and_sure = _candidate(2, 3.0, ())
     assert prune_dominated([unsure, faster_and_sure]) == [faster_and_sure]
+
+
+DECLARED_S4000 = """apiVersion: moxin.dev/v1alpha1
+kind: HardwareProfile
+metadata: {name: my-s4000}
+spec:
+  extends: moorethreads-s4000
+  engines:
+    - engine: vllm
+      declaredSupport:
+        - formats: {default: int4-g128-asym, embedding: bf16, lmHead: bf16}
+          source: declared by the operator
+---
+apiVersion: moxin.dev/v1alpha1
+kind: Fleet
+metadata: {name: f}
+spec:
+  pools: [{name: s4000, hardware: my-s4000, nodes: 1, usdPerDeviceHour: 0.6}]
+---
+apiVersion: moxin.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: chat}
+spec: {model: llama-3.1-8b, variants: [w4a16], contextTokens: 8192,
+       traffic: {requestsPerSecond: 1, promptTokens: 500, outputTokens: 200}, slo: {tpotSeconds: 0.05}}
+"""
+
+
+def test_a_plan_on_declared_support_says_so(write) -> None:
+    catalog = load_catalog([write("declared.yaml", DECLARED_S4000)])
+    doc = plan(catalog.fleets["f"], list(catalog.deployments.values()), catalog)
+    (chosen,) = doc.spec.assignments
+    assert chosen.variant == "w4a16" and chosen.pool == "s4000"
+    assert chosen.why.summary.endswith("; supported as declared by my-s4000 (declared by the operator), not checked "
+                                       "by moxin")
+    assert chosen.launch.notes[0] == ("supported as declared, not by moxin's rules: declared by my-s4000: declared by "
+                                      "the operator")
