@@ -30,20 +30,19 @@ Key = tuple[str, str]
 def merge(base: Any, over: Any, field: str | None = None) -> Any:
     """``over`` merged onto ``base`` (plain YAML data; neither is changed)."""
     if isinstance(base, dict) and isinstance(over, dict):
-        out = dict(base)
-        for k, v in over.items():
-            out[k] = merge(base[k], v, k) if k in base else copy.deepcopy(v)
+        out = {k: merge(v, over[k], k) if k in over else copy.deepcopy(v) for k, v in base.items()}
+        out.update({k: copy.deepcopy(v) for k, v in over.items() if k not in base})
         return out
     if isinstance(base, list) and isinstance(over, list):
         if field in APPENDED:
-            return [*base, *copy.deepcopy(over)]
+            return copy.deepcopy([*base, *over])
         if field in MERGED_BY:
             return _merge_by_key(base, over, MERGED_BY[field])
     return copy.deepcopy(over)
 
 
 def _merge_by_key(base: list[Any], over: list[Any], key: str) -> list[Any]:
-    out = list(base)
+    out = copy.deepcopy(base)
     for item in over:
         at = next((i for i, b in enumerate(out) if isinstance(item, dict) and isinstance(b, dict)
                    and key in item and b.get(key) == item[key]), None)
