@@ -218,7 +218,8 @@ def estimate(model_name: str, variant_name: str, hardware: str, tp: int | None, 
         r = result
         speed = (lambda x: None if x is None else f"{x:,.1f}")
         table(["", ""], [
-            ["fits", "yes" if r.fits else "NO"], ["engine", f"{r.engine} ({r.platform})" if r.engine else "none"],
+            ["fits", "yes" if r.fits else "NO"], ["support", r.support_label],
+            ["engine", f"{r.engine} ({r.platform})" if r.engine else "none"],
             ["parallelism", f"tp={r.tensor_parallel} pp={r.pipeline_parallel}" + (" ep" if r.expert_parallel else "")
              + f" ({r.devices} devices)"],
             ["context x batch", f"{r.context_tokens} x {r.batch} tokens, KV {r.kv_cache_dtype}"],
@@ -238,6 +239,8 @@ def estimate(model_name: str, variant_name: str, hardware: str, tp: int | None, 
         ], title=f"{r.model} {r.variant} on {r.hardware}")
         for reason in r.reasons:
             click.echo(f"- {reason}")
+        for figure in r.uncertain_inputs:
+            click.echo(f"- {figure}")
 
 
 @cli.command()
@@ -267,11 +270,20 @@ def matrix(model_name: str, context: int | None, hardware: tuple[str, ...], path
               "cells": [c.to_json() for c in cells]}, fmt)
     else:
         rows = []
+        notes: dict[str, None] = {}
         for c in cells:
             tps = None if c.decode_tokens_per_second is None else f"{c.decode_tokens_per_second:,.0f}"
             rows.append([c.variant, c.hardware, c.status, c.engine, c.devices if c.fits else None, c.max_context_tokens,
-                         tps, (c.why_not or "")[:110]])
-        table(["VARIANT", "HARDWARE", "STATUS", "ENGINE", "DEVICES", "MAX CTX", "DECODE TOK/S", "WHY NOT"], rows)
+                         tps, ", ".join(u.field for u in c.uncertain_inputs) or None, (c.why_not or "")[:110]])
+            if c.declared_by:
+                notes[f"{c.hardware}: {c.variant} is supported as declared by {c.declared_by}, not by moxin's rules "
+                      f"({c.estimate.declared_source})"] = None
+            for u in c.uncertain_inputs:
+                notes[f"{c.hardware}: {u}"] = None
+        table(["VARIANT", "HARDWARE", "STATUS", "ENGINE", "DEVICES", "MAX CTX", "DECODE TOK/S", "UNCERTAIN",
+               "WHY NOT"], rows)
+        for note in notes:
+            click.echo(f"- {note}")
 
 
 @cli.command("engine-args")

@@ -5,7 +5,10 @@ below them. Two kinds of evidence, both named:
 - the profile's data: which engines serve the hardware, the quantization methods each declares (vLLM's
   ``--quantization`` names, a plugin's own names, or 'mlx'), aliases from a checkpoint's method to the
   plugin's name, the numeric formats the matrix units compute in;
-- format rules, one function each below, with the source of the rule in its docstring.
+- format rules, one function each below, with the source of the rule in its docstring;
+- the operator's own word (``engines[].declaredSupport`` of a user's profile or overlay): a variant whose
+  format mix they declare is 'supported', and the verdict names the document that declared it
+  (``declared_by``), so that everything showing the verdict can say it is declared, not checked.
 
 A verdict carries the ``--quantization`` value the engine must be given (None when vLLM reads the
 method from the checkpoint's ``quantization_config`` itself).
@@ -14,11 +17,11 @@ method from the checkpoint's ``quantization_config`` itself).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from orchestrator.spec.formats import FORMATS, Format
-from orchestrator.spec.hardware import EngineSupport, HardwareProfile
+from orchestrator.spec.formats import FORMATS, MODULE_CLASSES, Format
+from orchestrator.spec.hardware import DeclaredSupport, EngineSupport, HardwareProfile
 from orchestrator.spec.model import Variant
 
 Status = Literal["supported", "unsupported", "unknown"]
@@ -39,10 +42,20 @@ class Verdict:
     reasons: list[str] = field(default_factory=list)
     quantization: str | None = None
     """The '--quantization' value to pass, or None (unquantized, or detected from the checkpoint)."""
+    declared_by: str | None = None
+    """The profile document whose declaredSupport makes this verdict 'supported' (moxin's rules alone would not
+    say so); None when the rules say it themselves."""
+    declared: DeclaredSupport | None = None
+    """That declaration."""
 
     @property
     def supported(self) -> bool:
         return self.status == "supported"
+
+    @property
+    def label(self) -> str:
+        """The status as people read it: 'supported (declared by my-mlu590)' for a declared one."""
+        return f"{self.status} (declared by {self.declared_by})" if self.declared_by else self.status
 
     @property
     def reason(self) -> str:
@@ -123,8 +136,10 @@ RULES: tuple[Rule, ...] = (mlx_formats_need_mlx, mlx_quantize_shapes, mlx_engine
                            fp8_needs_fp8_kernels, int4_group_sizes, int8_activations_need_int8)
 
 
-def check_engine(variant: Variant, profile: HardwareProfile, engine: EngineSupport) -> Verdict:
-    """The verdict for one engine of the profile."""
+def check_engine(variant: Variant, profile: HardwareProfile, engine: EngineSupport,
+                 context_tokens: int | None = None) -> Verdict:
+    """The verdict for one engine of the profile; the operator's declaration decides where the rules and the
+    declared methods leave it unknown or unsupported (``context_tokens``: the context it must hold)."""
     formats = variant_formats(variant)
     reasons: list[str] = []
     for fmt in formats:
@@ -133,7 +148,40 @@ def check_engine(variant: Variant, profile: HardwareProfile, engine: EngineSuppo
             if found:
                 reasons.append(found[1])
     if reasons:
+        declared = declaration_for(variant, engine)
+        if declared is not None:
+            reasons.append(f"{profile.name} declares it supported, but the rules above refuse it ({declared.source})")
         return Verdict("unsupported", engine, list(dict.fromkeys(reasons)))
+    verdict = _by_methods(variant, profile, engine, formats)
+    return verdict if verdict.supported else declared_support(variant, profile, engine, verdict, context_tokens)
+
+
+def declaration_for(variant: Variant, engine: EngineSupport) -> DeclaredSupport | None:
+    """The engine's declaration whose format mix is exactly the variant's (every module class in the same
+    format) and whose method, where it names one, is the variant's."""
+    mix = tuple(variant.format_of(c) for c in MODULE_CLASSES)
+    return next((d for d in engine.declared_support if d.format_mix() == mix
+                 and d.quantization_method in (None, variant.quantization_method)), None)
+
+
+def declared_support(variant: Variant, profile: HardwareProfile, engine: EngineSupport, verdict: Verdict,
+                     context_tokens: int | None) -> Verdict:
+    """The operator's word (the profile's engines[].declaredSupport; source: their own declaration, which moxin
+    cannot check) turns an unknown or undeclared-method verdict into 'supported (declared by <profile>)', within
+    the context it was declared for."""
+    declared = declaration_for(variant, engine)
+    if declared is None:
+        return verdict
+    said = f"declared by {profile.name}: {declared.source}"
+    if context_tokens is not None and declared.context_tokens is not None and context_tokens > declared.context_tokens:
+        short = f"{said}, but only up to {declared.context_tokens} tokens of context ({context_tokens} asked)"
+        return replace(verdict, reasons=[*verdict.reasons, short])
+    return Verdict("supported", engine, [said], quantization=quantization_flag(variant, engine),
+                   declared_by=profile.name, declared=declared)
+
+
+def _by_methods(variant: Variant, profile: HardwareProfile, engine: EngineSupport, formats: list[Format]) -> Verdict:
+    """Whether a quantization method the engine declares here loads the variant's checkpoint."""
     method = variant.quantization_method
     if method is None:
         return Verdict("supported", engine)
@@ -212,14 +260,16 @@ def pp_choices(engine: str, max_pp: int = MAX_PIPELINE_STAGES) -> list[int]:
     return list(range(1, max_pp + 1)) if engine == "vllm" else [1]
 
 
-def check(variant: Variant, profile: HardwareProfile, engine: str | None = None) -> Verdict:
+def check(variant: Variant, profile: HardwareProfile, engine: str | None = None, *,
+          context_tokens: int | None = None) -> Verdict:
     """The first engine of the profile (in its order of preference, or the one asked for) that runs the
-    variant; else the most hopeful verdict (unknown before unsupported) with every engine's reasons."""
+    variant; else the most hopeful verdict (unknown before unsupported) with every engine's reasons.
+    ``context_tokens``: the context a replica must hold (a declaration may cover less); None: any."""
     engines = [e for e in profile.spec.engines if engine is None or e.engine == engine]
     if not engines:
         offered = ", ".join(e.engine for e in profile.spec.engines)
         return Verdict("unsupported", None, [f"{profile.name} does not run {engine} (it runs {offered})"])
-    verdicts = [check_engine(variant, profile, e) for e in engines]
+    verdicts = [check_engine(variant, profile, e, context_tokens) for e in engines]
     for v in verdicts:
         if v.supported:
             return v

@@ -75,14 +75,14 @@ def engine_launch(model: Model, variant: Variant, profile: HardwareProfile, *, t
     """Build the launch of one replica. Refuses (UnsupportedError) what compat says will not run, unless
     ``force`` (tests use it to show the engine refusing too). The weights are read from ``model_path``, else the
     variant's checkpoint, else ``<model_root>/<model>/<variant>``."""
-    verdict = check(variant, profile, engine)
+    arch = model.spec.architecture
+    assert arch is not None
+    ctx = settings.context(arch.max_position_embeddings, context)
+    verdict = check(variant, profile, engine, context_tokens=ctx)
     if not verdict.supported and not (force and verdict.engine is not None):
         raise UnsupportedError(f"{model.name}/{variant.name} on {profile.name}: {verdict.status}: {verdict.reason}")
     support = verdict.engine
     assert support is not None
-    arch = model.spec.architecture
-    assert arch is not None
-    ctx = settings.context(arch.max_position_embeddings, context)
     seqs = concurrency or default_concurrency(model, variant, profile, support.engine, support.platform, tp, pp,
                                               ep, ctx, kv_dtype, settings)
     # The KV the replica is sized for: all its sequences where moxin sizes the pool (CPU, mlx-lm).
@@ -100,6 +100,8 @@ def engine_launch(model: Model, variant: Variant, profile: HardwareProfile, *, t
         metrics = "/metrics"
     if not verdict.supported:
         notes = [f"forced: compatibility says {verdict.status}: {verdict.reason}", *notes]
+    elif verdict.declared_by:
+        notes = [f"supported as declared, not by moxin's rules: {verdict.reason}", *notes]
     return EngineLaunch(
         engine=support.engine, platform=support.platform, argv=argv, env=env, port=port, health_path="/health",
         metrics_path=metrics, readiness_timeout_seconds=readiness_timeout(support.engine, est.weights_bytes_per_device),

@@ -1,7 +1,9 @@
 """``estimate()``: does variant V of model M fit on hardware H, at what context and concurrency, how fast.
 
 Pure: (model, variant, profile, settings) -> ``Estimate``. Chooses the smallest parallelism that fits
-when none is given. Every number it cannot know is None, with a reason the user can act on.
+when none is given. Every number it cannot know is None, with a reason the user can act on; every uncertain
+datasheet figure it used is listed (``uncertain_inputs``), and a verdict that rests on the operator's own
+declaration says so (``declared_by``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from orchestrator.compat import MAX_PIPELINE_STAGES, Verdict, check, pp_choices, tp_choices
 from orchestrator.estimate.calibration import Calibration, architecture_class, format_class, lookup
+from orchestrator.estimate.datasheet import UncertainFigure, uncertain_figures
 from orchestrator.estimate.memory import (
     GiB,
     Parallelism,
@@ -76,13 +79,26 @@ class Estimate:
     usd_per_hour: float | None
     usd_per_million_output_tokens: float | None
     reasons: list[str] = field(default_factory=list)
+    uncertain_inputs: list[UncertainFigure] = field(default_factory=list)
+    """Each uncertain datasheet figure this estimate used (shown as 'uncertain datasheet figure: <field> (<source>)')."""
+    declared_by: str | None = None
+    """The profile whose declaredSupport makes this combination 'supported' (not moxin's own rules)."""
+    declared_source: str | None = None
+    """That declaration's source, as the operator wrote it."""
+
+    @property
+    def support_label(self) -> str:
+        """The support status as people read it: 'supported (declared by my-mlu590)' for a declared one."""
+        return f"{self.support} (declared by {self.declared_by})" if self.declared_by else self.support
 
     def to_json(self) -> dict[str, Any]:
         def camel(name: str) -> str:
             head, *rest = name.split("_")
             return head + "".join(p.title() for p in rest)
 
-        return {camel(k): v for k, v in self.__dict__.items()}
+        out = {camel(k): v for k, v in self.__dict__.items()}
+        out["uncertainInputs"] = [str(u) for u in self.uncertain_inputs]
+        return out
 
 
 def resolve_kv_dtype(kv: str, variant: Variant) -> KvDtype:
@@ -115,7 +131,7 @@ def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: in
     arch = model.spec.architecture
     assert arch is not None
     ctx = settings.context(arch.max_position_embeddings, context)
-    verdict = check(variant, profile, engine)
+    verdict = check(variant, profile, engine, context_tokens=ctx)
     support = verdict.engine if verdict.status != "unsupported" else None
     engine_name = verdict.engine.engine if verdict.engine else (engine or "vllm")
     tps = [tp] if tp else tp_choices(profile.spec.devices_per_node, arch.attention_heads, engine_name)
@@ -125,6 +141,14 @@ def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: in
         for t in tps:
             result = _estimate_at(model, variant, profile, verdict, support, engine_name, Parallelism(t, p, ep), ctx,
                                   batch, kv_dtype, settings, usd_per_device_hour, prompt_tokens or ctx, calibration)
+            if result.fits and not (tp or pp) and t * p in pps and _speed_needs_a_link(result, profile):
+                staged = _estimate_at(model, variant, profile, verdict, support, engine_name,
+                                      Parallelism(1, t * p, ep), ctx, batch, kv_dtype, settings, usd_per_device_hour,
+                                      prompt_tokens or ctx, calibration)
+                if staged.fits and staged.decode_step_seconds is not None:
+                    why = (f"tp={t} pp={p} fits too, but its speed is unknown without an interconnect bandwidth; "
+                           f"shown as {t * p} pipeline stages, which need none")
+                    return replace(staged, reasons=[*staged.reasons, why])
             if result.fits or (tp and pp) or support is None:
                 return result
             tried.append(result)
@@ -134,6 +158,13 @@ def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: in
     if not pp and engine_name != "vllm":
         hints.append(f"{engine_name} runs a replica on one device (no tensor or pipeline parallelism)")
     return replace(best, reasons=best.reasons + hints)
+
+
+def _speed_needs_a_link(result: Estimate, profile: HardwareProfile) -> bool:
+    """Speed is unknown only because tensor parallelism needs the interconnect bandwidth, which is unpublished."""
+    return (result.decode_step_seconds is None and result.tensor_parallel > 1
+            and profile.spec.interconnect.bandwidth_gbps is None
+            and profile.spec.memory_bandwidth_gbps is not None)
 
 
 def _usable_per_device(profile: HardwareProfile, engine: str, settings: EngineSettings) -> tuple[int | None, str]:
@@ -160,6 +191,8 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdi
     support_status = verdict.status
     if verdict.status != "supported":
         reasons.append(f"{verdict.status} on {profile.name}: {verdict.reason}")
+    elif verdict.declared_by:
+        reasons.append(f"supported as declared, not by moxin's rules: {verdict.reason}")
     if support is not None and kv not in support.kv_cache_dtypes and kv_choice != "auto":
         reasons.append(f"{engine} on {profile.name} has no {kv} KV cache (it has {', '.join(support.kv_cache_dtypes)})")
         support = None
@@ -187,6 +220,9 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdi
                     + VLLM_NON_TORCH_BYTES + VLLM_CUDA_GRAPH_BYTES)
 
     usable, usable_note = _usable_per_device(profile, engine, settings)
+    # The figures this result rests on (none when compat refuses it: nothing is estimated then).
+    used = _memory_figures(profile) if support is not None and usable is not None and not (
+        platform == "cpu" and settings.cpu_kv_cache_gib is not None) else []
     if platform == "cpu" and settings.cpu_kv_cache_gib is not None:
         # vLLM CPU: the KV pool is exactly VLLM_CPU_KVCACHE_SPACE, whatever the host has.
         free_for_kv = int(settings.cpu_kv_cache_gib * GiB)
@@ -215,6 +251,7 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdi
                 f"pp={par.pp}; {where} leaves it short by {short / 1e9:.1f} GB"
                 + _what_would_fit(model, variant, kv_dev + overhead, usable, par, engine))
     speed = _speed(model, variant, profile, engine, par, ctx, batch, kv, settings, reasons, calibration)
+    used += speed["figures"] if support is not None else []
     devices = par.devices
     usd_hour = None if price is None else price * devices
     per_m = None
@@ -233,7 +270,14 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdi
         max_concurrency=max_conc, decode_tokens_per_second=speed["decode"],
         aggregate_decode_tokens_per_second=speed["aggregate"], prefill_tokens_per_second=speed["prefill"],
         decode_step_seconds=speed["step"], bound=speed["bound"], calibration=speed["calibration"],
-        usd_per_hour=usd_hour, usd_per_million_output_tokens=per_m, reasons=reasons)
+        usd_per_hour=usd_hour, usd_per_million_output_tokens=per_m, reasons=reasons,
+        uncertain_inputs=uncertain_figures(profile, used), declared_by=verdict.declared_by,
+        declared_source=verdict.declared.source if verdict.declared else None)
+
+
+def _memory_figures(profile: HardwareProfile) -> list[str]:
+    """The figures the usable memory per device comes from."""
+    return ["memoryGB"] + (["usableMemory.fraction"] if profile.spec.usable_memory.fraction != 1.0 else [])
 
 
 def _what_would_fit(model: Model, variant: Variant, kv_and_overhead: int, usable: int | None, par: Parallelism,
@@ -262,7 +306,7 @@ def _speed(model: Model, variant: Variant, profile: HardwareProfile, engine: str
     spec = profile.spec
     cal: Calibration = calibration or lookup(engine, spec.family, format_class(variant), architecture_class(arch))
     out: dict[str, Any] = {"decode": None, "aggregate": None, "prefill": None, "step": None, "bound": None,
-                           "calibration": {"key": cal.key, "bandwidthEfficiency": cal.bandwidth_efficiency,
+                           "figures": [], "calibration": {"key": cal.key, "bandwidthEfficiency": cal.bandwidth_efficiency,
                                            "computeEfficiency": cal.compute_efficiency, "measured": cal.measured,
                                            "source": cal.source}}
     if not cal.measured:
@@ -270,7 +314,9 @@ def _speed(model: Model, variant: Variant, profile: HardwareProfile, engine: str
     compute_fmt = FORMATS[variant.formats.get("routedExperts", variant.formats["default"])].compute
     if compute_fmt not in spec.native_formats:
         compute_fmt = "bf16" if "bf16" in spec.native_formats else "fp16"
-    peak = getattr(spec.peak_tflops, compute_fmt, None) or (spec.peak_tflops.fp16 if compute_fmt == "bf16" else None)
+    peak_field = compute_fmt if getattr(spec.peak_tflops, compute_fmt, None) else (
+        "fp16" if compute_fmt == "bf16" and spec.peak_tflops.fp16 else None)
+    peak = getattr(spec.peak_tflops, peak_field) if peak_field else None
     bw = spec.memory_bandwidth_gbps
     link = spec.interconnect.bandwidth_gbps
     if bw is None:
@@ -281,6 +327,8 @@ def _speed(model: Model, variant: Variant, profile: HardwareProfile, engine: str
         reasons.append(f"tensor-parallel speed unknown: {profile.name} has no published interconnect bandwidth")
     if bw is None or peak is None or (par.tp > 1 and link is None):
         return out
+    out["figures"] = ["memoryBandwidthGBps", f"peakTflops.{peak_field}"] + (
+        ["interconnect.bandwidthGBps"] if par.tp > 1 else [])
     eff_bw = bw * 1e9 * cal.bandwidth_efficiency
     eff_flops = peak * 1e12 * cal.compute_efficiency
     step = 0.0

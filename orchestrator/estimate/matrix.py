@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.estimate.datasheet import UncertainFigure
 from orchestrator.estimate.estimator import Estimate, estimate
 from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.model import Model
@@ -27,14 +28,27 @@ class Cell:
     @property
     def status(self) -> str:
         fit = "fits" if self.fits else "no fit"
+        if self.support == "supported" and self.declared_by:
+            return f"declared, {fit}"
         return {"supported": fit, "unknown": f"unknown, {fit}"}.get(self.support, "unsupported")
 
+    @property
+    def declared_by(self) -> str | None:
+        """The profile whose declaredSupport makes this cell supported (moxin's rules alone would not)."""
+        return self.estimate.declared_by
+
+    @property
+    def uncertain_inputs(self) -> list[UncertainFigure]:
+        """The uncertain datasheet figures behind this cell's fit and speed."""
+        return self.estimate.uncertain_inputs
+
     def to_json(self) -> dict[str, Any]:
-        return {"variant": self.variant, "hardware": self.hardware, "support": self.support, "engine": self.engine,
-                "fits": self.fits,
+        return {"variant": self.variant, "hardware": self.hardware, "support": self.support,
+                "declaredBy": self.declared_by, "engine": self.engine, "fits": self.fits,
                 "minDevices": self.devices if self.fits else None, "tensorParallel": self.estimate.tensor_parallel,
                 "pipelineParallel": self.estimate.pipeline_parallel, "maxContextTokens": self.max_context_tokens,
-                "decodeTokensPerSecond": self.decode_tokens_per_second, "whyNot": self.why_not}
+                "decodeTokensPerSecond": self.decode_tokens_per_second, "whyNot": self.why_not,
+                "uncertainInputs": [str(u) for u in self.uncertain_inputs]}
 
 
 def matrix(model: Model, profiles: list[HardwareProfile], context: int | None = None) -> list[Cell]:

@@ -3,6 +3,9 @@
 Pure. A candidate is (variant, pool, tp, pp) that the compatibility matrix supports and whose replica
 holds at least one sequence at the deployment's full context. Its capacity comes from the estimator's
 batch model (see ``capacity``); rejected combinations keep their reason, for the plan's explanations.
+A candidate also carries what its numbers rest on that moxin has not checked: uncertain datasheet
+figures, and support the operator declared; the solver ranks uncertain candidates below certain ones at
+equal cost, and the plan says both.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from orchestrator.compat import check, pp_choices, tp_choices
+from orchestrator.estimate.datasheet import UncertainFigure
 from orchestrator.estimate.estimator import Estimate, estimate
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.deployment import ModelDeployment
@@ -45,10 +49,23 @@ class Candidate:
     capacity: Capacity
     usd_per_hour: float | None
     """Cost of one replica; None when the pool has no price."""
+    uncertain: tuple[UncertainFigure, ...] = ()
+    """The uncertain datasheet figures its fit and capacity rest on."""
+    declared_by: str | None = None
+    """The profile whose declaredSupport makes the variant supported here (moxin's rules alone would not)."""
+    declared_source: str | None = None
+    """That declaration's source."""
 
     @property
     def devices(self) -> int:
         return self.tp * self.pp
+
+    @property
+    def caveats(self) -> list[str]:
+        """What a reader of the plan must know about this candidate's numbers, one sentence each."""
+        out = [f"supported as declared by {self.declared_by} ({self.declared_source}), not checked by moxin"
+               ] if self.declared_by else []
+        return out + [str(u) for u in self.uncertain]
 
     @property
     def key(self) -> tuple[str, str, str, int, int]:
@@ -152,6 +169,18 @@ def capacity(est_at, deployment: ModelDeployment, max_batch: int, binding_at_max
                     decode_tokens_per_second=1 / best[1], binding=binding)
 
 
+def how_to_measure(deployment: ModelDeployment, variant: Variant, profile: HardwareProfile, tp: int, pp: int) -> str:
+    """What to run so that measured speed replaces the missing datasheet figures (a Benchmark document)."""
+    return (f"measure it: start one replica (`moxin engine-args -f ... -m {deployment.spec.model} -v {variant.name} "
+            f"-H {profile.name} --tp {tp} --pp {pp} --context {deployment.spec.context_tokens}` prints its command), "
+            f"then `moxin bench --url http://<replica or router>:PORT --model {deployment.name} "
+            "--concurrency 1,2,4,8 --record -o bench.yaml` and plan again with `moxin plan -f ... -f bench.yaml`")
+
+
+def _uncertain(*estimates: Estimate) -> tuple[UncertainFigure, ...]:
+    return tuple(dict.fromkeys(u for e in estimates for u in e.uncertain_inputs))
+
+
 def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Catalog,
                    cache: EstimateCache) -> DeploymentCandidates:
     spec = deployment.spec
@@ -170,7 +199,7 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
         per_node = pool.devices_per_node or profile.spec.devices_per_node
         total = per_node * pool.nodes
         for variant in variants:
-            verdict = check(variant, profile)
+            verdict = check(variant, profile, context_tokens=spec.context_tokens)
             if not verdict.supported:
                 out.rejections.append(Rejection(variant.name, pool.name, f"{verdict.status}: {verdict.reason}",
                                                 "unsupported"))
@@ -186,6 +215,7 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
                     continue
             found = False
             last_no_fit = None
+            unknown: tuple[int, int, str] | None = None
             for tp in tp_choices(per_node, arch.attention_heads, engine.engine):
                 for pp in pp_choices(engine.engine):
                     if tp * pp > total:
@@ -202,15 +232,28 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
                     cap = capacity(lambda b, tp=tp, pp=pp, v=variant, h=profile: cache(model, v, h, tp, pp, length,
                                                                                     b, spec.kv_cache_dtype),
                                    deployment, max_batch, binding)
-                    if isinstance(cap, str):
-                        kind = "unknown-speed" if cap.startswith("speed unknown") else "slo"
-                        out.rejections.append(Rejection(variant.name, pool.name, f"tp={tp} pp={pp}: {cap}", kind))
+                    uncertain = _uncertain(fit, mem, cache(model, variant, profile, tp, pp, length, 1,
+                                                           spec.kv_cache_dtype))
+                    if isinstance(cap, str) and cap.startswith("speed unknown"):
+                        # One measurement is enough: of the replicas whose speed is unknown, ask for the one with
+                        # the fewest pipeline stages (tensor parallel within a node, as replicas usually run), then
+                        # the fewest devices.
+                        if unknown is None or (pp, tp * pp) < (unknown[1], unknown[0] * unknown[1]):
+                            unknown = (tp, pp, f"tp={tp} pp={pp}: {cap}; "
+                                       + how_to_measure(deployment, variant, profile, tp, pp))
+                    elif isinstance(cap, str):
+                        rests_on = "".join(f"; {u}" for u in uncertain)
+                        out.rejections.append(Rejection(variant.name, pool.name, f"tp={tp} pp={pp}: {cap}{rests_on}",
+                                                        "slo"))
                     else:
                         price = None if pool.usd_per_device_hour is None else pool.usd_per_device_hour * tp * pp
                         out.candidates.append(Candidate(deployment.name, model.name, variant.name, pool.name,
-                                                        profile.name, engine.engine, tp, pp, cap, price))
+                                                        profile.name, engine.engine, tp, pp, cap, price, uncertain,
+                                                        verdict.declared_by, fit.declared_source))
                     found = True
                     break  # the smallest pipeline that fits at this tp; deeper ones only add devices
+            if unknown is not None:
+                out.rejections.append(Rejection(variant.name, pool.name, unknown[2], "unknown-speed"))
             if not found:
                 said = [r for r in (last_no_fit.reasons if last_no_fit else []) if r.startswith(("needs", "context"))]
                 reason = said[0] if said else f"no parallelism up to {total} devices (the whole pool) fits"
@@ -219,12 +262,14 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
 
 
 def prune_dominated(cands: list[Candidate], keep: frozenset = frozenset()) -> list[Candidate]:
-    """Drop a candidate when another on the same pool uses no more devices and serves at least as much
-    (ties broken by the stable order). Exact: swapping a dominated replica for its dominator never costs
-    more, never uses more devices and never serves less. ``keep``: keys never dropped (previous plan)."""
+    """Drop a candidate when another on the same pool uses no more devices, serves at least as much and rests on
+    no uncertain figure that it does not (ties broken by the stable order). Exact: swapping a dominated replica
+    for its dominator never costs more, never uses more devices, never serves less and is never less sure.
+    ``keep``: keys never dropped (previous plan)."""
     out = []
     for c in cands:
         dominated = any(o is not c and o.pool == c.pool and o.devices <= c.devices
+                        and set(o.uncertain) <= set(c.uncertain)
                         and o.capacity.requests_per_second >= c.capacity.requests_per_second
                         and (o.devices, -o.capacity.requests_per_second, o.key)
                         < (c.devices, -c.capacity.requests_per_second, c.key) for o in cands)

@@ -149,6 +149,7 @@ def _why(d: ModelDeployment, c: Candidate, replicas: int, f: DeploymentCandidate
         text += f"; replicas.min ({d.spec.replicas.min}) sets the count, not demand"
     if used[c.pool] == pool_devices[c.pool]:
         text += f"; pool {c.pool} is full ({pool_devices[c.pool]} devices)"
+    text += "".join(f"; {caveat}" for caveat in c.caveats)
     chosen_keys = {x.key for x in chosen}
     total = sum((x.usd_per_hour or 0.0) * replicas_of[x.key] for x in chosen)
     others = []
@@ -164,7 +165,8 @@ def _why(d: ModelDeployment, c: Candidate, replicas: int, f: DeploymentCandidate
         elif o.devices * n > pool_devices[o.pool] - used[o.pool] + (o.devices * n if o.pool == c.pool else 0):
             note = "cheaper alone, but its pool lacks free devices"
         elif alone > total - 1e-9:
-            note = "costs the same"
+            note = "costs the same, but rests on uncertain datasheet figures" if o.uncertain and not any(
+                x.uncertain for x in chosen) else "costs the same"
         else:
             note = "cheaper alone, but its devices serve other deployments at a lower total cost"
         others.append((alone if alone is not None else float("inf"), o.key,
@@ -187,6 +189,10 @@ def _unplaced_reasons(d: ModelDeployment, f: DeploymentCandidates, served: float
                        f"({n * best.devices} devices) would serve the rest; pool {best.pool} has "
                        f"{pool_devices[best.pool] - used[best.pool]} free of {pool_devices[best.pool]}: add nodes "
                        "to it, or allow more pools or variants")
+    elif f.rejections and all(r.kind in ("unknown-speed", "unsupported") for r in f.rejections) and any(
+            r.kind == "unknown-speed" for r in f.rejections):
+        reasons.append("no speed can be predicted where a variant fits: measure it (below), and plan with the "
+                       "Benchmark it records")
     else:
         reasons.append("no variant fits any allowed pool under the SLO")
     by_kind: dict[tuple[str, str], str] = {}

@@ -11,8 +11,9 @@ Constraints:
 - churn: u_c >= |x_c - previous_c|.
 
 Objective, lexicographic: first serve as much demand as possible (sum of served fractions; a
-deployment with no traffic counts 1 when placed), then the least cost plus churn penalty. Solved as
-one MILP when all demand can be served (the usual case), else as two.
+deployment with no traffic counts 1 when placed), then the least cost plus churn penalty, then (tie-breaks
+far below any real price) certain candidates before those resting on uncertain datasheet figures, and
+fewer devices. Solved as one MILP when all demand can be served (the usual case), else as two.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from orchestrator.planner.candidates import Candidate
 # A device-hour of an unpriced pool is not free: this keeps the solver from spending devices for nothing
 # and breaks ties toward fewer devices. Small against any real price.
 DEVICE_TIEBREAK_USD = 1e-3
+# A device-hour whose candidate rests on an uncertain datasheet figure costs this much more: at equal cost the
+# certain candidate wins, even one that takes up to (DEVICE + UNCERTAIN) / DEVICE = 3 times the devices.
+# Still small against any real price.
+UNCERTAIN_TIEBREAK_USD = 2e-3
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,8 @@ def solve(demands: list[Demand], candidates: list[Candidate], pool_devices: dict
         price = c.usd_per_hour or 0.0
         # New replicas of a candidate the previous plan did not run are churn too.
         fresh = churn_weight * price if previous and not previous.get(c.key) else 0.0
-        cost[xs + i] = price + DEVICE_TIEBREAK_USD * c.devices + fresh
+        doubt = UNCERTAIN_TIEBREAK_USD * c.devices if c.uncertain else 0.0
+        cost[xs + i] = price + DEVICE_TIEBREAK_USD * c.devices + doubt + fresh
     for k, i in enumerate(churn):
         cost[us + k] = churn_weight * (candidates[i].usd_per_hour or DEVICE_TIEBREAK_USD * candidates[i].devices)
 

@@ -2,7 +2,8 @@
 
 ``load_catalog(paths)`` = built-in profiles and models + the user's documents. A user document may
 replace a built-in of the same kind and name; two user documents of the same kind and name are an
-error. ``resolve`` checks every reference (fleet -> profile, deployment -> model/variant/pool,
+error. Overlays (a HardwareProfile with ``spec.extends``) are merged onto their bases first
+(``spec/overlay.py``). ``resolve`` checks every reference (fleet -> profile, deployment -> model/variant/pool,
 rollout -> deployment/variant/pool) and reports each bad one at its line with a did-you-mean.
 """
 
@@ -21,6 +22,7 @@ from orchestrator.spec.fleet import Fleet
 from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.loader import Loaded, load_documents
 from orchestrator.spec.model import Model
+from orchestrator.spec.overlay import resolve_overlays
 from orchestrator.spec.plan import Plan
 from orchestrator.spec.rollout import Rollout
 from orchestrator.spec.suggest import did_you_mean
@@ -97,6 +99,7 @@ def build_catalog(builtin: Iterable[Loaded], user: Iterable[Loaded]) -> Catalog:
     entries: dict[tuple[str, str], Loaded] = {}
     for item in builtin:
         entries[(item.kind, item.name)] = item
+    builtin_entries = dict(entries)
     seen: dict[tuple[str, str], Loaded] = {}
     problems = []
     for item in user:
@@ -108,6 +111,7 @@ def build_catalog(builtin: Iterable[Loaded], user: Iterable[Loaded]) -> Catalog:
             continue
         seen[key] = item
         entries[key] = item
+    problems += resolve_overlays(entries, builtin_entries)
     if problems:
         raise SpecError(problems)
     catalog = Catalog(MappingProxyType(entries))

@@ -1,20 +1,28 @@
 """``HardwareProfile``: one accelerator (or CPU host) as the estimator, engines and renderers see it.
 
 Every published number names its source (``spec.sources[].fields``); a number nobody published is
-left out (null) and whatever needs it says so.
+left out (null) and whatever needs it says so. A published figure that is not sure (second-hand, or varying
+by SKU) is kept, under a source marked ``uncertain: true``, and every result that rests on it says so.
+
+A user's profile may be an overlay of another (``spec.extends``): ``HardwareProfileOverlay`` holds it as
+loaded, and the catalog merges it onto its base and validates the result as a ``HardwareProfile``. An
+engine entry may declare support the operator has seen work (``declaredSupport``), which the compatibility
+rules cannot know.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from orchestrator.spec.base import (
     MAX_BANDWIDTH_GBPS,
     MAX_DEVICES_PER_NODE,
     MAX_MEMORY_GB,
     MAX_TFLOPS,
+    MAX_TOKENS,
     DnsSubdomain,
     Document,
     EnvName,
@@ -22,12 +30,15 @@ from orchestrator.spec.base import (
     ImageRef,
     LabelKey,
     LabelValue,
+    Name,
     QualifiedName,
     Source,
     Strict,
     require_sources,
 )
 from orchestrator.spec.engine import EngineName, KvDtype
+from orchestrator.spec.formats import MODULE_CLASSES
+from orchestrator.spec.model import FormatName, ModuleClass
 
 NumericFormat = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]
 
@@ -78,6 +89,34 @@ class VllmPlugin(Strict):
     """Extra environment variables the plugin documents for serving (names are C identifiers)."""
 
 
+class DeclaredSupport(Strict):
+    """The operator's word that this engine, as they run it, loads and serves a variant with exactly these
+    formats. moxin cannot check it: compatibility then answers 'supported (declared by <profile>)', and the
+    estimate, the matrix and the plan say so wherever they show the verdict."""
+
+    formats: dict[ModuleClass, FormatName]
+    """Storage format per module class, written as a Model variant writes them ('default' covers every class
+    not named). A variant matches when every module class has the same format in both."""
+    quantization_method: str | None = None
+    """The checkpoint's quantization method as the variant names it (e.g. 'compressed-tensors'), to narrow the
+    declaration to one packing; left out, any variant with these formats matches."""
+    context_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS)
+    """The longest context the operator has run it at; a deployment asking for more is not covered."""
+    source: str = Field(min_length=3)
+    """Who declares it and on what evidence, e.g. 'declared by the operator: vllm-mlu build X served the
+    GLM-4.6 FP8+Int4 checkpoint at 200K context on 2025-11-02'."""
+
+    @model_validator(mode="after")
+    def _has_default(self) -> DeclaredSupport:
+        if "default" not in self.formats:
+            raise ValueError("formats needs a 'default' entry (the format of every class not named), as in a variant")
+        return self
+
+    def format_mix(self) -> tuple[str, ...]:
+        """The format of every module class, in MODULE_CLASSES order (what a variant is matched on)."""
+        return tuple(self.formats.get(c, self.formats["default"]) for c in MODULE_CLASSES)  # type: ignore[call-overload]
+
+
 class EngineSupport(Strict):
     engine: EngineName
     """Which engine serves this hardware."""
@@ -96,6 +135,9 @@ class EngineSupport(Strict):
     """KV-cache data types the engine supports here."""
     image: ImageRef | None = None
     """Default container image for this engine on this hardware."""
+    declared_support: list[DeclaredSupport] = Field(default_factory=list)
+    """Variant format mixes the operator declares this engine loads here, beyond what quantizationMethods and
+    the compatibility rules show (written in a user's profile or overlay; the built-in profiles declare none)."""
 
     @model_validator(mode="after")
     def _aliases_name_declared_methods(self) -> EngineSupport:
@@ -159,7 +201,24 @@ class KubernetesResources(Strict):
     """Node labels that identify nodes with this hardware (Kubernetes label keys and values)."""
 
 
+class HardwareSource(Source):
+    """Where a profile's numbers come from, and whether they are sure."""
+
+    uncertain: bool = False
+    """The figures under 'fields' are published but not sure: second-hand reports, a figure that varies by SKU,
+    or one marked (u) in the facts. The estimator uses them, every estimate, matrix cell and plan that rests on
+    one says 'uncertain datasheet figure: <field> (<ref>)', and the planner prefers certain hardware at equal
+    cost, until a measurement replaces them."""
+
+
 class HardwareProfileSpec(Strict):
+    extends: Name | None = None
+    """The profile this one is an overlay of, e.g. 'cambricon-mlu590'. An overlay names only what it adds or
+    changes; the catalog fills in the rest from the base (which may be an overlay too; cycles are refused).
+    Merging: mappings merge field by field; an engines[] entry merges into the base's entry of the same
+    'engine' (a new engine is added); sources[] and declaredSupport[] are added after the base's (an overlay's
+    own source wins for the figures it names); any other value or list replaces the base's, and null removes
+    it. Every number an overlay sets needs a source of its own."""
     vendor: str = Field(min_length=1)
     """Manufacturer, e.g. 'nvidia', 'cambricon'."""
     product: str = Field(min_length=1)
@@ -188,8 +247,8 @@ class HardwareProfileSpec(Strict):
     """How one device appears to Ray."""
     kubernetes: KubernetesResources = Field(default_factory=KubernetesResources)
     """How one device appears to Kubernetes."""
-    sources: list[Source] = Field(min_length=1)
-    """Where each number comes from."""
+    sources: list[HardwareSource] = Field(min_length=1)
+    """Where each number comes from; a later source wins for a figure that an earlier one also covers."""
     notes: str | None = None
     """Caveats a reader should know."""
 
@@ -200,6 +259,25 @@ class HardwareProfileSpec(Strict):
 
     def engine(self, name: str) -> EngineSupport | None:
         return next((e for e in self.engines if e.engine == name), None)
+
+    def source_of(self, path: str) -> HardwareSource | None:
+        """The source of the number at ``path`` (e.g. 'peakTflops.bf16'): the last source whose fields cover it,
+        so that an overlay's own source wins over the one it inherits."""
+        return next((s for s in reversed(self.sources) if any(path == f or path.startswith(f + ".")
+                                                               for f in s.fields)), None)
+
+    def uncertain_figures(self, paths: Iterable[str]) -> list[tuple[str, HardwareSource]]:
+        """Those of ``paths`` whose source is marked uncertain, each with that source, in the order given."""
+        out = []
+        for path in paths:
+            source = self.source_of(path)
+            if source is not None and source.uncertain:
+                out.append((path, source))
+        return out
+
+    def numbers(self) -> list[str]:
+        """The field paths of every number this profile gives (each must have a source)."""
+        return _numbers(self)
 
 
 def _numbers(spec: HardwareProfileSpec) -> list[str]:
@@ -222,3 +300,21 @@ class HardwareProfile(Document[HardwareProfileSpec]):
     kind: Literal["HardwareProfile"]
     """'HardwareProfile'."""
     spec: HardwareProfileSpec
+
+
+class ProfileOverlaySpec(Strict):
+    """An overlay's spec as loaded: 'extends' and whatever it adds or changes. The rest is checked once the
+    catalog has merged it onto its base (as a HardwareProfileSpec, at this document's lines)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    extends: Name
+    """The profile this one is an overlay of."""
+
+
+class HardwareProfileOverlay(Document[ProfileOverlaySpec]):
+    """A HardwareProfile document with 'spec.extends', before the catalog resolves it."""
+
+    kind: Literal["HardwareProfile"]
+    """'HardwareProfile'."""
+    spec: ProfileOverlaySpec

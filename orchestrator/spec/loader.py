@@ -20,7 +20,7 @@ from orchestrator.errors import Problem, SpecError
 from orchestrator.spec.base import API_VERSION, PATTERN_MEANINGS, Document, FieldError
 from orchestrator.spec.deployment import ModelDeployment
 from orchestrator.spec.fleet import Fleet
-from orchestrator.spec.hardware import HardwareProfile
+from orchestrator.spec.hardware import HardwareProfile, HardwareProfileOverlay
 from orchestrator.spec.hfconfig import ConfigError, architecture_from_hf_config
 from orchestrator.spec.model import Model
 from orchestrator.spec.plan import Plan
@@ -122,7 +122,10 @@ def load_plan(path: Path) -> Plan:
     return plans[0]
 
 
-def validate_document(raw: RawDocument, base_dir: Path | None = None, budget: ReadBudget | None = None) -> Loaded:
+def validate_document(raw: RawDocument, base_dir: Path | None = None, budget: ReadBudget | None = None,
+                      cls: type[Document[Any]] | None = None) -> Loaded:
+    """One document, validated as ``cls`` (default: its kind's class; a HardwareProfile with 'spec.extends' as
+    an overlay, which the catalog resolves)."""
     data = raw.data
     if not isinstance(data, dict):
         raise SpecError([Problem(f"a document must be a mapping, not {_type_name(data)}", raw.file, raw.line,
@@ -134,7 +137,8 @@ def validate_document(raw: RawDocument, base_dir: Path | None = None, budget: Re
     if data.get("apiVersion") != API_VERSION:
         raise SpecError([Problem(f"apiVersion must be {API_VERSION!r}, not {data.get('apiVersion')!r}",
                                  raw.file, raw.line_of(("apiVersion",)), "apiVersion")])
-    cls = KINDS[kind]
+    if cls is None:
+        cls = HardwareProfileOverlay if kind == "HardwareProfile" and _is_overlay(data) else KINDS[kind]
     try:
         # Strict: a number is a YAML number ("4" and yes are refused, as the JSON Schema says); an integer
         # still fills a float field.
@@ -144,6 +148,11 @@ def validate_document(raw: RawDocument, base_dir: Path | None = None, budget: Re
     if isinstance(doc, Model) and doc.spec.config_file is not None:
         doc = _with_config_architecture(doc, raw, base_dir, budget or ReadBudget())
     return Loaded(doc, raw)
+
+
+def _is_overlay(data: dict[str, Any]) -> bool:
+    spec = data.get("spec")
+    return isinstance(spec, dict) and spec.get("extends") is not None
 
 
 def _no_constant(name: str) -> Any:
