@@ -8,6 +8,7 @@ A figure measured on an emulated pool (engine on CPU, placed as the declared har
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, field_validator, model_validator
@@ -138,7 +139,7 @@ class BenchmarkSpec(Strict):
     def _increasing(cls, curve: list[CurvePoint]) -> list[CurvePoint]:
         for what, key in (("concurrency", "concurrency"), ("rateRequestsPerSecond", "rate_requests_per_second")):
             seen = [(i, getattr(p, key)) for i, p in enumerate(curve) if getattr(p, key) is not None]
-            for (i, a), (j, b) in zip(seen, seen[1:]):
+            for (i, a), (j, b) in itertools.pairwise(seen):
                 if b <= a:
                     raise ValueError(f"curve[{j}].{what} ({b:g}) must be above curve[{i}]'s ({a:g}): "
                                      f"points go in strictly increasing {what}")
