@@ -924,6 +924,8 @@ def bench(ctx: click.Context, url: str, request_model: str | None, api_key_file:
         if fmt is None:
             raise click.BadParameter("expected table, json, yaml, or a file ending in .yaml, .yml or .json",
                                      param_hint="-o")
+    if from_status and not record:
+        raise click.UsageError("--from-status reads the labels --record writes: add --record")
     if record and fmt == "table":
         raise click.UsageError("--record writes a Benchmark document: add -o FILE.yaml (or -o yaml / -o json)")
     if prompts_file is not None and prompt_tokens is not None:

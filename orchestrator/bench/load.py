@@ -24,6 +24,16 @@ import aiohttp
 
 from orchestrator.bench.stats import LevelSummary, RequestResult, Sweep, summarise
 from orchestrator.bench.workload import Level, Stop, Synthetic, Target, Workload, request_body
+from orchestrator.errors import MoxinError
+
+SETUP_ERRORS = {
+    "connect": "is the server up at --url?",
+    "http_400": "the server refused the request: if it rejects ignore_eos, add --no-ignore-eos",
+    "http_401": "give the API key: $MOXIN_API_KEY or --api-key-file",
+    "http_403": "the API key is refused: check $MOXIN_API_KEY or --api-key-file",
+    "http_404": "check --url (the base URL, without /v1/...) and --model (through moxin's router: the deployment)",
+}
+"""Warm-up failures that mean the setup is wrong (not the server overloaded): the sweep stops before it starts."""
 
 OnRequest = Callable[[RequestResult], None]
 
@@ -147,7 +157,7 @@ async def sweep(target: Target, levels: list[Level], stop: Stop, workload: Workl
                 warmup: int = 1, seed: int = 0, on_level: Callable[[int, Level], None] | None = None,
                 on_request: OnRequest | None = None) -> Sweep:
     """Warm up (``warmup`` requests, not counted; the first rescales synthetic prompts to the server's token
-    count), then run each level in turn."""
+    count), then run each level in turn. A warm-up that fails for a setup reason (``SETUP_ERRORS``) raises."""
     started = datetime.now(UTC)
     timeout = aiohttp.ClientTimeout(total=target.timeout_s)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -158,6 +168,9 @@ async def sweep(target: Target, levels: list[Level], stop: Stop, workload: Workl
                                 ignore_eos=target.ignore_eos)
             r = await send(session, target, body)
             index += 1
+            if r.error in SETUP_ERRORS:
+                raise MoxinError(f"the warm-up request to {target.public_url} failed ({r.error}); nothing was "
+                                 f"measured. {SETUP_ERRORS[r.error]}")
             if i == 0 and isinstance(workload, Synthetic) and r.error is None and r.prompt_tokens:
                 workload = workload.rescaled(len(prompt.as_text().split()), r.prompt_tokens)
         summaries = []

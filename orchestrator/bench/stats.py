@@ -162,5 +162,6 @@ class Sweep:
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.target.public_url, "model": self.target.model, "endpoint": self.target.endpoint,
-                "prompts": self.workload.name, "outputTokens": self.output_tokens,
+                "prompts": self.workload.name, "promptTokens": getattr(self.workload, "prompt_tokens", None),
+                "outputTokens": self.output_tokens,
                 "startedAt": self.started_at.isoformat(), "levels": [lv.to_json() for lv in self.levels]}

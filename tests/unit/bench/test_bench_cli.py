@@ -103,6 +103,7 @@ def test_prompts_from_a_jsonl_file(static_server, write) -> None:
     (["-o", "bench.txt"], "expected table, json, yaml, or a file"),
     (["--concurrency", "1,0"], "comma-separated list of numbers > 0"),
     (["--prompts", __file__, "--prompt-tokens", "5"], "exclude each other"),
+    (["--from-status"], "add --record"),
 ])
 def test_usage_errors_before_any_request(static_server, args: list[str], fragment: str) -> None:
     server = static_server()
@@ -164,3 +165,10 @@ def test_record_from_status_refuses_a_deployment_of_several_replicas(router) -> 
                 "-o", "yaml")
     assert out.exit_code == 1 and "has 2 ready replicas" in out.output and "apple-m2-max-64g" in out.output
     assert upstream.server.bodies == []
+
+
+def test_a_missing_key_stops_at_the_warm_up_with_what_to_do(static_server) -> None:
+    server = static_server(api_key="k")
+    out = bench("--url", server.url, "--model", "m", *FAST, env={"MOXIN_API_KEY": ""})
+    assert out.exit_code == 1 and "http_401" in out.output and "$MOXIN_API_KEY or --api-key-file" in out.output
+    assert len(server.server.bodies) == 1

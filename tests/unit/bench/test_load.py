@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.bench.load import sweep
 from orchestrator.bench.workload import FromFile, Level, Prompt, Stop, Synthetic, Target
+from orchestrator.errors import MoxinError
 
 TTFT, ITL, TOKENS = 0.05, 0.01, 16
 E2E = TTFT + ITL * (TOKENS - 1)  # 0.2 s: the server's pace, the fastest a request can be
@@ -97,6 +98,17 @@ def test_a_request_slower_than_the_timeout_is_a_timeout(static_server) -> None:
     server = static_server(ttft_s=3.0)
     level = run(server.url, [Level(concurrency=1)], Stop(requests=1), warmup=0, timeout_s=1.0).levels[0]
     assert level.errors == {"timeout": 1}
+
+
+@pytest.mark.parametrize("fields, fragment", [({"api_key": "k"}, "http_401"), ({"fail_every": 1}, None)])
+def test_a_warm_up_refused_for_a_setup_reason_stops_the_sweep(static_server, fields, fragment) -> None:
+    server = static_server(**fields)
+    if fragment is None:  # a server error is load, not setup: the sweep goes on and counts it
+        assert run(server.url, [Level(concurrency=1)], Stop(requests=2)).levels[0].errors == {"http_500": 2}
+        return
+    with pytest.raises(MoxinError, match="warm-up request .* failed \\(http_401\\); nothing was measured. give"):
+        run(server.url, [Level(concurrency=1)], Stop(requests=2))
+    assert len(server.server.bodies) == 1
 
 
 def test_the_api_key_is_sent_as_a_bearer_token(static_server) -> None:
