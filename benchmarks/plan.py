@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000,5000")
     parser.add_argument("--deployments", default="5,50,200")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--gap", type=float, default=0.005)
+    parser.add_argument("--gap", type=float, default=PlanOptions().gap)
     args = parser.parse_args()
     print(f"machine: {describe()}\n")
     print(f"{'nodes':>6s} {'deploy':>6s} {'cands':>6s} {'total s':>8s} {'solve s':>8s} {'gap':>7s} "

@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import describe  # noqa: E402
 
+from orchestrator.spec.defaults import ROUTER_PORT  # noqa: E402
+
 MOXIN = [sys.executable, "-m", "orchestrator"]
 BODY = {"model": "tiny-chat", "messages": [{"role": "user", "content": "Benchmark me"}], "max_tokens": 16,
         "stream": True, "ignore_eos": True}
@@ -143,7 +145,7 @@ def main() -> None:
     ap.add_argument("--skip-up", action="store_true", help="Use the running cluster; do not time `moxin up`.")
     args = ap.parse_args()
     print(f"machine: {describe()}")
-    port = 8000
+    port = ROUTER_PORT  # where `moxin up` starts the router
     if not args.skip_up:
         print(f"moxin up -> first token through the router: {time_up(port):.1f} s (cold Ray cluster, cached model)")
     st = json.loads(subprocess.run([*MOXIN, "status", "-o", "json"], check=True, capture_output=True, text=True).stdout)

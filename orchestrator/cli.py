@@ -18,10 +18,17 @@ from typing import Any
 import click
 
 from orchestrator import __version__
+from orchestrator.cli_options import choice, option_from, options_from
 from orchestrator.errors import InfeasibleError, MoxinError, Problem, SpecError
+from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ENGINE_PORT, MODEL_ROOT, ROUTER_PORT
+from orchestrator.spec.deployment import ModelDeploymentSpec
+from orchestrator.spec.engine import ENGINE_DEFAULTS, EngineName, EngineSettings
+from orchestrator.spec.plan import PlanOptions
 
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
                       show_default=True, help="table for people; json/yaml print the full documents.")
+DEFAULT_CONTEXT = f"[default: min({ENGINE_DEFAULTS.default_context_tokens}, model max)]"
+KV_DTYPE = option_from(ModelDeploymentSpec, "kv_cache_dtype", "--kv-dtype")
 
 
 class MoxinGroup(click.Group):
@@ -173,8 +180,7 @@ def _replica_options(command: Any) -> Any:
         click.option("--tp", type=click.IntRange(1), help="Tensor-parallel degree; default: the smallest that fits."),
         click.option("--pp", type=click.IntRange(1), help="Pipeline stages; default: the smallest that fits."),
         click.option("--ep/--no-ep", default=False, help="Expert parallelism (whole experts per device)."),
-        click.option("--context", type=click.IntRange(1),
-                     help="Context tokens per sequence [default: min(8192, model max)]."),
+        click.option("--context", type=click.IntRange(1), help=f"Context tokens per sequence {DEFAULT_CONTEXT}."),
     ]):
         command = option(command)
     return command
@@ -183,32 +189,27 @@ def _replica_options(command: Any) -> Any:
 @cli.command()
 @_replica_options
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Concurrent sequences.")
-@click.option("--kv-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp8", "int8", "int4"]), default="auto",
-              show_default=True)
-@click.option("--engine", type=click.Choice(["vllm", "mlx-lm", "vllm-metal"]), help="Default: the profile's first "
-              "engine that takes the variant.")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=0.92, show_default=True,
-              help="vLLM's fraction of TOTAL device memory (vLLM 0.32 default).")
-@click.option("--cpu-kv-cache-gib", type=click.FloatRange(0.01), help="vLLM CPU: VLLM_CPU_KVCACHE_SPACE in GiB.")
+@KV_DTYPE
+@click.option("--engine", type=choice(EngineName),
+              help="Default: the profile's first engine that takes the variant.")
+@options_from(EngineSettings,
+              ["gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "cpu_kv_cache_gib"])
 @click.option("--usd-per-device-hour", type=click.FloatRange(0), help="Price, for cost per hour and per token.")
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
 def estimate(model_name: str, variant_name: str, hardware: str, tp: int | None, pp: int | None, ep: bool,
-             context: int | None, batch: int, kv_dtype: str, engine: str | None, gpu_memory_utilization: float,
-             cpu_kv_cache_gib: float | None, usd_per_device_hour: float | None, paths: tuple[Path, ...],
-             fmt: str) -> None:
+             context: int | None, batch: int, kv_cache_dtype: str, engine: str | None,
+             usd_per_device_hour: float | None, paths: tuple[Path, ...], fmt: str, **settings: Any) -> None:
     """Does a variant fit on a hardware profile, at what context and concurrency, how fast, at what cost."""
-    from orchestrator.estimate.estimator import EngineSettings
     from orchestrator.estimate.estimator import estimate as run_estimate
     from orchestrator.output import emit, table
 
     catalog = _catalog(paths)
     model = catalog.model(model_name)
     variant = _pick_variant(model, variant_name)
-    settings = EngineSettings(gpu_memory_utilization=gpu_memory_utilization, cpu_kv_cache_gib=cpu_kv_cache_gib)
     result = run_estimate(model, variant, catalog.profile(hardware), tp=tp, pp=pp, ep=ep, context=context,
-                          batch=batch, kv_dtype=kv_dtype, engine=engine, settings=settings,
-                          usd_per_device_hour=usd_per_device_hour)
+                          batch=batch, kv_dtype=kv_cache_dtype, engine=engine,
+                          settings=EngineSettings(**settings), usd_per_device_hour=usd_per_device_hour)
     if fmt != "table":
         emit(result.to_json(), fmt)
     else:
@@ -241,7 +242,7 @@ def estimate(model_name: str, variant_name: str, hardware: str, tp: int | None, 
 
 @cli.command()
 @click.option("--model", "-m", "model_name", required=True)
-@click.option("--context", type=click.IntRange(1), help="Context tokens [default: min(8192, model max)].")
+@click.option("--context", type=click.IntRange(1), help=f"Context tokens {DEFAULT_CONTEXT}.")
 @click.option("--hardware", "-H", "hardware", multiple=True, help="Only these profiles (repeatable).")
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml", "svg"]), default="table",
@@ -275,18 +276,21 @@ def matrix(model_name: str, context: int | None, hardware: tuple[str, ...], path
 
 @cli.command("engine-args")
 @_replica_options
-@click.option("--concurrency", type=click.IntRange(1), help="Concurrent sequences [default: 256 on vLLM].")
-@click.option("--kv-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp8", "int8", "int4"]), default="auto",
-              show_default=True)
-@click.option("--engine", type=click.Choice(["vllm", "mlx-lm", "vllm-metal"]), help="Default: the profile's first "
-              "engine that runs the variant.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1),
+              help=f"Concurrent sequences [default: {ENGINE_DEFAULTS.max_num_seqs} on vLLM, "
+                   f"{ENGINE_DEFAULTS.cpu_max_num_seqs} on vLLM's CPU platform, as many as fit up to "
+                   f"{ENGINE_DEFAULTS.mlx_decode_concurrency} on mlx-lm].")
+@KV_DTYPE
+@click.option("--engine", type=choice(EngineName),
+              help="Default: the profile's first engine that runs the variant.")
+@options_from(EngineSettings, ["gpu_memory_utilization", "max_num_batched_tokens"])
+@click.option("--port", type=click.IntRange(1, 65535), default=ENGINE_PORT, show_default=True)
 @click.option("--model-path", help="Where the engine reads the weights [default: the variant's checkpoint].")
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
 def engine_args(model_name: str, variant_name: str, hardware: str, tp: int | None, pp: int | None, ep: bool,
-                context: int | None, concurrency: int | None, kv_dtype: str, engine: str | None, port: int,
-                model_path: str | None, paths: tuple[Path, ...], fmt: str) -> None:
+                context: int | None, concurrency: int | None, kv_cache_dtype: str, engine: str | None, port: int,
+                model_path: str | None, paths: tuple[Path, ...], fmt: str, **settings: Any) -> None:
     """The engine command line, environment and probes for one replica (exit 2 if it cannot run there)."""
     import shlex
 
@@ -297,17 +301,19 @@ def engine_args(model_name: str, variant_name: str, hardware: str, tp: int | Non
     model = catalog.model(model_name)
     variant = _pick_variant(model, variant_name)
     profile = catalog.profile(hardware)
-    tp, pp = fitted_parallelism(model, variant, profile, tp=tp, pp=pp, ep=ep, context=context, kv_dtype=kv_dtype,
-                                engine=engine)
+    engine_settings = EngineSettings(**settings)
+    tp, pp = fitted_parallelism(model, variant, profile, tp=tp, pp=pp, ep=ep, context=context,
+                                kv_dtype=kv_cache_dtype, engine=engine, settings=engine_settings)
     launch = engine_launch(model, variant, profile, tp=tp, pp=pp, ep=ep, context=context, concurrency=concurrency,
-                           kv_dtype=kv_dtype, engine=engine, port=port, model_path=model_path)
+                           kv_dtype=kv_cache_dtype, engine=engine, port=port, model_path=model_path,
+                           settings=engine_settings)
     if fmt != "table":
         emit(launch.model_dump(mode="json", by_alias=True), fmt)
         return
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in launch.env.items())
     click.echo((env + " " if env else "") + shlex.join(launch.argv))
     click.echo(f"# health {launch.health_path}, metrics {launch.metrics_path or 'none'}, ready within "
-               f"{launch.readiness_timeout_s} s, image {launch.image or 'none'}, devices via "
+               f"{launch.readiness_timeout_seconds} s, image {launch.image or 'none'}, devices via "
                f"{launch.visibility_env or 'none'}")
     for note in launch.notes:
         click.echo(f"# {note}")
@@ -323,22 +329,18 @@ def _load_plan(path: Path) -> Any:
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path),
               help="Fleet and ModelDeployment documents (files or directories).")
 @click.option("--fleet", "fleet_name", help="The Fleet to plan for, when the files hold several.")
-@click.option("--previous", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--previous", type=click.Path(dir_okay=False, path_type=Path),
               help="The plan now running: keep replicas where they are unless moving pays.")
-@click.option("--objective", type=click.Choice(["cost"]), default="cost", show_default=True,
-              help="After serving the most demand: least cost.")
-@click.option("--churn-weight", type=click.FloatRange(0), default=0.1, show_default=True,
-              help="Penalty per replica added or removed against --previous, as a fraction of its hourly cost.")
-@click.option("--gap", type=click.FloatRange(0, 1), default=0.005, show_default=True, help="Solver optimality gap.")
-@click.option("--time-limit", type=click.FloatRange(0.1), default=60, show_default=True, help="Solver seconds.")
-@click.option("--diff", "diff_paths", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@options_from(PlanOptions, ["objective", "churn_weight", "gap", "time_limit_s"],
+              flags={"time_limit_s": "--time-limit"})
+@click.option("--diff", "diff_paths", nargs=2, type=click.Path(dir_okay=False, path_type=Path),
               help="OLD NEW: show what moves between two plans (no planning).")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
-def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None, objective: str, churn_weight: float,
-         gap: float, time_limit: float, diff_paths: tuple[Path, Path] | None, fmt: str) -> None:
+def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None,
+         diff_paths: tuple[Path, Path] | None, fmt: str, **options: Any) -> None:
     """Place every deployment on the fleet: variant, pool, parallelism, replicas, nodes, with the reasons."""
     from orchestrator.output import emit, table
-    from orchestrator.planner import PlanOptions, diff, plan_catalog
+    from orchestrator.planner import diff, plan_catalog
 
     if diff_paths:
         old, new = (_load_plan(p) for p in diff_paths)
@@ -356,8 +358,7 @@ def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None,
     if not paths:
         raise click.UsageError("give the fleet and deployments with -f (or two plans with --diff)")
     prev = _load_plan(previous) if previous else None
-    doc = plan_catalog(_catalog(paths), fleet_name, prev, PlanOptions(churn_weight=churn_weight, gap=gap,
-                                                                       time_limit_s=time_limit, objective=objective))
+    doc = plan_catalog(_catalog(paths), fleet_name, prev, PlanOptions(**options))
     if fmt != "table":
         emit(doc.to_json(), fmt)
         return
@@ -405,20 +406,26 @@ def _unplaced_error(doc: Any) -> None:
 @cli.command()
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Fleet + deployments to run [default: the local example, emulated on this machine's CPU].")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Router port.")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=9400, show_default=True,
+@click.option("--port", type=click.IntRange(1, 65535), default=ROUTER_PORT, show_default=True, help="Router port.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=CONTROLLER_METRICS_PORT, show_default=True,
               help="Controller metrics port (0: any free port).")
 @click.option("--routers", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Router instances sharing the port (SO_REUSEPORT).")
 @click.option("--timeout", type=click.FloatRange(1), default=900, show_default=True,
               help="Seconds to wait for every replica to serve.")
-def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, timeout: float) -> None:
+@click.option("--api-keys", "api_keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Key file (moxin keys create): the router then needs a key on /v1 and listens on every "
+                   "interface. Without it, the router listens on 127.0.0.1 only.")
+def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, timeout: float,
+       api_keys: Path | None) -> None:
     """Start the embedded default: a local multi-node Ray cluster with one node per fleet node (emulated pools),
     the tiny demo model, the controller, the router; then wait until every replica serves."""
     from orchestrator.runtime import client, local
     from orchestrator.spec.catalog import local_example_dir
 
     paths = paths or (local_example_dir(),)
+    if api_keys is not None:
+        _read_keys(api_keys)
     root = local.home() / "models"
     for name in local.prepare_checkpoints(_catalog(paths), root):  # the demo's model exists nowhere: generate it
         click.echo(f"prepared {name} checkpoints under {root}")
@@ -430,7 +437,10 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
     info = local.start(nodes)
     address = info["address"]
     options = {"routerPort": port, "metricsPort": metrics_port, "routers": routers, "logDir": str(local.home() / "logs"),
-               "prometheusSd": str(local.home() / "prometheus-sd.json")}
+               "prometheusSd": str(local.home() / "prometheus-sd.json"),
+               # No keys, no network: a keyless router answers anyone who can reach it.
+               "routerHost": "0.0.0.0" if api_keys else "127.0.0.1",
+               "apiKeys": str(api_keys.resolve()) if api_keys else None}
     try:
         client.apply(address, doc, options)
         seen: dict[str, str] = {}
@@ -448,17 +458,38 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
         for line in client.down(address):
             click.echo(line)
         raise SystemExit(130) from None
-    router = st["routers"][0]
+    router = st["routers"][0] if api_keys else f"http://127.0.0.1:{port}"
     deployment = next(r["labels"]["deployment"] for r in st["replicas"] if r["desired"])
+    auth = " -H \"Authorization: Bearer $MOXIN_API_KEY\"" if api_keys else ""
+    access = (f"API keys: {api_keys} (every /v1 request needs Authorization: Bearer KEY)" if api_keys else
+              "listening on 127.0.0.1 only: pass --api-keys FILE (moxin keys create) to serve other hosts")
     click.echo(f"""
 moxin is up (Ray at {address}).
   router (OpenAI API): {router}/v1
   metrics:             {router}/metrics (router), {st['metricsUrl']} (controller)
   Prometheus targets:  {st['prometheusSd']} (file_sd, kept current)
+  {access}
 try:
-  curl -s {router}/v1/chat/completions -H 'Content-Type: application/json' \\
+  curl -s {router}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\
     -d '{{"model": "{deployment}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
 then: moxin status | moxin logs REPLICA | moxin down""")
+    if api_keys and _answers_without_a_key(port):
+        click.echo("WARNING: the router answered /v1 without a key although it listens on every interface: it "
+                   "does not use the key file. Run `moxin down`.", err=True)
+
+
+def _answers_without_a_key(port: int) -> bool:
+    """A router on every interface that serves /v1 without a key is an open door: check, do not assume."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10).close()
+    except urllib.error.HTTPError as exc:
+        return exc.code != 401
+    except OSError:
+        return False
+    return True
 
 
 @cli.command()
@@ -466,8 +497,7 @@ then: moxin status | moxin logs REPLICA | moxin down""")
               help="Fleet + deployments (planned now), or one Plan document.")
 @click.option("--fleet", "fleet_name", help="The Fleet to plan for, when the files hold several.")
 @ADDRESS
-@click.option("--model-root", default="/models", show_default=True,
-              help="Where every node keeps checkpoints: <root>/<model>/<variant>.")
+@option_from(PlanOptions, "model_root")
 @click.option("--kubernetes", is_flag=True, help="Apply to the Kubernetes cluster of $KUBECONFIG instead of Ray.")
 @click.option("--namespace", default="moxin", show_default=True, help="Kubernetes namespace (with --kubernetes).")
 @click.option("--image", "images", multiple=True, metavar="KEY=IMAGE",
@@ -570,14 +600,11 @@ def down(address: str | None) -> None:
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
 def node_resources(hardware: str, devices: int | None, node_name: str | None, paths: tuple[Path, ...]) -> None:
     """Print the JSON for `ray start --resources` on a node of this hardware (CPU/GPU go to their own flags)."""
-    from orchestrator.spec.hardware import RAY_BUILTIN_RESOURCES
-
     profile = _catalog(paths).profile(hardware)
-    res = profile.spec.ray.node_resources(devices or profile.spec.devices_per_node, node_name)
-    flags = [f"{RAY_BUILTIN_RESOURCES[k]}={v:g}" for k, v in res.items() if k in RAY_BUILTIN_RESOURCES]
-    click.echo(json.dumps({k: v for k, v in res.items() if k not in RAY_BUILTIN_RESOURCES}, sort_keys=True))
+    flags, custom = profile.spec.ray.start_flags(devices or profile.spec.devices_per_node, node_name)
+    click.echo(json.dumps(custom))
     if flags:
-        click.echo(f"# also pass: {' '.join(flags)}", err=True)
+        click.echo(f"# also pass: {' '.join(f'--{flag}={v:g}' for flag, v in flags.items())}", err=True)
 
 
 @cli.command(hidden=False)
@@ -585,8 +612,14 @@ def node_resources(hardware: str, devices: int | None, node_name: str | None, pa
               help='Routing table: {"deployments": {name: [{name, url, requestModel, weight, labels}]}}.')
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-def router(config: Path, host: str, port: int) -> None:
-    """Run the OpenAI-compatible router outside Ray, from a routing-table file (reloaded when it changes)."""
+@click.option("--api-keys", "api_keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Key file (moxin keys create): every /v1 request then needs Authorization: Bearer KEY. "
+                   "Reloaded when it changes.")
+@click.option("--max-body-mib", type=click.FloatRange(0.001, 1024), default=4, show_default=True,
+              help="Largest request body accepted (413 above).")
+def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_mib: float) -> None:
+    """Run the OpenAI-compatible router outside Ray, from a routing-table file (reloaded when it changes).
+    Upstream requests carry $MOXIN_ENGINE_KEY, when set, as the engines' bearer token."""
     from orchestrator.runtime.balance import parse_table
 
     try:
@@ -594,11 +627,23 @@ def router(config: Path, host: str, port: int) -> None:
     except ValueError as exc:
         raise SpecError([Problem(f"not a routing table: {exc}", str(config),
                                  hint='{"deployments": {"NAME": [{"name", "url", "requestModel", "weight"}]}}')]) from None
+    if api_keys is not None:
+        _read_keys(api_keys)
     try:
         from orchestrator.runtime.router import run_from_config
     except ImportError as exc:
         raise MoxinError(f"{exc.name} is not installed: pip install 'moxin[ray]'") from None
-    run_from_config(config, host, port)
+    run_from_config(config, host, port, api_keys=api_keys, max_body_bytes=int(max_body_mib * 2**20))
+
+
+def _read_keys(path: Path) -> Any:
+    from orchestrator.runtime.keys import read_key_file
+
+    try:
+        return read_key_file(path)
+    except (OSError, ValueError) as exc:
+        raise SpecError([Problem(f"not a key file: {exc}", hint="create one with `moxin keys create NAME --file "
+                                 f"{path}`")]) from None
 
 
 @cli.group()
@@ -672,11 +717,11 @@ class _Inputs:
     fleet: Any
 
 
-def _plan_inputs(paths: tuple[Path, ...], fleet_name: str | None, model_root: str = "/models",
+def _plan_inputs(paths: tuple[Path, ...], fleet_name: str | None, model_root: str = MODEL_ROOT,
                  previous: Any = None) -> _Inputs:
     """The plan (a Plan file as it is, or the fleet and deployments planned now), its catalog and fleet; warns
     about deployments the plan leaves unplaced."""
-    from orchestrator.planner import PlanOptions, plan_or_given
+    from orchestrator.planner import plan_or_given
 
     catalog = _catalog(paths)
     found = plan_or_given(catalog, fleet_name, previous, PlanOptions(model_root=model_root))
@@ -783,6 +828,51 @@ def render_kuberay(paths: tuple[Path, ...], fleet_name: str | None, namespace: s
         click.echo(f"warning: {w}", err=True)
     _emit_objects(result.objects, out)
 
+
+@cli.group()
+def keys() -> None:
+    """The router's API keys. The key file holds names and sha256 digests, never keys; pass it to
+    `moxin router --api-keys` or `moxin up --api-keys`."""
+
+
+KEY_FILE = click.option("--file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                        help="Key file: YAML, or JSON when its name ends in .json.")
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--deployment", "deployments", multiple=True,
+              help="A deployment the key may use and see (repeatable) [default: every deployment].")
+@KEY_FILE
+def keys_create(name: str, deployments: tuple[str, ...], path: Path) -> None:
+    """Create a random key named NAME, add its digest to the key file (created if absent, mode 0600) and print the
+    key: once, on stdout. It is stored nowhere else."""
+    from orchestrator.runtime.keys import create_key
+
+    try:
+        key = create_key(path, name, deployments)
+    except (OSError, ValueError) as exc:
+        raise SpecError([Problem(f"cannot add key {name!r}: {exc}")]) from None
+    click.echo(key)
+    scope = ", ".join(deployments) or "every deployment"
+    click.echo(f"added key {name!r} ({scope}) to {path}; the key above is shown once: store it now", err=True)
+
+
+@keys.command("list")
+@KEY_FILE
+@OUTPUT
+def keys_list(path: Path, fmt: str) -> None:
+    """The keys of a key file: names and deployments (digests stay in the file)."""
+    from orchestrator.output import emit
+    from orchestrator.runtime.keys import summary
+
+    rows = summary(_read_keys(path))
+    if fmt != "table":
+        emit(rows, fmt)
+        return
+    for row in rows:
+        scope = row["deployments"] if isinstance(row["deployments"], str) else ", ".join(row["deployments"])
+        click.echo(f"{row['name']:<24} {scope}")
 
 
 # -- moxin bench: load an OpenAI-compatible endpoint, print or record the curve (issue "Measured performance") ------

@@ -184,6 +184,34 @@ def _methods_by_format(formats: list[Format], engine: EngineSupport) -> dict[str
     return out
 
 
+# -- parallelism: the sizes an engine allows, for the estimator's search and the planner's candidates ------------
+MAX_PIPELINE_STAGES = 8
+"""The deepest pipeline moxin considers for one vLLM replica: a bound on the search, not a vLLM limit."""
+
+
+def tp_choices(devices_per_node: int, attention_heads: int, engine: str) -> list[int]:
+    """Tensor-parallel sizes the engine allows on a node of ``devices_per_node`` devices, smallest first.
+
+    mlx-lm and vllm-metal run a replica on one device. vLLM splits the attention heads evenly over the group
+    (vllm 0.32 config/model.py, ModelConfig.verify_with_parallel_config: the heads must be divisible by the
+    tensor-parallel size), and a group stays on one node. moxin takes the powers of two among those that divide
+    the node: every size then divides every larger one and the node, so replicas pack onto nodes whenever their
+    devices add up (planner/place.py relies on it)."""
+    if engine != "vllm":
+        return [1]
+    out, t = [], 1
+    while t <= devices_per_node:
+        if devices_per_node % t == 0 and attention_heads % t == 0:
+            out.append(t)
+        t *= 2
+    return out
+
+
+def pp_choices(engine: str, max_pp: int = MAX_PIPELINE_STAGES) -> list[int]:
+    """Pipeline depths the engine allows, smallest first: vLLM up to ``max_pp`` stages, the others none."""
+    return list(range(1, max_pp + 1)) if engine == "vllm" else [1]
+
+
 def check(variant: Variant, profile: HardwareProfile, engine: str | None = None) -> Verdict:
     """The first engine of the profile (in its order of preference, or the one asked for) that runs the
     variant; else the most hopeful verdict (unknown before unsupported) with every engine's reasons."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+
 class _Dumper(yaml.SafeDumper):
     pass
 

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from orchestrator.bench.stats import Distribution, LevelSummary, Sweep
 from orchestrator.spec.base import API_VERSION
-from orchestrator.spec.benchmark import Benchmark
+from orchestrator.spec.benchmark import MAX_TEXT, Benchmark
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,10 @@ def default_name(replica: Replica, at: datetime) -> str:
     suffix = at.strftime("%Y%m%d-%H%M%S")
     base = re.sub(r"[^a-z0-9-]+", "-", f"{replica.model}-{replica.variant}-{replica.hardware}".lower())
     return (base[: 63 - len(suffix) - 1].strip("-") + "-" + suffix).strip("-")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
 
 
 def _latency(d: Distribution | None) -> dict[str, float] | None:
@@ -135,8 +139,9 @@ def benchmark_document(sweep: Sweep, replica: Replica, context: Context, name: s
         "curve": [_point(lv) for lv in sweep.levels],
         "measuredAt": sweep.started_at.isoformat(),
         "where": {"endpoint": sweep.target.public_url, "throughRouter": context.through_router,
-                  "host": context.host, "machine": context.machine, "emulated": replica.emulated},
-        "source": {"tool": context.tool, "command": context.command},
+                  "host": context.host, "machine": context.machine and _clip(context.machine),
+                  "emulated": replica.emulated},
+        "source": {"tool": context.tool, "command": _clip(context.command)},
     }
     doc = {"apiVersion": API_VERSION, "kind": "Benchmark",
            "metadata": {"name": name or default_name(replica, sweep.started_at)},

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.engines import mlx, vllm
 from orchestrator.compat import check
+from orchestrator.engines import mlx, vllm
 from orchestrator.errors import MoxinError
-from orchestrator.estimate.estimator import EngineSettings, estimate
+from orchestrator.estimate.estimator import estimate
+from orchestrator.spec.defaults import ENGINE_PORT, MODEL_ROOT
+from orchestrator.spec.engine import ENGINE_DEFAULTS, EngineSettings
 from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.model import Model, Variant
 from orchestrator.spec.plan import EngineLaunch
@@ -25,10 +27,6 @@ __all__ = ["EngineLaunch", "UnsupportedError", "engine_launch"]
 # become healthy on this project's 2-core machines with a tiny model (tests/integration/ENGINE_NOTES.md);
 # on GPUs torch.compile and CUDA-graph capture take minutes. mlx-lm answers /health within seconds.
 BASE_READINESS_S = {"vllm": 300, "vllm-metal": 300, "mlx-lm": 60}
-# Concurrent sequences when none is asked for: vLLM's own default (max_num_seqs) on devices whose KV
-# pool is a fraction of memory; on a CPU host the KV pool is sized for them (VLLM_CPU_KVCACHE_SPACE),
-# so a small number; mlx-lm at most its own default --decode-concurrency (32), and no more than fit.
-DEFAULT_CONCURRENCY = {"cpu": 8, "mlx-lm": 32}
 # Weights are read from shared storage at no less than this rate (a conservative network-volume figure).
 LOAD_BYTES_PER_S = 250e6
 
@@ -45,34 +43,38 @@ def readiness_timeout(engine: str, weights_bytes_per_device: int) -> int:
 
 def default_concurrency(model: Model, variant: Variant, profile: HardwareProfile, engine: str, platform: str,
                         tp: int, pp: int, ep: bool, ctx: int, kv_dtype: str, settings: EngineSettings) -> int:
+    """Concurrent sequences when none is asked for: mlx-lm its own limit and no more than fit; vLLM on a CPU host,
+    whose KV pool is sized for them (VLLM_CPU_KVCACHE_SPACE), a few; elsewhere vLLM's own max_num_seqs, its KV
+    pool being a fraction of device memory."""
     if engine == "mlx-lm":
         one = estimate(model, variant, profile, tp=tp, pp=pp, ep=ep, context=ctx, kv_dtype=kv_dtype, engine=engine,
                        settings=settings)
-        return max(1, min(DEFAULT_CONCURRENCY["mlx-lm"], one.max_concurrency or 1))
-    return DEFAULT_CONCURRENCY.get(platform, settings.max_num_seqs)
+        return max(1, min(settings.max_seqs(engine), one.max_concurrency or 1))
+    return settings.cpu_max_num_seqs if platform == "cpu" else settings.max_seqs(engine)
 
 
 def fitted_parallelism(model: Model, variant: Variant, profile: HardwareProfile, *, tp: int | None = None,
                        pp: int | None = None, ep: bool = False, context: int | None = None, kv_dtype: str = "auto",
-                       engine: str | None = None) -> tuple[int, int]:
+                       engine: str | None = None, settings: EngineSettings = ENGINE_DEFAULTS) -> tuple[int, int]:
     """(tp, pp) for a replica where the caller fixed neither or one: the smallest that fits; where fit cannot be
     checked (a CPU host has no device memory to fill), one device."""
     if tp is not None and pp is not None:
         return tp, pp
     chosen = estimate(model, variant, profile, tp=tp, pp=pp, ep=ep, context=context, kv_dtype=kv_dtype,
-                      engine=engine)
+                      engine=engine, settings=settings)
     fitted = chosen.fits or chosen.usable_bytes_per_device is not None
     return tp or (chosen.tensor_parallel if fitted else 1), pp or (chosen.pipeline_parallel if fitted else 1)
 
 
 def engine_launch(model: Model, variant: Variant, profile: HardwareProfile, *, tp: int = 1, pp: int = 1,
                   ep: bool = False, context: int | None = None, concurrency: int | None = None,
-                  kv_dtype: str = "auto", engine: str | None = None, port: int = 8000, host: str = "0.0.0.0",
-                  model_path: str | None = None, served_name: str | None = None, python: str = "python3",
-                  settings: EngineSettings = EngineSettings(), multi_node: bool = False,
-                  force: bool = False) -> EngineLaunch:
+                  kv_dtype: str = "auto", engine: str | None = None, port: int = ENGINE_PORT,
+                  host: str = "0.0.0.0", model_path: str | None = None, model_root: str = MODEL_ROOT,
+                  served_name: str | None = None, python: str = "python3", settings: EngineSettings = ENGINE_DEFAULTS,
+                  multi_node: bool = False, force: bool = False) -> EngineLaunch:
     """Build the launch of one replica. Refuses (UnsupportedError) what compat says will not run, unless
-    ``force`` (tests use it to show the engine refusing too)."""
+    ``force`` (tests use it to show the engine refusing too). The weights are read from ``model_path``, else the
+    variant's checkpoint, else ``<model_root>/<model>/<variant>``."""
     verdict = check(variant, profile, engine)
     if not verdict.supported and not (force and verdict.engine is not None):
         raise UnsupportedError(f"{model.name}/{variant.name} on {profile.name}: {verdict.status}: {verdict.reason}")
@@ -80,13 +82,13 @@ def engine_launch(model: Model, variant: Variant, profile: HardwareProfile, *, t
     assert support is not None
     arch = model.spec.architecture
     assert arch is not None
-    ctx = context or min(arch.max_position_embeddings, 8192)
+    ctx = settings.context(arch.max_position_embeddings, context)
     seqs = concurrency or default_concurrency(model, variant, profile, support.engine, support.platform, tp, pp,
                                               ep, ctx, kv_dtype, settings)
     # The KV the replica is sized for: all its sequences where moxin sizes the pool (CPU, mlx-lm).
     est = estimate(model, variant, profile, tp=tp, pp=pp, ep=ep, context=ctx, batch=seqs, kv_dtype=kv_dtype,
                    engine=support.engine, settings=settings)
-    path = model_path or variant.checkpoint or f"/models/{model.name}/{variant.name}"
+    path = model_path or variant.checkpoint or f"{model_root.rstrip('/')}/{model.name}/{variant.name}"
     name = served_name or model.name
     common = dict(path=path, name=name, host=host, port=port, python=python, context=ctx, concurrency=seqs)
     if support.engine == "mlx-lm":

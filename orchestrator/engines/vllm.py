@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 from orchestrator.compat import quantization_flag
-from orchestrator.estimate.estimator import EngineSettings, Estimate
+from orchestrator.estimate.estimator import Estimate
 from orchestrator.estimate.memory import GiB
+from orchestrator.spec.engine import EngineSettings
 from orchestrator.spec.hardware import EngineSupport, HardwareProfile
 from orchestrator.spec.model import Variant
 

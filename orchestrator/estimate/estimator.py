@@ -7,13 +7,12 @@ when none is given. Every number it cannot know is None, with a reason the user 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
-from orchestrator.compat import Verdict, check
+from orchestrator.compat import MAX_PIPELINE_STAGES, Verdict, check, pp_choices, tp_choices
 from orchestrator.estimate.calibration import Calibration, format_class, lookup
 from orchestrator.estimate.memory import (
     GiB,
-    KvDtype,
     Parallelism,
     activation_peak_bytes,
     kv_bytes_per_token,
@@ -21,6 +20,7 @@ from orchestrator.estimate.memory import (
 )
 from orchestrator.estimate.parameters import weight_bytes
 from orchestrator.estimate.performance import ALLREDUCE_LATENCY_S, active_flops_per_token, decode_step_costs
+from orchestrator.spec.engine import ENGINE_DEFAULTS, EngineSettings, KvDtype
 from orchestrator.spec.formats import FORMATS
 from orchestrator.spec.hardware import EngineSupport, HardwareProfile
 from orchestrator.spec.model import Model, Variant
@@ -36,17 +36,6 @@ MLX_KV_STEP = 256
 MLX_PREFILL_STEP = 2048
 VLLM_BLOCK_TOKENS = {"cpu": 128}  # vLLM's KV block size by platform; 16 elsewhere
 VLLM_DEFAULT_BLOCK = 16
-
-EngineName = Literal["vllm", "mlx-lm", "vllm-metal"]
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    gpu_memory_utilization: float = 0.92  # vLLM 0.32's CacheConfig default (0.9 before)
-    max_num_batched_tokens: int = 8192
-    max_num_seqs: int = 256
-    cpu_kv_cache_gib: float | None = None
-    """vLLM CPU: VLLM_CPU_KVCACHE_SPACE in GiB; None sizes it from the request."""
 
 
 @dataclass(frozen=True)
@@ -112,18 +101,10 @@ def _kv_step(engine: str, platform: str | None) -> int:
     return VLLM_BLOCK_TOKENS.get(platform or "", VLLM_DEFAULT_BLOCK)
 
 
-def _tp_choices(model: Model, profile: HardwareProfile, engine: str) -> list[int]:
-    if engine != "vllm":
-        return [1]
-    arch = model.spec.architecture
-    n = profile.spec.devices_per_node
-    return [t for t in (1, 2, 4, 8, 16, 32) if t <= n and arch.attention_heads % t == 0]
-
-
 def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: int | None = None,
              pp: int | None = None, ep: bool = False, context: int | None = None, batch: int = 1,
-             kv_dtype: str = "auto", engine: str | None = None, settings: EngineSettings = EngineSettings(),
-             usd_per_device_hour: float | None = None, max_pp: int = 8,
+             kv_dtype: str = "auto", engine: str | None = None, settings: EngineSettings = ENGINE_DEFAULTS,
+             usd_per_device_hour: float | None = None, max_pp: int = MAX_PIPELINE_STAGES,
              prompt_tokens: int | None = None) -> Estimate:
     """Estimate one (model, variant, hardware). With tp/pp unset, the smallest parallelism that fits.
 
@@ -132,12 +113,12 @@ def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: in
     """
     arch = model.spec.architecture
     assert arch is not None
-    ctx = context or min(arch.max_position_embeddings, 8192)
+    ctx = settings.context(arch.max_position_embeddings, context)
     verdict = check(variant, profile, engine)
     support = verdict.engine if verdict.status != "unsupported" else None
     engine_name = verdict.engine.engine if verdict.engine else (engine or "vllm")
-    tps = [tp] if tp else _tp_choices(model, profile, engine_name)
-    pps = [pp] if pp else (list(range(1, max_pp + 1)) if engine_name == "vllm" else [1])
+    tps = [tp] if tp else tp_choices(profile.spec.devices_per_node, arch.attention_heads, engine_name)
+    pps = [pp] if pp else pp_choices(engine_name, max_pp)
     tried: list[Estimate] = []
     for p in pps:
         for t in tps:
@@ -232,7 +213,7 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdi
                 f"{kv_dev / 1e9:.2f} for {batch} x {ctx} tokens + overhead {overhead / 1e9:.2f}) at tp={par.tp} "
                 f"pp={par.pp}; {where} leaves it short by {short / 1e9:.1f} GB"
                 + _what_would_fit(model, variant, kv_dev + overhead, usable, par, engine))
-    speed = _speed(model, variant, profile, engine, par, ctx, batch, kv, reasons)
+    speed = _speed(model, variant, profile, engine, par, ctx, batch, kv, settings, reasons)
     devices = par.devices
     usd_hour = None if price is None else price * devices
     per_m = None
@@ -274,7 +255,7 @@ def _what_would_fit(model: Model, variant: Variant, kv_and_overhead: int, usable
 
 
 def _speed(model: Model, variant: Variant, profile: HardwareProfile, engine: str, par: Parallelism, ctx: int,
-           batch: int, kv: KvDtype, reasons: list[str]) -> dict[str, Any]:
+           batch: int, kv: KvDtype, settings: EngineSettings, reasons: list[str]) -> dict[str, Any]:
     arch = model.spec.architecture
     spec = profile.spec
     cal: Calibration = lookup(engine, spec.family, format_class(variant))
@@ -317,7 +298,7 @@ def _speed(model: Model, variant: Variant, profile: HardwareProfile, engine: str
     out["aggregate"] = batch / step
     out["bound"] = max(worst, key=lambda k: worst[k])
     flops_token = active_flops_per_token(arch, variant, par)
-    prompt = min(ctx, 8192)
+    prompt = min(ctx, settings.default_context_tokens)  # prefill is quoted for a prompt of the default context
     attn = 2 * 2 * prompt / 2 * arch.attention_heads / par.tp * arch.head_dim * arch.layers  # mean causal span
     out["prefill"] = eff_flops / (flops_token / par.pp + attn / par.pp) / par.pp if flops_token else None
     return out

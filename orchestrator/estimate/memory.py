@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 from orchestrator.estimate.parameters import (
     Tensor,
@@ -18,10 +17,10 @@ from orchestrator.estimate.parameters import (
     layer_tensors,
     tensor_bytes,
 )
+from orchestrator.spec.engine import KvDtype
 from orchestrator.spec.model import Architecture, Variant
 
 GiB = 2**30
-KvDtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 
 # Bits per cached element. vLLM's fp8/int8 caches store one byte per element (per-tensor scales);
 # mlx-lm's quantized cache (--kv-bits) uses its affine group quantization: group 64, a 16-bit scale and

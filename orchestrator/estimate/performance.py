@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.estimate.memory import (
-    KvDtype,
     Parallelism,
     device_share,
     kv_bytes_per_token_layer,
     pipeline_stages,
 )
 from orchestrator.estimate.parameters import Tensor, layer_tensors, tensor_bytes
+from orchestrator.spec.engine import KvDtype
 from orchestrator.spec.model import Architecture, Variant
 
 # One all-reduce costs at least this much however small (launch + synchronisation), seconds.

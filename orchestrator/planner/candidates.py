@@ -10,17 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from orchestrator.compat import check
+from orchestrator.compat import check, pp_choices, tp_choices
 from orchestrator.estimate.estimator import Estimate, estimate
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.deployment import ModelDeployment
+from orchestrator.spec.engine import ENGINE_DEFAULTS
 from orchestrator.spec.fleet import Pool
 from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.model import Model, Variant
-
-MAX_PP = 8
-# mlx-lm's server decodes at most this many sequences together (its --decode-concurrency default).
-MLX_DECODE_CONCURRENCY = 32
 
 
 @dataclass(frozen=True)
@@ -94,22 +91,8 @@ class EstimateCache:
         hit = self._cache.get(key)
         if hit is None:
             hit = self._cache[key] = estimate(model, variant, profile, tp=tp, pp=pp, context=ctx, batch=batch,
-                                              kv_dtype=kv)
+                                              kv_dtype=kv, settings=ENGINE_DEFAULTS)
         return hit
-
-
-def tp_choices(devices_per_node: int, attention_heads: int, engine: str) -> list[int]:
-    """Powers of two that divide the node's device count and the attention heads. Because every size
-    divides every larger one and the node, replicas pack onto nodes whenever their devices add up
-    (the placer relies on it)."""
-    if engine != "vllm":
-        return [1]
-    out, t = [], 1
-    while t <= devices_per_node:
-        if devices_per_node % t == 0 and attention_heads % t == 0:
-            out.append(t)
-        t *= 2
-    return out
 
 
 def capacity(est_at, deployment: ModelDeployment, max_batch: int, binding_at_max: str) -> Capacity | str:
@@ -204,7 +187,7 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
             found = False
             last_no_fit = None
             for tp in tp_choices(per_node, arch.attention_heads, engine.engine):
-                for pp in range(1, (MAX_PP if engine.engine == "vllm" else 1) + 1):
+                for pp in pp_choices(engine.engine):
                     if tp * pp > total:
                         break
                     fit = cache(model, variant, profile, tp, pp, spec.context_tokens, 1, spec.kv_cache_dtype)
@@ -213,7 +196,7 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
                         continue
                     mem = cache(model, variant, profile, tp, pp, length, 1, spec.kv_cache_dtype)
                     max_batch = max(1, mem.max_concurrency or 1)
-                    limit = MLX_DECODE_CONCURRENCY if engine.engine == "mlx-lm" else 256  # vLLM max_num_seqs
+                    limit = ENGINE_DEFAULTS.max_seqs(engine.engine)
                     binding = "max-num-seqs" if max_batch >= limit else "kv-memory"
                     max_batch = min(max_batch, limit)
                     cap = capacity(lambda b, tp=tp, pp=pp, v=variant, h=profile: cache(model, v, h, tp, pp, length,

@@ -3,7 +3,7 @@
 Pure. Per pool, replicas kept from the previous plan stay where they were when their devices are still
 theirs; the rest are packed largest first into aligned blocks (a tensor-parallel group of t devices
 takes indices [k*t, (k+1)*t), as NVLink-style topologies want), best fit across nodes. Sizes are powers
-of two that divide the node (candidates.tp_choices), so largest-first aligned packing always succeeds
+of two that divide the node (compat.tp_choices), so largest-first aligned packing always succeeds
 when the solver's device count fits the pool; a kept replica that would fragment the pool is moved.
 """
 

@@ -26,27 +26,16 @@ from orchestrator.spec import plan as doc
 from orchestrator.spec.base import API_VERSION
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.deployment import ModelDeployment
+from orchestrator.spec.engine import ENGINE_DEFAULTS
 from orchestrator.spec.fleet import Fleet
+from orchestrator.spec.plan import PlanOptions
 
 SOLVER = "HiGHS via scipy.optimize.milp"
 
 
-@dataclass(frozen=True)
-class PlanOptions:
-    churn_weight: float = 0.1
-    """Penalty for each replica added or removed against the previous plan, as a fraction of that
-    replica's hourly cost (0: ignore the previous plan's replica counts)."""
-    gap: float = 0.005
-    """Relative optimality gap at which the solver stops."""
-    time_limit_s: float = 60.0
-    objective: str = "cost"
-    model_root: str = "/models"
-    """Where checkpoints live on every node: a variant without its own ``checkpoint`` is read from
-    ``{model_root}/{model}/{variant}`` (a PVC mount on Kubernetes, a local cache for ``moxin up``)."""
-
-
 def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, previous: doc.Plan | None = None,
-         options: PlanOptions = PlanOptions()) -> doc.Plan:
+         options: PlanOptions | None = None) -> doc.Plan:
+    options = options or PlanOptions()
     pools = {p.name: p for p in fleet.spec.pools}
     per_node = {p.name: p.devices_per_node or catalog.profile(p.hardware).spec.devices_per_node for p in pools.values()}
     pool_devices = {name: per_node[name] * p.nodes for name, p in pools.items()}
@@ -57,7 +46,8 @@ def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, pre
     usable = [c for f in found for c in prune_dominated(f.candidates, keep)]
     demands = [Demand(d.name, d.spec.traffic.requests_per_second, d.spec.replicas.min, d.spec.replicas.max)
                for d in deployments]
-    sol = solve(demands, usable, pool_devices, prev_counts, options.churn_weight, options.gap, options.time_limit_s)
+    sol = solve(demands, usable, pool_devices, prev_counts, churn_weight=options.churn_weight, gap=options.gap,
+                time_limit=options.time_limit_s)
 
     placements: dict[tuple, list[Placement]] = {}
     for name, pool in pools.items():
@@ -124,8 +114,8 @@ def _assignment(d: ModelDeployment, c: Candidate, replicas_of: dict[tuple, int],
     multi_node = any(len({s.node for s in p.stages}) > 1 for p in placed)
     launch = engine_launch(model, variant, profile, tp=c.tp, pp=c.pp, context=d.spec.context_tokens,
                            concurrency=c.capacity.batch, kv_dtype=d.spec.kv_cache_dtype, engine=c.engine,
-                           served_name=d.name, multi_node=multi_node,
-                           model_path=variant.checkpoint or f"{model_root.rstrip('/')}/{model.name}/{variant.name}")
+                           served_name=d.name, multi_node=multi_node, model_root=model_root,
+                           settings=ENGINE_DEFAULTS)
     cap = c.capacity
     return doc.Assignment(
         deployment=d.name, model=c.model, variant=c.variant, pool=c.pool, hardware=c.hardware,

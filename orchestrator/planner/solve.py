@@ -7,7 +7,7 @@ Constraints:
 - coverage: sum_c cap_c x_c >= s_d; s_d <= demand_d z_d;
 - replica bounds: min_d z_d <= sum_c x_c <= max_d z_d;
 - pool devices: sum_c devices_c x_c <= devices of the pool (exact for packing: tensor-parallel
-  groups are powers of two that divide the node, see candidates.tp_choices);
+  groups are powers of two that divide the node, see compat.tp_choices);
 - churn: u_c >= |x_c - previous_c|.
 
 Objective, lexicographic: first serve as much demand as possible (sum of served fractions; a
@@ -50,8 +50,9 @@ class Solution:
 
 
 def solve(demands: list[Demand], candidates: list[Candidate], pool_devices: dict[str, int],
-          previous: dict[tuple, int] | None = None, churn_weight: float = 0.1, gap: float = 0.005,
-          time_limit: float = 60.0) -> Solution:
+          previous: dict[tuple, int] | None = None, *, churn_weight: float, gap: float,
+          time_limit: float) -> Solution:
+    """The replica counts (``PlanOptions`` documents churn_weight, gap and time_limit, in seconds)."""
     t0 = time.perf_counter()
     previous = previous or {}
     nd, nc = len(demands), len(candidates)

@@ -14,7 +14,6 @@ pool — is kept exactly.
 from __future__ import annotations
 
 import copy
-import hashlib
 import ipaddress
 import json
 import re
@@ -26,18 +25,20 @@ from typing import Any
 from orchestrator import __version__
 from orchestrator.errors import MoxinError
 from orchestrator.spec.catalog import Catalog
+from orchestrator.spec.defaults import MODEL_ROOT
 from orchestrator.spec.fleet import Fleet, Pool
-from orchestrator.spec.hardware import RAY_BUILTIN_RESOURCES, HardwareProfile
+from orchestrator.spec.hardware import HardwareProfile
+from orchestrator.spec.names import label_value, object_name
 from orchestrator.spec.plan import Assignment, Plan
 
 MOXIN_IMAGE = f"ghcr.io/moxin-dev/moxin:{__version__}"
 """The moxin image (router, controller, and the CPU engines: built with the cpu and ray extras)."""
 CPU_PLATFORMS = frozenset({"cpu", "mlx-cpu"})
 """Platforms whose engines ship inside the moxin image (``pip install moxin[cpu]``)."""
-MAX_NAME = 52
-"""Longest object name: LeaderWorkerSet pods are ``<name>-<group>-<worker>`` and carry the name in a
-63-character label, so names stay well under 63."""
 RAY_GCS_PORT = 6379
+ENGINE_API_KEY_ENV = {"vllm": "VLLM_API_KEY"}
+"""Per engine, the variable it reads the key it requires of every caller from (vLLM: ``--api-key``'s
+variable); the chart fills it from engineAuth's Secret. Engines not named take no key."""
 EMULATED_SHM = "2Gi"
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -56,25 +57,6 @@ class HelmValues:
 
 
 # ---------------------------------------------------------------------------------------------- names
-
-def object_name(text: str) -> str:
-    """A DNS-1035 label of at most MAX_NAME characters: model names carry dots (glm-4.5-air) and case,
-    which object names may not; a long name keeps a hash of the whole so that names stay distinct."""
-    name = re.sub(r"[^a-z0-9-]+", "-", text.lower())
-    name = re.sub(r"-{2,}", "-", name).strip("-") or "x"
-    if not name[0].isalpha():
-        name = "m-" + name
-    if len(name) > MAX_NAME:
-        digest = hashlib.sha1(text.encode()).hexdigest()[:6]
-        name = name[:MAX_NAME - 7].rstrip("-") + "-" + digest
-    return name
-
-
-def label_value(text: str) -> str:
-    """A valid label value (63 characters of [A-Za-z0-9._-], alphanumeric at both ends)."""
-    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63]
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
-
 
 def assignment_ids(assignments: list[Assignment]) -> list[str]:
     """One object name per assignment, ``<deployment>-<variant>-<pool>``; parallelism is appended only
@@ -143,12 +125,10 @@ def router_config(plan: Plan, namespace: str,
 def ray_start_args(profile: HardwareProfile, devices: int) -> list[str]:
     """``ray start`` flags declaring a node with ``devices`` of this profile's devices: CPU and GPU go
     through --num-cpus/--num-gpus (Ray refuses them in --resources), the rest as --resources JSON."""
-    resources = profile.spec.ray.node_resources(devices)
-    args = [f"{RAY_BUILTIN_RESOURCES[k]}={int(v) if float(v).is_integer() else v}"
-            for k, v in resources.items() if k in RAY_BUILTIN_RESOURCES]
-    custom = {k: v for k, v in resources.items() if k not in RAY_BUILTIN_RESOURCES}
+    flags, custom = profile.spec.ray.start_flags(devices)
+    args = [f"--{flag}={v:g}" for flag, v in flags.items()]
     if custom:
-        args.append("--resources=" + json.dumps(custom, sort_keys=True))
+        args.append("--resources=" + json.dumps(custom))
     return args
 
 
@@ -228,6 +208,8 @@ def engine_assignment(a: Assignment, name: str, profile: HardwareProfile, pool: 
         "modelSubPath": model_sub_path(launch.model_path, mount_path),
         "labels": assignment_labels(a),
     }
+    if a.engine in ENGINE_API_KEY_ENV:
+        out["apiKeyEnv"] = ENGINE_API_KEY_ENV[a.engine]
     if a.emulated:
         out["sharedMemorySize"] = EMULATED_SHM
     if group > 1:
@@ -289,7 +271,7 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
 
 def helm_values(plan: Plan, catalog: Catalog, *, fleet: Fleet | None = None, namespace: str = "moxin",
                 images: Mapping[str, str] | None = None, moxin_image: str = MOXIN_IMAGE,
-                mount_path: str = "/models", overrides: Mapping[str, Any] | None = None) -> HelmValues:
+                mount_path: str = MODEL_ROOT, overrides: Mapping[str, Any] | None = None) -> HelmValues:
     """The chart's values for a Plan. ``fleet`` (the one the plan was made for) adds each pool's node
     labels to the node selectors; machine addresses come from the fleet, else from the plan's spec.pools."""
     pools = {p.name: p for p in fleet.spec.pools} if fleet else {}

@@ -35,19 +35,15 @@ from orchestrator.render.helm import (
 from orchestrator.render.kubernetes import render_chart
 from orchestrator.render.values import KubeRay, RayPorts, RayWorkerGroup
 from orchestrator.spec.catalog import Catalog
+from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, MODEL_ROOT, ROUTER_PORT
 from orchestrator.spec.fleet import Fleet, Pool
-from orchestrator.spec.hardware import RAY_BUILTIN_RESOURCES, HardwareProfile
+from orchestrator.spec.hardware import HardwareProfile
 from orchestrator.spec.plan import Plan
 
 RAY_VERSION = "2.60.0"
 """The Ray release moxin runs (pyproject: ray[serve]==2.60.*); KubeRay checks the head image against it."""
 RAY_CLIENT_PORT = 10001
 RAY_DASHBOARD_PORT = 8265
-ROUTER_PORT = 8000
-"""The controller's default router port (runtime/controller.py options)."""
-CONTROLLER_METRICS_PORT = 9400
-# ray start flag names as KubeRay's rayStartParams keys.
-_PARAM = {"CPU": "num-cpus", "GPU": "num-gpus"}
 
 
 @dataclass(frozen=True)
@@ -59,9 +55,8 @@ class KubeRayObjects:
 def ray_start_params(profile: HardwareProfile, devices: int) -> dict[str, str]:
     """rayStartParams for a node with ``devices`` devices: CPU/GPU as num-cpus/num-gpus (Ray refuses them
     in --resources), the rest as the --resources JSON, quoted the way KubeRay passes it to the shell."""
-    resources = profile.spec.ray.node_resources(devices)
-    params = {_PARAM[k]: f"{v:g}" for k, v in resources.items() if k in RAY_BUILTIN_RESOURCES}
-    custom = {k: v for k, v in sorted(resources.items()) if k not in RAY_BUILTIN_RESOURCES}
+    flags, custom = profile.spec.ray.start_flags(devices)
+    params = {k: f"{v:g}" for k, v in flags.items()}
     if custom:
         params["resources"] = json.dumps(json.dumps(custom))
     return params
@@ -104,7 +99,7 @@ def worker_group(pool: dict[str, Any], profile: HardwareProfile, image: str, fle
 
 def kuberay_values(plan: Plan, catalog: Catalog, *, fleet: Fleet | None = None,
                    namespace: str = "moxin", images: Mapping[str, str] | None = None,
-                   moxin_image: str = MOXIN_IMAGE, model_root: str = "/models",
+                   moxin_image: str = MOXIN_IMAGE, model_root: str = MODEL_ROOT,
                    models_claim: str = "moxin-models") -> HelmValues:
     """The chart's values in KubeRay mode (engines, router Deployment, monitoring and dashboards off).
     ``images`` maps a pool name to its worker image (moxin + Ray + that pool's engine); default the moxin
@@ -119,8 +114,7 @@ def kuberay_values(plan: Plan, catalog: Catalog, *, fleet: Fleet | None = None,
     for pool in _plan_pools(plan, fleet, catalog):
         profile = catalog.profile(pool["hardware"])
         if is_external(pool["emulated"], profile):
-            resources = json.dumps({k: v for k, v in profile.spec.ray.node_resources(int(pool["devicesPerNode"])).items()
-                                    if k not in RAY_BUILTIN_RESOURCES}, sort_keys=True)
+            resources = json.dumps(profile.spec.ray.start_flags(int(pool["devicesPerNode"]))[1], sort_keys=True)
             warnings.append(f"pool {pool['name']} ({pool['hardware']}) is not made of Kubernetes nodes: start Ray on "
                             f"each of its machines with `ray start --address=HEAD:{RAY_GCS_PORT} --resources "
                             f"'{resources}'`, HEAD being the {cluster}-head-svc Service exposed to them")
@@ -153,7 +147,7 @@ def kuberay_values(plan: Plan, catalog: Catalog, *, fleet: Fleet | None = None,
 
 def kuberay_objects(plan: Plan, catalog: Catalog, *, fleet: Fleet | None = None,
                     namespace: str = "moxin", images: Mapping[str, str] | None = None,
-                    moxin_image: str = MOXIN_IMAGE, model_root: str = "/models",
+                    moxin_image: str = MOXIN_IMAGE, model_root: str = MODEL_ROOT,
                     models_claim: str = "moxin-models") -> KubeRayObjects:
     """The plan's ConfigMap, the router's Service, the RayCluster and the controller Job: the chart
     rendered with ``kuberay_values`` (see there for the arguments)."""

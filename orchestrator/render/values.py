@@ -21,24 +21,109 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from orchestrator.spec.hardware import EngineName
+from orchestrator.spec.defaults import MODEL_ROOT
+from orchestrator.spec.engine import EngineName
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
+# --------------------------------------------------------------------------------------- patterns
+# Every string the chart writes as a name, label key or value, env name, image, path, resource name or
+# selector is constrained with one of these (the templates also quote every string; a pattern makes a
+# value that Kubernetes would read otherwise an error naming its field). Argv entries, env values,
+# annotations and scripts may hold any text. The patterns are anchored and read alike by Go's regexp (Helm
+# checks values.schema.json with it), ECMA-262 (JSON Schema) and pydantic's Rust regex: no lookaround, no
+# backreferences, no \u escapes.
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
+_NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_IMAGE_DOMAIN = r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*(:[0-9]+)?"
+_IMAGE_PATH = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+_IMAGE_NAME = rf"({_IMAGE_DOMAIN}/)?{_IMAGE_PATH}(/{_IMAGE_PATH})*"
+_IMAGE_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_IMAGE_DIGEST = r"[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_NO_CONTROL = r"[^\x00-\x1f\x7f-\x9f]"
+_RAY_RESOURCE = r'\\"[-A-Za-z0-9_.:/]+\\": [0-9][0-9.e+-]*'
+
+DNS_LABEL = rf"^{_DNS_LABEL}$"
+"""RFC 1123 label (Kubernetes IsDNS1123Label, with max_length 63): namespaces, most object names."""
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+"""RFC 1035 label (Kubernetes IsDNS1035Label): Service names, the names render/helm.py object_name() makes."""
+DNS_SUBDOMAIN = rf"^{_DNS_SUBDOMAIN}$"
+"""RFC 1123 subdomain (Kubernetes IsDNS1123Subdomain, with max_length 253): Secret, claim, StorageClass and
+RuntimeClass names, FQDN addresses."""
+QUALIFIED_NAME = rf"^({_DNS_SUBDOMAIN}/)?{_NAME_PART}$"
+"""Kubernetes qualified name (IsQualifiedName, with max_length 317): label keys, resource names (cpu,
+nvidia.com/gpu), taint keys."""
+EXTENDED_RESOURCE = rf"^{_DNS_SUBDOMAIN}/{_NAME_PART}$"
+"""A device plugin's extended resource: a qualified name with a domain, e.g. nvidia.com/gpu."""
+LABEL_VALUE = rf"^({_NAME_PART})?$"
+"""Kubernetes label value (IsValidLabelValue): 63 characters of [-A-Za-z0-9_.], alphanumeric at both ends."""
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""An environment variable name a shell can read (a C identifier)."""
+DATA_KEY = r"^[-._a-zA-Z0-9]+$"
+"""A key of a Secret's or ConfigMap's data (IsConfigMapKey, with max_length 253)."""
+IMAGE = rf"^{_IMAGE_NAME}(:{_IMAGE_TAG})?(@{_IMAGE_DIGEST})?$"
+"""A container image reference (the distribution reference grammar): [domain[:port]/]path[:tag][@digest]."""
+IMAGE_REPOSITORY = rf"^{_IMAGE_NAME}$"
+"""An image reference without tag or digest."""
+IMAGE_TAG = rf"^({_IMAGE_TAG})?$"
+"""An image tag (or empty)."""
+ABSOLUTE_PATH = rf"^/{_NO_CONTROL}*$"
+"""An absolute file path: no newline or other control character."""
+RELATIVE_PATH = rf"^([^/\x00-\x1f\x7f-\x9f]{_NO_CONTROL}*)?$"
+"""A path under a mount (or empty): not absolute, no control character."""
+URL_PATH = r"^/[!-~]*$"
+"""An HTTP path for probes and scrapes: visible ASCII, no spaces."""
+HTTP_URL = r"^https?://[!-~]+$"
+"""An http(s) URL: visible ASCII, no spaces."""
+ADDRESS = rf"^([0-9A-Fa-f.:]+|{_DNS_SUBDOMAIN})$"
+"""An endpoint address: IPv4, IPv6 or a lowercase DNS name."""
+CIDR = r"^[0-9A-Fa-f.:]+/[0-9]{1,3}$"
+"""An IPv4 or IPv6 CIDR block."""
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+"""A Kubernetes resource quantity with a unit suffix ("32Gi", "500m")."""
+DURATION = r"^([0-9]+(ms|s|m|h))+$"
+"""A Prometheus duration ("30s", "1m30s")."""
+RAY_START_PARAM_KEY = r"^[a-z][-a-z0-9]*$"
+"""A ``ray start`` flag name (KubeRay rayStartParams key)."""
+RAY_START_PARAM_VALUE = rf'^([0-9][0-9.e+-]*|"\{{({_RAY_RESOURCE}(, {_RAY_RESOURCE})*)?\}}")$'
+"""A ``ray start`` flag value: a number, or the --resources JSON quoted for the shell (KubeRay writes
+rayStartParams into a shell command line unquoted, so nothing else may pass)."""
+
 # ------------------------------------------------------------------------------------------ types
 
-QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
-LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
-Quantity = Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(pattern=QUANTITY)]
+def _pattern(pattern: str, max_length: int | None = None, min_length: int | None = None) -> StringConstraints:
+    return StringConstraints(pattern=pattern, max_length=max_length, min_length=min_length)
+
+
+def _or_empty(pattern: str) -> str:
+    """An anchored pattern that also matches the empty string."""
+    assert pattern.startswith("^") and pattern.endswith("$"), pattern
+    return f"^({pattern[1:-1]})?$"
+
+
+Quantity = Annotated[int, Field(ge=0)] | Annotated[str, _pattern(QUANTITY)]
 """A Kubernetes resource quantity: a count, or a number with a unit suffix ("32Gi", "500m")."""
-LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]
-Image = Annotated[str, StringConstraints(min_length=1, pattern=r"^[^\s]+$")]
+LabelValue = Annotated[str, _pattern(LABEL_VALUE, 63)]
+LabelKey = Annotated[str, _pattern(QUALIFIED_NAME, 317)]
+Labels = dict[LabelKey, LabelValue]
+ResourceName = Annotated[str, _pattern(QUALIFIED_NAME, 317)]
+DeviceResource = Annotated[str, _pattern(_or_empty(EXTENDED_RESOURCE), 317)]
+"""An extended resource, or empty (CPU pods)."""
+Image = Annotated[str, _pattern(IMAGE, 512)]
 Port = Annotated[int, Field(ge=1, le=65535)]
-ObjectName = Annotated[str, StringConstraints(max_length=52, pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")]
+ObjectName = Annotated[str, _pattern(DNS_1035_LABEL, 52)]
 """An object name made by render/helm.py object_name(): a DNS-1035 label short enough for pod names."""
+SubdomainName = Annotated[str, _pattern(DNS_SUBDOMAIN, 253)]
+OptionalSubdomainName = Annotated[str, _pattern(_or_empty(DNS_SUBDOMAIN), 253)]
+"""A Secret's (or other object's) name, or empty: none."""
+DataKey = Annotated[str, _pattern(DATA_KEY, 253)]
+EnvName = Annotated[str, _pattern(ENV_NAME)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
-DeviceResource = Annotated[str, StringConstraints(pattern=r"^([a-z0-9.-]+/[-A-Za-z0-9_.]+)?$")]
+RayStartParamKey = Annotated[str, _pattern(RAY_START_PARAM_KEY)]
+RayStartParamValue = Annotated[str, _pattern(RAY_START_PARAM_VALUE)]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 
 
@@ -54,20 +139,20 @@ class Values(BaseModel):
 class Resources(Values):
     """Container resources (Kubernetes ResourceRequirements, requests and limits only)."""
 
-    requests: dict[str, Quantity] | None = None
+    requests: dict[ResourceName, Quantity] | None = None
     """Resource requests, e.g. {cpu: "4", memory: 32Gi}."""
-    limits: dict[str, Quantity] | None = None
+    limits: dict[ResourceName, Quantity] | None = None
     """Resource limits, e.g. {memory: 16Gi}."""
 
 
 class Toleration(Values):
     """A Kubernetes toleration."""
 
-    key: str | None = None
+    key: LabelKey | None = None
     """The taint key tolerated (all keys when left out and operator is Exists)."""
     operator: Literal["Exists", "Equal"] | None = None
     """Exists: any value; Equal: the value given."""
-    value: str | None = None
+    value: LabelValue | None = None
     """The taint value (operator Equal)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """The taint effect tolerated (all effects when left out)."""
@@ -87,13 +172,13 @@ class DevicePod(Values):
     """Devices one pod requests (and limits) of deviceResource."""
     image: Image
     """The container image."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: Labels = Field(default_factory=dict)
     """The profile's node labels (not for emulated pools) and the pool's own labels."""
     tolerations: list[Toleration] = Field(default_factory=list)
     """A toleration for the device resource's taint (engine.tolerations are added)."""
-    runtime_class_name: str | None = None
+    runtime_class_name: SubdomainName | None = None
     """The profile's RuntimeClass (not for emulated pools)."""
-    labels: dict[str, LabelValue] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     """Labels of the pod (and, for assignments, of its objects)."""
 
 
@@ -111,7 +196,7 @@ class PlanRef(Values):
 class LocalObjectReference(Values):
     """A reference to an object in the release's namespace."""
 
-    name: str
+    name: SubdomainName
     """The object's name."""
 
 
@@ -132,13 +217,13 @@ class Rbac(Values):
 class Pvc(Values):
     """A PersistentVolumeClaim shared by every pod that reads checkpoints."""
 
-    claim_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")] = "moxin-models"
+    claim_name: SubdomainName = "moxin-models"
     """The claim's name."""
     create: bool = False
     """Create the claim with this chart (kept when the release is uninstalled)."""
     size: Quantity = "2Ti"
     """Requested storage of a created claim."""
-    storage_class_name: str = ""
+    storage_class_name: OptionalSubdomainName = ""
     """StorageClass of a created claim (empty: the cluster's default)."""
     access_modes: list[Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]] = \
         Field(default_factory=lambda: ["ReadWriteMany"], min_length=1)
@@ -154,7 +239,7 @@ class ObjectStore(Values):
     """The rclone image."""
     remote: str = ""
     """rclone remote path holding <model>/<variant>/ trees, e.g. ":s3:my-bucket/models"."""
-    secret_name: str = ""
+    secret_name: OptionalSubdomainName = ""
     """Secret with RCLONE_* variables (credentials, endpoint), mounted as environment."""
     size_limit: Quantity = "500Gi"
     """Size limit of the per-pod emptyDir."""
@@ -168,7 +253,7 @@ class ModelStorage(Values):
         "then": {"properties": {"objectStore": {"required": ["remote"], "properties": {"remote": {"minLength": 1}}}}},
     }]})
 
-    mount_path: Annotated[str, StringConstraints(pattern=r"^/")]
+    mount_path: Annotated[str, _pattern(ABSOLUTE_PATH)]
     """Where checkpoints are mounted in every pod (launches read <mountPath>/<model>/<variant>)."""
     type: Literal["pvc", "objectStore"]
     """pvc: a shared PersistentVolumeClaim; objectStore: an emptyDir per pod filled from object storage."""
@@ -187,9 +272,9 @@ class ModelStorage(Values):
 class HubToken(Values):
     """A Hugging Face token for gated checkpoints, from a Secret (never inline)."""
 
-    secret_name: str = ""
+    secret_name: OptionalSubdomainName = ""
     """The Secret holding the token (empty: no token)."""
-    key: NonEmpty = "token"
+    key: DataKey = "token"
     """The key of the token in the Secret."""
 
 
@@ -232,7 +317,7 @@ class Engine(Values):
     security_context: dict[str, Any] = Field(default_factory=lambda: {
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}})
     """Container SecurityContext of every container moxin runs (Ray nodes keep a writable root)."""
-    security_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    security_overrides: dict[ResourceName, dict[str, Any]] = Field(default_factory=dict)
     """Per vendor resource, a container SecurityContext that replaces securityContext where the vendor's
     device stack needs more (e.g. "huawei.com/Ascend910": {runAsUser: 0})."""
     probes: Probes = Probes()
@@ -275,7 +360,7 @@ class AssignmentBase(Values):
     """Replicas the plan gives the assignment."""
     port: Port
     """The engine's HTTP port."""
-    labels: dict[str, LabelValue]
+    labels: Labels
     """moxin.dev/* labels of the assignment's objects."""
 
 
@@ -293,17 +378,20 @@ class Assignment(AssignmentBase, DevicePod):
     """Pods (nodes) per replica."""
     argv: list[str] = Field(min_length=1)
     """The engine's command line."""
-    env: dict[str, str]
+    env: dict[EnvName, str]
     """The engine's environment."""
-    health_path: Annotated[str, StringConstraints(pattern=r"^/")]
+    api_key_env: EnvName | None = None
+    """The variable the engine reads the key it requires of callers from (set from engineAuth's Secret);
+    left out for engines that take no key."""
+    health_path: Annotated[str, _pattern(URL_PATH)]
     """Path of the engine's health endpoint (probes)."""
-    metrics_path: Annotated[str, StringConstraints(pattern=r"^(/.*)?$")]
+    metrics_path: Annotated[str, _pattern(_or_empty(URL_PATH))]
     """Path of the engine's Prometheus metrics (empty: none, no PodMonitor)."""
     readiness_timeout_seconds: int = Field(ge=1)
     """How long the engine may take to become ready (weights load included): the startup probe's budget."""
     affinity: dict[str, Any] | None = None
     """Affinity of this assignment's pods (instead of engine.affinity)."""
-    model_sub_path: Annotated[str, StringConstraints(pattern=r"^([^/].*)?$")] | None = None
+    model_sub_path: Annotated[str, _pattern(RELATIVE_PATH)] | None = None
     """The checkpoint's path under the model mount (empty for a hub id, which the engine downloads)."""
     shared_memory_size: Quantity | None = None
     """Size limit of /dev/shm (instead of engine.sharedMemorySize)."""
@@ -325,7 +413,7 @@ class EndpointSlice(Values):
 
     address_type: Literal["IPv4", "IPv6", "FQDN"]
     """The addresses' type."""
-    addresses: list[NonEmpty] = Field(min_length=1, max_length=100)
+    addresses: list[Annotated[str, _pattern(ADDRESS, 253)]] = Field(min_length=1, max_length=100)
     """The machines' addresses."""
 
 
@@ -340,9 +428,9 @@ class ExternalAssignment(AssignmentBase):
 class Route(Values):
     """One target of a deployment in the router's table."""
 
-    name: NonEmpty
+    name: ObjectName
     """The assignment's id."""
-    url: Annotated[str, StringConstraints(pattern=r"^https?://")]
+    url: Annotated[str, _pattern(HTTP_URL)]
     """The assignment's Service URL."""
     request_model: NonEmpty
     """The model name the engine answers to."""
@@ -362,9 +450,9 @@ class RouterConfig(Values):
 class RouterImage(Values):
     """The router's image (the moxin image)."""
 
-    repository: Image = "ghcr.io/moxin-dev/moxin"
+    repository: Annotated[str, _pattern(IMAGE_REPOSITORY, 384)] = "ghcr.io/moxin-dev/moxin"
     """Image repository."""
-    tag: str = ""
+    tag: Annotated[str, _pattern(IMAGE_TAG)] = ""
     """Image tag (empty: the chart's appVersion)."""
     pull_policy: PullPolicy = "IfNotPresent"
     """Pull policy."""
@@ -377,6 +465,15 @@ class RouterService(Values):
     """Service type."""
     port: Port = 8080
     """Service port."""
+
+
+class RouterApiKeys(Values):
+    """The router's API keys: a file in an existing Secret, mounted read-only (never a value)."""
+
+    secret_name: OptionalSubdomainName = ""
+    """The Secret holding the keys file (empty: the router asks callers for no key)."""
+    key: DataKey = "keys.yaml"
+    """The key of the keys file in the Secret; the router reads it as /etc/moxin/keys/keys.yaml."""
 
 
 class Router(Values):
@@ -396,6 +493,75 @@ class Router(Values):
     """Its Service."""
     config: RouterConfig = RouterConfig(deployments={})
     """router.json, written from the plan by moxin render helm."""
+    api_keys: RouterApiKeys = RouterApiKeys()
+    """API keys callers must present (moxin router --api-keys)."""
+
+
+class EngineAuth(Values):
+    """The key engines require of every caller, from an existing Secret (never a value): engines whose
+    assignment names an apiKeyEnv read it from there, and the router sends it (MOXIN_ENGINE_KEY)."""
+
+    secret_name: OptionalSubdomainName = ""
+    """The Secret holding the key (empty: engines require no key)."""
+    key: DataKey = "engine-key"
+    """The key of the engine key in the Secret."""
+
+
+class LabelSelectorRequirement(Values):
+    """One requirement of a label selector."""
+
+    key: LabelKey
+    """The label key."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the label's value is compared with values."""
+    values: list[LabelValue] | None = None
+    """The values (In, NotIn)."""
+
+
+class LabelSelector(Values):
+    """A Kubernetes label selector."""
+
+    match_labels: Labels | None = None
+    """Labels a selected object carries, all of them."""
+    match_expressions: list[LabelSelectorRequirement] | None = None
+    """Requirements a selected object meets, all of them."""
+
+
+class IpBlock(Values):
+    """A range of IP addresses."""
+
+    cidr: Annotated[str, _pattern(CIDR)]
+    """The range, e.g. 10.0.0.0/8."""
+    except_: list[Annotated[str, _pattern(CIDR)]] | None = Field(None, alias="except")
+    """Ranges within cidr that are left out."""
+
+
+class NetworkPolicyPeer(Values):
+    """Who may connect: pods (podSelector, in namespaces chosen by namespaceSelector, else the release's),
+    or an IP range (Kubernetes NetworkPolicyPeer)."""
+
+    pod_selector: LabelSelector | None = None
+    """Pods selected by their labels."""
+    namespace_selector: LabelSelector | None = None
+    """Namespaces selected by their labels (kubernetes.io/metadata.name is each one's name)."""
+    ip_block: IpBlock | None = None
+    """An IP range."""
+
+
+class NetworkPolicy(Values):
+    """NetworkPolicies admitting only the traffic moxin needs to engine and router pods (ingress only)."""
+
+    enabled: bool = True
+    """Create them (the cluster's network plugin must enforce NetworkPolicies)."""
+    prometheus: list[NetworkPolicyPeer] = Field(default_factory=lambda: [NetworkPolicyPeer(
+        namespace_selector=LabelSelector(match_labels={"kubernetes.io/metadata.name": "monitoring"}),
+        pod_selector=LabelSelector(match_labels={"app.kubernetes.io/name": "prometheus"}))])
+    """The Prometheus pods that scrape engines and router (kube-prometheus-stack's, in namespace monitoring,
+    by default)."""
+    router_from: list[NetworkPolicyPeer] = Field(default_factory=list)
+    """Who may call the router's port (empty: anyone; Prometheus is always admitted)."""
+    engine_from: list[NetworkPolicyPeer] = Field(default_factory=list)
+    """Who else may call the engines' port, besides the router and Prometheus."""
 
 
 class Monitoring(Values):
@@ -407,9 +573,9 @@ class Monitoring(Values):
     """A ServiceMonitor for the router."""
     prometheus_rules: bool = True
     """moxin's alerting rules."""
-    interval: Annotated[str, StringConstraints(pattern=r"^([0-9]+(ms|s|m|h))+$")] = "30s"
+    interval: Annotated[str, _pattern(DURATION)] = "30s"
     """Scrape interval."""
-    labels: dict[str, LabelValue] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     """Labels your Prometheus selects monitors by, e.g. {release: kube-prometheus-stack}."""
 
 
@@ -418,8 +584,7 @@ class Dashboards(Values):
 
     enabled: bool = True
     """Create them."""
-    label: Annotated[str, StringConstraints(pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")] \
-        = "grafana_dashboard"
+    label: LabelKey = "grafana_dashboard"
     """The label the Grafana sidecar looks for."""
     label_value: LabelValue = "1"
     """Its value."""
@@ -460,7 +625,7 @@ class RayWorkerGroup(DevicePod):
     """The fleet pool."""
     replicas: int = Field(ge=0)
     """Pods: the pool's nodes (fixed: min = max = replicas)."""
-    ray_start_params: dict[str, str]
+    ray_start_params: dict[RayStartParamKey, RayStartParamValue]
     """KubeRay rayStartParams: num-cpus/num-gpus and the custom resources (JSON, quoted for the shell)."""
 
 
@@ -508,9 +673,9 @@ class ChartValues(Values):
     """Helm's global values (unused)."""
     plan: PlanRef = PlanRef(name="none")
     """The Plan these values came from."""
-    namespace: Annotated[str, StringConstraints(pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$")] = ""
+    namespace: Annotated[str, _pattern(_or_empty(DNS_LABEL), 63)] = ""
     """The namespace the plan was rendered for (router URLs name it); the chart refuses another. Empty: not checked."""
-    managed_by: str = ""
+    managed_by: LabelValue = ""
     """app.kubernetes.io/managed-by (empty: the Helm release service)."""
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
     """Image pull secrets of every pod."""
@@ -518,7 +683,7 @@ class ChartValues(Values):
     """ServiceAccounts."""
     rbac: Rbac = Rbac()
     """Kubernetes API access."""
-    model_storage: ModelStorage = ModelStorage(mount_path="/models", type="pvc")
+    model_storage: ModelStorage = ModelStorage(mount_path=MODEL_ROOT, type="pvc")
     """Where checkpoints live."""
     hub_token: HubToken = HubToken()
     """Hugging Face token."""
@@ -535,6 +700,10 @@ class ChartValues(Values):
     """Assignments served by machines that are not Kubernetes nodes (Apple pools)."""
     router: Router = Router()
     """The router."""
+    engine_auth: EngineAuth = EngineAuth()
+    """The key engines require of callers."""
+    network_policy: NetworkPolicy = NetworkPolicy()
+    """NetworkPolicies of engines and router."""
     monitoring: Monitoring = Monitoring()
     """Monitoring objects."""
     dashboards: Dashboards = Dashboards()

@@ -9,7 +9,9 @@ else is left.
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,19 +40,55 @@ ROW_KEYS = ("name", "url", "requestModel", "weight")
 
 
 def parse_table(data: Any) -> dict[str, list[dict[str, Any]]]:
-    """Check a routing table ({"deployments": {name: [rows]}}); ValueError says what is wrong where."""
+    """Check a routing-table document ({"deployments": {name: [rows]}}); ValueError says what is wrong where."""
     if not isinstance(data, dict) or not isinstance(data.get("deployments"), dict):
         raise ValueError('expected an object with "deployments": {NAME: [replica, ...]}')
-    for name, rows in data["deployments"].items():
+    return check_deployments(data["deployments"])
+
+
+def check_deployments(deployments: Any) -> dict[str, list[dict[str, Any]]]:
+    """Check the deployments of a routing table ({name: [{name, url, requestModel, weight, labels?}]}) before it
+    replaces a good one: one bad row would otherwise fail every request of the router that takes it."""
+    if not isinstance(deployments, dict):
+        raise ValueError("expected {NAME: [replica, ...]}")
+    seen: dict[str, str] = {}
+    for name, rows in deployments.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"deployments: names must be non-empty strings, got {name!r}")
         if not isinstance(rows, list):
             raise ValueError(f"deployments.{name}: expected a list of replicas")
         for i, row in enumerate(rows):
-            missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise ValueError(f"deployments.{name}[{i}]: missing {', '.join(missing)}")
-            if not isinstance(row["weight"], (int, float)) or row["weight"] <= 0:
-                raise ValueError(f"deployments.{name}[{i}].weight: expected a number > 0, got {row['weight']!r}")
-    return data["deployments"]
+            where = f"deployments.{name}[{i}]"
+            _check_row(where, row)
+            if row["name"] in seen:
+                raise ValueError(f"{where}.name: replica {row['name']!r} is already in {seen[row['name']]}")
+            seen[row["name"]] = where
+    return deployments
+
+
+def _check_row(where: str, row: Any) -> None:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected an object {{name, url, requestModel, weight}}, got {type(row).__name__}")
+    missing = [k for k in ROW_KEYS if k not in row]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(missing)}")
+    for key in ("name", "requestModel"):
+        if not isinstance(row[key], str) or not row[key]:
+            raise ValueError(f"{where}.{key}: expected a non-empty string, got {row[key]!r}")
+    url = row["url"]
+    if not isinstance(url, str) or not _HTTP_URL.match(url):
+        raise ValueError(f"{where}.url: expected an http:// or https:// URL with a host, got {url!r}")
+    weight = row["weight"]
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+        raise ValueError(f"{where}.weight: expected a finite number > 0, got {weight!r}")
+    labels = row.get("labels")
+    if labels is not None and not (isinstance(labels, dict)
+                                   and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+        raise ValueError(f"{where}.labels: expected an object of strings, got {labels!r}")
+
+
+_HTTP_URL = re.compile(r"^https?://[^/\s?#@]+(/[^\s]*)?$")
+"""http(s), a host[:port], an optional path; no credentials, no whitespace."""
 
 
 class Balancer:

@@ -16,6 +16,7 @@ from orchestrator.runtime import local
 from orchestrator.runtime.names import CONTROLLER, HEAD, KV_PLAN, NAMESPACE
 from orchestrator.spec.plan import Plan
 
+
 def _ray() -> Any:
     try:
         import ray
@@ -71,9 +72,9 @@ def apply(address: str, plan: Plan, options: dict[str, Any] | None = None) -> di
 def current_plan(address: str) -> Plan | None:
     """The plan the controller holds (the previous plan of the next apply), or None."""
     connect(address)
-    from orchestrator.runtime.controller import kv_get
+    from orchestrator.runtime.cluster import RayCluster
 
-    saved = kv_get(KV_PLAN)
+    saved = RayCluster().kv_get(KV_PLAN)
     return None if saved is None else Plan.model_validate(saved)
 
 

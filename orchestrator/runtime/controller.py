@@ -1,10 +1,21 @@
 """The controller: a named, detached Ray actor that holds the desired Plan and reconciles what runs.
 
-Each loop has one shape (STYLE.md): observe the replicas -> decide (``reconcile.decide``, pure) -> act (the thin
-executor below, the only place that makes Ray calls for replicas) -> record (metrics, routing table, file_sd).
-The desired plan is written to Ray's GCS key-value store *before* anything acts on it, and replicas are named
-detached actors: a restarted controller reads the plan back, finds the replicas by name and adopts them, engine
-processes untouched.
+Every Ray call it makes goes through one ``RayCluster`` (``cluster.py``); this module does not import Ray, and its
+unit tests run the whole loop against an in-memory stand-in. What it knows of each replica id is one
+``ReplicaRecord``. Each loop (``reconcile_once``) has one shape (STYLE.md):
+
+1. observe: poll the stops in flight, describe the replicas, read the cluster's nodes; a ``Snapshot``, nothing
+   changed (then the snapshot is folded into the records);
+2. decide: ``reconcile.decide``, pure: actions as values;
+3. save desired: the plan acted on is in GCS before anything acts on it;
+4. act: the executor, the only code that turns actions into cluster calls (start, stop, forget a stopped one);
+5. record: the routing table, metrics and the Prometheus file_sd list.
+
+Each step is guarded: a failure is counted and logged, and the next loop tries again. The lock guards the records,
+the plan and the options and is held only to read or swap them, never across a cluster call, so ``status`` and
+``apply`` answer while a loop waits on Ray. Only the loop thread changes records (and ``shutdown``, after waiting
+for the loop to end). Replicas are named detached actors: a restarted controller reads the plan back, finds the replicas by
+name and adopts them, engine processes untouched.
 """
 
 from __future__ import annotations
@@ -15,73 +26,137 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ray
 from prometheus_client import start_http_server
-from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _internal_kv_put
-from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from orchestrator.output import write_atomic
 from orchestrator.runtime.desired import ReplicaSpec, replica_specs
 from orchestrator.runtime.metrics import ControllerMetrics
-from orchestrator.runtime.names import (
-    HEAD,
-    KV_OPTIONS,
-    KV_PLAN,
-    NAMESPACE,
-    PG_PREFIX,
-    REPLICA_PREFIX,
-    ROUTER_PREFIX,
+from orchestrator.runtime.names import KV_OPTIONS, KV_PLAN, ROUTER_PREFIX
+from orchestrator.runtime.reconcile import (
+    STOP_TIMEOUT_S,
+    Action,
+    Drain,
+    Forget,
+    Observed,
+    Start,
+    State,
+    Stop,
+    decide,
 )
-from orchestrator.runtime.reconcile import Action, Drain, Observed, Start, State, Stop, decide
-from orchestrator.runtime.replica import Replica
-from orchestrator.spec.hardware import NODE_RESOURCE_PREFIX
+from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ROUTER_PORT
 from orchestrator.spec.plan import Plan
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.cluster import RayCluster
 
 LOOP_S = 1.0
 OBSERVE_TIMEOUT_S = 5.0
-STOP_TIMEOUT_S = 40.0
+ROUTER_START_TIMEOUT_S = 30.0
+LOGS_TIMEOUT_S = 30.0
+SHUTDOWN_WAIT_LOOP_S = 60.0
+"""How long ``shutdown`` waits for a loop in flight to end (it may be waiting on Ray) before stopping replicas."""
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "metricsPort": CONTROLLER_METRICS_PORT, "routers": 1, "routerHost": "0.0.0.0", "routerPort": ROUTER_PORT,
+    "apiKeys": None,
+    "logDir": str(Path(tempfile.gettempdir()) / "moxin" / "logs"), "drainSeconds": 10.0, "graceSeconds": 15.0,
+    "prometheusSd": None,
+}
 
 
-def kv_get(key: bytes) -> Any:
-    raw = _internal_kv_get(key, namespace=NAMESPACE)
-    return None if raw is None else json.loads(raw)
+@dataclass
+class ReplicaRecord:
+    """What the controller knows of one replica id. It outlives the replica's actor: failures and restarts carry
+    over to the next actor of the same id."""
+
+    id: str
+    handle: Any = None
+    """The replica's actor (a cluster handle); None while none runs."""
+    description: dict[str, Any] = field(default_factory=dict)
+    """Its last ``describe()``."""
+    spec_hash: str = ""
+    """The launch it was started with; "" for an adopted replica until it answers. Its description says, once
+    there is one."""
+    state: State = State.PENDING
+    draining_since: float | None = None
+    stop_ref: Any = None
+    """What its stop call returns, while it stops; None otherwise."""
+    stop_since: float | None = None
+    stop_done: bool = False
+    failures: int = 0
+    """Consecutive failures; reset when the replica is READY."""
+    last_failure: float = 0.0
+    carried_restarts: int = 0
+    """Restarts of earlier actors of this id: the engine restarts they counted, and their replacements."""
+
+    @property
+    def running(self) -> bool:
+        return self.handle is not None
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_ref is not None
+
+    @property
+    def restarts(self) -> int:
+        return self.description.get("restarts", 0) + self.carried_restarts
+
+    def observed(self) -> Observed:
+        if self.stopping:
+            return Observed(self.id, "", State.STOPPING, since=self.stop_since, stopped=self.stop_done)
+        d = self.description
+        return Observed(self.id, d.get("specHash", self.spec_hash), self.state, self.draining_since,
+                        d.get("stateSince"))
 
 
-def kv_put(key: bytes, value: Any) -> None:
-    _internal_kv_put(key, json.dumps(value).encode(), True, namespace=NAMESPACE)
+@dataclass(frozen=True)
+class Snapshot:
+    """What one observation saw."""
+
+    nodes: frozenset[str]
+    replies: dict[str, dict[str, Any] | State]
+    """By replica id: its description, State.DEAD or State.PENDING (no answer in time)."""
+    stopped: frozenset[str]
+    """Replicas whose stop call has returned."""
 
 
-def actor_resources(bundle: dict[str, float]) -> dict[str, Any]:
-    """Ray actor options asking for exactly one bundle."""
-    out: dict[str, Any] = {"num_cpus": bundle.get("CPU", 0), "num_gpus": bundle.get("GPU", 0)}
-    custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
-    if custom:
-        out["resources"] = custom
-    return out
+@dataclass(frozen=True)
+class _View:
+    """What a loop acts on, read under the lock at its start."""
+
+    plan: Plan | None
+    options: dict[str, Any]
+    handles: dict[str, Any]
+    """Running replicas that are not stopping: to describe."""
+    stops: dict[str, Any]
+    """Stops in flight: to poll."""
 
 
 class Controller:
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
-        saved = kv_get(KV_OPTIONS) or {}
-        self.options = {"metricsPort": 9400, "routers": 1, "routerHost": "0.0.0.0", "routerPort": 8000,
-                        "logDir": str(Path(tempfile.gettempdir()) / "moxin" / "logs"), "drainSeconds": 10.0,
-                        "graceSeconds": 15.0, "prometheusSd": None, **saved, **(options or {})}
-        kv_put(KV_OPTIONS, self.options)
+    def __init__(self, options: dict[str, Any] | None = None, cluster: RayCluster | None = None,
+                 clock: Callable[[], float] = time.time, run: bool = True) -> None:
+        """``cluster`` defaults to the Ray cluster this actor runs in. ``run``: serve metrics and start the reconcile
+        thread; without it the caller drives ``reconcile_once`` (as the unit tests do)."""
+        if cluster is None:
+            from orchestrator.runtime.cluster import RayCluster
+
+            cluster = RayCluster()
+        self.cluster = cluster
+        self.clock = clock
+        self.options = {**DEFAULT_OPTIONS, **(cluster.kv_get(KV_OPTIONS) or {}), **(options or {})}
+        cluster.kv_put(KV_OPTIONS, self.options)
         self.metrics = ControllerMetrics()
-        self.metrics_port = self._serve_metrics()
-        saved_plan = kv_get(KV_PLAN)
+        self.metrics_port = self._serve_metrics() if run else 0
+        self.host = cluster.node_ip()
+        saved_plan = cluster.kv_get(KV_PLAN)
         self.plan: Plan | None = None if saved_plan is None else Plan.model_validate(saved_plan)
-        self.replicas: dict[str, Any] = {}        # id -> actor handle
-        self.described: dict[str, dict] = {}      # id -> last describe()
-        self.states: dict[str, State] = {}
-        self.draining: dict[str, float] = {}
-        self.stopping: dict[str, tuple[Any, float]] = {}
-        self.failures: dict[str, tuple[int, float]] = {}
-        self.replaced: dict[str, int] = {}        # restarts of replicas no longer running, by id
+        self._saved_plan = self.plan  # the plan in GCS, as far as this controller wrote or read it
+        self.records: dict[str, ReplicaRecord] = {}
         self.routers: dict[str, Any] = {}
         self.router_endpoints: list[dict[str, str]] = []
         self.events: list[str] = []
@@ -90,86 +165,98 @@ class Controller:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._lock = threading.RLock()
+        self._sd_lock = threading.Lock()  # one writer of the file_sd list at a time
         self._sd_written: str | None = None
         self.adopted = self._adopt()
-        self.specs: list[ReplicaSpec] = self._desired()  # the plan's replicas, as of the last loop or apply
-        threading.Thread(target=self._loop, name="moxin-reconcile", daemon=True).start()
+        self.specs: list[ReplicaSpec] = self._desired(self.plan, cluster.known_nodes())
+        """The plan's replicas, as of the last loop or apply."""
+        self._thread: threading.Thread | None = None
+        if run:
+            self._thread = threading.Thread(target=self._loop, name="moxin-reconcile", daemon=True)
+            self._thread.start()
 
     # -- API (called by the CLI and the routers) -----------------------------------------------------------------
     def apply(self, plan: Plan, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        kv_put(KV_PLAN, plan.to_json())  # desired state first: a controller restarted from here on acts on this plan
+        self.cluster.kv_put(KV_PLAN, plan.to_json())  # desired state first: a controller restarted from here on
+        with self._lock:                               # acts on this plan
+            merged = {**self.options, **(options or {})}
+        if options:
+            self.cluster.kv_put(KV_OPTIONS, merged)
+        specs = self._desired(plan, self.cluster.known_nodes())
         with self._lock:
-            if options:
-                self.options.update(options)
-                kv_put(KV_OPTIONS, self.options)
-            self.plan = plan
-            self.specs = self._desired()
-            self._event(f"applied plan {plan.name!r}: {len(self.specs)} replica(s)")
+            self.options = merged
+            self.plan = self._saved_plan = plan
+            self.specs = specs
+            self._event(f"applied plan {plan.name!r}: {len(specs)} replica(s)")
         self._wake.set()
-        return {"replicas": [s.id for s in self.specs]}
+        return {"replicas": [s.id for s in specs]}
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            rows = []
             desired = {s.id: s for s in self.specs}
-            for rid in sorted(set(desired) | set(self.states)):
-                spec = desired.get(rid)
-                d = self.described.get(rid, {})
-                rows.append({"id": rid, "state": self.states.get(rid, State.PENDING).value if rid in self.replicas
-                             else "missing", "desired": spec is not None, "draining": rid in self.draining,
-                             **({"labels": spec.labels, "nodes": spec.nodes, "devices": spec.devices,
-                                 "weight": spec.weight} if spec else {}),
-                             "url": d.get("url"), "enginePid": d.get("enginePid"), "restarts": self._restarts(rid),
-                             "lastError": d.get("lastError", "") or self._waiting_for(rid, spec),
-                             "log": d.get("log"), "host": d.get("host"),
-                             "nodeId": d.get("nodeId")})
+            running = {rid for rid, r in self.records.items() if r.running}
+            rows = [self._row(rid, desired.get(rid)) for rid in sorted(set(desired) | running)]
             return {"plan": None if self.plan is None else self.plan.name, "replicas": rows,
                     "routers": self.router_addresses(), "metricsUrl": self.metrics_url(), "loops": self.loops,
                     "adopted": self.adopted, "events": self.events[-20:], "prometheusSd": self.options["prometheusSd"]}
 
-    def _waiting_for(self, rid: str, spec: ReplicaSpec | None) -> str:
-        if spec is None or self.states.get(rid) != State.PENDING or rid not in self.replicas:
-            return ""
-        return (f"waiting for Ray resources: {spec.strategy} {spec.bundles} (a node must declare them: "
-                "moxin node-resources)")
+    def _row(self, rid: str, spec: ReplicaSpec | None) -> dict[str, Any]:
+        rec = self.records.get(rid) or ReplicaRecord(rid)
+        d = rec.description
+        return {"id": rid, "state": rec.state.value if rec.running else "missing", "desired": spec is not None,
+                "draining": rec.draining_since is not None,
+                **({"labels": spec.labels, "nodes": spec.nodes, "devices": spec.devices, "weight": spec.weight}
+                   if spec else {}),
+                "url": d.get("url"), "enginePid": d.get("enginePid"), "restarts": rec.restarts,
+                "lastError": d.get("lastError", "") or _waiting_for(rec, spec), "log": d.get("log"),
+                "host": d.get("host"), "nodeId": d.get("nodeId")}
 
     def routing_table(self) -> dict[str, list[dict]]:
         return self.table  # replaced whole each loop: no lock, so routers never wait on a slow loop
 
     def logs(self, rid: str, tail: int = 200) -> str:
-        handle = self.replicas.get(rid)
+        with self._lock:
+            rec = self.records.get(rid)
+            handle = rec.handle if rec else None
+            known = sorted(r for r, x in self.records.items() if x.running)
         if handle is None:
-            raise KeyError(f"no replica {rid!r}; replicas: {sorted(self.replicas)}")
-        return ray.get(handle.logs.remote(tail), timeout=30)
+            raise KeyError(f"no replica {rid!r}; replicas: {known}")
+        return self.cluster.logs(handle, tail, LOGS_TIMEOUT_S)
 
     def set_prometheus_sd(self, path: str | None) -> None:
         with self._lock:
-            self.options["prometheusSd"] = path
+            self.options = options = {**self.options, "prometheusSd": path}
+        with self._sd_lock:
             self._sd_written = None
-            kv_put(KV_OPTIONS, self.options)
+        self.cluster.kv_put(KV_OPTIONS, options)
         self._write_sd()
 
     def metrics_url(self) -> str:
-        return f"http://{ray.util.get_node_ip_address()}:{self.metrics_port}/metrics"
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def router_addresses(self) -> list[str]:
-        host = ray.util.get_node_ip_address()
+        bound = self.options["routerHost"]
+        host = self.host if bound in ("0.0.0.0", "::") else bound
         return [f"http://{host}:{self.options['routerPort']}"] if self.routers else []
 
     def shutdown(self) -> list[str]:
         """Stop every replica (SIGTERM, grace, SIGKILL), the routers, and forget the plan. The caller kills the
         controller afterwards."""
         self._stopped.set()
-        _internal_kv_del(KV_PLAN, namespace=NAMESPACE)
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(SHUTDOWN_WAIT_LOOP_S)  # no loop acts while replicas are stopped here
+        self.cluster.kv_del(KV_PLAN)
         with self._lock:
-            refs = {rid: h.stop.remote() for rid, h in self.replicas.items()}
-            ray.wait(list(refs.values()), num_returns=len(refs), timeout=STOP_TIMEOUT_S)
-            for rid in list(self.replicas):
-                self._forget(rid)
-            for h in self.routers.values():
-                ray.kill(h, no_restart=True)
-            self.routers.clear()
-            return sorted(refs)
+            handles = {rid: r.handle for rid, r in self.records.items() if r.running}
+            routers, self.routers = list(self.routers.values()), {}
+        refs = {rid: self.cluster.stop_replica(h) for rid, h in handles.items()}
+        self.cluster.poll_stopped(refs, STOP_TIMEOUT_S)
+        for rid in handles:
+            self._forget(rid)
+        for handle in routers:
+            self.cluster.kill(handle)
+        return sorted(refs)
 
     def ping(self) -> int:
         return os.getpid()
@@ -177,206 +264,220 @@ class Controller:
     # -- the loop ------------------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stopped.is_set():
-            t0 = time.perf_counter()
-            for step in (self._ensure_routers, self._reconcile_once, self._record):
-                try:
-                    with self._lock:
-                        if self._stopped.is_set():
-                            return
-                        step()
-                except Exception:  # a failing step is logged and retried next loop; it never kills the loop
-                    self.metrics.reconcile_errors.labels(step.__name__.strip("_")).inc()
-                    self._event(f"{step.__name__} failed: {traceback.format_exc(limit=3)}")
-            self.metrics.reconcile.observe(time.perf_counter() - t0)
-            self.loops += 1
+            self.reconcile_once()
             self._wake.wait(LOOP_S)
             self._wake.clear()
 
-    def _desired(self) -> list[ReplicaSpec]:
-        if self.plan is None:
-            return []
-        return replica_specs(self.plan, known_nodes=self._known_nodes())
+    def reconcile_once(self, now: float | None = None) -> list[Action]:
+        """One loop: routers, then observe -> decide -> save desired -> act, then record. Returns the actions
+        decided. ``now`` defaults to the clock."""
+        t0 = time.perf_counter()
+        now = self.clock() if now is None else now
+        actions: list[Action] = []
+        with self._step("ensure_routers"):
+            self._ensure_routers()
+        with self._step("reconcile"):
+            view = self._view()
+            snapshot = self._observe(view)                                     # 1. observe (reads only)
+            desired = self._desired(view.plan, snapshot.nodes)
+            observed, failures = self._remember(snapshot, view, desired)
+            actions = decide(desired, observed, failures, now, float(view.options["drainSeconds"]))  # 2. decide
+            self._save_desired(view.plan)                                      # 3. save desired
+            self._act_all(actions, view, now)                                  # 4. act
+        with self._step("record"):
+            self._record()                                                     # 5. record
+        self.metrics.reconcile.observe(time.perf_counter() - t0)
+        self.loops += 1
+        return actions
 
-    def _known_nodes(self) -> set[str]:
-        names: set[str] = set()
-        for node in ray.nodes():
-            if node.get("Alive"):
-                names |= {k[len(NODE_RESOURCE_PREFIX):] for k in node.get("Resources", {})
-                          if k.startswith(NODE_RESOURCE_PREFIX)}
-        return names
+    @contextmanager
+    def _step(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception:  # a failing step is logged and retried next loop; it never kills the loop
+            self.metrics.reconcile_errors.labels(name).inc()
+            self._event(f"{name} failed: {traceback.format_exc(limit=3)}")
 
-    def _reconcile_once(self) -> None:
-        self.specs = desired = self._desired()  # once per loop: it asks Ray which nodes exist
-        observed = self._observe()
-        actions = decide(desired, observed, self.failures, time.time(), self.options["drainSeconds"])
+    def _view(self) -> _View:
+        with self._lock:
+            return _View(self.plan, dict(self.options),
+                         handles={rid: r.handle for rid, r in self.records.items() if r.running and not r.stopping},
+                         stops={rid: r.stop_ref for rid, r in self.records.items() if r.stopping and not r.stop_done})
+
+    def _observe(self, view: _View) -> Snapshot:
+        """Read the cluster: nodes, finished stops, descriptions (waits up to OBSERVE_TIMEOUT_S). Changes nothing."""
+        nodes = frozenset(self.cluster.known_nodes())
+        stopped = frozenset(self.cluster.poll_stopped(view.stops))
+        replies = self.cluster.describe_all(view.handles, OBSERVE_TIMEOUT_S)
+        return Snapshot(nodes, replies, stopped)
+
+    def _remember(self, snapshot: Snapshot, view: _View, desired: list[ReplicaSpec],
+                  ) -> tuple[dict[str, Observed], dict[str, tuple[int, float]]]:
+        """Fold a snapshot into the records (under the lock, no cluster call); what ``decide`` reads."""
+        with self._lock:
+            for rid, reply in snapshot.replies.items():
+                rec = self.records.get(rid)
+                if rec is None or rec.handle is not view.handles[rid]:
+                    continue  # not the actor that was described
+                if isinstance(reply, State):
+                    rec.state = reply
+                else:
+                    rec.description, rec.state = reply, State(reply["state"])
+                if rec.state == State.READY:
+                    rec.failures, rec.last_failure = 0, 0.0
+            for rid in snapshot.stopped:
+                if rid in self.records:
+                    self.records[rid].stop_done = True
+            if self.plan is view.plan:  # an apply meanwhile has set its own
+                self.specs = desired
+            observed = {rid: r.observed() for rid, r in self.records.items() if r.running}
+            failures = {rid: (r.failures, r.last_failure) for rid, r in self.records.items() if r.failures}
+        return observed, failures
+
+    def _desired(self, plan: Plan | None, nodes: set[str] | frozenset[str]) -> list[ReplicaSpec]:
+        return [] if plan is None else replica_specs(plan, known_nodes=set(nodes))
+
+    def _save_desired(self, plan: Plan | None) -> None:
+        """No action on a plan that is not in GCS: a controller restarted meanwhile must act on it too. ``apply``
+        writes its plan before accepting it, so this writes only a plan no one has saved."""
+        if plan is not None and plan is not self._saved_plan:
+            self.cluster.kv_put(KV_PLAN, plan.to_json())
+            self._saved_plan = plan
+
+    # -- the executor: the only code that turns actions into cluster calls ---------------------------------------
+    def _act_all(self, actions: list[Action], view: _View, now: float) -> None:
         for action in actions:
-            self._act(action)
-        self._route(desired)
+            if self._stopped.is_set() or self.plan is not view.plan:
+                return  # shutting down, or a new plan arrived: decide again on it first
+            with self._step("act"):
+                self._act(action, view, now)
 
-    def _observe(self) -> dict[str, Observed]:
-        for rid, (ref, deadline) in list(self.stopping.items()):
-            done, _ = ray.wait([ref], timeout=0)
-            if done or time.time() > deadline:
-                self._forget(rid)
-        live = {rid: h for rid, h in self.replicas.items() if rid not in self.stopping}
-        refs = {h.describe.remote(): rid for rid, h in live.items()}
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=OBSERVE_TIMEOUT_S) if refs else ([], [])
-        for ref in ready:
-            rid = refs[ref]
-            try:
-                self.described[rid] = ray.get(ref)
-                self.states[rid] = State(self.described[rid]["state"])
-            except ray.exceptions.RayActorError:
-                self.states[rid] = State.DEAD
-            if self.states[rid] == State.READY:
-                self.failures.pop(rid, None)
-        for ref, rid in refs.items():
-            if ref not in ready:
-                self.states[rid] = State.PENDING  # actor not created yet: its placement group waits for resources
-        out = {rid: Observed(rid, self.described.get(rid, {}).get("specHash", ""), self.states[rid],
-                             self.draining.get(rid), self.described.get(rid, {}).get("stateSince")) for rid in live}
-        out |= {rid: Observed(rid, "", State.STOPPING) for rid in self.stopping}
-        return out
-
-    # -- the executor: the only code that turns actions into Ray calls -------------------------------------------
-    def _act(self, action: Action) -> None:
+    def _act(self, action: Action, view: _View, now: float) -> None:
         self.metrics.actions.labels(type(action).__name__.lower()).inc()
         if isinstance(action, Start):
-            self._start(action.spec)
-            self._event(f"start {action.spec.id} ({action.reason})")
+            spec = action.spec
+            handle = self.cluster.start_replica(spec, str(view.options["logDir"]), float(view.options["graceSeconds"]))
+            with self._lock:
+                rec = self.records.setdefault(spec.id, ReplicaRecord(spec.id))
+                rec.handle, rec.spec_hash, rec.state, rec.description = handle, spec.spec_hash, State.PENDING, {}
+            self._event(f"start {spec.id} ({action.reason})")
         elif isinstance(action, Drain):
-            self.draining[action.id] = time.time()
+            with self._lock:
+                self.records[action.id].draining_since = now
             self._event(f"drain {action.id} ({action.reason})")
         elif isinstance(action, Stop):
-            if action.failed:
-                count, _ = self.failures.get(action.id, (0, 0.0))
-                self.failures[action.id] = (count + 1, time.time())
-                self.replaced[action.id] = self.replaced.get(action.id, 0) + 1
-            handle = self.replicas[action.id]
-            self.stopping[action.id] = (handle.stop.remote(), time.time() + STOP_TIMEOUT_S)
+            ref = self.cluster.stop_replica(self.records[action.id].handle)
+            with self._lock:
+                rec = self.records[action.id]
+                if action.failed:
+                    rec.failures, rec.last_failure = rec.failures + 1, now
+                    rec.carried_restarts += 1
+                rec.stop_ref, rec.stop_since, rec.stop_done, rec.state = ref, now, False, State.STOPPING
             self._event(f"stop {action.id} ({action.reason})")
-
-    def _start(self, spec: ReplicaSpec) -> None:
-        name = PG_PREFIX + spec.id
-        try:
-            remove_placement_group(get_placement_group(name))  # left by a replica that died with its controller
-        except ValueError:
-            pass
-        pg = placement_group(spec.bundles, strategy=spec.strategy, name=name, lifetime="detached")
-        actor = ray.remote(Replica).options(
-            name=REPLICA_PREFIX + spec.id, namespace=NAMESPACE, lifetime="detached", max_restarts=0,
-            max_concurrency=4, scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
-            **actor_resources(spec.bundles[0]),
-        ).remote(spec, self.options["logDir"], self.options["graceSeconds"])
-        self.replicas[spec.id] = actor
-        self.states[spec.id] = State.PENDING
-        self.described.pop(spec.id, None)
+        elif isinstance(action, Forget):
+            self._forget(action.id)
+            self._event(f"forget {action.id} ({action.reason})")
 
     def _forget(self, rid: str) -> None:
-        # Engine restarts counted by the replica go with it: keep them in the replica's running total.
-        self.replaced[rid] = self.replaced.get(rid, 0) + self.described.get(rid, {}).get("restarts", 0)
-        handle = self.replicas.pop(rid, None)
-        if handle is not None:
-            ray.kill(handle, no_restart=True)
-        try:
-            remove_placement_group(get_placement_group(PG_PREFIX + rid))
-        except ValueError:
-            pass
-        for table in (self.states, self.described, self.draining, self.stopping):
-            table.pop(rid, None)
+        self.cluster.forget(rid, self.records[rid].handle)
+        with self._lock:
+            rec = self.records[rid]
+            rec.carried_restarts += rec.description.get("restarts", 0)  # the engine restarts it counted
+            rec.handle, rec.spec_hash, rec.description, rec.state = None, "", {}, State.PENDING
+            rec.draining_since = None
+            rec.stop_ref, rec.stop_since, rec.stop_done = None, None, False
 
     def _adopt(self) -> list[str]:
-        """Find the replicas a previous controller started (named, detached actors) and take them over."""
-        adopted = []
-        for entry in ray.util.list_named_actors(all_namespaces=True):
-            if entry["namespace"] == NAMESPACE and entry["name"].startswith(REPLICA_PREFIX):
-                rid = entry["name"][len(REPLICA_PREFIX):]
-                try:
-                    self.replicas[rid] = ray.get_actor(entry["name"], namespace=NAMESPACE)
-                    adopted.append(rid)
-                except ValueError:
-                    pass
-            elif entry["namespace"] == NAMESPACE and entry["name"].startswith(ROUTER_PREFIX):
-                self.routers[entry["name"]] = ray.get_actor(entry["name"], namespace=NAMESPACE)
+        """Find the replicas and routers a previous controller started (named, detached actors); take them over."""
+        for rid, handle in self.cluster.list_replicas().items():
+            self.records[rid] = ReplicaRecord(rid, handle)
+        self.routers = self.cluster.list_routers()
+        adopted = sorted(self.records)
         if adopted:
-            self._event(f"adopted {len(adopted)} running replica(s): {', '.join(sorted(adopted))}")
-        return sorted(adopted)
+            self._event(f"adopted {len(adopted)} running replica(s): {', '.join(adopted)}")
+        return adopted
 
     def _ensure_routers(self) -> None:
-        from orchestrator.runtime.router_actor import RouterActor
-
-        for i in range(int(self.options["routers"])):
+        with self._lock:
+            options, routers = self.options, dict(self.routers)
+        for i in range(int(options["routers"])):
             name = f"{ROUTER_PREFIX}{i}"
-            if name not in self.routers:
-                self.routers[name] = ray.remote(RouterActor).options(
-                    name=name, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, num_cpus=0, resources=HEAD,
-                    max_concurrency=1000).remote(self.options["routerHost"], int(self.options["routerPort"]))
-                self._event(f"started router {name} on port {self.options['routerPort']}")
+            if name not in routers:
+                routers[name] = self.cluster.start_router(name, options["routerHost"], int(options["routerPort"]),
+                                                          options.get("apiKeys"))
+                with self._lock:
+                    self.routers = dict(routers)
+                self._event(f"started router {name} on port {options['routerPort']}")
         # Idempotent: serves once, and again after Ray restarted a router actor. A bind error surfaces here.
-        self.router_endpoints = ray.get([h.start.remote() for h in self.routers.values()], timeout=30)
+        endpoints = self.cluster.serve_routers(list(routers.values()), ROUTER_START_TIMEOUT_S)
+        with self._lock:
+            self.router_endpoints = endpoints
 
     # -- record --------------------------------------------------------------------------------------------------
-    def _route(self, desired: list[ReplicaSpec]) -> None:
-        table: dict[str, list[dict]] = {}
-        for spec in desired:
-            table.setdefault(spec.deployment, [])
-        specs = {s.id: s for s in desired}
-        for rid, state in self.states.items():
-            d = self.described.get(rid, {})
-            spec = specs.get(rid)
-            if state != State.READY or rid in self.draining or rid in self.stopping or spec is None \
-                    or d.get("specHash") != spec.spec_hash:
-                continue
-            table[spec.deployment].append({"name": rid, "url": d["url"], "requestModel": spec.request_model,
-                                           "weight": spec.weight, "labels": spec.labels})
-        self.table = table
-
-    def _restarts(self, rid: str) -> int:
-        return self.described.get(rid, {}).get("restarts", 0) + self.replaced.get(rid, 0)
-
     def _record(self) -> None:
+        with self._lock:
+            plan, specs = self.plan, list(self.specs)
+            self.table = table = self._routing_table(specs)
+            restarts = {s.id: (self.records.get(s.id) or ReplicaRecord(s.id)).restarts for s in specs}
         m = self.metrics
         for g in (m.pool_devices, m.pool_allocated, m.desired, m.ready, m.restarts, m.capacity, m.cost):
             g.clear()
-        if self.plan is None:
+        if plan is None:
             return
-        used = self.plan.status.devices_used if self.plan.status else {}
-        for p in self.plan.spec.pools:
+        used = plan.status.devices_used if plan.status else {}
+        for p in plan.spec.pools:
             labels = {"pool": p.name, "hardware": p.hardware, "emulated": str(p.emulated).lower()}
             m.pool_devices.labels(**labels).set(p.nodes * p.devices_per_node)
             m.pool_allocated.labels(**labels).set(used.get(p.name, 0))
-        routed = {r["name"] for rows in self.table.values() for r in rows}
-        for spec in self.specs:
+        routed = {r["name"] for rows in table.values() for r in rows}
+        for spec in specs:
             m.desired.labels(**spec.labels).inc()
             m.capacity.labels(**spec.labels).inc(spec.weight)
             m.cost.labels(**spec.labels).inc(spec.cost_usd_per_hour or 0.0)
             m.ready.labels(**spec.labels).inc(1 if spec.id in routed else 0)
-            m.restarts.labels(**spec.labels).inc(self._restarts(spec.id))
+            m.restarts.labels(**spec.labels).inc(restarts[spec.id])
         self._write_sd()
 
+    def _routing_table(self, desired: list[ReplicaSpec]) -> dict[str, list[dict]]:
+        """Ready replicas of the plan, not draining nor stopping, running the plan's launch (under the lock)."""
+        table: dict[str, list[dict]] = {spec.deployment: [] for spec in desired}
+        for spec in desired:
+            rec = self.records.get(spec.id)
+            if rec is None or not rec.running or rec.state != State.READY or rec.draining_since is not None \
+                    or rec.stopping or rec.description.get("specHash") != spec.spec_hash:
+                continue
+            table[spec.deployment].append({"name": spec.id, "url": rec.description["url"],
+                                           "requestModel": spec.request_model, "weight": spec.weight,
+                                           "labels": spec.labels})
+        return table
+
     def _sd_targets(self) -> list[dict[str, Any]]:
-        host = ray.util.get_node_ip_address()
-        targets = [{"targets": [f"{host}:{self.metrics_port}"], "labels": {"job": "moxin-controller"}}]
+        """Prometheus targets: this controller, the routers, and engines that serve /metrics (under the lock)."""
+        targets = [{"targets": [f"{self.host}:{self.metrics_port}"], "labels": {"job": "moxin-controller"}}]
         if self.router_endpoints:
             targets.append({"targets": sorted(r["metrics"] for r in self.router_endpoints),
                             "labels": {"job": "moxin-router"}})
         for spec in self.specs:
-            d = self.described.get(spec.id, {})
+            rec = self.records.get(spec.id)
+            url = rec.description.get("url") if rec and rec.running else None
             path = spec.launch.metrics_path
-            if path and d.get("url") and self.states.get(spec.id) == State.READY:
-                targets.append({"targets": [d["url"].split("://", 1)[1]],
+            if path and url and rec.state == State.READY:
+                targets.append({"targets": [url.split("://", 1)[1]],
                                 "labels": {"job": "moxin-engine", "replica": spec.id, "__metrics_path__": path,
                                            **spec.labels}})
         return targets
 
     def _write_sd(self) -> None:
-        path = self.options.get("prometheusSd")
+        with self._lock:
+            path = self.options.get("prometheusSd")
+            targets = self._sd_targets() if path else []
         if not path:
             return
-        text = json.dumps(self._sd_targets(), indent=1, sort_keys=True) + "\n"
-        if text != self._sd_written or not Path(path).exists():  # every loop calls this; write on change only
-            write_atomic(Path(path), text)
-            self._sd_written = text
+        text = json.dumps(targets, indent=1, sort_keys=True) + "\n"
+        with self._sd_lock:
+            if text != self._sd_written or not Path(path).exists():  # every loop calls this; write on change only
+                write_atomic(Path(path), text)
+                self._sd_written = text
 
     def _serve_metrics(self) -> int:
         port = int(self.options["metricsPort"])
@@ -389,5 +490,13 @@ class Controller:
         raise RuntimeError("cannot bind a metrics port")
 
     def _event(self, text: str) -> None:
-        self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
-        del self.events[:-200]
+        with self._lock:
+            self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
+            del self.events[:-200]
+
+
+def _waiting_for(rec: ReplicaRecord, spec: ReplicaSpec | None) -> str:
+    if spec is None or rec.state != State.PENDING or not rec.running:
+        return ""
+    return (f"waiting for Ray resources: {spec.strategy} {spec.bundles} (a node must declare them: "
+            "moxin node-resources)")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 
+from orchestrator.spec.names import slug
 from orchestrator.spec.plan import EngineLaunch, Plan
 
 __all__ = ["ReplicaSpec", "replica_id", "replica_specs"]
@@ -43,12 +43,9 @@ class ReplicaSpec:
         return self.launch.request_model
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-
-
 def replica_id(deployment: str, variant: str, pool: str, index: int) -> str:
-    return f"{_slug(deployment)}-{_slug(variant)}-{_slug(pool)}-{index}"
+    """``<deployment>-<variant>-<pool>-<index>``, each name through the one naming rule (``spec.names.slug``)."""
+    return f"{slug(deployment)}-{slug(variant)}-{slug(pool)}-{index}"
 
 
 def _hash(launch: EngineLaunch, bundles: list[dict[str, float]], strategy: str) -> str:

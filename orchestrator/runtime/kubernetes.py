@@ -20,7 +20,7 @@ FIELD_MANAGER = "moxin"
 PLAN_LABEL = "moxin.dev/plan"
 # Kinds moxin creates and may therefore prune (never PersistentVolumeClaims: checkpoints outlive plans).
 PRUNABLE = [("v1", "ConfigMap"), ("v1", "Service"), ("v1", "ServiceAccount"),
-            ("discovery.k8s.io/v1", "EndpointSlice"), ("apps/v1", "Deployment"), ("batch/v1", "Job"),
+            ("networking.k8s.io/v1", "NetworkPolicy"), ("discovery.k8s.io/v1", "EndpointSlice"), ("apps/v1", "Deployment"), ("batch/v1", "Job"),
             ("policy/v1", "PodDisruptionBudget"), ("rbac.authorization.k8s.io/v1", "Role"),
             ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
             ("ray.io/v1", "RayCluster"), ("monitoring.coreos.com/v1", "PodMonitor"),

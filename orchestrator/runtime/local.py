@@ -49,8 +49,8 @@ def layout(pools: list[PlanPool], cpus_per_node: float = 1.0) -> list[NodeLayout
     out = []
     for pool in pools:
         for node in pool.node_names:
-            res = pool.ray.node_resources(pool.devices_per_node, node)
-            out.append(NodeLayout(node, res.pop("CPU", cpus_per_node), res.pop("GPU", 0.0), res))
+            flags, custom = pool.ray.start_flags(pool.devices_per_node, node)  # what `ray start` would get
+            out.append(NodeLayout(node, flags.get("num-cpus", cpus_per_node), flags.get("num-gpus", 0.0), custom))
     return out
 
 

@@ -37,6 +37,10 @@ class RouterMetrics:
                                      registry=r)
         self.generation_tokens = Counter("moxin_generation_tokens", "Generated tokens of answered requests.", METRIC_LABELS,
                                          registry=r)
+        self.key_requests = Counter("moxin_router_key_requests",
+                                    "/v1 requests by API key name (never the key) and HTTP status code; key=\"\" for "
+                                    "requests without a valid key. Only when the router has API keys.",
+                                    ["key", "code"], registry=r)
 
 
 class ControllerMetrics:

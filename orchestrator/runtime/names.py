@@ -14,3 +14,4 @@ ROUTER_PREFIX = "moxin-router-"
 KV_PLAN = b"desired-plan"
 KV_OPTIONS = b"options"
 HEAD = {"node:__internal_head__": 0.001}
+KV_ENGINE_KEY = b"engine-key"

@@ -20,6 +20,8 @@ STARTING_MARGIN_S = 120.0
 stuck. The longest a healthy replica's supervisor spends in one of these states past that timeout: starting the
 guard (up to 40 s), a last readiness probe (up to 32 s) and stopping an engine that did not get ready (grace + 5 s,
 20 s at the default grace); a RESTARTING backoff is at most 30 s plus the guard's start."""
+STOP_TIMEOUT_S = 40.0
+"""How long a replica's stop (its engine's SIGTERM, grace, SIGKILL) may take before it is forgotten anyway."""
 
 
 class State(str, Enum):
@@ -39,7 +41,10 @@ class Observed:
     state: State
     draining_since: float | None = None
     since: float | None = None
-    """When the replica entered ``state`` (its node's clock; seconds of skew do not matter here), None if unknown."""
+    """When the replica entered ``state`` (its node's clock; seconds of skew do not matter here), None if unknown.
+    For STOPPING: when the controller asked it to stop."""
+    stopped: bool = False
+    """STOPPING only: its stop call has returned."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,14 @@ class Stop:
     """The replica is stopped because it failed: its restart is delayed by the backoff."""
 
 
-Action = Start | Drain | Stop
+@dataclass(frozen=True)
+class Forget:
+    """The replica's stop finished (or ran past ``STOP_TIMEOUT_S``): kill its actor, remove its placement group."""
+    id: str
+    reason: str
+
+
+Action = Start | Drain | Stop | Forget
 
 
 def backoff_s(failures: int) -> float:
@@ -77,13 +89,18 @@ def readiness_budget_s(spec: ReplicaSpec) -> float:
 
 def decide(desired: list[ReplicaSpec], observed: dict[str, Observed], failures: dict[str, tuple[int, float]],
            now: float, drain_s: float = DRAIN_S) -> list[Action]:
-    """``failures`` maps a replica id to (consecutive failures, time of the last one)."""
+    """``failures`` maps a replica id to (consecutive failures, time of the last one). A replica forgotten here is
+    started again in the same pass (after its Forget) if the plan wants it and its backoff allows."""
     actions: list[Action] = []
     wanted = {s.id: s for s in desired}
     for rid, obs in sorted(observed.items()):
         spec = wanted.get(rid)
-        if obs.state == State.STOPPING:
-            continue                                   # already on its way out; started again once gone
+        if obs.state == State.STOPPING:                # on its way out; started again once forgotten
+            if obs.stopped:
+                actions.append(Forget(rid, "stopped"))
+            elif obs.since is not None and now - obs.since > STOP_TIMEOUT_S:
+                actions.append(Forget(rid, f"stop took over {STOP_TIMEOUT_S:.0f} s"))
+            continue
         if obs.state in (State.DEAD, State.FAILED):
             actions.append(Stop(rid, f"replica is {obs.state.value}", failed=spec is not None))
         elif spec is None or spec.spec_hash != obs.spec_hash:
@@ -99,8 +116,9 @@ def decide(desired: list[ReplicaSpec], observed: dict[str, Observed], failures: 
             if now - obs.since > budget:  # its supervisor is stuck or gone: it would never be READY nor FAILED
                 actions.append(Stop(rid, f"{obs.state.value} for {now - obs.since:.0f} s, past its readiness "
                                          f"budget of {budget:.0f} s", failed=True))
+    gone = {a.id for a in actions if isinstance(a, Forget)}
     for rid, spec in wanted.items():
-        if rid in observed:
+        if rid in observed and rid not in gone:
             continue
         count, last = failures.get(rid, (0, 0.0))
         if now - last >= backoff_s(count):

@@ -19,9 +19,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from orchestrator.runtime import vllm_auth
 from orchestrator.runtime.desired import ReplicaSpec
+from orchestrator.runtime.engine_proxy import RunningProxy, serve_in_thread
 from orchestrator.runtime.guard import alive, stop_group
 from orchestrator.runtime.reconcile import State
+from orchestrator.runtime.secrets import engine_key
 from orchestrator.spec.plan import EngineLaunch
 
 HEALTH_EVERY_S = 2.0
@@ -29,6 +32,13 @@ HEALTH_FAILURES_TO_RESTART = 3
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30, 60)
 GIVE_UP_AFTER = 5
 """Consecutive failed starts after which the replica reports FAILED and the controller replaces it."""
+KEY_CHECKING_ENGINES = frozenset({"vllm", "vllm-metal"})
+"""Engines that check the engine key themselves, given ``VLLM_API_KEY`` in their environment (never in argv, which
+``ps`` shows). vLLM 0.32's own check covers only /v1, /v2, /inference and /cohere
+(vllm/entrypoints/serve/middleware/authenticate.py), so the replica adds ``vllm_auth``'s middleware, which asks for
+the key everywhere but /health, /metrics (Prometheus scrapes it) and /ping; tests/integration/test_engine_auth.py
+shows SageMaker's /invocations closed. Other engines (mlx-lm) listen on loopback behind the replica's
+``engine_proxy``."""
 
 
 def free_port() -> int:
@@ -46,13 +56,14 @@ def node_ip() -> str:
         return "127.0.0.1"
 
 
-def _get(url: str, timeout: float) -> int:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+def _get(url: str, timeout: float, headers: dict[str, str] | None = None) -> int:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as r:
         return r.status
 
 
-def _post(url: str, body: dict[str, Any], timeout: float) -> int:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+def _post(url: str, body: dict[str, Any], timeout: float, headers: dict[str, str] | None = None) -> int:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json",
+                                                                  **(headers or {})})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         r.read()
         return r.status
@@ -77,13 +88,16 @@ class Replica:
         self.state_since = time.time()  # when it entered its current state: the controller judges stuck starts by it
         self.restarts = 0
         self.last_error = ""
-        self.port = 0
+        self.port = 0  # the public port, in describe()'s url: the engine's own, or its proxy's
+        self.engine_port = 0
         self.engine_pid: int | None = None
         self.guard_pid: int | None = None
         self.started_at = self.state_since
         self.ready_at: float | None = None
         self.host = node_ip()
         self.node_id = _node_id()
+        self.key = engine_key()  # None outside Ray without MOXIN_ENGINE_KEY: engines run unauthenticated
+        self.proxy: RunningProxy | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name=f"replica-{spec.id}", daemon=True)
@@ -103,6 +117,7 @@ class Replica:
         return {"id": self.spec.id, "specHash": self.spec.spec_hash, "state": self.state.value,
                 "stateSince": self.state_since,
                 "url": f"http://{self.host}:{self.port}" if self.port else None, "host": self.host,
+                "enginePort": self.engine_port or None, "proxied": self.proxied,
                 "enginePid": self.engine_pid, "guardPid": self.guard_pid,
                 "restarts": self.restarts, "lastError": self.last_error, "startedAt": self.started_at,
                 "readyAt": self.ready_at, "log": str(self.log_path), "actorPid": os.getpid(),
@@ -120,7 +135,39 @@ class Replica:
         self._stop.set()
         self.state = State.STOPPING
         self._kill_engine(self.grace_s)
+        self._stop_proxy()
         return True
+
+    # -- authentication ------------------------------------------------------------------------------------------
+    @property
+    def proxied(self) -> bool:
+        """The engine checks no key: it listens on loopback and the replica's proxy checks the key on the public
+        port. Without a key, nothing changes: the engine listens where the plan says, unauthenticated."""
+        return self.key is not None and self.spec.launch.engine not in KEY_CHECKING_ENGINES
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+    def _auth_argv(self) -> list[str]:
+        """vLLM's own key check leaves /invocations and more open: the middleware closes every path but health."""
+        return ["--middleware", vllm_auth.MIDDLEWARE] if self.key and self.spec.launch.engine == "vllm" else []
+
+    def _auth_env(self) -> dict[str, str]:
+        return {"VLLM_API_KEY": self.key} if self.key and not self.proxied else {}
+
+    def _ensure_proxy(self, upstream: str) -> None:
+        """One proxy for the replica's life, pointed at each new engine; started again if it has died (the health
+        checks go through it, so a dead proxy restarts the engine and lands here)."""
+        assert self.key is not None
+        if self.proxy is None or not self.proxy.alive:
+            self.proxy = serve_in_thread(upstream, self.key, _flag(self.spec.launch.argv, "--host") or "0.0.0.0",
+                                         free_port(), frozenset({self.spec.launch.health_path}))
+        self.proxy.proxy.upstream = upstream
+        self.port = self.proxy.port
+
+    def _stop_proxy(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
 
     # -- supervision ---------------------------------------------------------------------------------------------
     def _supervise(self) -> None:
@@ -132,6 +179,8 @@ class Replica:
             self.last_error = f"supervisor stopped: {type(e).__name__}: {str(e).strip()}"
             self.state = State.FAILED
             self._kill_engine(self.grace_s)
+        finally:  # stopped or failed: no engine behind it any more
+            self._stop_proxy()
 
     def _supervise_loop(self) -> None:
         failures = 0
@@ -155,20 +204,28 @@ class Replica:
             self._stop.wait(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)])
 
     def _start_engine(self) -> None:
-        self.port = free_port()
-        launch = self.spec.launch.with_port(self.port)
+        self.engine_port = free_port()
+        launch = self.spec.launch.with_port(self.engine_port)
+        if self.proxied:
+            launch = launch.with_host("127.0.0.1")
+            self._ensure_proxy(f"http://127.0.0.1:{self.engine_port}")
+        else:
+            self.port = self.engine_port
         pidfile = self.log_path.with_suffix(".pid")
         pidfile.unlink(missing_ok=True)
         with self._lock:  # the last engine's pids: gone, and possibly reused by now
             self.guard_pid = self.engine_pid = None
         argv = [sys.executable, "-m", "orchestrator.runtime.guard", "--detach", "--owner-pid", str(os.getpid()),
-                "--grace", str(self.grace_s), "--pidfile", str(pidfile), "--", *engine_argv(launch)]
-        env = {**os.environ, **launch.env_for(_device_ids(self.spec))}
+                "--grace", str(self.grace_s), "--pidfile", str(pidfile), "--", *engine_argv(launch),
+                *self._auth_argv()]
+        env = {**os.environ, **launch.env_for(_device_ids(self.spec)), **self._auth_env()}
         if launch.engine == "mlx-lm":  # mlx-lm's /v1/models lists the hub cache, which must exist
             cache = Path(env.setdefault("HF_HUB_CACHE", str(self.log_path.parent / "hf-cache")))
             cache.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            log.write(f"\n==== moxin: starting {self.spec.id} on port {self.port} at {time.ctime()}\n".encode())
+            via = f" behind the key-checking proxy on port {self.port}" if self.proxied else ""
+            log.write(f"\n==== moxin: starting {self.spec.id} on port {self.engine_port}{via} at {time.ctime()}\n"
+                      .encode())
             log.flush()
             # The guard detaches (see guard.py): this process only waits for the first fork to return.
             subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=30)
@@ -191,16 +248,17 @@ class Replica:
     def _start_and_wait_ready(self) -> bool:
         self._start_engine()
         launch = self.spec.launch
-        base = f"http://127.0.0.1:{self.port}"
+        base = f"http://127.0.0.1:{self.port}"  # the public port: through the proxy where there is one
+        auth = self._auth_headers()
         deadline = time.monotonic() + launch.readiness_timeout_seconds
         while time.monotonic() < deadline and not self._stop.is_set():
             if not self._engine_alive():
                 self.last_error = f"{self._exit_reason()} while starting (see moxin logs {self.spec.id})"
                 return False
             try:
-                if _get(base + launch.health_path, 2) == 200 and _post(
+                if _get(base + launch.health_path, 2, auth) == 200 and _post(
                         base + "/v1/completions", {"model": self.spec.request_model, "prompt": "ping",
-                                                   "max_tokens": 1}, 30) == 200:
+                                                   "max_tokens": 1}, 30, auth) == 200:
                     return True
             except OSError:
                 pass
@@ -213,13 +271,14 @@ class Replica:
     def _watch(self) -> None:
         """While ready: the engine process must live and answer its health check."""
         misses = 0
-        url = f"http://127.0.0.1:{self.port}{self.spec.launch.health_path}"
+        url = f"http://127.0.0.1:{self.port}{self.spec.launch.health_path}"  # through the proxy where there is one
+        auth = self._auth_headers()
         while not self._stop.wait(HEALTH_EVERY_S):
             if not self._engine_alive():
                 self.last_error = self._exit_reason()
                 return
             try:
-                misses = 0 if _get(url, 5) == 200 else misses + 1
+                misses = 0 if _get(url, 5, auth) == 200 else misses + 1
             except OSError:
                 misses += 1
             if misses >= HEALTH_FAILURES_TO_RESTART:
@@ -249,6 +308,10 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
 
 
 def _node_id() -> str | None:

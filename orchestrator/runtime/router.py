@@ -6,54 +6,121 @@ fails before any byte came back is retried on another replica; no ready replica 
 request is measured (TTFT, TPOT, end-to-end, tokens) in one schema, whatever the engine: this is the only source
 of request metrics for mlx-lm, which exports none.
 
+It is the trust boundary between clients and engines. With API keys (``keys.KeyRing``) every /v1 request needs
+``Authorization: Bearer <key>`` and sees only its key's deployments. Bodies are bounded in size, parsed and
+checked (``request_checks``) before a replica is picked: a client's mistake is a 4xx with an OpenAI-style error,
+never a 500. Upstream, the router sends the engine key (``secrets.engine_key``) and nothing of the client's
+headers.
+
 The routing table comes from the controller (``RouterActor``, inside Ray) or from a JSON file
 (``moxin router --config``, e.g. a Kubernetes ConfigMap): {"deployments": {name: [{name, url, requestModel,
-weight, labels}]}}. Several routers can share one port (SO_REUSEPORT): the kernel spreads connections.
+weight, labels}]}}. A table that fails ``balance.check_deployments`` never replaces the one in use. Several
+routers can share one port (SO_REUSEPORT): the kernel spreads connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientConnectionError, ClientError, ClientSession, ClientTimeout, TCPConnector, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Balancer, Endpoint, parse_table
-from orchestrator.spec.plan import METRIC_LABELS
+from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Balancer, Endpoint, check_deployments, parse_table
+from orchestrator.runtime.keys import ApiKey, KeyRing, bearer_token
 from orchestrator.runtime.metrics import RouterMetrics
+from orchestrator.runtime.request_checks import Invalid, check_request, parse_body
+from orchestrator.spec.plan import METRIC_LABELS
+
+log = logging.getLogger(__name__)
 
 RETRY_STATUSES = {502, 503}
 """Upstream answers that mean 'not me, not now' (nothing was sent to the client yet): try another replica."""
+MAX_BODY_BYTES = 4 * 2**20
+"""Default request-body limit: far above any chat request, far below what would let one client fill memory."""
+PUBLIC_PATHS = frozenset({"/health", "/metrics"})
+"""Paths served without an API key (probes and Prometheus); everything else needs one when keys are set."""
+RELOAD_S = 2.0
+
+# Per-request slots: the ApiKey the request authenticated with; the status to count when it differs from the
+# response's (a stream that broke off after its 200). Typed keys where aiohttp has them (3.13+).
+_RequestKey = getattr(web, "RequestKey", None)
+API_KEY: Any = _RequestKey("moxin_api_key", ApiKey) if _RequestKey else "moxin_api_key"
+OUTCOME: Any = _RequestKey("moxin_outcome", int) if _RequestKey else "moxin_outcome"
 
 
-def _error(status: int, message: str, kind: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    """An error in the OpenAI API's shape: clients (the openai SDK) show ``message`` and branch on ``code``."""
+    return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                             status=status, headers=headers)
+
+
+def _short(value: str, limit: int = 80) -> str:
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+def _sse_error(message: str) -> bytes:
+    """An error event in the middle of a stream (as vLLM sends them): the status line went out long ago."""
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": "upstream_stream_cut"}}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
 def _has_content(chunk: dict[str, Any]) -> bool:
-    for c in chunk.get("choices") or []:
-        delta = c.get("delta") or {}
+    choices = chunk.get("choices")
+    for c in choices if isinstance(choices, list) else []:
+        if not isinstance(c, dict):
+            continue
+        delta = c.get("delta") if isinstance(c.get("delta"), dict) else {}
         if delta.get("content") or delta.get("reasoning_content") or c.get("text"):
             return True
     return False
 
 
+def _count(usage: Any, key: str, default: int) -> int:
+    value = usage.get(key) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+
+async def _lines(content: Any) -> AsyncIterator[bytes]:
+    """The upstream body split after each b"\\n", whatever the line length (``StreamReader.readline`` raises
+    past 128 KiB). The last piece is yielded even without a newline."""
+    buf = bytearray()
+    async for piece in content.iter_any():
+        scan = len(buf)
+        buf += piece
+        start = 0
+        while (i := buf.find(b"\n", max(start, scan))) >= 0:
+            yield bytes(buf[start:i + 1])
+            start = i + 1
+        del buf[:start]
+    if buf:
+        yield bytes(buf)
+
+
 class Router:
-    def __init__(self, metrics: RouterMetrics | None = None, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, metrics: RouterMetrics | None = None, connect_timeout_s: float = 5.0, *,
+                 keys: KeyRing | None = None, engine_key: str | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.balancer = Balancer()
         self.metrics = metrics or RouterMetrics()
         self.connect_timeout_s = connect_timeout_s
+        self.keys = keys
+        self.engine_key = engine_key
+        self.max_body_bytes = max_body_bytes
         self.session: ClientSession | None = None
 
     def set_table(self, table: dict[str, list[dict[str, Any]]]) -> None:
-        self.balancer.update(table)
+        """Replace the routing table; ValueError (and the old table stays) when it is not a valid one."""
+        self.balancer.update(check_deployments(table))
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 2**20)
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._guard])
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.proxy)
         app.router.add_post("/v1/completions", self.proxy)
@@ -72,35 +139,91 @@ class Router:
         if self.session:
             await self.session.close()
 
+    # -- the boundary: API key, error shape, per-key counter --------------------------------------------------
+    @web.middleware
+    async def _guard(self, request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        key: ApiKey | None = None
+        if self.keys is not None and request.path not in PUBLIC_PATHS:
+            token = bearer_token(request.headers.getall(hdrs.AUTHORIZATION, []))
+            key = self.keys.identify(token) if token is not None else None
+            if key is None:
+                self.metrics.key_requests.labels(key="", code="401").inc()
+                return _error(401, "a valid API key is required: send Authorization: Bearer <key>",
+                              code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            request[API_KEY] = key
+        code = 499  # unless something below says otherwise: the client went away
+        try:
+            response = await handler(request)
+            code = request.get(OUTCOME, response.status)
+            return response
+        except web.HTTPException as exc:  # aiohttp's own answers: no such path (404), wrong method (405), ...
+            if exc.status < 400:
+                raise
+            code = exc.status
+            allow = {hdrs.ALLOW: exc.headers[hdrs.ALLOW]} if hdrs.ALLOW in exc.headers else None
+            return _error(exc.status, f"{request.method} {_short(request.path)}: {exc.reason}", headers=allow)
+        except Exception:
+            code = 500
+            log.exception("router error on %s %s", request.method, _short(request.path))
+            return _error(500, "the router failed on this request (a bug: see its log)", "server_error")
+        finally:
+            if key is not None:
+                self.metrics.key_requests.labels(key=key.name, code=str(code)).inc()
+
+    def _visible(self, request: web.Request) -> list[str]:
+        key: ApiKey | None = request.get(API_KEY)
+        return [name for name in sorted(self.balancer.table) if key is None or key.allows(name)]
+
+    async def _read_body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        limit = self.max_body_bytes
+        too_large = _error(413, f"the request body is over the router's limit of {limit} bytes", param=None,
+                           code="request_too_large")
+        if request.content_length is not None and request.content_length > limit:
+            return too_large
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # chunked bodies have no Content-Length: aiohttp counts
+            return too_large
+        body = parse_body(raw)
+        if isinstance(body, Invalid):
+            return _error(400, body.message, param=body.param)
+        return body
+
+    # -- handlers --------------------------------------------------------------------------------------------
     async def health(self, _request: web.Request) -> web.Response:
+        if self.keys is not None:  # public: it must not name the deployments a key would hide
+            return web.json_response({"status": "ok"})
         ready = {d: len(eps) for d, eps in self.balancer.table.items()}
         return web.json_response({"status": "ok", "readyReplicas": ready})
 
-    async def routes(self, _request: web.Request) -> web.Response:
-        """The routing table as this router holds it, read-only: each deployment's replicas with their labels
-        (``moxin bench --from-status`` reads them). Upstream URLs are left out."""
-        table = {d: [{"name": e.name, "weight": e.weight, "labels": e.labels, "inFlight": e.in_flight} for e in eps]
-                 for d, eps in sorted(self.balancer.table.items())}
+    async def routes(self, request: web.Request) -> web.Response:
+        """The routing table as this router holds it, read-only: the replicas of each deployment the caller's key
+        may see, with their labels (``moxin bench --from-status`` reads them). Upstream URLs are left out."""
+        table = {d: [{"name": e.name, "weight": e.weight, "labels": e.labels, "inFlight": e.in_flight}
+                     for e in self.balancer.table.get(d, [])] for d in self._visible(request)}
         return web.json_response({"deployments": table})
 
     async def export(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def models(self, _request: web.Request) -> web.Response:
+    async def models(self, request: web.Request) -> web.Response:
+        table = self.balancer.table
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "moxin",
-                 "ready_replicas": len(eps)} for name, eps in sorted(self.balancer.table.items())]
+                 "ready_replicas": len(table.get(name, []))} for name in self._visible(request)]
         return web.json_response({"object": "list", "data": data})
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await request.json()
-            assert isinstance(body, dict)
-        except Exception:
-            return _error(400, "the body must be a JSON object", "invalid_request_error")
-        name = body.get("model")
-        if name not in self.balancer.table:
-            served = sorted(self.balancer.table)
-            return _error(404, f"model {name!r} is not served here; served models: {served}", "invalid_request_error")
+        body = await self._read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        invalid = check_request(request.path, body)
+        if invalid is not None:
+            return _error(400, invalid.message, param=invalid.param)
+        name = body["model"]
+        if name not in self._visible(request):  # a deployment the key may not use does not exist, for it
+            return _error(404, f"model {_short(name)!r} not found; served models: {self._visible(request)}",
+                          param="model", code="model_not_found")
         start = time.monotonic()
         tried: set[str] = set()
         while True:
@@ -111,27 +234,41 @@ class Router:
                 why = "no replica is ready" if not tried else f"every ready replica failed ({len(tried)} tried)"
                 return _error(503, f"deployment {name!r}: {why}; see `moxin status`", "service_unavailable")
             tried.add(ep.name)
-            answer = await self._forward(request, body, name, ep, start)
+            try:
+                payload = json.dumps(self._upstream_body(body, ep)).encode()
+            except (RecursionError, ValueError):
+                return _error(400, "the body is nested too deeply to forward")
+            answer = await self._forward(request, payload, bool(body.get("stream")), name, ep, start,
+                                         wants_usage=bool((body.get("stream_options") or {}).get("include_usage")))
             if answer is not None:
                 return answer
             self.metrics.retries.labels(**ep.labels).inc()
 
-    async def _forward(self, request: web.Request, body: dict[str, Any], name: str, ep: Endpoint,
-                       start: float) -> web.StreamResponse | None:
+    @staticmethod
+    def _upstream_body(body: dict[str, Any], ep: Endpoint) -> dict[str, Any]:
+        upstream = {**body, "model": ep.request_model}
+        if body.get("stream"):  # the router measures tokens from the usage chunk; the client may not want it
+            upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return upstream
+
+    def _upstream_headers(self) -> dict[str, str]:
+        """Only the router's own: the engine key replaces whatever credentials the client sent."""
+        headers = {hdrs.CONTENT_TYPE: "application/json"}
+        if self.engine_key:
+            headers[hdrs.AUTHORIZATION] = f"Bearer {self.engine_key}"
+        return headers
+
+    async def _forward(self, request: web.Request, payload: bytes, stream: bool, name: str, ep: Endpoint,
+                       start: float, wants_usage: bool) -> web.StreamResponse | None:
         """Send to one replica. None: it failed before any byte reached the client (try another)."""
         assert self.session is not None
-        stream = bool(body.get("stream"))
-        upstream = {**body, "model": ep.request_model}
-        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        if stream:
-            upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         in_flight = self.metrics.in_flight.labels(**ep.labels, replica=ep.name)
         ep.in_flight += 1
         in_flight.inc()
         try:
             try:
-                resp = await self.session.post(ep.url + request.path, json=upstream)
-            except (ClientConnectionError, asyncio.TimeoutError):
+                resp = await self.session.post(ep.url + request.path, data=payload, headers=self._upstream_headers())
+            except (ClientConnectionError, TimeoutError):
                 ep.failed_until = time.monotonic() + FAILED_COOLDOWN_S
                 return None
             async with resp:
@@ -140,18 +277,24 @@ class Router:
                     return None
                 if stream and resp.status == 200:
                     return await self._stream(request, resp, name, ep, start, wants_usage)
-                raw = await resp.read()
-                out = raw
-                usage = None
+                try:
+                    raw = await resp.read()
+                except (ClientError, TimeoutError):
+                    request[OUTCOME] = 502
+                    self._record(ep, 502, start, None, None, 0)
+                    return _error(502, f"the replica of {name!r} broke off its answer", "server_error",
+                                  code="upstream_error")
+                out, usage = raw, None
                 if resp.status == 200:
                     try:
                         data = json.loads(raw)
+                    except ValueError:
+                        data = None
+                    if isinstance(data, dict):
                         usage = data.get("usage")
                         if data.get("model") != name:
                             data["model"] = name
                             out = json.dumps(data).encode()
-                    except ValueError:
-                        pass
                 self._record(ep, resp.status, start, None, usage, 0)
                 return web.Response(body=out, status=resp.status,
                                     content_type=resp.content_type or "application/json")
@@ -161,42 +304,61 @@ class Router:
 
     async def _stream(self, request: web.Request, resp: Any, name: str, ep: Endpoint, start: float,
                       wants_usage: bool) -> web.StreamResponse:
+        """Relay the replica's SSE stream line by line, rewriting the model name and measuring tokens. A stream
+        that breaks off or ends without [DONE] gets an error event and counts as 502, not 200."""
         out = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await out.prepare(request)
         first: float | None = None
         chunks = 0
         usage = None
-        code = 200
+        code = 499  # until the stream is over: a cancelled handler is a client that went away
+        done = cut = False
+        lines = _lines(resp.content)
         try:
-            async for line in resp.content:
-                if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
-                    try:
-                        chunk = json.loads(line[6:])
-                    except ValueError:
-                        chunk = None
-                    if isinstance(chunk, dict):
-                        if _has_content(chunk):
-                            chunks += 1
-                            first = first or time.monotonic()
-                        if chunk.get("usage"):
-                            usage = chunk["usage"]
-                            if not chunk.get("choices") and not wants_usage:
-                                continue  # the usage-only chunk the router asked for, not the client
-                        if chunk.get("model") != name:
-                            chunk["model"] = name
-                            line = b"data: " + json.dumps(chunk).encode() + b"\n"
+            while True:
+                try:
+                    line = await anext(lines)
+                except StopAsyncIteration:
+                    break
+                except (ClientError, TimeoutError):
+                    cut = True  # the replica died mid-stream: bytes were sent, so no retry
+                    break
+                if line.startswith(b"data:"):
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        done = True
+                    else:
+                        try:
+                            chunk = json.loads(data)
+                        except (ValueError, RecursionError):
+                            chunk = None
+                        if isinstance(chunk, dict):
+                            if _has_content(chunk):
+                                chunks += 1
+                                first = first or time.monotonic()
+                            if isinstance(chunk.get("usage"), dict):
+                                usage = chunk["usage"]
+                                if not chunk.get("choices") and not wants_usage:
+                                    continue  # the usage-only chunk the router asked for, not the client
+                            if chunk.get("model") != name:
+                                chunk["model"] = name
+                                try:
+                                    line = b"data: " + json.dumps(chunk).encode() + b"\n"
+                                except (ValueError, RecursionError):
+                                    pass  # cannot be re-encoded: relayed as the replica wrote it
                 await out.write(line)
+            code = 200 if done and not cut else 502
+            if code != 200:
+                await out.write(_sse_error(f"the replica of {name!r} broke off the stream before it finished"))
             await out.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             code = 499  # the client went away
-            raise
-        except ClientConnectionError:
-            code = 502  # the replica died mid-stream: bytes were sent, so no retry
         finally:
+            request[OUTCOME] = code
             self._record(ep, code, start, first, usage, chunks)
         return out
 
-    def _record(self, ep: Endpoint, code: int, start: float, first: float | None, usage: dict | None,
+    def _record(self, ep: Endpoint, code: int, start: float, first: float | None, usage: Any,
                 chunks: int) -> None:
         m, labels = self.metrics, ep.labels
         end = time.monotonic()
@@ -204,8 +366,8 @@ class Router:
         if code != 200:
             return
         m.e2e.labels(**labels).observe(end - start)
-        generated = (usage or {}).get("completion_tokens", chunks) or 0
-        m.prompt_tokens.labels(**labels).inc((usage or {}).get("prompt_tokens", 0) or 0)
+        generated = _count(usage, "completion_tokens", chunks)
+        m.prompt_tokens.labels(**labels).inc(_count(usage, "prompt_tokens", 0))
         m.generation_tokens.labels(**labels).inc(generated)
         if first is not None:
             m.ttft.labels(**labels).observe(first - start)
@@ -224,21 +386,36 @@ def read_config(path: Path) -> dict[str, list[dict[str, Any]]]:
     return parse_table(json.loads(path.read_text()))
 
 
-def run_from_config(path: Path, host: str, port: int) -> None:
-    """``moxin router --config FILE``: a router outside Ray (Kubernetes). Reloads the file when it changes."""
+def run_from_config(path: Path, host: str, port: int, api_keys: Path | None = None,
+                    max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    """``moxin router --config FILE``: a router outside Ray (Kubernetes). Reloads the file when it changes; a
+    file that is not a valid table is logged and the last good table keeps serving."""
+    from orchestrator.runtime.secrets import engine_key
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
-        router = Router()
+        keys = KeyRing(api_keys) if api_keys is not None else None
+        router = Router(keys=keys, engine_key=engine_key(), max_body_bytes=max_body_bytes)
         router.set_table(read_config(path))
         await serve(router, host, port)
-        seen = path.stat().st_mtime
-        while True:
-            await asyncio.sleep(2)
-            try:
-                if path.stat().st_mtime != seen:
-                    seen = path.stat().st_mtime
-                    router.set_table(read_config(path))
-            except (OSError, ValueError, KeyError):
-                pass  # a ConfigMap being swapped: keep the last good table
+        await reload_forever(router, path)
 
     asyncio.run(main())
+
+
+async def reload_forever(router: Router, path: Path, every_s: float = RELOAD_S) -> None:
+    """Watch the routing-table file; a new valid table replaces the old one, a broken one is logged and ignored
+    (a ConfigMap being swapped, a hand edit gone wrong): the router keeps serving."""
+    seen = path.stat().st_mtime_ns
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            stamp = path.stat().st_mtime_ns
+            if stamp == seen:
+                continue
+            seen = stamp
+            router.set_table(read_config(path))
+            log.info("routing table reloaded from %s", path)
+        except (OSError, ValueError) as exc:
+            log.error("routing table %s not loaded, the last good one keeps serving: %s", path, exc)

@@ -1,27 +1,41 @@
 """The router inside Ray: an async actor that serves ``router.Router`` on the head node and refreshes its
-routing table from the controller every second. If the controller is away (restarting), the last table stays.
+routing table from the controller every second. If the controller is away (restarting), the last table stays;
+a table the router refuses (``balance.check_deployments``) is logged and the last good one stays too.
+
+With ``api_keys`` (a key-file path on the head node) every /v1 request needs a key; upstream, the router sends
+the cluster's engine key (``secrets.engine_key``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+from pathlib import Path
 
 import ray
 from aiohttp import web
 
+from orchestrator.runtime.keys import KeyRing
 from orchestrator.runtime.names import CONTROLLER, NAMESPACE
-from orchestrator.runtime.router import Router, serve
+from orchestrator.runtime.router import MAX_BODY_BYTES, Router, serve
+from orchestrator.runtime.secrets import engine_key
+
+log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 class RouterActor:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, api_keys: str | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.host, self.port = host, port
-        self.router = Router()
+        keys = KeyRing(Path(api_keys)) if api_keys else None  # a missing or broken key file fails the actor
+        self.router = Router(keys=keys, engine_key=engine_key(), max_body_bytes=max_body_bytes)
         self.metrics_port = 0
         self._task: asyncio.Task | None = None
+        self._refused: str | None = None  # the last table error logged, so a bad table is logged once
 
     async def _run(self) -> None:
         await serve(self.router, self.host, self.port)
@@ -40,10 +54,21 @@ class RouterActor:
         while True:
             try:
                 controller = controller or ray.get_actor(CONTROLLER, namespace=NAMESPACE)
-                self.router.set_table(await controller.routing_table.remote())
+                table = await controller.routing_table.remote()
             except Exception:  # controller restarting: keep the last table, find it again next time
                 controller = None
+            else:
+                self._take(table)
             await asyncio.sleep(REFRESH_S)
+
+    def _take(self, table: object) -> None:
+        try:
+            self.router.set_table(table)  # type: ignore[arg-type]  # checked there
+            self._refused = None
+        except ValueError as exc:
+            if str(exc) != self._refused:
+                log.error("routing table refused, the last good one keeps serving: %s", exc)
+                self._refused = str(exc)
 
     async def start(self) -> dict[str, str]:
         if self._task is None:
@@ -52,5 +77,6 @@ class RouterActor:
             await asyncio.sleep(0.05)
             if self._task.done():
                 self._task.result()  # surfaces a bind error to the caller
-        host = ray.util.get_node_ip_address()
+        # Bound to one address (127.0.0.1 without API keys): that address is where it answers, not the node's IP.
+        host = ray.util.get_node_ip_address() if self.host in WILDCARD_HOSTS else self.host
         return {"url": f"http://{host}:{self.port}", "metrics": f"{host}:{self.metrics_port}"}

@@ -155,9 +155,18 @@ def resolve(catalog: Catalog) -> None:
 def _check_fleet(entry: Loaded, profiles: dict[str, HardwareProfile]) -> list[Problem]:
     out = []
     for i, pool in enumerate(entry.doc.spec.pools):
-        if pool.hardware not in profiles:
+        profile = profiles.get(pool.hardware)
+        if profile is None:
             out.append(entry.problem(("spec", "pools", i, "hardware"), f"unknown hardware profile {pool.hardware!r}",
                                      did_you_mean(pool.hardware, profiles)))
+            continue
+        most = profile.spec.devices_per_node
+        if pool.devices_per_node is not None and pool.devices_per_node > most:
+            # The profile's interconnect and the estimator's parallelism are per node of that size.
+            out.append(entry.problem(("spec", "pools", i, "devicesPerNode"),
+                                     f"{pool.devices_per_node} devices per node, but a {pool.hardware} node has {most}",
+                                     f"use at most {most}, or write a HardwareProfile of your own for the larger "
+                                     "node (its interconnect differs)"))
     return out
 
 

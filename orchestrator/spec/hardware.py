@@ -10,34 +10,49 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from orchestrator.spec.base import Document, Source, Strict, require_sources
+from orchestrator.spec.base import (
+    MAX_BANDWIDTH_GBPS,
+    MAX_DEVICES_PER_NODE,
+    MAX_MEMORY_GB,
+    MAX_TFLOPS,
+    DnsSubdomain,
+    Document,
+    EnvName,
+    FiniteFloat,
+    ImageRef,
+    LabelKey,
+    LabelValue,
+    QualifiedName,
+    Source,
+    Strict,
+    require_sources,
+)
+from orchestrator.spec.engine import EngineName, KvDtype
 
 NumericFormat = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]
-EngineName = Literal["vllm", "mlx-lm", "vllm-metal"]
-KvDtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 
 
 class PeakTflops(Strict):
     """Dense peak throughput per device (no sparsity); integer formats in TOPS."""
 
-    fp32: float | None = Field(None, gt=0)
+    fp32: FiniteFloat | None = Field(None, gt=0, le=MAX_TFLOPS)
     """FP32 TFLOPS."""
-    bf16: float | None = Field(None, gt=0)
+    bf16: FiniteFloat | None = Field(None, gt=0, le=MAX_TFLOPS)
     """BF16 TFLOPS (dense, tensor cores / matrix units)."""
-    fp16: float | None = Field(None, gt=0)
+    fp16: FiniteFloat | None = Field(None, gt=0, le=MAX_TFLOPS)
     """FP16 TFLOPS."""
-    fp8: float | None = Field(None, gt=0)
+    fp8: FiniteFloat | None = Field(None, gt=0, le=MAX_TFLOPS)
     """FP8 TFLOPS; null when the device has no FP8 arithmetic."""
-    int8: float | None = Field(None, gt=0)
+    int8: FiniteFloat | None = Field(None, gt=0, le=MAX_TFLOPS)
     """INT8 TOPS."""
-    int4: float | None = Field(None, gt=0)
+    int4: FiniteFloat | None = Field(None, gt=0, le=MAX_TFLOPS)
     """INT4 TOPS."""
 
 
 class Interconnect(Strict):
     kind: str = Field(min_length=1)
     """Device-to-device link within a node, e.g. 'nvlink4', 'pcie4', 'hccs', 'thunderbolt5'."""
-    bandwidth_gbps: float | None = Field(None, gt=0, alias="bandwidthGBps")
+    bandwidth_gbps: FiniteFloat | None = Field(None, gt=0, le=MAX_BANDWIDTH_GBPS, alias="bandwidthGBps")
     """Per-device bandwidth to its peers in GB/s (decimal, both directions as published)."""
 
 
@@ -45,7 +60,7 @@ class UsableMemory(Strict):
     rule: Literal["device", "unifiedWorkingSet", "host"] = "device"
     """'device': dedicated device memory; 'unifiedWorkingSet': Apple unified memory, of which the GPU
     may wire a fraction; 'host': a CPU host whose engine takes an explicit KV budget."""
-    fraction: float = Field(1.0, gt=0, le=1)
+    fraction: FiniteFloat = Field(1.0, gt=0, le=1)
     """Fraction of memoryGB an engine may use before its own utilization setting (Apple: ~0.75)."""
 
 
@@ -59,14 +74,14 @@ class VllmPlugin(Strict):
     general_plugins: list[str] = Field(default_factory=list)
     """Names of the plugin's 'vllm.general_plugins' entry points that serving needs (VLLM_PLUGINS lists
     them next to the platform plugin), e.g. Moore Threads' 'musa_custom_ops'."""
-    env: dict[str, str] = Field(default_factory=dict)
-    """Extra environment variables the plugin documents for serving."""
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    """Extra environment variables the plugin documents for serving (names are C identifiers)."""
 
 
 class EngineSupport(Strict):
     engine: EngineName
     """Which engine serves this hardware."""
-    platform: str = Field(min_length=1)
+    platform: LabelValue = Field(min_length=1)
     """vLLM platform ('cuda', 'cpu', 'mlu', 'musa', 'ascend', ...) or 'metal' / 'mlx-cpu' for Apple engines."""
     plugin: VllmPlugin | None = None
     """The out-of-tree vLLM platform plugin; absent for platforms built into vLLM."""
@@ -79,7 +94,7 @@ class EngineSupport(Strict):
     'awq_mlu' for 'awq'); the value must be one of quantizationMethods."""
     kv_cache_dtypes: list[KvDtype] = Field(default_factory=lambda: ["bf16"])
     """KV-cache data types the engine supports here."""
-    image: str | None = None
+    image: ImageRef | None = None
     """Default container image for this engine on this hardware."""
 
     @model_validator(mode="after")
@@ -91,17 +106,17 @@ class EngineSupport(Strict):
         return self
 
 
-# Ray takes these through --num-cpus / --num-gpus, never through --resources.
-RAY_BUILTIN_RESOURCES = {"CPU": "--num-cpus", "GPU": "--num-gpus"}
+RAY_BUILTIN_RESOURCES = {"CPU": "num-cpus", "GPU": "num-gpus"}
+"""Resources ``ray start`` takes through their own flags (--num-cpus, --num-gpus) and refuses in --resources."""
 NODE_RESOURCE_PREFIX = "moxin-node-"
 """A node of a moxin fleet carries ``moxin-node-<name>: 1`` so that replicas can be pinned to the node the
 plan chose (placement-group bundles ask for a sliver of it)."""
 
 
 class RayResources(Strict):
-    resource: str = Field(min_length=1)
+    resource: LabelValue = Field(min_length=1)
     """Ray resource name one device counts as ('GPU', 'NPU', 'MLU', 'mlx', 'CPU')."""
-    accelerator_type: str = Field(min_length=1)
+    accelerator_type: LabelValue = Field(min_length=1)
     """Value of Ray's 'accelerator_type:X' resource for this profile."""
 
     @property
@@ -115,6 +130,15 @@ class RayResources(Strict):
             out[NODE_RESOURCE_PREFIX + node] = 1.0
         return out
 
+    def start_flags(self, devices: int, node: str | None = None) -> tuple[dict[str, float], dict[str, float]]:
+        """What ``ray start`` declares for such a node: the built-in resources by flag name (``{"num-gpus": 8.0}``
+        for --num-gpus) and the custom ones for --resources, each sorted by name. The Helm values, `moxin
+        node-resources` and `moxin up`'s local nodes are formatted from these two."""
+        resources = self.node_resources(devices, node)
+        flags = {RAY_BUILTIN_RESOURCES[k]: v for k, v in sorted(resources.items()) if k in RAY_BUILTIN_RESOURCES}
+        custom = {k: v for k, v in sorted(resources.items()) if k not in RAY_BUILTIN_RESOURCES}
+        return flags, custom
+
     def bundle(self, devices: int, node: str | None = None) -> dict[str, float]:
         """One placement-group bundle: ``devices`` devices on one node (of the plan's choice, if given)."""
         out: dict[str, float] = {self.resource: float(devices), self.accelerator_resource: 0.001}
@@ -124,15 +148,15 @@ class RayResources(Strict):
 
 
 class KubernetesResources(Strict):
-    resource: str | None = None
+    resource: QualifiedName | None = None
     """Extended resource of the vendor's device plugin, e.g. 'nvidia.com/gpu'; null for hosts that are not
     Kubernetes nodes (Apple) or need none (CPU)."""
-    visibility_env: str | None = None
+    visibility_env: EnvName | None = None
     """Variable that selects the devices a process sees, e.g. 'CUDA_VISIBLE_DEVICES'."""
-    runtime_class_name: str | None = None
-    """RuntimeClass the vendor's container runtime needs, if any."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    """Node labels that identify nodes with this hardware."""
+    runtime_class_name: DnsSubdomain | None = None
+    """RuntimeClass the vendor's container runtime needs, if any (a DNS-1123 subdomain)."""
+    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    """Node labels that identify nodes with this hardware (Kubernetes label keys and values)."""
 
 
 class HardwareProfileSpec(Strict):
@@ -144,15 +168,15 @@ class HardwareProfileSpec(Strict):
     """Hardware family used to key calibration data, e.g. 'nvidia-hopper', 'apple-m2'."""
     device_type: Literal["gpu", "npu", "mlu", "xpu", "dcu", "apple-soc", "cpu"]
     """What one device is."""
-    memory_gb: float | None = Field(None, gt=0, alias="memoryGB")
+    memory_gb: FiniteFloat | None = Field(None, gt=0, le=MAX_MEMORY_GB, alias="memoryGB")
     """Memory per device in GB (decimal). Apple: unified memory of the configuration."""
-    memory_bandwidth_gbps: float | None = Field(None, gt=0, alias="memoryBandwidthGBps")
+    memory_bandwidth_gbps: FiniteFloat | None = Field(None, gt=0, le=MAX_BANDWIDTH_GBPS, alias="memoryBandwidthGBps")
     """Peak memory bandwidth per device in GB/s (decimal)."""
     peak_tflops: PeakTflops = Field(default_factory=PeakTflops)
     """Dense peak compute per numeric format."""
     native_formats: list[NumericFormat] = Field(min_length=1)
     """Numeric formats the matrix units compute in natively."""
-    devices_per_node: int = Field(gt=0)
+    devices_per_node: int = Field(gt=0, le=MAX_DEVICES_PER_NODE)
     """Devices in one standard node (server or machine)."""
     interconnect: Interconnect
     """How devices in one node talk to each other."""

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec.base import API_VERSION, Document
+from orchestrator.spec.base import API_VERSION, PATTERN_MEANINGS, Document, FieldError
 from orchestrator.spec.benchmark import Benchmark
 from orchestrator.spec.deployment import ModelDeployment
 from orchestrator.spec.fleet import Fleet
@@ -27,7 +27,16 @@ from orchestrator.spec.model import Model
 from orchestrator.spec.plan import Plan
 from orchestrator.spec.rollout import Rollout
 from orchestrator.spec.suggest import did_you_mean
-from orchestrator.spec.yamlsource import RawDocument, decode, format_path, read_yaml_file
+from orchestrator.spec.yamlsource import (
+    MAX_FILES_PER_LOAD,
+    RawDocument,
+    ReadBudget,
+    UnreadableFile,
+    decode,
+    format_path,
+    read_capped,
+    read_yaml_file,
+)
 
 KINDS: dict[str, type[Document[Any]]] = {
     "HardwareProfile": HardwareProfile,
@@ -64,31 +73,41 @@ class Loaded:
 
 
 def yaml_files(paths: list[Path]) -> list[Path]:
-    """Expand directories (recursively, sorted) into their YAML files."""
+    """Expand directories (recursively, sorted) into their YAML files; anything else is passed on as given,
+    for the reader to refuse with its reason (no such file, symlink loop, a FIFO, a device).
+
+    Inside a directory, every ``*.yaml``/``*.yml`` that is not itself a directory counts, so a FIFO or a
+    dangling link there is reported rather than skipped."""
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.suffix in YAML_SUFFIXES and f.is_file()))
-        elif p.exists():
-            files.append(p)
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix in YAML_SUFFIXES and not f.is_dir()))
         else:
-            raise SpecError([Problem("no such file or directory", str(p))])
+            files.append(p)
+        if len(files) > MAX_FILES_PER_LOAD:
+            raise SpecError([Problem(f"more than {MAX_FILES_PER_LOAD} files, the limit per load "
+                                     "(MAX_FILES_PER_LOAD)", str(p), hint="load fewer files or directories")])
     return files
 
 
 def load_documents(paths: list[Path]) -> list[Loaded]:
-    """Load every document under ``paths``; raise one SpecError listing every problem found."""
+    """Load every document under ``paths``; raise one SpecError listing every problem found.
+
+    One ``ReadBudget`` bounds the whole load: bytes (documents and configFiles), values and documents."""
+    budget = ReadBudget()
     loaded: list[Loaded] = []
     problems: list[Problem] = []
     for file in yaml_files(paths):
+        if budget.spent:
+            break  # one problem says which limit; the rest of the load is not read
         try:
-            raws = read_yaml_file(file)
+            raws = read_yaml_file(file, budget=budget)
         except SpecError as exc:
             problems.extend(exc.problems)
             continue
         for raw in raws:
             try:
-                loaded.append(validate_document(raw, base_dir=file.parent))
+                loaded.append(validate_document(raw, base_dir=file.parent, budget=budget))
             except SpecError as exc:
                 problems.extend(exc.problems)
     if problems:
@@ -105,7 +124,7 @@ def load_plan(path: Path) -> Plan:
     return plans[0]
 
 
-def validate_document(raw: RawDocument, base_dir: Path | None = None) -> Loaded:
+def validate_document(raw: RawDocument, base_dir: Path | None = None, budget: ReadBudget | None = None) -> Loaded:
     data = raw.data
     if not isinstance(data, dict):
         raise SpecError([Problem(f"a document must be a mapping, not {_type_name(data)}", raw.file, raw.line,
@@ -119,15 +138,23 @@ def validate_document(raw: RawDocument, base_dir: Path | None = None) -> Loaded:
                                  raw.file, raw.line_of(("apiVersion",)), "apiVersion")])
     cls = KINDS[kind]
     try:
-        doc = cls.model_validate(data)
+        # Strict: a number is a YAML number ("4" and yes are refused, as the JSON Schema says); an integer
+        # still fills a float field.
+        doc = cls.model_validate(data, strict=True)
     except ValidationError as exc:
         raise SpecError([_problem_from_pydantic(err, raw, cls) for err in exc.errors()]) from None
     if isinstance(doc, Model) and doc.spec.config_file is not None:
-        doc = _with_config_architecture(doc, raw, base_dir)
+        doc = _with_config_architecture(doc, raw, base_dir, budget or ReadBudget())
     return Loaded(doc, raw)
 
 
-def _with_config_architecture(doc: Model, raw: RawDocument, base_dir: Path | None) -> Model:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number moxin accepts")
+
+
+def _with_config_architecture(doc: Model, raw: RawDocument, base_dir: Path | None, budget: ReadBudget) -> Model:
+    """Read ``configFile`` (relative to the document; any path the user can read) through the same capped,
+    regular-files-only reader as documents, counted against the same load budget."""
     rel = doc.spec.config_file
     assert rel is not None
     path = (base_dir or Path(".")) / rel
@@ -137,11 +164,16 @@ def _with_config_architecture(doc: Model, raw: RawDocument, base_dir: Path | Non
                                   "point configFile at a Hugging Face config.json, relative to this file")])
 
     try:
-        cfg = json.loads(decode(path.read_bytes(), str(path)))
-    except OSError as exc:
-        raise fail(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+        text = decode(read_capped(path, budget), str(path))
+        cfg = json.loads(text, parse_constant=_no_constant)
+    except UnreadableFile as exc:
+        raise fail(f"cannot read {str(path)!r}: {exc}") from None
+    except SpecError as exc:  # not UTF-8
+        raise fail(f"{str(path)!r}: {exc.problems[0].message}") from None
     except json.JSONDecodeError as exc:
         raise fail(f"{str(path)!r} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # NaN/Infinity, an integer of thousands of digits, deep nesting
+        raise fail(f"{str(path)!r} is not JSON moxin reads: {exc or type(exc).__name__}") from None
     if not isinstance(cfg, dict):
         raise fail(f"{str(path)!r} must hold a JSON object")
     try:
@@ -160,9 +192,13 @@ def _short(exc: Exception) -> str:
 
 def _problem_from_pydantic(err: Any, raw: RawDocument, cls: type[BaseModel]) -> Problem:
     loc = tuple(err["loc"])
-    path = _data_path(loc, raw.data)
     kind = err["type"]
+    error = err.get("ctx", {}).get("error")
+    if isinstance(error, FieldError):  # a model validator naming the field below it
+        loc += error.path
+    path = _data_path(loc, raw.data)
     hint = None
+    got = f" (got {_shown(err['input'])})" if "input" in err and not isinstance(err["input"], (dict, list)) else ""
     if kind == "extra_forbidden":
         field = str(path[-1]) if path else "?"
         message = f"unknown field {field!r}"
@@ -172,12 +208,32 @@ def _problem_from_pydantic(err: Any, raw: RawDocument, cls: type[BaseModel]) -> 
     elif kind == "missing":
         message = "required field is missing"
     elif kind == "value_error":
-        message = str(err.get("ctx", {}).get("error", err["msg"]))
+        message = str(error if error is not None else err["msg"])
+    elif kind == "less_than_equal":
+        message = f"at most {_number(err['ctx']['le'])}{got}"
+    elif kind == "less_than":
+        message = f"less than {_number(err['ctx']['lt'])}{got}"
+    elif kind == "string_pattern_mismatch" and err["ctx"]["pattern"] in PATTERN_MEANINGS:
+        message = f"must be {PATTERN_MEANINGS[err['ctx']['pattern']]}{got}"
     else:
-        message = err["msg"]
-        if "input" in err and not isinstance(err["input"], (dict, list)):
-            message += f" (got {err['input']!r})"
+        message = err["msg"] + got
+        value = err.get("input")
+        if kind in ("int_type", "float_type") and isinstance(value, bool):
+            hint = "write a number (yes, no, on, off, true and false are booleans in YAML)"
+        elif kind in ("int_type", "float_type") and isinstance(value, str):
+            hint = "write a plain YAML number, without quotes"
+        elif kind == "bool_type" and isinstance(value, str):
+            hint = "write true or false, without quotes"
     return Problem(message, raw.file, raw.line_of(path), format_path(path), hint)
+
+
+def _number(limit: float) -> str:
+    return str(int(limit)) if float(limit).is_integer() else str(limit)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:

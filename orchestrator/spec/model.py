@@ -6,29 +6,38 @@ A variant says, for each module class, which numeric format its weights are stor
 
 from __future__ import annotations
 
-from typing import Literal
-
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from orchestrator.spec.base import Document, ModelObjectMeta, Name, Source, Strict, require_sources
+from orchestrator.spec.base import (
+    MAX_ARCHITECTURE_SIZE,
+    MAX_PARAMETERS,
+    MAX_TOKENS,
+    Document,
+    FieldError,
+    FiniteFloat,
+    ModelObjectMeta,
+    Name,
+    Source,
+    Strict,
+    require_sources,
+)
 from orchestrator.spec.formats import FORMATS, MODULE_CLASSES
 
 Family = Literal["llama", "qwen3", "qwen3-moe", "glm4-moe", "deepseek-v3"]
-KvDtypeChoice = Literal["auto", "bf16", "fp16", "fp8", "int8", "int4"]
 
 
 class MoE(Strict):
-    routed_experts: int = Field(gt=0)
+    routed_experts: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Routed experts per MoE layer (config.json: n_routed_experts / num_experts)."""
-    experts_per_token: int = Field(gt=0)
+    experts_per_token: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Experts each token is routed to (num_experts_per_tok)."""
-    shared_experts: int = Field(0, ge=0)
+    shared_experts: int = Field(0, ge=0, le=MAX_ARCHITECTURE_SIZE)
     """Always-active shared experts per MoE layer (n_shared_experts)."""
-    moe_intermediate_size: int = Field(gt=0)
+    moe_intermediate_size: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Hidden width of one expert's MLP."""
-    first_dense_layers: int = Field(0, ge=0)
+    first_dense_layers: int = Field(0, ge=0, le=MAX_ARCHITECTURE_SIZE)
     """Leading layers with a dense MLP instead of experts (first_k_dense_replace)."""
     router_bias: bool = False
     """The router carries a per-expert score-correction bias (GLM-4.5, DeepSeek-V3)."""
@@ -44,15 +53,15 @@ class MoE(Strict):
 class MLA(Strict):
     """Multi-head latent attention (DeepSeek-V2/V3): the KV cache holds one compressed latent."""
 
-    q_lora_rank: int | None = Field(None, gt=0)
+    q_lora_rank: int | None = Field(None, gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Rank of the query compression; null for full-rank queries."""
-    kv_lora_rank: int = Field(gt=0)
+    kv_lora_rank: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Width of the cached KV latent."""
-    qk_rope_head_dim: int = Field(gt=0)
+    qk_rope_head_dim: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Rotary part of each query/key head (cached once per token, shared by heads)."""
-    qk_nope_head_dim: int = Field(gt=0)
+    qk_nope_head_dim: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Non-rotary part of each query/key head."""
-    v_head_dim: int = Field(gt=0)
+    v_head_dim: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Width of each value head."""
 
 
@@ -61,21 +70,21 @@ class Architecture(Strict):
     """Architecture family; decides which tensors a layer has."""
     hf_architecture: str | None = None
     """The Hugging Face class, e.g. 'Glm4MoeForCausalLM'."""
-    layers: int = Field(gt=0)
+    layers: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Decoder layers of the main model (num_hidden_layers), MTP layers excluded."""
-    hidden_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Residual stream width."""
-    intermediate_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Hidden width of a dense MLP layer."""
-    attention_heads: int = Field(gt=0)
+    attention_heads: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Query heads."""
-    kv_heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Key/value heads (GQA); equal to attentionHeads for MHA and MLA."""
-    head_dim: int = Field(gt=0)
+    head_dim: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Width of one attention head (for MLA: the value head width)."""
-    vocab_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0, le=MAX_ARCHITECTURE_SIZE)
     """Vocabulary size (rows of the embedding and lm_head)."""
-    max_position_embeddings: int = Field(gt=0)
+    max_position_embeddings: int = Field(gt=0, le=MAX_TOKENS)
     """Longest context the model was trained for, in tokens."""
     tie_word_embeddings: bool = False
     """lm_head shares the embedding matrix."""
@@ -87,7 +96,7 @@ class Architecture(Strict):
     """Mixture-of-experts layout; absent for dense models."""
     mla: MLA | None = None
     """Multi-head latent attention; absent for GQA/MHA models."""
-    mtp_layers: int = Field(0, ge=0)
+    mtp_layers: int = Field(0, ge=0, le=MAX_ARCHITECTURE_SIZE)
     """Multi-token-prediction layers shipped beside the main model (num_nextn_predict_layers)."""
 
     @model_validator(mode="after")
@@ -101,9 +110,9 @@ class Architecture(Strict):
 
 
 class PublishedParameters(Strict):
-    total_parameters: float | None = Field(None, gt=0)
+    total_parameters: FiniteFloat | None = Field(None, gt=0, le=MAX_PARAMETERS)
     """Total parameters as the model card states them (may include MTP layers)."""
-    active_parameters: float | None = Field(None, gt=0)
+    active_parameters: FiniteFloat | None = Field(None, gt=0, le=MAX_PARAMETERS)
     """Parameters active per token as the model card states them."""
     total_includes_mtp: bool = False
     """The published total counts the MTP layers (compare against total + mtp)."""
@@ -173,10 +182,12 @@ class ModelSpec(Strict):
     def _one_architecture(self) -> ModelSpec:
         if (self.architecture is None) == (self.config_file is None):
             raise ValueError("give exactly one of 'architecture' and 'configFile'")
-        names = [v.name for v in self.variants]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate variant names: {', '.join(dupes)}")
+        seen: dict[str, int] = {}
+        for i, variant in enumerate(self.variants):
+            if variant.name in seen:
+                raise FieldError(f"duplicate variant name {variant.name!r} (first at variants[{seen[variant.name]}])",
+                                 "variants", i, "name")
+            seen[variant.name] = i
         numbers = [f"published.{k}" for k, v in (("totalParameters", self.published.total_parameters),
                                                   ("activeParameters", self.published.active_parameters))
                    if v is not None]

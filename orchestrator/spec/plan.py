@@ -4,16 +4,31 @@ A Plan is written by ``planner.plan()`` and read by the Ray runtime (``runtime/d
 KubeRay renderers and ``moxin plan --diff``/``--previous``. It is a document like the others: typed, frozen,
 camelCase in YAML, loaded through the ordinary loader (file:line:field errors), so nothing downstream reads it
 through string keys. ``EngineLaunch`` is here too: it is plain data (argv, env, probes) that
-``engines/launch.py`` builds and every runtime starts engines from.
+``engines/launch.py`` builds and every runtime starts engines from; and ``PlanOptions``, how the planner searches
+(plain data, here so that the CLI generates ``moxin plan``'s flags from it without loading the solver).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from orchestrator.spec.base import Document, ModelName, Name, Strict
+from orchestrator.spec.base import (
+    MAX_DEVICES_PER_NODE,
+    MAX_NODES_PER_POOL,
+    MAX_REPLICAS,
+    Document,
+    EnvName,
+    FiniteFloat,
+    HostAddress,
+    ImageRef,
+    ModelName,
+    Name,
+    Strict,
+)
+from orchestrator.spec.defaults import MODEL_ROOT
+from orchestrator.spec.engine import EngineName
 from orchestrator.spec.hardware import RayResources
 
 _OMIT_NONE: Any = Field(None, exclude_if=lambda v: v is None)
@@ -21,19 +36,21 @@ _OMIT_NONE: Any = Field(None, exclude_if=lambda v: v is None)
 METRIC_LABELS = ("deployment", "model", "variant", "pool", "hardware", "engine", "emulated")
 """The labels every moxin metric and Prometheus target carries: the schema of the router's, the controller's
 and (through file_sd) the engines' series, and of the router's routing table."""
+Objective = Literal["cost"]
+"""What the planner minimises after serving the most demand."""
 
 
 class EngineLaunch(Strict):
     """Everything needed to start one engine replica: an argv list (never a shell string), environment,
     port, probes and the readiness budget."""
 
-    engine: Literal["vllm", "mlx-lm", "vllm-metal"]
+    engine: EngineName
     """Serving engine."""
     platform: str = Field(min_length=1)
     """Engine platform (vLLM's platform or plugin: 'cuda', 'mlu', 'cpu', ...; 'mlx' / 'mlx-cpu' for mlx-lm)."""
     argv: list[str] = Field(min_length=1)
     """Command line; 'python3' as the first word names the interpreter of the image or node."""
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict)
     """Environment variables the engine needs (plugins, CPU KV space, ...)."""
     port: int = Field(ge=1, le=65535)
     """Port the engine listens on (the argv's --port); runtimes may pick another with ``with_port``."""
@@ -43,9 +60,9 @@ class EngineLaunch(Strict):
     """HTTP path of Prometheus metrics; null for engines that export none (mlx-lm)."""
     readiness_timeout_seconds: int = Field(gt=0)
     """Budget to become ready: engine start-up plus loading one device's weights."""
-    image: str | None
+    image: ImageRef | None
     """Container image of the engine, where the hardware profile names one."""
-    visibility_env: str | None
+    visibility_env: EnvName | None
     """Variable that selects the devices the engine sees (e.g. CUDA_VISIBLE_DEVICES); null where none."""
     served_model_name: str
     """Model name the engine serves under."""
@@ -63,6 +80,13 @@ class EngineLaunch(Strict):
         argv[argv.index("--port") + 1] = str(port)
         return self.model_copy(update={"argv": argv, "port": port})
 
+    def with_host(self, host: str) -> EngineLaunch:
+        """The same launch listening on another address (the argv's --host), e.g. loopback only for an engine
+        that authenticates nobody and is reached through the replica's proxy."""
+        argv = list(self.argv)
+        argv[argv.index("--host") + 1] = host
+        return self.model_copy(update={"argv": argv})
+
     def env_for(self, devices: list[int]) -> dict[str, str]:
         """The environment of a replica that owns these device indices."""
         if self.visibility_env is None:
@@ -71,26 +95,26 @@ class EngineLaunch(Strict):
 
 
 class Placement(Strict):
-    replica: int = Field(ge=0)
+    replica: int = Field(ge=0, lt=MAX_REPLICAS)
     """Replica index within its assignment."""
     stage: int = Field(ge=0)
     """Pipeline stage of the replica held on this node."""
-    node: str = Field(min_length=1)
+    node: HostAddress
     """Node name (the pool's addresses where the fleet lists them, else '<pool>-<i>')."""
-    devices: list[int]
+    devices: list[Annotated[int, Field(ge=0, lt=MAX_DEVICES_PER_NODE)]]
     """Device indices on the node."""
 
 
 class Predicted(Strict):
-    capacity_requests_per_second: float | None
+    capacity_requests_per_second: FiniteFloat | None
     """Requests/s one replica serves within the SLO."""
     batch: int = Field(ge=1)
     """Concurrent sequences per replica that capacity assumes."""
-    decode_tokens_per_second: float | None
+    decode_tokens_per_second: FiniteFloat | None
     """Decode tokens/s per sequence at that batch."""
-    ttft_seconds: float | None
+    ttft_seconds: FiniteFloat | None
     """Predicted time to first token."""
-    tpot_seconds: float | None
+    tpot_seconds: FiniteFloat | None
     """Predicted time per output token."""
 
 
@@ -99,7 +123,7 @@ class Alternative(Strict):
     """The alternative (variant, pool, parallelism)."""
     replicas: int = Field(ge=0)
     """Replicas it would need alone."""
-    cost_usd_per_hour: float | None
+    cost_usd_per_hour: FiniteFloat | None
     """What it would cost alone; null on an unpriced pool."""
     note: str
     """Why it was not chosen."""
@@ -140,13 +164,13 @@ class Assignment(Strict):
     """The pool the replicas run on."""
     hardware: Name
     """The pool's hardware profile (as declared, also for emulated pools)."""
-    engine: Literal["vllm", "mlx-lm", "vllm-metal"]
+    engine: EngineName
     """Serving engine."""
     tensor_parallel: int = Field(ge=1)
     """Tensor-parallel degree."""
     pipeline_parallel: int = Field(ge=1)
     """Pipeline stages."""
-    replicas: int = Field(ge=0)
+    replicas: int = Field(ge=0, le=MAX_REPLICAS)
     """Replica count."""
     devices_per_replica: int = Field(ge=1)
     """Devices one replica holds (tp x pp)."""
@@ -156,7 +180,7 @@ class Assignment(Strict):
     """Node and devices of each replica's stages."""
     predicted: Predicted
     """What one replica is predicted to deliver."""
-    cost_usd_per_hour: float | None
+    cost_usd_per_hour: FiniteFloat | None
     """Cost of all the replicas; null on an unpriced pool."""
     why: Why
     """Why this assignment, and what else was considered."""
@@ -196,13 +220,13 @@ class PlanPool(Strict):
     """Pool name."""
     hardware: Name
     """Hardware profile of its nodes."""
-    nodes: int = Field(ge=0)
+    nodes: int = Field(ge=0, le=MAX_NODES_PER_POOL)
     """Number of nodes."""
-    devices_per_node: int = Field(ge=1)
+    devices_per_node: int = Field(ge=1, le=MAX_DEVICES_PER_NODE)
     """Devices per node."""
-    node_names: list[str]
+    node_names: list[HostAddress]
     """Node names the placements refer to."""
-    addresses: list[str] | None
+    addresses: list[HostAddress] | None
     """Machine addresses, where the fleet lists them."""
     emulated: bool
     """Run on CPU while planned as its hardware."""
@@ -219,9 +243,9 @@ class PlanPool(Strict):
 class Unplaced(Strict):
     deployment: Name
     """The deployment not (fully) served."""
-    served_requests_per_second: float | None
+    served_requests_per_second: FiniteFloat | None
     """Requests/s the plan serves of it."""
-    demand_requests_per_second: float
+    demand_requests_per_second: FiniteFloat
     """Requests/s it asks for."""
     reasons: list[str]
     """Why, and what would change it."""
@@ -230,7 +254,7 @@ class Unplaced(Strict):
 class PlanSpec(Strict):
     fleet: Name
     """The Fleet planned for."""
-    objective: Literal["cost"] = "cost"
+    objective: Objective = "cost"
     """What the solver minimised after serving the most demand."""
     pools: list[PlanPool] = Field(default_factory=list)
     """The fleet's pools."""
@@ -244,19 +268,19 @@ class PlanSpec(Strict):
 
 
 class PlanStatus(Strict):
-    cost_usd_per_hour: float | None
+    cost_usd_per_hour: FiniteFloat | None
     """Total cost of the priced assignments."""
-    served_requests_per_second: float | None
+    served_requests_per_second: FiniteFloat | None
     """Requests/s served, all deployments."""
-    demand_requests_per_second: float | None
+    demand_requests_per_second: FiniteFloat | None
     """Requests/s asked for, all deployments."""
     solver: str
     """The solver used."""
     solver_status: str
     """Its final status."""
-    optimality_gap: float | None
+    optimality_gap: FiniteFloat | None
     """Relative gap at which it stopped."""
-    solve_seconds: float = Field(ge=0)
+    solve_seconds: FiniteFloat = Field(ge=0)
     """Solver time."""
     candidates: int = Field(ge=0)
     """Candidates the solver chose among."""
@@ -285,3 +309,20 @@ class Plan(Document[PlanSpec]):
 
     def assignment(self, key: tuple[str, str, str, int, int]) -> Assignment | None:
         return next((a for a in self.spec.assignments if a.key == key), None)
+
+
+class PlanOptions(Strict):
+    """How ``planner.plan()`` searches; ``moxin plan``'s flags are generated from these fields."""
+
+    objective: Objective = "cost"
+    """After serving the most demand: least cost."""
+    churn_weight: float = Field(0.1, ge=0)
+    """Penalty per replica added or removed against the previous plan (--previous), as a fraction of its
+    hourly cost (0: ignore the previous plan's replica counts)."""
+    gap: float = Field(0.005, ge=0, le=1)
+    """Relative optimality gap at which the solver stops."""
+    time_limit_s: float = Field(60.0, gt=0)
+    """Seconds the solver may take."""
+    model_root: str = Field(MODEL_ROOT, min_length=1)
+    """Where every node keeps checkpoints: a variant without its own checkpoint is read from
+    <root>/<model>/<variant> (a volume mount on Kubernetes, a local cache for `moxin up`)."""

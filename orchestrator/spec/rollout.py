@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from orchestrator.spec.base import Document, Name, Strict
+from orchestrator.spec.base import MAX_SECONDS, Document, FiniteFloat, Name, Strict
 
 
 class Target(Strict):
@@ -17,16 +17,16 @@ class Target(Strict):
 
 
 class Step(Strict):
-    weight_percent: float = Field(ge=0, le=100)
+    weight_percent: FiniteFloat = Field(ge=0, le=100)
     """Share of traffic on the new target during this step."""
-    pause_seconds: float = Field(0, ge=0)
+    pause_seconds: FiniteFloat = Field(0, ge=0, le=MAX_SECONDS)
     """How long the step holds, with gates checked, before the next."""
 
 
 class Gate(Strict):
     metric: Literal["ttftP95Seconds", "tpotP95Seconds", "errorRate", "e2eP95Seconds"]
     """What is measured on the new target."""
-    max: float = Field(ge=0)
+    max: FiniteFloat = Field(ge=0)
     """The step fails if the metric exceeds this."""
 
 

@@ -1,25 +1,42 @@
-"""Safe YAML reading with source positions: the first step of loading (bytes -> plain data + lines).
+"""Safe file and YAML reading with source positions: the first step of loading (bytes -> plain data + lines).
 
 Everything later reports errors as ``FILE:LINE: field.path``; this module is where lines come from.
-It composes node trees with the (C)SafeLoader and builds plain Python values itself, so that it can
-refuse what a document must never contain: Python or custom tags, duplicate keys, merge keys,
-runaway alias expansion, deep nesting, and bytes that are not UTF-8.
+Files are read by ``read_capped``: regular files only (a FIFO would block, a device never ends), never
+more than the per-file limit nor what is left of the load's ``ReadBudget``, whatever ``st_size`` says.
+YAML is composed node by node from libyaml's events with a count, and plain Python values are built
+here, so that it can refuse what a document must never contain: Python or custom tags, duplicate keys,
+merge keys, runaway alias expansion, deep nesting, more values than a load may hold, and bytes that
+are not UTF-8.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.resolver import Resolver
 
 from orchestrator.errors import Problem, SpecError
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 MAX_FILE_BYTES = 8 * 1024 * 1024
-MAX_NODES_PER_DOCUMENT = 100_000  # bounds alias expansion ("billion laughs")
+"""Largest file a load reads (a document, or a model's configFile)."""
+MAX_LOAD_BYTES = 64 * 1024 * 1024
+"""Most bytes one load reads, all its files together."""
+MAX_FILES_PER_LOAD = 10_000
+"""Most files one load reads (directories are expanded into their YAML files)."""
+MAX_NODES_PER_DOCUMENT = 100_000
+"""Most YAML nodes in one document, and most values it expands to (bounds aliases: "billion laughs")."""
+MAX_VALUES_PER_LOAD = 250_000
+"""Most values one load builds, all documents together (each keeps its line, so this bounds memory)."""
+MAX_DOCUMENTS_PER_LOAD = 10_000
+"""Most documents one load holds."""
 MAX_DEPTH = 64
 
 _T = "tag:yaml.org,2002:"
@@ -47,6 +64,70 @@ class RawDocument:
         return self.line
 
 
+class ReadBudget:
+    """What one load may still read: bytes, values and documents, shared by all its files."""
+
+    def __init__(self, total_bytes: int | None = None, values: int | None = None,
+                 documents: int | None = None) -> None:
+        self.bytes_left = MAX_LOAD_BYTES if total_bytes is None else total_bytes
+        self.values_left = MAX_VALUES_PER_LOAD if values is None else values
+        self.documents_left = MAX_DOCUMENTS_PER_LOAD if documents is None else documents
+        self.spent = False
+        """A per-load limit was reached: the load stops reading (its error says which limit)."""
+
+
+class UnreadableFile(Exception):
+    """A file the loader will not read; the message says why (no such file, symlink loop, a FIFO, too large)."""
+
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _refuse_unless_regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        what = next((name for test, name in _NOT_REGULAR if test(mode)), "not a file")
+        raise UnreadableFile(f"not a regular file ({what})")
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop (or too many levels of symbolic links)"
+    if exc.errno == errno.ENOENT:
+        return "no such file or directory"
+    return exc.strerror or str(exc)
+
+
+def read_capped(path: Path, budget: ReadBudget | None = None) -> bytes:
+    """The bytes of ``path``, a regular file after resolving symlinks, read with a hard cap.
+
+    Raises ``UnreadableFile``. A FIFO or a device is refused before it is opened (``st_size`` is 0 there:
+    a FIFO blocks, ``/dev/zero`` never ends), and at most the limit plus one byte is ever read, so a file
+    that grows, or is swapped between the check and the read, cannot get past the limit either.
+    """
+    budget = budget or ReadBudget()
+    try:
+        _refuse_unless_regular(os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise UnreadableFile(_os_reason(exc)) from None
+    with os.fdopen(fd, "rb") as f:
+        _refuse_unless_regular(os.fstat(fd).st_mode)  # swapped for something else after the stat
+        limit = min(MAX_FILE_BYTES, budget.bytes_left)
+        try:
+            raw = f.read(limit + 1)
+        except OSError as exc:
+            raise UnreadableFile(_os_reason(exc)) from None
+    if len(raw) > limit:
+        if limit == MAX_FILE_BYTES:
+            raise UnreadableFile(f"file is larger than {MAX_FILE_BYTES} bytes, the limit per file (MAX_FILE_BYTES)")
+        budget.spent = True
+        raise UnreadableFile(f"the files of this load exceed {MAX_LOAD_BYTES} bytes together, the limit per load "
+                             "(MAX_LOAD_BYTES)")
+    budget.bytes_left -= len(raw)
+    return raw
+
+
 def format_path(path: Path_) -> str:
     out = ""
     for part in path:
@@ -55,8 +136,9 @@ def format_path(path: Path_) -> str:
 
 
 class _Builder:
-    def __init__(self, file: str):
+    def __init__(self, file: str, budget: ReadBudget):
         self.file = file
+        self.budget = budget
         self.nodes = 0
         self.lines: dict[Path_, int] = {}
 
@@ -65,9 +147,15 @@ class _Builder:
 
     def build(self, node: yaml.Node, path: Path_, depth: int = 0) -> Any:
         self.nodes += 1
+        self.budget.values_left -= 1
         if self.nodes > MAX_NODES_PER_DOCUMENT:
-            raise self.fail(node, path, f"document expands to more than {MAX_NODES_PER_DOCUMENT} values",
+            raise self.fail(node, path, f"document expands to more than {MAX_NODES_PER_DOCUMENT} values, the "
+                            "limit per document (MAX_NODES_PER_DOCUMENT)",
                             "remove deeply nested aliases (&anchor/*alias); write the values out")
+        if self.budget.values_left < 0:
+            self.budget.spent = True
+            raise self.fail(node, path, f"the documents of this load hold more than {MAX_VALUES_PER_LOAD} values, "
+                            "the limit per load (MAX_VALUES_PER_LOAD)", "load fewer or smaller documents")
         if depth > MAX_DEPTH:
             raise self.fail(node, path, f"nesting deeper than {MAX_DEPTH} levels (or a recursive alias)")
         self.lines.setdefault(path, node.start_mark.line + 1)
@@ -118,18 +206,96 @@ def decode(raw: bytes, file: str) -> str:
                                  file, line, hint="save the file as UTF-8")]) from None
 
 
-def read_yaml_documents(text: str, file: str) -> list[RawDocument]:
+class _TooManyNodes(yaml.MarkedYAMLError):
+    pass
+
+
+try:
+    from yaml.cyaml import CParser as _EventSource  # libyaml's events; the composing below stays in Python
+
+    def _init_events(loader: Any, text: str) -> None:
+        _EventSource.__init__(loader, text)
+except ImportError:  # pragma: no cover - PyYAML without libyaml
+    from yaml.parser import Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    class _EventSource(Reader, Scanner, Parser):  # type: ignore[no-redef]
+        pass
+
+    def _init_events(loader: Any, text: str) -> None:
+        Reader.__init__(loader, text)
+        Scanner.__init__(loader)
+        Parser.__init__(loader)
+
+
+class _Resolver(Resolver):
+    """YAML 1.1 scalars, plus the exponent forms YAML 1.2 and JSON read as floats ('1e6', '2E-3'), which
+    YAML 1.1 leaves strings: numbers are strict, so a string would be refused where a number was meant."""
+
+
+_Resolver.add_implicit_resolver(
+    _T + "float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+class _CountingComposer(Composer, _EventSource, _Resolver):  # type: ignore[misc,valid-type]
+    """PyYAML's safe composer over libyaml's events, refusing a document of more than MAX_NODES_PER_DOCUMENT
+    nodes while it is composed (the stock composer builds the whole tree first: 8 MB of '1,' is 4 million
+    nodes, 30 s and a gigabyte)."""
+
+    def __init__(self, text: str, budget: ReadBudget) -> None:
+        _init_events(self, text)
+        Composer.__init__(self)
+        _Resolver.__init__(self)
+        self.budget = budget
+        self.count = 0
+
+    def compose_document(self) -> Any:
+        self.count = 0
+        return super().compose_document()
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES_PER_DOCUMENT:
+            raise _TooManyNodes(problem=f"document has more than {MAX_NODES_PER_DOCUMENT} values, the limit per "
+                                "document (MAX_NODES_PER_DOCUMENT)", problem_mark=self.peek_event().start_mark)
+        if self.count > self.budget.values_left:
+            self.budget.spent = True
+            raise _TooManyNodes(problem=f"the documents of this load hold more than {MAX_VALUES_PER_LOAD} values, "
+                                "the limit per load (MAX_VALUES_PER_LOAD)", problem_mark=self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def _compose_all(text: str, budget: ReadBudget) -> Any:
+    loader = _CountingComposer(text, budget)
+    try:
+        while loader.check_node():
+            yield loader.get_node()
+    finally:
+        loader.dispose()
+
+
+def read_yaml_documents(text: str, file: str, budget: ReadBudget | None = None) -> list[RawDocument]:
     """Parse every document of a YAML stream (``---`` separated); empty documents are skipped."""
+    budget = budget or ReadBudget()
     docs: list[RawDocument] = []
     try:
-        for node in yaml.compose_all(text, Loader=_Loader):
+        for node in _compose_all(text, budget):
             if node is None:
                 continue
-            builder = _Builder(file)
+            builder = _Builder(file, budget)
             data = builder.build(node, ())
             if data is None:  # an empty document between separators
                 continue
+            budget.documents_left -= 1
+            if budget.documents_left < 0:
+                budget.spent = True
+                raise SpecError([Problem(f"more than {MAX_DOCUMENTS_PER_LOAD} documents, the limit per load "
+                                         "(MAX_DOCUMENTS_PER_LOAD)", file, node.start_mark.line + 1)])
             docs.append(RawDocument(data, file, node.start_mark.line + 1, builder.lines))
+    except _TooManyNodes as exc:
+        raise SpecError([Problem(str(exc.problem), file, exc.problem_mark.line + 1 if exc.problem_mark else None,
+                                 hint="split the document, or write fewer values")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -142,13 +308,11 @@ def read_yaml_documents(text: str, file: str) -> list[RawDocument]:
     return docs
 
 
-def read_yaml_file(path: Path, display: str | None = None) -> list[RawDocument]:
+def read_yaml_file(path: Path, display: str | None = None, budget: ReadBudget | None = None) -> list[RawDocument]:
     name = display or str(path)
+    budget = budget or ReadBudget()
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise SpecError([Problem(f"file is {size} bytes; the limit is {MAX_FILE_BYTES}", name)])
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecError([Problem(f"cannot read: {exc.strerror or exc}", name)]) from None
-    return read_yaml_documents(decode(raw, name), name)
+        raw = read_capped(path, budget)
+    except UnreadableFile as exc:
+        raise SpecError([Problem(f"cannot read: {exc}", name)]) from None
+    return read_yaml_documents(decode(raw, name), name, budget)

@@ -57,7 +57,7 @@ def _launch(tiny, variant, profile, path: Path, **kw):
 def test_vllm_cpu_serves_the_launch(tiny, cpu, tiny_models, tmp_path, kv: str) -> None:
     launch = _launch(tiny, "bf16", cpu, tiny_models["llama"], kv_dtype=kv, concurrency=4)
     assert launch.engine == "vllm" and launch.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    with serve(launch.argv, launch.env, tmp_path / "vllm.log", launch.port, launch.readiness_timeout_s) as server:
+    with serve(launch.argv, launch.env, tmp_path / "vllm.log", launch.port, launch.readiness_timeout_seconds) as server:
         reply = chat(server.url, max_tokens=4)
         assert reply["model"] == "tiny" and reply["usage"]["completion_tokens"] >= 1
         log = server.log_text()
@@ -77,7 +77,7 @@ def test_fp8_weights_on_cpu_refused_by_moxin_and_by_vllm(tiny, cpu, tiny_models,
         process = subprocess.Popen(launch.argv, env={**__import__("os").environ, **launch.env}, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + launch.readiness_timeout_s
+        deadline = time.monotonic() + launch.readiness_timeout_seconds
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(1)
         text = log.read_text(errors="replace")
@@ -111,6 +111,6 @@ def test_every_mlx_argv_shape_of_the_catalog_is_served_by_mlx_lm(tiny, tiny_mode
         launch = _launch(tiny, "mlx-3bit", profile, mlx_dir, kv_dtype=kv, engine="mlx-lm")
         assert _shape(launch.argv) == shape
         env = {**launch.env, "HF_HUB_CACHE": str(tmp_path)}
-        with serve(launch.argv, env, tmp_path / f"mlx-{kv}.log", launch.port, launch.readiness_timeout_s) as server:
+        with serve(launch.argv, env, tmp_path / f"mlx-{kv}.log", launch.port, launch.readiness_timeout_seconds) as server:
             reply = chat(server.url, max_tokens=4, model=str(mlx_dir))
             assert reply["usage"]["completion_tokens"] >= 1, (shape, reply)

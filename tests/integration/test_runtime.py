@@ -359,7 +359,7 @@ def test_apply_of_a_changed_plan_drains_the_extra_replica_and_leaves_the_other_a
                                                          "variants: [bf16]\n  pools: [gpu-emu]")
                           .replace("min: 2", "min: 1"))
     out = moxin(up["env"], "apply", "-f", str(changed), "--model-root", models).stdout
-    assert "removed" in out and "mlx-3bit" in out, out
+    assert "- tiny-chat: mlx-3bit on mac-emu (tp=1 pp=1): 1 -> 0 replicas" in out, out
     gone_id = before["mlx-lm"]["id"]
     deadline, drained = time.monotonic() + 90, False
     while time.monotonic() < deadline:

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from orchestrator.estimate.estimator import EngineSettings, estimate
+from orchestrator.estimate.estimator import estimate
+from orchestrator.spec.engine import EngineSettings
 
 from .conftest import TINY, load_tiny
 from .engines import chat, free_port, serve, vllm_argv
@@ -36,6 +37,6 @@ def test_kv_capacity_matches_vllm_cpu(tiny_models, tmp_path, name: str) -> None:
     # moxin's capacity: whole 128-token blocks of kvBytesPerTokenPerDevice in 1 GiB.
     capacity = (2**30 // (128 * predicted.kv_bytes_per_token_per_device)) * 128
     assert abs(capacity / reported - 1) < 0.01, (capacity, reported)
-    # vLLM's figure is bound by KV alone; moxin also applies max_num_seqs (256 by default).
+    # vLLM's figure is bound by KV alone; moxin also applies max_num_seqs.
     assert per_request == 2048
-    assert predicted.max_concurrency == min(256, int(concurrency))
+    assert predicted.max_concurrency == min(EngineSettings().max_num_seqs, int(concurrency))

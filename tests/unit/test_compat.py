@@ -99,3 +99,19 @@ def test_int8_activations_need_int8_hardware(catalog) -> None:
     assert compat.int8_activations_need_int8(FORMATS["int8-channel"], iluvatar.spec.engines[0], iluvatar)
     h100 = catalog.profile("nvidia-h100-sxm")
     assert compat.int8_activations_need_int8(FORMATS["int8-channel"], h100.spec.engines[0], h100) is None
+
+
+@pytest.mark.parametrize("per_node, heads, engine, expected", [
+    (8, 64, "vllm", [1, 2, 4, 8]),
+    (8, 28, "vllm", [1, 2, 4]),        # heads not divisible by 8: vLLM refuses tp=8
+    (6, 64, "vllm", [1, 2]),           # 4 does not divide a 6-device node
+    (64, 128, "vllm", [1, 2, 4, 8, 16, 32, 64]),
+    (8, 64, "mlx-lm", [1]), (8, 64, "vllm-metal", [1]),
+])
+def test_tp_choices_divide_the_node_and_the_heads(per_node: int, heads: int, engine: str, expected: list[int]) -> None:
+    assert compat.tp_choices(per_node, heads, engine) == expected
+
+
+def test_only_vllm_has_pipeline_stages() -> None:
+    assert compat.pp_choices("vllm") == list(range(1, compat.MAX_PIPELINE_STAGES + 1))
+    assert compat.pp_choices("mlx-lm") == compat.pp_choices("vllm-metal") == [1]

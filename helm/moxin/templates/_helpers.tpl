@@ -1,4 +1,14 @@
 {{/*
+A list of strings, each quoted (toYaml would drop the whole list, silently, for a string that Go's YAML
+encoder cannot write, such as one holding a DEL or U+FFFE). Context: the list.
+*/}}
+{{- define "moxin.quotedList" -}}
+{{- range . }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
 Labels every object carries: the Kubernetes recommended set plus the plan (moxin prunes by it).
 */}}
 {{- define "moxin.labels" -}}
@@ -23,8 +33,8 @@ moxin.dev/assignment: {{ .a.id | quote }}
 {{ include "moxin.labels" .root }}
 app.kubernetes.io/component: engine
 moxin.dev/assignment: {{ .a.id | quote }}
-{{- range $k, $v := .a.labels }}
-{{ $k }}: {{ $v | quote }}
+{{- with .a.labels }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
@@ -143,7 +153,7 @@ affinity:
 - name: models
   persistentVolumeClaim:
     claimName: {{ .Values.modelStorage.pvc.claimName | quote }}
-    readOnly: {{ .Values.modelStorage.pvc.readOnly }}
+    readOnly: {{ .Values.modelStorage.pvc.readOnly | toYaml }}
 {{- else -}}
 - name: models
   emptyDir:
@@ -186,16 +196,24 @@ Volumes of an engine pod: shared memory, scratch space for a read-only root file
 - name: HF_HOME
   value: {{ printf "%s/.cache/huggingface" .root.Values.modelStorage.mountPath | quote }}
 {{- range $k, $v := .a.env }}
-- name: {{ $k }}
+- name: {{ $k | quote }}
   value: {{ $v | quote }}
 {{- end }}
 {{- if .root.Values.hubToken.secretName }}
 - name: HF_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ .root.Values.hubToken.secretName }}
-      key: {{ .root.Values.hubToken.key }}
+      name: {{ .root.Values.hubToken.secretName | quote }}
+      key: {{ .root.Values.hubToken.key | quote }}
       optional: true
+{{- end }}
+{{- /* Last, so that it wins over a launch variable of the same name. */}}
+{{- if and .root.Values.engineAuth.secretName .a.apiKeyEnv }}
+- name: {{ .a.apiKeyEnv | quote }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .root.Values.engineAuth.secretName | quote }}
+      key: {{ .root.Values.engineAuth.key | quote }}
 {{- end }}
 {{- end }}
 
@@ -223,7 +241,7 @@ limits:
 {{/* Scheduling of an engine pod: its ServiceAccount and grace period, where it runs, the common pod settings. */}}
 {{- define "moxin.engineScheduling" -}}
 serviceAccountName: {{ include "moxin.engineServiceAccount" .root | quote }}
-terminationGracePeriodSeconds: {{ .root.Values.engine.terminationGracePeriodSeconds }}
+terminationGracePeriodSeconds: {{ int .root.Values.engine.terminationGracePeriodSeconds }}
 {{- include "moxin.devicePlacement" . }}
 {{ include "moxin.podBasics" .root }}
 {{- end }}
@@ -233,7 +251,7 @@ terminationGracePeriodSeconds: {{ .root.Values.engine.terminationGracePeriodSeco
 {{- if and (eq .root.Values.modelStorage.type "objectStore") .a.modelSubPath }}
 initContainers:
   - name: fetch-model
-    image: {{ .root.Values.modelStorage.objectStore.image }}
+    image: {{ .root.Values.modelStorage.objectStore.image | quote }}
     imagePullPolicy: IfNotPresent
     args:
       - copy
@@ -243,11 +261,11 @@ initContainers:
     {{- with .root.Values.modelStorage.objectStore.secretName }}
     envFrom:
       - secretRef:
-          name: {{ . }}
+          name: {{ . | quote }}
     {{- end }}
     volumeMounts:
       - name: models
-        mountPath: {{ .root.Values.modelStorage.mountPath }}
+        mountPath: {{ .root.Values.modelStorage.mountPath | quote }}
       - name: tmp
         mountPath: /tmp
     securityContext:
@@ -261,23 +279,23 @@ the launch's readinessTimeoutSeconds (weights load time included). */}}
 {{- $p := .root.Values.engine.probes -}}
 startupProbe:
   httpGet:
-    path: {{ .a.healthPath }}
+    path: {{ .a.healthPath | quote }}
     port: http
-  periodSeconds: {{ $p.periodSeconds }}
-  timeoutSeconds: {{ $p.timeoutSeconds }}
+  periodSeconds: {{ int $p.periodSeconds }}
+  timeoutSeconds: {{ int $p.timeoutSeconds }}
   failureThreshold: {{ add1 (div (add .a.readinessTimeoutSeconds (sub $p.periodSeconds 1)) $p.periodSeconds) }}
 readinessProbe:
   httpGet:
-    path: {{ .a.healthPath }}
+    path: {{ .a.healthPath | quote }}
     port: http
-  periodSeconds: {{ $p.readinessPeriodSeconds }}
-  timeoutSeconds: {{ $p.timeoutSeconds }}
+  periodSeconds: {{ int $p.readinessPeriodSeconds }}
+  timeoutSeconds: {{ int $p.timeoutSeconds }}
   failureThreshold: 3
 livenessProbe:
   httpGet:
-    path: {{ .a.healthPath }}
+    path: {{ .a.healthPath | quote }}
     port: http
-  periodSeconds: {{ $p.livenessPeriodSeconds }}
-  timeoutSeconds: {{ $p.timeoutSeconds }}
-  failureThreshold: {{ $p.livenessFailureThreshold }}
+  periodSeconds: {{ int $p.livenessPeriodSeconds }}
+  timeoutSeconds: {{ int $p.timeoutSeconds }}
+  failureThreshold: {{ int $p.livenessFailureThreshold }}
 {{- end }}

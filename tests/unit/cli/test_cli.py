@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,38 @@ def test_readme_example_documents_validate(tmp_path: Path) -> None:
     (tmp_path / "example.yaml").write_text(block.split("```")[0])
     result = run("validate", str(tmp_path / "example.yaml"))
     assert result.exit_code == 0 and "1 Fleet, 1 ModelDeployment" in result.output, result.output
+
+
+def test_engine_args_table_prints_the_command_line_and_the_readiness_budget() -> None:
+    result = run("engine-args", "-m", "llama-3.1-8b", "-v", "bf16", "-H", "nvidia-h100-sxm")
+    assert result.exit_code == 0, result.output
+    assert "--max-num-seqs 256" in result.output and "ready within" in result.output
+
+
+@pytest.mark.parametrize("what", ["fifo", "/dev/zero", "symlink-loop"])
+def test_a_file_that_is_not_a_regular_file_exits_2_at_once(tmp_path: Path, what: str) -> None:
+    if what == "fifo":
+        target = tmp_path / "fleet.yaml"
+        os.mkfifo(target)
+    elif what == "symlink-loop":
+        target = tmp_path / "fleet.yaml"
+        target.symlink_to(tmp_path / "other.yaml")
+        (tmp_path / "other.yaml").symlink_to(target)
+    else:
+        target = Path(what)
+    for args in (["validate", str(target)], ["plan", "--diff", str(target), str(target)]):
+        start = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, check=False,
+                             timeout=30)
+        assert time.monotonic() - start < 10
+        assert out.returncode == 2, out.stderr
+        assert f"{target}: cannot read: " in out.stderr and "Traceback" not in out.stderr
+        assert ("symlink loop" if what == "symlink-loop" else "not a regular file") in out.stderr
+
+
+def test_validate_refuses_a_kubernetes_injection_at_its_line() -> None:
+    bad = DATA / "bad" / "hardware-kubernetes-strings.yaml"
+    result = run("validate", str(bad))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{bad}:36: spec.kubernetes.runtimeClassName: must be a DNS-1123 subdomain" in result.output
+    assert r"(got 'nvidia\nhostPID: true')" in result.output

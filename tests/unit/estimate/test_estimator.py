@@ -9,10 +9,11 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.estimate.calibration import MLX_APPLE_AFFINE_BW, lookup
-from orchestrator.estimate.estimator import EngineSettings, estimate
+from orchestrator.estimate.estimator import estimate
 from orchestrator.estimate.memory import Parallelism, kv_bytes_per_token, stage_weight_bytes
-from orchestrator.estimate.performance import decode_step_costs, expected_distinct_experts
 from orchestrator.estimate.parameters import weight_bytes
+from orchestrator.estimate.performance import decode_step_costs, expected_distinct_experts
+from orchestrator.spec.engine import EngineSettings
 
 # facts/models.md: (layers, kv heads, head dim) per catalog model, typed here independently of the catalog.
 KV_SHAPES = {"glm-4.5-air": (46, 8, 128), "glm-4.5": (92, 8, 128), "glm-4.6": (92, 8, 128),
@@ -100,6 +101,27 @@ def test_smallest_parallelism_that_fits_is_chosen(catalog) -> None:
     e = _est(catalog, "llama-3.1-70b", "bf16", "nvidia-h100-sxm", context=8192)
     assert e.fits and e.tensor_parallel == 4 and e.pipeline_parallel == 1  # 141 GB: 2 x 72 GB is too tight
     assert not _est(catalog, "llama-3.1-70b", "bf16", "nvidia-h100-sxm", context=8192, tp=2, pp=1).fits
+
+
+def test_the_search_uses_only_tensor_parallel_sizes_that_divide_the_node(catalog) -> None:
+    """The estimator and the planner share compat.tp_choices: on a 6-device node tp=4 (which would strand two
+    devices per node) is never chosen, a deeper pipeline is."""
+    h100 = catalog.profile("nvidia-h100-sxm")
+    six = h100.model_copy(update={"spec": h100.spec.model_copy(update={"devices_per_node": 6})})
+    m = catalog.model("llama-3.1-70b")
+    e = estimate(m, m.spec.variant("bf16"), six)
+    assert e.fits and (e.tensor_parallel, e.pipeline_parallel) == (2, 2)
+    assert _est(catalog, "llama-3.1-70b", "bf16", "nvidia-h100-sxm").tensor_parallel == 4
+
+
+def test_engine_settings_are_what_the_estimate_uses(catalog) -> None:
+    assert _est(catalog, "llama-3.1-8b", "bf16", "nvidia-h100-sxm").context_tokens == 8192
+    shorter = EngineSettings(default_context_tokens=1024)
+    assert _est(catalog, "llama-3.1-8b", "bf16", "nvidia-h100-sxm", settings=shorter).context_tokens == 1024
+    # At 512 tokens the KV pool holds far more than vLLM's max_num_seqs: the setting is the bound.
+    assert _est(catalog, "llama-3.1-8b", "bf16", "nvidia-h100-sxm", context=512).max_concurrency == 256
+    fewer = EngineSettings(max_num_seqs=7)
+    assert _est(catalog, "llama-3.1-8b", "bf16", "nvidia-h100-sxm", context=512, settings=fewer).max_concurrency == 7
 
 
 def test_expected_distinct_experts() -> None:

@@ -83,3 +83,14 @@ def test_engine_launch_with_port_moves_only_the_port(maas_plan) -> None:
     assert moved.port == 9123 and moved.argv[moved.argv.index("--port") + 1] == "9123"
     assert [x for x in moved.argv if x != "9123"] == [x for x in launch.argv if x != str(launch.port)]
     assert launch.port == 8000  # frozen: the plan's launch is untouched
+
+
+def test_engine_launch_with_host_moves_only_the_host(maas_plan) -> None:
+    launch = maas_plan.spec.assignments[0].launch
+    assert launch.argv[launch.argv.index("--host") + 1] == "0.0.0.0"
+    moved = launch.with_host("127.0.0.1")
+    i = moved.argv.index("--host") + 1
+    assert moved.argv[i] == "127.0.0.1"
+    assert moved.argv[:i] + moved.argv[i + 1:] == launch.argv[:i] + launch.argv[i + 1:]
+    assert moved.port == launch.port and moved.env == launch.env
+    assert launch.argv[i] == "0.0.0.0"  # the plan's launch is untouched

@@ -1,40 +1,17 @@
-"""render/helm.py on its own: names, router config, external pools, images — pure functions of the plan."""
+"""render/helm.py on its own: assignment ids, router config, external pools, images — pure functions of the plan."""
 
 from __future__ import annotations
-
-import re
 
 import pytest
 from k8s_support import example
 
 from orchestrator.render.helm import (
-    MAX_NAME,
     RenderError,
     address_type,
     assignment_ids,
     helm_values,
-    label_value,
-    object_name,
     router_config,
 )
-
-DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-
-@pytest.mark.parametrize("text", ["glm-4.5-air-w4a16-h200", "Qwen3.235B_A22B", "1st-model", "x" * 200, "--a--"])
-def test_object_names_are_short_dns_labels(text):
-    name = object_name(text)
-    assert DNS_1035.match(name) and len(name) <= MAX_NAME
-
-
-def test_long_names_stay_distinct():
-    assert object_name("a" * 80 + "-one") != object_name("a" * 80 + "-two")
-
-
-def test_label_values_are_valid():
-    assert label_value("glm-4.5-air") == "glm-4.5-air"
-    assert label_value("-a b/c-") == "a-b-c"
-    assert len(label_value("y" * 100)) == 63
 
 
 def test_parallelism_disambiguates_assignments_that_would_share_a_name():

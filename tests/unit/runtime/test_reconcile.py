@@ -7,7 +7,9 @@ import pytest
 from orchestrator.runtime.desired import ReplicaSpec
 from orchestrator.runtime.reconcile import (
     BACKOFF_MAX_S,
+    STOP_TIMEOUT_S,
     Drain,
+    Forget,
     Observed,
     Start,
     State,
@@ -17,7 +19,6 @@ from orchestrator.runtime.reconcile import (
     readiness_budget_s,
 )
 from orchestrator.spec.plan import EngineLaunch
-
 
 LAUNCH = EngineLaunch(engine="vllm", platform="cpu", argv=["vllm", "--port", "8000"], port=8000, health_path="/health",
                       metrics_path=None, readiness_timeout_seconds=210, image=None, visibility_env=None,
@@ -101,3 +102,20 @@ def test_a_replica_stuck_past_its_readiness_budget_is_stopped_as_a_failure(state
 def test_a_replica_ready_for_long_is_left_alone_and_one_stuck_but_unwanted_is_stopped_as_unwanted():
     assert decide([spec("a")], {"a": obs("a", State.READY, since=0.0)}, {}, now=1e9) == []
     assert decide([], {"a": obs("a", State.STARTING, since=0.0)}, {}, now=1e9) == [Stop("a", "not in the plan")]
+
+
+def test_a_stopped_replica_is_forgotten_and_started_again_in_the_same_pass_if_wanted():
+    stopping = Observed("a", "", State.STOPPING, since=100.0)
+    assert decide([spec("a")], {"a": stopping}, {}, now=101.0) == []  # its stop is still running
+    done = Observed("a", "", State.STOPPING, since=100.0, stopped=True)
+    assert decide([spec("a")], {"a": done}, {}, now=101.0) == [Forget("a", "stopped"), Start(spec("a"), "missing")]
+    assert decide([], {"a": done}, {}, now=101.0) == [Forget("a", "stopped")]
+    # A failed one waits for its backoff: forgotten now, started later.
+    assert decide([spec("a")], {"a": done}, {"a": (1, 100.0)}, now=101.0) == [Forget("a", "stopped")]
+
+
+def test_a_stop_that_never_returns_is_forgotten_after_the_stop_timeout():
+    """E.g. the stop of an actor never created (its placement group waits): nothing answers it."""
+    stuck = Observed("a", "", State.STOPPING, since=100.0)
+    assert decide([], {"a": stuck}, {}, now=100.0 + STOP_TIMEOUT_S) == []
+    assert decide([], {"a": stuck}, {}, now=100.5 + STOP_TIMEOUT_S) == [Forget("a", "stop took over 40 s")]

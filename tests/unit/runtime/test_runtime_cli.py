@@ -47,3 +47,31 @@ def test_router_refuses_a_config_that_is_not_a_routing_table(tmp_path):
                                                          "weight": 0}]}}))
     out = run("router", "--config", str(config))
     assert out.exit_code == 2 and "deployments.d[0].weight" in out.output
+
+
+def test_keys_create_prints_the_key_once_and_list_shows_names_and_deployments_only(tmp_path):
+    path = tmp_path / "keys.yaml"
+    out = CliRunner().invoke(cli, ["keys", "create", "team-a", "--deployment", "tiny-chat", "--file", str(path)])
+    assert out.exit_code == 0, out.output
+    key = out.stdout.strip()
+    assert key.startswith("mx-") and "\n" not in key and key not in out.stderr and key not in path.read_text()
+    assert "team-a" in out.stderr and "shown once" in out.stderr
+    assert run("keys", "create", "ops", "--file", str(path)).exit_code == 0
+    listed = CliRunner().invoke(cli, ["keys", "list", "--file", str(path)])
+    assert listed.exit_code == 0 and listed.stdout.split() == ["team-a", "tiny-chat", "ops", "all"]
+    as_json = CliRunner().invoke(cli, ["keys", "list", "--file", str(path), "-o", "json"])
+    assert json.loads(as_json.stdout) == [{"name": "team-a", "deployments": ["tiny-chat"]},
+                                          {"name": "ops", "deployments": "all"}]
+    again = run("keys", "create", "ops", "--file", str(path))
+    assert again.exit_code == 2 and "already has a key named 'ops'" in again.output
+    bad = run("keys", "create", "Team A", "--file", str(path))
+    assert bad.exit_code == 2 and "name" in bad.output
+
+
+def test_router_refuses_a_key_file_that_is_not_one(tmp_path):
+    config = tmp_path / "router.json"
+    config.write_text(json.dumps({"deployments": {"d": []}}))
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys: [{name: a, sha256: nothex}]")
+    out = run("router", "--config", str(config), "--api-keys", str(keys))
+    assert out.exit_code == 2 and "keys.0.sha256" in out.output and "moxin keys create" in out.output

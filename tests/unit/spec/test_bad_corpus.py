@@ -33,7 +33,10 @@ def test_bad_document_is_refused_at_its_line(path: Path) -> None:
 
 def test_corpus_covers_every_kind_and_the_hostile_cases() -> None:
     names = {p.stem for p in BAD.glob("*.yaml")}
-    for case in ("python-tag", "alias-bomb", "duplicate-key", "not-utf8", "bad-name", "unknown-kind"):
+    for case in ("python-tag", "alias-bomb", "duplicate-key", "not-utf8", "bad-name", "unknown-kind",
+                 "hardware-kubernetes-strings", "fleet-limits", "deployment-not-finite", "deployment-huge-traffic",
+                 "model-limits", "rollout-limits", "plan-wrong-types", "fleet-duplicate-pool",
+                 "fleet-devices-per-node", "fleet-duplicate-address", "fleet-too-many-nodes", "model-duplicate-variant"):
         assert case in names
     kinds = {m.group(1) for p in BAD.glob("*.yaml") for m in re.finditer(rb"^kind: (\w+)", p.read_bytes(), re.M)}
-    assert {b"HardwareProfile", b"Model", b"Fleet", b"ModelDeployment", b"Rollout"} <= kinds
+    assert {b"HardwareProfile", b"Model", b"Fleet", b"ModelDeployment", b"Rollout", b"Plan"} <= kinds

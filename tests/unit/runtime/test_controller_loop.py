@@ -1,0 +1,386 @@
+"""The controller's whole loop against an in-memory cluster (no Ray): adoption, replacement with backoff, drain then
+stop, a start that raises, a placement group that waits, and status/apply answering while a loop waits on Ray.
+
+The loop is driven one iteration at a time (``reconcile_once``) with an injected clock; the stand-in cluster has
+the methods of ``cluster.RayCluster`` and records every call."""
+
+from __future__ import annotations
+
+import ast
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.planner import PlanOptions, plan
+from orchestrator.runtime import controller as controller_module
+from orchestrator.runtime.controller import Controller
+from orchestrator.runtime.desired import ReplicaSpec, replica_specs
+from orchestrator.runtime.names import KV_OPTIONS, KV_PLAN
+from orchestrator.runtime.reconcile import BACKOFF_BASE_S, Drain, Forget, Start, State, Stop
+from orchestrator.spec import load_catalog
+from orchestrator.spec.plan import Plan
+
+ROOT = Path(__file__).resolve().parents[3]
+NODES = {"gpu-emu-0", "mac-emu-0"}
+GPU, MAC = "tiny-chat-bf16-gpu-emu-0", "tiny-chat-mlx-3bit-mac-emu-0"
+T0 = 1000.0
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeReplica:
+    """A replica actor: what describe() says is set by the test."""
+
+    def __init__(self, spec: ReplicaSpec, since: float, state: str = "starting") -> None:
+        self.id, self.spec_hash = spec.id, spec.spec_hash
+        self.state, self.since, self.restarts, self.alive = state, since, 0, True
+        self.port = 20000 + len(spec.id)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "specHash": self.spec_hash, "state": self.state, "stateSince": self.since,
+                "url": f"http://10.0.0.2:{self.port}", "host": "10.0.0.2", "enginePid": 4242, "guardPid": 4241,
+                "restarts": self.restarts, "lastError": "", "log": f"/logs/{self.id}.log", "nodeId": "node-1"}
+
+
+class FakeCluster:
+    """``RayCluster``'s methods over dictionaries. ``pending`` replicas do not answer describe (their placement
+    group waits); ``fail_starts`` counts starts to refuse per id; ``describe_gate`` makes describe wait for it."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.kv: dict[bytes, str] = {}
+        self.actors: dict[str, FakeReplica] = {}
+        self.routers: dict[str, str] = {}
+        self.pending: set[str] = set()
+        self.fail_starts: dict[str, int] = {}
+        self.describe_gate: threading.Event | None = None
+        self.describing = threading.Event()
+        self.calls: list[tuple[str, Any]] = []
+
+    def kv_get(self, key: bytes) -> Any:
+        return json.loads(self.kv[key]) if key in self.kv else None
+
+    def kv_put(self, key: bytes, value: Any) -> None:
+        self.calls.append(("kv_put", key))
+        self.kv[key] = json.dumps(value)
+
+    def kv_del(self, key: bytes) -> None:
+        self.kv.pop(key, None)
+
+    def node_ip(self) -> str:
+        return "10.0.0.1"
+
+    def known_nodes(self) -> set[str]:
+        return set(NODES)
+
+    def list_replicas(self) -> dict[str, FakeReplica]:
+        return {rid: a for rid, a in self.actors.items() if a.alive}
+
+    def list_routers(self) -> dict[str, str]:
+        return dict(self.routers)
+
+    def start_replica(self, spec: ReplicaSpec, log_dir: str, grace_s: float) -> FakeReplica:
+        self.calls.append(("start_replica", spec.id))
+        if self.fail_starts.get(spec.id, 0) > 0:
+            self.fail_starts[spec.id] -= 1
+            raise RuntimeError(f"placement group for {spec.id} refused")
+        self.actors[spec.id] = FakeReplica(spec, self.clock())
+        return self.actors[spec.id]
+
+    def describe_all(self, handles: dict[str, FakeReplica], timeout_s: float) -> dict[str, dict | State]:
+        self.calls.append(("describe_all", sorted(handles)))
+        if self.describe_gate is not None:
+            self.describing.set()
+            assert self.describe_gate.wait(10)
+        return {rid: State.DEAD if not h.alive else State.PENDING if rid in self.pending else h.describe()
+                for rid, h in handles.items()}
+
+    def stop_replica(self, handle: FakeReplica) -> str:
+        self.calls.append(("stop_replica", handle.id))
+        handle.state = "stopping"
+        return f"stop:{handle.id}"
+
+    def poll_stopped(self, refs: dict[str, str], timeout_s: float = 0.0) -> set[str]:
+        return set(refs)  # stops finish at once
+
+    def forget(self, rid: str, handle: FakeReplica | None) -> None:
+        self.calls.append(("forget", rid))
+        if handle is not None:
+            handle.alive = False
+        if self.actors.get(rid) is handle:
+            del self.actors[rid]
+
+    def logs(self, handle: FakeReplica, tail: int, timeout_s: float) -> str:
+        return f"log of {handle.id}\n"
+
+    def start_router(self, name: str, host: str, port: int, api_keys: str | None = None) -> str:
+        self.calls.append(("start_router", name))
+        self.routers[name] = name
+        return name
+
+    def serve_routers(self, handles: list[str], timeout_s: float) -> list[dict[str, str]]:
+        return [{"url": "http://10.0.0.1:8000", "metrics": f"10.0.0.1:{9500 + i}"} for i, _ in enumerate(handles)]
+
+    def kill(self, handle: Any) -> None:
+        self.calls.append(("kill", handle))
+        self.routers.pop(handle, None)
+
+    def called(self, name: str) -> list[Any]:
+        return [arg for call, arg in self.calls if call == name]
+
+
+@pytest.fixture(scope="module")
+def local_plan() -> Plan:
+    catalog = load_catalog([ROOT / "manifests" / "local"])
+    return plan(catalog.fleets["local"], list(catalog.deployments.values()), catalog,
+                options=PlanOptions(model_root="/cache/models"))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def cluster(clock) -> FakeCluster:
+    return FakeCluster(clock)
+
+
+@pytest.fixture
+def make(cluster, clock, tmp_path):
+    def _make(**options: Any) -> Controller:
+        return Controller({"drainSeconds": 10.0, "prometheusSd": str(tmp_path / "sd.json"), **options},
+                          cluster=cluster, clock=clock, run=False)
+    return _make
+
+
+def specs_of(p: Plan) -> dict[str, ReplicaSpec]:
+    return {s.id: s for s in replica_specs(p, known_nodes=NODES)}
+
+
+def rows(c: Controller) -> dict[str, dict]:
+    return {r["id"]: r for r in c.status()["replicas"]}
+
+
+def routed(c: Controller) -> list[str]:
+    return sorted(e["name"] for entries in c.routing_table().values() for e in entries)
+
+
+def without(p: Plan, variant: str) -> Plan:
+    spec = p.spec.model_copy(update={"assignments": [a for a in p.spec.assignments if a.variant != variant]})
+    return p.model_copy(update={"spec": spec})
+
+
+def running(c: Controller, cluster: FakeCluster, clock: Clock, p: Plan) -> Controller:
+    """Apply ``p`` and loop until every replica is ready (at T0 + 2)."""
+    c.apply(p)
+    c.reconcile_once()
+    for actor in cluster.actors.values():
+        actor.state = "ready"
+    clock.now += 2
+    c.reconcile_once()
+    assert routed(c) == sorted(specs_of(p))
+    return c
+
+
+def test_a_fresh_controller_starts_the_plan_after_saving_it_and_routes_replicas_once_ready(make, cluster, clock,
+                                                                                          local_plan, monkeypatch):
+    writes = []
+    monkeypatch.setattr(controller_module, "write_atomic", lambda path, text: (writes.append(text),
+                                                                              path.write_text(text)))
+    c = make()
+    assert c.reconcile_once() == []  # no plan yet; the router starts anyway
+    assert cluster.called("start_router") == ["moxin-router-0"]
+    c.apply(local_plan)
+    actions = c.reconcile_once()
+    assert actions == [Start(s, "missing") for s in specs_of(local_plan).values()]
+    assert cluster.calls.index(("kv_put", KV_PLAN)) < cluster.calls.index(("start_replica", GPU))
+    assert Plan.model_validate(cluster.kv_get(KV_PLAN)) == local_plan
+    assert {r["state"] for r in rows(c).values()} == {"pending"} and routed(c) == []
+
+    clock.now += 1
+    assert c.reconcile_once() == [] and {r["state"] for r in rows(c).values()} == {"starting"}
+    cluster.actors[GPU].state = "ready"
+    clock.now += 1
+    c.reconcile_once()
+    assert routed(c) == [GPU] and rows(c)[GPU]["url"] == cluster.actors[GPU].describe()["url"]
+    assert c.metrics.ready.labels(**specs_of(local_plan)[GPU].labels)._value.get() == 1
+
+    sd = json.loads(Path(c.options["prometheusSd"]).read_text())
+    engines = [t for t in sd if t["labels"]["job"] == "moxin-engine"]
+    assert [t["labels"]["replica"] for t in engines] == [GPU]  # mlx-lm serves no /metrics, and is not ready
+    assert {t["labels"]["job"] for t in sd} == {"moxin-controller", "moxin-router", "moxin-engine"}
+    before = len(writes)
+    c.reconcile_once()
+    assert len(writes) == before  # nothing changed: the file_sd list is not written again
+
+
+def test_a_restarted_controller_adopts_the_running_replicas_and_starts_nothing(make, cluster, clock, local_plan):
+    running(make(), cluster, clock, local_plan)
+    starts = len(cluster.called("start_replica"))
+    engines = {rid: a for rid, a in cluster.actors.items()}
+
+    again = make()  # a new controller on the same cluster: plan and actors are there
+    assert again.plan == local_plan and again.adopted == sorted(specs_of(local_plan))
+    assert again.reconcile_once() == []
+    assert len(cluster.called("start_replica")) == starts and cluster.called("forget") == []
+    assert cluster.called("start_router") == ["moxin-router-0"]  # the router was adopted too
+    assert cluster.actors == engines and routed(again) == sorted(engines)
+    assert {r["state"] for r in rows(again).values()} == {"ready"}
+
+
+@pytest.mark.parametrize("how", ["dead", "failed"])
+def test_a_dead_or_failed_replica_is_stopped_then_restarted_after_its_backoff(make, cluster, clock, local_plan, how):
+    c = running(make(), cluster, clock, local_plan)
+    old = cluster.actors[MAC]
+    if how == "dead":
+        old.alive = False  # the actor is gone: describe raises
+    else:
+        old.state = "failed"
+    failed_at = clock.now = clock.now + 1
+    assert c.reconcile_once() == [Stop(MAC, f"replica is {how}", failed=True)]
+    assert routed(c) == [GPU] and rows(c)[MAC]["state"] == "stopping"
+    assert c.records[MAC].failures == 1 and rows(c)[MAC]["restarts"] == 1
+    assert cluster.called("forget") == []  # observing a dead replica acts on nothing; the executor stopped it
+
+    clock.now += 1  # the stop finished: forgotten, but not started again before the backoff
+    assert c.reconcile_once() == [Forget(MAC, "stopped")]
+    assert cluster.called("forget") == [MAC] and not old.alive and rows(c)[MAC]["state"] == "missing"
+    clock.now = failed_at + BACKOFF_BASE_S - 0.5
+    assert c.reconcile_once() == []
+    clock.now = failed_at + BACKOFF_BASE_S
+    spec = specs_of(local_plan)[MAC]
+    assert c.reconcile_once() == [Start(spec, "restart after 1 failure(s)")]
+    new = cluster.actors[MAC]
+    assert new is not old and cluster.called("start_replica").count(MAC) == 2
+
+    new.state = "ready"
+    clock.now += 1
+    c.reconcile_once()
+    assert routed(c) == [GPU, MAC] and c.records[MAC].failures == 0 and rows(c)[MAC]["restarts"] == 1
+    assert cluster.called("stop_replica") == [MAC]  # the other replica was never touched
+
+
+def test_a_second_failure_doubles_the_backoff(make, cluster, clock, local_plan):
+    c = running(make(), cluster, clock, local_plan)
+    for failure in (1, 2):
+        cluster.actors[MAC].state = "failed"
+        failed_at = clock.now = clock.now + 1
+        assert c.reconcile_once() == [Stop(MAC, "replica is failed", failed=True)]
+        clock.now += 1
+        assert c.reconcile_once() == [Forget(MAC, "stopped")]
+        backoff = BACKOFF_BASE_S * 2 ** (failure - 1)
+        clock.now = failed_at + backoff - 0.5
+        assert c.reconcile_once() == []
+        clock.now = failed_at + backoff
+        assert [type(a) for a in c.reconcile_once()] == [Start]
+    assert c.records[MAC].failures == 2
+
+
+def test_a_replica_no_longer_in_the_plan_is_drained_then_stopped_after_the_drain_seconds(make, cluster, clock,
+                                                                                        local_plan):
+    c = running(make(drainSeconds=10.0), cluster, clock, local_plan)
+    c.apply(without(local_plan, "mlx-3bit"))
+    drained_at = clock.now = clock.now + 1
+    assert c.reconcile_once() == [Drain(MAC, "not in the plan")]
+    assert routed(c) == [GPU]  # out of the routing table at once, still running
+    assert rows(c)[MAC]["draining"] and rows(c)[MAC]["state"] == "ready" and not rows(c)[MAC]["desired"]
+    clock.now = drained_at + 9.5
+    assert c.reconcile_once() == []
+    clock.now = drained_at + 10
+    assert c.reconcile_once() == [Stop(MAC, "not in the plan")]
+    assert c.records[MAC].failures == 0 and rows(c)[MAC]["restarts"] == 0
+    clock.now += 1
+    assert c.reconcile_once() == [Forget(MAC, "stopped")]
+    assert set(rows(c)) == {GPU} and MAC not in cluster.actors
+    assert cluster.called("stop_replica") == [MAC] and cluster.called("forget") == [MAC]
+    assert c.metrics.desired.labels(**specs_of(local_plan)[MAC].labels)._value.get() == 0
+
+
+def test_a_start_that_raises_is_counted_as_a_reconcile_error_and_retried_while_the_loop_goes_on(make, cluster,
+                                                                                               local_plan):
+    cluster.fail_starts[GPU] = 1
+    c = make()
+    c.apply(local_plan)
+    assert len(c.reconcile_once()) == 2
+    assert cluster.called("start_replica") == [GPU, MAC] and list(cluster.actors) == [MAC]
+    assert c.metrics.reconcile_errors.labels("act")._value.get() == 1
+    assert any("act failed" in e and "placement group for" in e for e in c.status()["events"])
+    assert rows(c)[GPU]["state"] == "missing" and rows(c)[MAC]["state"] == "pending"
+    assert c.loops == 1  # the loop went on: record ran, the next loop runs
+
+    assert c.reconcile_once() == [Start(specs_of(local_plan)[GPU], "missing")]  # retried, no backoff
+    assert sorted(cluster.actors) == [GPU, MAC] and c.metrics.reconcile_errors.labels("act")._value.get() == 1
+
+
+def test_a_replica_whose_placement_group_waits_is_pending_and_status_names_the_bundles(make, cluster, clock,
+                                                                                     local_plan):
+    cluster.pending.add(GPU)
+    c = make()
+    c.apply(local_plan)
+    c.reconcile_once()
+    for _ in range(3):
+        clock.now += 1
+        assert c.reconcile_once() == []  # pending is not a failure: nothing is restarted
+    row = rows(c)[GPU]
+    assert row["state"] == "pending"
+    assert row["lastError"] == ("waiting for Ray resources: STRICT_PACK [{'GPU': 1.0, 'accelerator_type:H100': 0.001, "
+                                "'moxin-node-gpu-emu-0': 0.001}] (a node must declare them: moxin node-resources)")
+    assert rows(c)[MAC]["lastError"] == "" and GPU not in routed(c)
+    assert cluster.called("start_replica").count(GPU) == 1 and cluster.called("stop_replica") == []
+    cluster.pending.clear()
+    cluster.actors[GPU].state = "ready"
+    c.reconcile_once()
+    assert rows(c)[GPU]["state"] == "ready" and rows(c)[GPU]["lastError"] == "" and GPU in routed(c)
+
+
+def test_status_and_apply_answer_while_a_describe_call_blocks(make, cluster, local_plan):
+    c = make()
+    c.apply(local_plan)
+    c.reconcile_once()
+    cluster.describe_gate = threading.Event()
+    loop = threading.Thread(target=c.reconcile_once, daemon=True)
+    loop.start()
+    try:
+        assert cluster.describing.wait(5)
+        t0 = time.monotonic()
+        st = c.status()
+        applied = c.apply(without(local_plan, "mlx-3bit"))
+        logs = c.logs(GPU)
+        took = time.monotonic() - t0
+        assert loop.is_alive()  # still waiting on describe
+    finally:
+        cluster.describe_gate.set()
+        loop.join(5)
+    assert took < 1.0 and st["loops"] == 1 and set(rows(c)) == {GPU, MAC}
+    assert applied == {"replicas": [GPU]} and logs == f"log of {GPU}\n"
+    assert not loop.is_alive() and c.loops == 2
+
+
+def test_shutdown_stops_every_replica_and_router_and_forgets_the_plan(make, cluster, clock, local_plan):
+    c = running(make(), cluster, clock, local_plan)
+    assert c.shutdown() == sorted(specs_of(local_plan))
+    assert sorted(cluster.called("stop_replica")) == sorted(specs_of(local_plan))
+    assert sorted(cluster.called("forget")) == sorted(specs_of(local_plan)) and cluster.actors == {}
+    assert cluster.called("kill") == ["moxin-router-0"] and cluster.kv_get(KV_PLAN) is None
+    assert cluster.kv_get(KV_OPTIONS)["drainSeconds"] == 10.0  # options stay for the next controller
+    assert [type(a) for a in c.reconcile_once()] == [Start, Start]  # a loop after shutdown decides, acts on nothing
+    assert len(cluster.called("start_replica")) == 2
+
+
+def test_the_controller_module_does_not_import_ray():
+    """Every Ray call goes through runtime/cluster.py: the controller's logic runs without Ray."""
+    tree = ast.parse(Path(controller_module.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not [m for m in imported if m == "ray" or m.startswith("ray.")]
