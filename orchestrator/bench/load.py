@@ -1,10 +1,10 @@
-"""The load generator: streamed requests to an OpenAI-compatible endpoint, level after level. Effects (network).
+"""The load generator: streamed requests to an OpenAI-compatible endpoint, level after level. Effects.
 
 One ``aiohttp.ClientSession`` for the whole sweep (connections are reused); times from ``time.perf_counter``.
 A level is either a closed loop of ``concurrency`` streams (each sends its next request when the last one
-completes) or Poisson arrivals at ``rate`` requests/s (open loop: arrivals do not wait for the server). A level
-stops launching requests after ``requests`` of them or ``duration_s`` seconds, whichever comes first, and
-waits for those in flight (each bounded by the request timeout).
+completes) or Poisson arrivals at ``rate`` requests/s (open loop: arrivals do not wait for the server). A
+level stops launching requests after ``requests`` of them or ``duration_s`` seconds, whichever comes first,
+and waits for those in flight (each bounded by the request timeout).
 
 Errors are counted by kind, never raised: 'http_<status>', 'connect' (refused, unreachable), 'timeout',
 'cut_stream' (the connection closed before the stream's end), 'bad_response' (not an SSE stream of JSON).
@@ -31,9 +31,11 @@ SETUP_ERRORS = {
     "http_400": "the server refused the request: if it rejects ignore_eos, add --no-ignore-eos",
     "http_401": "give the API key: $MOXIN_API_KEY or --api-key-file",
     "http_403": "the API key is refused: check $MOXIN_API_KEY or --api-key-file",
-    "http_404": "check --url (the base URL, without /v1/...) and --model (through moxin's router: the deployment)",
+    "http_404": "check --url (the base URL, without /v1/...) and --model (through moxin's router: the "
+                "deployment)",
 }
-"""Warm-up failures that mean the setup is wrong (not the server overloaded): the sweep stops before it starts."""
+"""Warm-up failures that mean the setup is wrong (not an overloaded server): the sweep stops before it
+starts."""
 
 OnRequest = Callable[[RequestResult], None]
 
@@ -109,15 +111,16 @@ class _Requests:
             return None
         if self.deadline is not None and time.perf_counter() >= self.deadline:
             return None
-        body = request_body(self.workload.prompt(self.index), model=self.target.model, endpoint=self.target.endpoint,
-                            max_tokens=self.output_tokens, ignore_eos=self.target.ignore_eos)
+        t = self.target
+        body = request_body(self.workload.prompt(self.index), model=t.model, endpoint=t.endpoint,
+                            max_tokens=self.output_tokens, ignore_eos=t.ignore_eos)
         self.index += 1
         self.sent += 1
         return body
 
 
-async def run_level(session: aiohttp.ClientSession, target: Target, level: Level, stop: Stop, workload: Workload,
-                    output_tokens: int, *, first_index: int = 0, seed: int = 0,
+async def run_level(session: aiohttp.ClientSession, target: Target, level: Level, stop: Stop,
+                    workload: Workload, output_tokens: int, *, first_index: int = 0, seed: int = 0,
                     on_request: OnRequest | None = None) -> LevelSummary:
     requests = _Requests(target, workload, output_tokens, stop, first_index)
     results: list[RequestResult] = []
@@ -164,21 +167,21 @@ async def sweep(target: Target, levels: list[Level], stop: Stop, workload: Workl
         index = 0
         for i in range(warmup):
             prompt = workload.prompt(index)
-            body = request_body(prompt, model=target.model, endpoint=target.endpoint, max_tokens=output_tokens,
-                                ignore_eos=target.ignore_eos)
+            body = request_body(prompt, model=target.model, endpoint=target.endpoint,
+                                max_tokens=output_tokens, ignore_eos=target.ignore_eos)
             r = await send(session, target, body)
             index += 1
             if r.error in SETUP_ERRORS:
-                raise MoxinError(f"the warm-up request to {target.public_url} failed ({r.error}); nothing was "
-                                 f"measured. {SETUP_ERRORS[r.error]}")
+                raise MoxinError(f"the warm-up request to {target.public_url} failed ({r.error}); nothing "
+                                 f"was measured. {SETUP_ERRORS[r.error]}")
             if i == 0 and isinstance(workload, Synthetic) and r.error is None and r.prompt_tokens:
                 workload = workload.rescaled(len(prompt.as_text().split()), r.prompt_tokens)
         summaries = []
         for n, level in enumerate(levels):
             if on_level:
                 on_level(n, level)
-            summary = await run_level(session, target, level, stop, workload, output_tokens, first_index=index,
-                                      seed=seed + n, on_request=on_request)
+            summary = await run_level(session, target, level, stop, workload, output_tokens,
+                                      first_index=index, seed=seed + n, on_request=on_request)
             index += summary.requests
             summaries.append(summary)
     return Sweep(target, workload, output_tokens, tuple(summaries), started)

@@ -29,7 +29,11 @@ def _fmt(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
-def _panel(out: list[str], x0: float, title: str, points: list[tuple[float, float, str]], x_max: float) -> None:
+Point = tuple[float, float, str]
+"""(output tokens/s, latency in ms, level label)."""
+
+
+def _panel(out: list[str], x0: float, title: str, points: list[Point], x_max: float) -> None:
     colour = COLOURS[title]
     y_max = _nice_max(max((p[1] for p in points), default=0.0))
 
@@ -47,7 +51,8 @@ def _panel(out: list[str], x0: float, title: str, points: list[tuple[float, floa
         out.append(f'<line x1="{x0}" x2="{x0 + PANEL_W}" y1="{sy(yv)}" y2="{sy(yv)}" stroke="#eee"/>')
         out.append(f'<text x="{x0 - 6}" y="{sy(yv) + 4}" text-anchor="end">{_fmt(yv)}</text>')
         out.append(f'<text x="{sx(xv)}" y="{TOP + PANEL_H + 16}" text-anchor="middle">{_fmt(xv)}</text>')
-    out.append(f'<text x="{x0 + PANEL_W / 2}" y="{TOP + PANEL_H + 36}" text-anchor="middle">output tokens/s</text>')
+    out.append(f'<text x="{x0 + PANEL_W / 2}" y="{TOP + PANEL_H + 36}" text-anchor="middle">'
+               'output tokens/s</text>')
     if not points:
         out.append(f'<text x="{x0 + 10}" y="{TOP + 20}">no successful requests</text>')
         return
@@ -60,7 +65,7 @@ def _panel(out: list[str], x0: float, title: str, points: list[tuple[float, floa
 
 
 def curve_svg(title: str, levels: Sequence[LevelSummary]) -> str:
-    def series(get: Callable[[LevelSummary], float | None]) -> list[tuple[float, float, str]]:
+    def series(get: Callable[[LevelSummary], float | None]) -> list[Point]:
         out = []
         for lv in levels:
             value = get(lv)

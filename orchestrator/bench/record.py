@@ -48,12 +48,15 @@ FLAGS = {"model": "--model-name", "variant": "--variant", "hardware": "--hardwar
 
 def from_labels(labels: dict[str, str], given: Replica) -> Replica:
     """The router's labels of the replica under what the user gave (flags win)."""
+    def pick(mine: str | None, key: str) -> str | None:
+        return mine or labels.get(key) or None
+
     return Replica(
-        model=given.model or labels.get("model") or None, variant=given.variant or labels.get("variant") or None,
-        hardware=given.hardware or labels.get("hardware") or None, engine=given.engine or labels.get("engine") or None,
+        model=pick(given.model, "model"), variant=pick(given.variant, "variant"),
+        hardware=pick(given.hardware, "hardware"), engine=pick(given.engine, "engine"),
         engine_version=given.engine_version, tensor_parallel=given.tensor_parallel,
         pipeline_parallel=given.pipeline_parallel, expert_parallel=given.expert_parallel,
-        deployment=given.deployment or labels.get("deployment") or None,
+        deployment=pick(given.deployment, "deployment"),
         emulated=given.emulated or labels.get("emulated") == "true", context_tokens=given.context_tokens,
         kv_cache_dtype=given.kv_cache_dtype, max_num_seqs=given.max_num_seqs)
 
@@ -97,7 +100,8 @@ def _point(level: LevelSummary) -> dict[str, object]:
 
 def _mean(levels: tuple[LevelSummary, ...], get: str) -> float | None:
     """The request-weighted mean of a per-level mean (over successful requests)."""
-    pairs = [(getattr(lv, get), lv.succeeded) for lv in levels if getattr(lv, get) is not None and lv.succeeded]
+    pairs = [(getattr(lv, get), lv.succeeded) for lv in levels
+             if getattr(lv, get) is not None and lv.succeeded]
     total = sum(n for _, n in pairs)
     return sum(v * n for v, n in pairs) / total if total else None
 
@@ -125,10 +129,11 @@ def benchmark_document(sweep: Sweep, replica: Replica, context: Context, name: s
     measured_output = _mean(sweep.levels, "mean_output_tokens")
     prompt = round(measured_prompt) if measured_prompt else prompt_tokens
     if not prompt:
-        raise ValueError("the server reported no prompt token counts (usage) and the prompts came from a file: "
-                         "the prompt length is not known")
+        raise ValueError("the server reported no prompt token counts (usage) and the prompts came from a "
+                         "file: the prompt length is not known")
     spec: dict[str, object] = {
-        "model": replica.model, "variant": replica.variant, "hardware": replica.hardware, "engine": replica.engine,
+        "model": replica.model, "variant": replica.variant, "hardware": replica.hardware,
+        "engine": replica.engine,
         "engineVersion": replica.engine_version, "deployment": replica.deployment,
         "tensorParallel": replica.tensor_parallel, "pipelineParallel": replica.pipeline_parallel,
         "expertParallel": replica.expert_parallel, "contextTokens": replica.context_tokens,

@@ -17,7 +17,11 @@ from orchestrator.spec.suggest import did_you_mean
 ROUTES_PATH = "/moxin/routes"
 
 
-def read_routes(router_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
+Routes = dict[str, list[dict[str, Any]]]
+"""{deployment: [{name, weight, labels, inFlight}]}"""
+
+
+def read_routes(router_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> Routes:
     """The router's table: {deployment: [{name, weight, labels, inFlight}]}."""
     request = urllib.request.Request(router_url.rstrip("/") + ROUTES_PATH,
                                      headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
@@ -34,13 +38,15 @@ def read_routes(router_url: str, api_key: str | None = None, timeout_s: float = 
     return data["deployments"]
 
 
-def replica_labels(routes: dict[str, list[dict[str, Any]]], deployment: str) -> dict[str, str]:
+def replica_labels(routes: Routes, deployment: str) -> dict[str, str]:
     """The labels of the one replica serving ``deployment``; an error when there is none or several."""
     rows = routes.get(deployment)
     if rows is None:
-        raise MoxinError(f"the router serves no deployment {deployment!r}; {did_you_mean(deployment, routes)}")
+        raise MoxinError(f"the router serves no deployment {deployment!r} (to this key); "
+                         f"{did_you_mean(deployment, routes)}")
     if len(rows) != 1:
-        names = ", ".join(f"{r.get('name')} ({(r.get('labels') or {}).get('hardware', '?')})" for r in rows) or "none"
+        names = ", ".join(f"{r.get('name')} ({(r.get('labels') or {}).get('hardware', '?')})"
+                          for r in rows) or "none"
         raise MoxinError(f"deployment {deployment!r} has {len(rows)} ready replicas ({names}); a Benchmark "
                          "describes one replica: send the load to one replica's URL and give its labels with "
                          "--model-name/--variant/--hardware/--engine, or wait until one replica is routed")

@@ -125,7 +125,8 @@ class LevelSummary:
         return {"concurrency": self.concurrency, "rate": self.rate, "requests": self.requests,
                 "succeeded": self.succeeded, "errors": dict(sorted(self.errors.items())),
                 "durationSeconds": self.duration_s, "ttftSeconds": dist(self.ttft_s),
-                "tpotSeconds": dist(self.tpot_s), "itlSeconds": dist(self.itl_s), "e2eSeconds": dist(self.e2e_s),
+                "tpotSeconds": dist(self.tpot_s), "itlSeconds": dist(self.itl_s),
+                "e2eSeconds": dist(self.e2e_s),
                 "outputTokensPerSecond": self.output_tokens_per_second,
                 "requestsPerSecond": self.requests_per_second, "meanPromptTokens": self.mean_prompt_tokens,
                 "meanOutputTokens": self.mean_output_tokens}

@@ -1,5 +1,6 @@
-"""What ``moxin bench`` sends and how: the target, the load levels and when each stops, the prompts (synthetic,
-or read from a JSONL file) and the request bodies. Pure, except ``read_prompts``, which reads the file named.
+"""What ``moxin bench`` sends and how: the target, the load levels and when each stops, the prompts
+(synthetic, or read from a JSONL file) and the request bodies. Pure, except ``read_prompts``, which reads
+the file named.
 
 Synthetic prompts are deterministic: request i of a run with seed s always gets the same text, and no two
 requests share a prefix longer than one word (an engine's prefix cache cannot turn the prefill into a
@@ -21,17 +22,20 @@ from orchestrator.errors import Problem, SpecError
 Endpoint = Literal["chat", "completions"]
 PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
-WORDS = tuple("""the of and to in is it you that he was for on are with as his they be at one have this from or
-had by word but what some we can out other were all there when up use your how said an each she which do their
-time if will way about many then them write would like so these her long make thing see him two has look more
-day could go come did sound no most my over know water than call first who may down side been now find any new
-work part take get place made live where after back little only round man year came show every good me give our
-under name very through just form great think say help low line turn cause much mean before move right boy old
-too same tell does set three want air well also play small end put home read hand port large spell add even land
-here must big high such follow act why ask men change went light kind off need house picture try us again animal
-point mother world near build self earth father head stand own page should country found answer school grow
-study still learn plant cover food sun four thought let keep eye never last door between city tree cross since
-hard start might story saw far sea draw left late run while press close night real life few stop""".split())
+WORDS = tuple("""
+the of and to in is it you that he was for on are with as his they be at one have this from or had by word
+but what some we can out other were all there when up use your how said an each she which do their time if
+will way about many then them write would like so these her long make thing see him two has look more day
+could go come did sound no most my over know water than call first who may down side been now find any new
+work part take get place made live where after back little only round man year came show every good me give
+our under name very through just form great think say help low line turn cause much mean before move right
+boy old too same tell does set three want air well also play small end put home read hand port large spell
+add even land here must big high such follow act why ask men change went light kind off need house picture
+try us again animal point mother world near build self earth father head stand own page should country found
+answer school grow study still learn plant cover food sun four thought let keep eye never last door between
+city tree cross since hard start might story saw far sea draw left late run while press close night real
+life few stop
+""".split())
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,8 @@ def read_prompts(path: Path) -> FromFile:
         elif isinstance(item, dict) and _is_messages(item.get("messages")) and "prompt" not in item:
             prompts.append(Prompt(messages=tuple(item["messages"])))
         else:
-            problems.append(Problem("expected an object with a string 'prompt' or a list of 'messages' "
-                                    "(each an object with a 'role' and a 'content')", str(path), number, hint=hint))
+            problems.append(Problem("expected an object with a string 'prompt' or a list of 'messages' (each "
+                                    "an object with a 'role' and a 'content')", str(path), number, hint=hint))
     if not prompts and not problems:
         problems.append(Problem("no prompts in the file", str(path), hint=hint))
     if problems:
@@ -127,9 +131,10 @@ def _is_messages(value: Any) -> bool:
         isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value)
 
 
-def request_body(prompt: Prompt, *, model: str, endpoint: Endpoint, max_tokens: int, ignore_eos: bool) -> dict[str, Any]:
-    """A streamed request for exactly ``max_tokens`` tokens where the engine honours ``ignore_eos`` (vLLM does;
-    mlx-lm ignores the field and may stop early)."""
+def request_body(prompt: Prompt, *, model: str, endpoint: Endpoint, max_tokens: int,
+                 ignore_eos: bool) -> dict[str, Any]:
+    """A streamed request for exactly ``max_tokens`` tokens where the engine honours ``ignore_eos`` (vLLM
+    does; mlx-lm ignores the field and may stop early)."""
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True,
                             "stream_options": {"include_usage": True}, "temperature": 0}
     if endpoint == "chat":
@@ -183,7 +188,8 @@ class Level:
 
 @dataclass(frozen=True)
 class Stop:
-    """When a level stops sending: after ``requests`` requests, after ``duration_s`` seconds, or at the first."""
+    """When a level stops sending: after ``requests`` requests, after ``duration_s`` seconds, or at the
+    first of the two."""
 
     requests: int | None = None
     duration_s: float | None = None

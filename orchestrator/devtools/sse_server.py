@@ -59,7 +59,8 @@ def _prompt_words(body: dict[str, Any]) -> int:
 
 @dataclass
 class StaticServer:
-    """The server's application and what it saw. ``run_in_thread`` serves it on 127.0.0.1 from its own loop."""
+    """The server's application and what it saw. ``run_in_thread`` serves it on 127.0.0.1 from its own
+    event loop."""
 
     behaviour: Behaviour = field(default_factory=Behaviour)
     bodies: list[dict[str, Any]] = field(default_factory=list)
@@ -80,7 +81,8 @@ class StaticServer:
         return web.json_response({"status": "ok"})
 
     async def models(self, _request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.behaviour.model, "object": "model"}]})
+        data = [{"id": self.behaviour.model, "object": "model"}]
+        return web.json_response({"object": "list", "data": data})
 
     async def complete(self, request: web.Request) -> web.StreamResponse:
         b = self.behaviour
@@ -95,16 +97,18 @@ class StaticServer:
         chat = request.path.endswith("/chat/completions")
         tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or b.default_max_tokens)
         prompt_tokens = round(_prompt_words(body) * b.tokens_per_word)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
+                 "total_tokens": prompt_tokens + tokens}
         name = body.get("model", b.model)
         start = time.perf_counter()
         if not body.get("stream"):
             await asyncio.sleep(b.ttft_s + b.itl_s * max(tokens - 1, 0))
             text = "".join(f"t{i} " for i in range(tokens))
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
-                      if chat else {"index": 0, "text": text, "finish_reason": "length"})
-            return web.json_response({"id": f"static-{n}", "object": "chat.completion" if chat else "text_completion",
-                                      "model": name, "choices": [choice], "usage": usage})
+            choice = {"index": 0, "finish_reason": "length",
+                      **({"message": {"role": "assistant", "content": text}} if chat else {"text": text})}
+            kind = "chat.completion" if chat else "text_completion"
+            return web.json_response({"id": f"static-{n}", "object": kind, "model": name, "choices": [choice],
+                                      "usage": usage})
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await out.prepare(request)
 
@@ -115,7 +119,8 @@ class StaticServer:
 
         cut_at = tokens // 2 if b.cut_every and n % b.cut_every == 0 else None
         for i in range(tokens):
-            # Paced from the start, not from the last write: the schedule does not drift with the server's own cost.
+            # Paced from the start, not from the last write: the schedule does not drift with the server's
+            # own cost.
             delay = start + b.ttft_s + b.itl_s * i - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -1,7 +1,8 @@
-"""``Benchmark``: a measured latency/throughput curve of one replica (model variant, hardware, engine, parallelism).
+"""``Benchmark``: one replica's measured latency/throughput curve (variant, hardware, engine, parallelism).
 
 Written by ``moxin bench --record`` (or by hand from another tool's figures). The estimator and planner may
-prefer these measurements to datasheet rooflines; turning a curve into capacity is arithmetic in ``estimate/``.
+prefer these measurements to datasheet rooflines; turning a curve into capacity is arithmetic in
+``estimate/``.
 A figure measured on an emulated pool (engine on CPU, placed as the declared hardware) says so in
 ``where.emulated``: it describes the CPU, not the hardware named.
 """
@@ -49,8 +50,8 @@ def _iso_datetime(value: object) -> object:
         try:
             return datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError(f"expected an ISO 8601 date and time with a time zone, e.g. 2026-12-01T10:00:00Z "
-                             f"(got {value[:40]!r})") from None
+            raise ValueError("expected an ISO 8601 date and time with a time zone, e.g. "
+                             f"2026-12-01T10:00:00Z (got {value[:40]!r})") from None
     return value
 
 
@@ -69,7 +70,8 @@ class Latency(Strict):
     @model_validator(mode="after")
     def _ordered(self) -> Latency:
         if self.p95 < self.p50 or (self.p99 is not None and self.p99 < self.p95):
-            raise ValueError(f"percentiles must not decrease (p50 {self.p50}, p95 {self.p95}, p99 {self.p99})")
+            raise ValueError(f"percentiles must not decrease (p50 {self.p50}, p95 {self.p95}, "
+                             f"p99 {self.p99})")
         return self
 
 
@@ -175,7 +177,8 @@ class BenchmarkSpec(Strict):
     @field_validator("curve")
     @classmethod
     def _increasing(cls, curve: list[CurvePoint]) -> list[CurvePoint]:
-        for what, key in (("concurrency", "concurrency"), ("rateRequestsPerSecond", "rate_requests_per_second")):
+        drivers = (("concurrency", "concurrency"), ("rateRequestsPerSecond", "rate_requests_per_second"))
+        for what, key in drivers:
             seen = [(i, getattr(p, key)) for i, p in enumerate(curve) if getattr(p, key) is not None]
             for (i, a), (j, b) in itertools.pairwise(seen):
                 if b <= a:

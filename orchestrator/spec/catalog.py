@@ -213,17 +213,19 @@ def _check_rollout(entry: Loaded, catalog: Catalog, pools: set[str]) -> list[Pro
     return out
 
 
-def _check_benchmark(entry: Loaded, models: dict[str, Model], profiles: dict[str, HardwareProfile]) -> list[Problem]:
+def _check_benchmark(entry: Loaded, models: dict[str, Model],
+                     profiles: dict[str, HardwareProfile]) -> list[Problem]:
     spec = entry.doc.spec
     out = []
     model = models.get(spec.model)
     if model is None:
-        out.append(entry.problem(("spec", "model"), f"unknown model {spec.model!r}", did_you_mean(spec.model, models)))
+        out.append(entry.problem(("spec", "model"), f"unknown model {spec.model!r}",
+                                 did_you_mean(spec.model, models)))
     else:
         variants = [v.name for v in model.spec.variants]
         if spec.variant not in variants:
-            out.append(entry.problem(("spec", "variant"), f"model {spec.model!r} has no variant {spec.variant!r}",
-                                     did_you_mean(spec.variant, variants)))
+            out.append(entry.problem(("spec", "variant"), f"model {spec.model!r} has no variant "
+                                     f"{spec.variant!r}", did_you_mean(spec.variant, variants)))
     profile = profiles.get(spec.hardware)
     if profile is None:
         out.append(entry.problem(("spec", "hardware"), f"unknown hardware profile {spec.hardware!r}",

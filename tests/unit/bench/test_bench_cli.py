@@ -129,11 +129,12 @@ def router(static_server) -> Iterator:
     threading.Thread(target=loop.run_forever, daemon=True).start()
     runners = []
 
-    def start(*labels: dict[str, str]) -> tuple[str, object]:
+    def start(*labels: dict[str, str], keys: object = None, others: tuple[str, ...] = ()) -> tuple[str, object]:
         upstream = static_server(ttft_s=0.01)
-        r = Router()
-        r.set_table({"tiny-chat": [{"name": f"r{i}", "url": upstream.url, "requestModel": "tiny", "weight": 1.0,
-                                    "labels": lab} for i, lab in enumerate(labels)]})
+        r = Router(keys=keys)
+        rows = {"tiny-chat": labels, **{name: (LABELS,) for name in others}}
+        r.set_table({d: [{"name": f"{d}-{i}", "url": upstream.url, "requestModel": "tiny", "weight": 1.0,
+                          "labels": {**lab, "deployment": d}} for i, lab in enumerate(labs)] for d, labs in rows.items()})
         runner = asyncio.run_coroutine_threadsafe(serve(r, "127.0.0.1", 0, reuse_port=False), loop).result(10)
         runners.append(runner)
         return f"http://127.0.0.1:{runner.addresses[0][1]}", upstream
@@ -172,3 +173,24 @@ def test_a_missing_key_stops_at_the_warm_up_with_what_to_do(static_server) -> No
     out = bench("--url", server.url, "--model", "m", *FAST, env={"MOXIN_API_KEY": ""})
     assert out.exit_code == 1 and "http_401" in out.output and "$MOXIN_API_KEY or --api-key-file" in out.output
     assert len(server.server.bodies) == 1
+
+
+def test_the_routes_a_key_may_not_see_stay_hidden_and_from_status_sends_the_key(router, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from orchestrator.runtime.keys import KeyRing, create_key
+
+    key_file = tmp_path / "keys.yaml"
+    key = create_key(key_file, "bench", ("tiny-chat",))
+    url, _ = router(LABELS, keys=KeyRing(key_file), others=("secret-deployment",))
+    request = urllib.request.Request(url + "/moxin/routes", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert list(json.loads(resp.read())["deployments"]) == ["tiny-chat"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url + "/moxin/routes", timeout=10)
+    assert refused.value.code == 401
+    out = bench("--url", url, "--model", "tiny-chat", "--concurrency", "1", *FAST, "--record", "--from-status",
+                "--tp", "1", "--pp", "1", "-o", "json", "-f", str(local_example_dir()), env={"MOXIN_API_KEY": key})
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["spec"]["hardware"] == "nvidia-h100-sxm" and key not in out.output
