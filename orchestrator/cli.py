@@ -887,6 +887,257 @@ def keys_list(path: Path, fmt: str) -> None:
         click.echo(f"{row['name']:<24} {scope}")
 
 
+# -- moxin bench: load an OpenAI-compatible endpoint, print or record the curve (issue "Measured performance") ------
+def _numbers(kind: type) -> Any:
+    """A click callback: '1,2,4' -> [1, 2, 4] (each > 0)."""
+
+    def parse(_ctx: click.Context, param: click.Parameter, value: str | None) -> list[Any] | None:
+        if value is None:
+            return None
+        try:
+            items = [kind(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            items = []
+        if not items or any(v <= 0 for v in items):
+            raise click.BadParameter(f"expected a comma-separated list of numbers > 0, e.g. 1,2,4 (got {value!r})")
+        return items
+
+    return parse
+
+
+def _api_key(key_file: Path | None) -> str | None:
+    """The API key: from --api-key-file, else $MOXIN_API_KEY. Never printed, never recorded."""
+    if key_file is not None:
+        try:
+            return key_file.read_text().strip() or None
+        except OSError as exc:
+            raise MoxinError(f"cannot read the API key file {key_file}: {exc.strerror or exc}") from None
+    return os.environ.get("MOXIN_API_KEY") or None
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed, rebuilt from the options given (defaults left out; no secrets are options)."""
+    import shlex
+
+    words = ["moxin", "bench"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if not isinstance(param, click.Option) or ctx.get_parameter_source(param.name or "") in (
+                click.core.ParameterSource.DEFAULT, None) or value is None:
+            continue
+        name = max(param.opts, key=len)
+        if param.is_flag:
+            words.append(name if value else (max(param.secondary_opts, key=len) if param.secondary_opts else ""))
+            continue
+        for v in value if param.multiple else [value]:
+            v = ",".join(f"{x:g}" for x in v) if isinstance(v, list) else v
+            words += [name, str(v)]
+    return shlex.join(w for w in words if w)
+
+
+def _bench_rows(sweep: Any) -> list[list[Any]]:
+    def ms(d: Any, q: str) -> str | None:
+        return None if d is None else f"{getattr(d, q) * 1000:,.1f}"
+
+    rows = []
+    for lv in sweep.levels:
+        errors = sum(lv.errors.values())
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(lv.errors.items()))
+        rows.append([f"c={lv.concurrency}" if lv.concurrency is not None else f"{lv.rate:g}/s", lv.requests,
+                     f"{errors} ({kinds})" if errors else 0, ms(lv.ttft_s, "p50"), ms(lv.ttft_s, "p95"),
+                     ms(lv.ttft_s, "p99"), ms(lv.tpot_s, "p50"), ms(lv.tpot_s, "p95"), ms(lv.itl_s, "p95"),
+                     ms(lv.e2e_s, "p50"), ms(lv.e2e_s, "p95"), f"{lv.output_tokens_per_second:,.1f}",
+                     f"{lv.requests_per_second:,.2f}"])
+    return rows
+
+
+@cli.command()
+@click.option("--url", required=True, help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000.")
+@click.option("--model", "request_model", help="Model name the requests carry [default: the --deployment name].")
+@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File holding the API key [default: $MOXIN_API_KEY; none if unset]. The key is never printed.")
+@click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat", show_default=True,
+              help="/v1/chat/completions or /v1/completions.")
+@click.option("--concurrency", callback=_numbers(int), metavar="N,N,..",
+              help="Closed-loop levels: concurrent streams [default: 1,2,4,8 unless --rate is given].")
+@click.option("--rate", callback=_numbers(float), metavar="R,R,..",
+              help="Open-loop levels: Poisson arrivals at R requests/s (after the concurrency levels).")
+@click.option("--requests", type=click.IntRange(1), help="Requests per level [default: 32 unless --duration].")
+@click.option("--duration", type=click.FloatRange(0.1), help="Seconds per level (with --requests: the first to "
+              "end a level ends it).")
+@click.option("--prompt-tokens", type=click.IntRange(1), help="Synthetic prompt length [default: the deployment's "
+              "traffic, else 128].")
+@click.option("--output-tokens", type=click.IntRange(1), help="Tokens to generate per request (max_tokens) "
+              "[default: the deployment's traffic, else 64].")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help='JSONL prompts, one per line: {"prompt": "..."} or {"messages": [...]} (instead of synthetic).')
+@click.option("-f", "--file", "paths", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Documents: the ModelDeployment of --deployment, and models/profiles that --record names.")
+@click.option("--deployment", help="Take prompt/output tokens (and the model name) from this ModelDeployment.")
+@click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True,
+              help="Ask for exactly --output-tokens (vLLM honours ignore_eos; mlx-lm ignores the field).")
+@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True, help="Requests before the first "
+              "level, not counted (the first also sizes synthetic prompts to the server's token count).")
+@click.option("--timeout", type=click.FloatRange(1), default=120, show_default=True, help="Seconds per request.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Prompts and Poisson arrivals.")
+@click.option("-o", "--output", "out", default="table", show_default=True,
+              help="table, json or yaml on stdout; or a FILE.yaml / FILE.json to write (the table still printed).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the latency-throughput "
+              "curve (TTFT and TPOT p95 against output tokens/s) as SVG.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar on stderr.")
+@click.option("--record", is_flag=True, help="Output a Benchmark document (for the estimator and planner) "
+              "instead of the raw results.")
+@click.option("--name", "doc_name", help="The Benchmark's metadata.name [default: model-variant-hardware-time].")
+@click.option("--from-status", is_flag=True, help="Take the replica's labels (model, variant, hardware, engine, "
+              "emulated) from the router at --url (GET /moxin/routes); the deployment must have one replica.")
+@click.option("--model-name", help="Record: the Model measured (moxin models).")
+@click.option("--variant", help="Record: the variant served.")
+@click.option("--hardware", help="Record: the hardware profile of the replica (moxin profiles).")
+@click.option("--engine", type=click.Choice(["vllm", "mlx-lm", "vllm-metal"]), help="Record: the engine.")
+@click.option("--engine-version", help="Record: the engine's release.")
+@click.option("--tp", type=click.IntRange(1), help="Record: tensor-parallel degree [mlx-lm: 1].")
+@click.option("--pp", type=click.IntRange(1), help="Record: pipeline stages [mlx-lm: 1].")
+@click.option("--ep/--no-ep", default=False, help="Record: expert parallelism.")
+@click.option("--emulated", is_flag=True, help="Record: the replica ran on CPU in place of --hardware.")
+@click.option("--through-router", is_flag=True, help="Record: --url is moxin's router [implied by --from-status].")
+@click.option("--context", type=click.IntRange(1), help="Record: the replica's context length [default: the "
+              "deployment's contextTokens].")
+@click.option("--kv-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp8", "int8", "int4"]),
+              help="Record: KV-cache data type [default: the deployment's, else auto].")
+@click.option("--max-num-seqs", type=click.IntRange(1), help="Record: the engine's concurrent-sequence limit.")
+@click.pass_context
+def bench(ctx: click.Context, url: str, request_model: str | None, api_key_file: Path | None, endpoint: str,
+          concurrency: list[int] | None, rate: list[float] | None, requests: int | None, duration: float | None,
+          prompt_tokens: int | None, output_tokens: int | None, prompts_file: Path | None, paths: tuple[Path, ...],
+          deployment: str | None, ignore_eos: bool, warmup: int, timeout: float, seed: int, out: str,
+          plot: Path | None, progress: bool, record: bool, doc_name: str | None, from_status: bool,
+          model_name: str | None, variant: str | None, hardware: str | None, engine: str | None,
+          engine_version: str | None, tp: int | None, pp: int | None, ep: bool, emulated: bool,
+          through_router: bool, context: int | None, kv_dtype: str | None, max_num_seqs: int | None) -> None:
+    """Load an OpenAI-compatible endpoint (moxin's router, or any engine) level by level; print TTFT, TPOT, ITL
+    and end-to-end percentiles, throughput and errors per level, or record them as a Benchmark document."""
+    import asyncio
+
+    from orchestrator.output import to_json, to_yaml, write_atomic
+
+    fmt, out_file = (out, None) if out in ("table", "json", "yaml") else (None, Path(out))
+    if out_file is not None:
+        fmt = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(out_file.suffix)
+        if fmt is None:
+            raise click.BadParameter("expected table, json, yaml, or a file ending in .yaml, .yml or .json",
+                                     param_hint="-o")
+    if from_status and not record:
+        raise click.UsageError("--from-status reads the labels --record writes: add --record")
+    if record and fmt == "table":
+        raise click.UsageError("--record writes a Benchmark document: add -o FILE.yaml (or -o yaml / -o json)")
+    if prompts_file is not None and prompt_tokens is not None:
+        raise click.UsageError("--prompts and --prompt-tokens exclude each other")
+    if deployment is None and request_model is None:
+        raise click.UsageError("give --model (the name requests carry), or --deployment")
+    try:
+        from orchestrator.bench.load import sweep as run_sweep
+    except ImportError as exc:
+        raise MoxinError(f"{exc.name} is not installed: pip install 'moxin[ray]'") from None
+    from orchestrator.bench import record as rec
+    from orchestrator.bench.workload import Level, Stop, Synthetic, Target, read_prompts
+
+    catalog = _catalog(paths) if (paths or deployment or record) else None
+    dep = None
+    if deployment is not None:
+        from orchestrator.spec.suggest import did_you_mean
+
+        dep = catalog.deployments.get(deployment)
+        if dep is None:
+            raise SpecError([Problem(f"unknown ModelDeployment {deployment!r}",
+                                     hint=did_you_mean(deployment, catalog.deployments) + " (pass its file with -f)")])
+    traffic = dep.spec.traffic if dep else None
+    prompt_tokens = prompt_tokens or (traffic.prompt_tokens if traffic else 128)
+    output_tokens = output_tokens or (traffic.output_tokens if traffic else 64)
+    target = Target(url=url, model=request_model or str(deployment), api_key=_api_key(api_key_file),
+                    endpoint=endpoint, ignore_eos=ignore_eos, timeout_s=timeout)  # type: ignore[arg-type]
+    levels = [Level(concurrency=c) for c in concurrency or ([] if rate else [1, 2, 4, 8])]
+    levels += [Level(rate=r) for r in rate or []]
+    stop = Stop(requests=requests if requests or duration else 32, duration_s=duration)
+    workload = read_prompts(prompts_file) if prompts_file else Synthetic(prompt_tokens, seed)
+
+    replica = None
+    if record:
+        replica = rec.Replica(
+            model=model_name, variant=variant, hardware=hardware, engine=engine, engine_version=engine_version,
+            tensor_parallel=tp, pipeline_parallel=pp, expert_parallel=ep, emulated=emulated,
+            deployment=deployment if dep else None, context_tokens=context or (dep.spec.context_tokens if dep else None),
+            kv_cache_dtype=kv_dtype or (dep.spec.kv_cache_dtype if dep else "auto"), max_num_seqs=max_num_seqs)
+        if from_status:
+            from orchestrator.bench.routes import read_routes, replica_labels
+
+            labels = replica_labels(read_routes(url, target.api_key), target.model)
+            replica = rec.from_labels(labels, replica)
+        if rec.missing(replica):
+            raise click.UsageError(f"--record needs the replica's {', '.join(rec.missing(replica))}"
+                                   + ("" if from_status else " (or --from-status, through moxin's router)"))
+        model = catalog.model(replica.model)
+        _pick_variant(model, replica.variant)
+        profile = catalog.profile(replica.hardware)
+        if profile.spec.engine(replica.engine) is None:
+            raise SpecError([Problem(f"hardware profile {replica.hardware!r} has no engine {replica.engine!r}",
+                                     hint=f"its engines: {', '.join(e.engine for e in profile.spec.engines)}")])
+
+    def go(on_level: Any = None, on_request: Any = None) -> Any:
+        return asyncio.run(run_sweep(target, levels, stop, workload, output_tokens, warmup=warmup, seed=seed,
+                                     on_level=on_level, on_request=on_request))
+
+    if progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("warm-up", total=None)
+
+            def on_level(_n: int, level: Any) -> None:
+                label = f"concurrency {level.concurrency}" if level.concurrency else f"rate {level.rate:g}/s"
+                bar.reset(task, description=label, total=stop.requests if not stop.duration_s else None)
+
+            result = go(on_level, lambda _r: bar.advance(task))
+    else:
+        result = go()
+
+    if plot is not None:
+        from orchestrator.bench.plot import curve_svg
+
+        write_atomic(plot, curve_svg(f"{target.model} at {target.public_url}", result.levels))
+        click.echo(f"wrote {plot}", err=True)
+    if record:
+        from orchestrator.bench.host import describe, host_name
+
+        assert replica is not None
+        context_info = rec.Context(command=_command_line(ctx), tool=f"moxin bench {__version__}", host=host_name(),
+                                   machine=describe(), through_router=through_router or from_status)
+        try:
+            doc = rec.benchmark_document(result, replica, context_info, name=doc_name,
+                                         prompt_tokens=None if prompts_file else prompt_tokens)
+        except ValueError as exc:
+            raise MoxinError(f"cannot record: {exc}") from None
+        data = _dump(doc)
+    else:
+        data = result.to_json()
+    text = (to_json(data) + "\n") if fmt == "json" else to_yaml(data)
+    if out_file is not None:
+        write_atomic(out_file, text)
+    if fmt == "table" or out_file is not None:
+        from orchestrator.output import table
+
+        table(["LEVEL", "REQS", "ERRORS", "TTFT p50", "TTFT p95", "TTFT p99", "TPOT p50", "TPOT p95", "ITL p95",
+               "E2E p50", "E2E p95", "OUT TOK/S", "REQ/S"], _bench_rows(result),
+              title=f"{target.model} at {target.public_url} (latencies in ms)")
+        if out_file is not None:
+            click.echo(f"wrote {out_file}", err=True)
+    else:
+        sys.stdout.write(text)
+    if any(lv.succeeded == 0 for lv in result.levels):
+        click.echo("warning: a level had no successful request; see ERRORS", err=True)
+
+
 def main() -> None:
     cli(prog_name="moxin")
 

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible router: /v1/models, /v1/chat/completions, /v1/completions (streamed or not), /metrics.
+"""The OpenAI-compatible router: /v1/models, /v1/chat/completions, /v1/completions (streamed or not), /metrics,
+and /moxin/routes (the routing table's replicas and labels, read-only).
 
 Model name = deployment name. Each request goes to one replica chosen by ``balance``; a request whose connection
 fails before any byte came back is retried on another replica; no ready replica -> 503 with the reason. Every
@@ -125,6 +126,7 @@ class Router:
         app.router.add_post("/v1/completions", self.proxy)
         app.router.add_get("/metrics", self.export)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/moxin/routes", self.routes)
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
@@ -194,6 +196,13 @@ class Router:
             return web.json_response({"status": "ok"})
         ready = {d: len(eps) for d, eps in self.balancer.table.items()}
         return web.json_response({"status": "ok", "readyReplicas": ready})
+
+    async def routes(self, request: web.Request) -> web.Response:
+        """The routing table as this router holds it, read-only: the replicas of each deployment the caller's key
+        may see, with their labels (``moxin bench --from-status`` reads them). Upstream URLs are left out."""
+        table = {d: [{"name": e.name, "weight": e.weight, "labels": e.labels, "inFlight": e.in_flight}
+                     for e in self.balancer.table.get(d, [])] for d in self._visible(request)}
+        return web.json_response({"deployments": table})
 
     async def export(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

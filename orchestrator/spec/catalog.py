@@ -4,7 +4,8 @@
 replace a built-in of the same kind and name; two user documents of the same kind and name are an
 error. Overlays (a HardwareProfile with ``spec.extends``) are merged onto their bases first
 (``spec/overlay.py``). ``resolve`` checks every reference (fleet -> profile, deployment -> model/variant/pool,
-rollout -> deployment/variant/pool) and reports each bad one at its line with a did-you-mean.
+rollout -> deployment/variant/pool, benchmark -> model/variant/hardware/engine) and reports each bad one at
+its line with a did-you-mean.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from orchestrator.errors import Problem, SpecError
+from orchestrator.spec.benchmark import Benchmark
 from orchestrator.spec.deployment import ModelDeployment
 from orchestrator.spec.fleet import Fleet
 from orchestrator.spec.hardware import HardwareProfile
@@ -77,6 +79,10 @@ class Catalog:
     @property
     def plans(self) -> dict[str, Plan]:
         return self._of("Plan")
+
+    @property
+    def benchmarks(self) -> dict[str, Benchmark]:
+        return self._of("Benchmark")
 
     def entry(self, kind: str, name: str) -> Loaded:
         return self.entries[(kind, name)]
@@ -144,6 +150,8 @@ def resolve(catalog: Catalog) -> None:
             problems += _check_deployment(entry, models, pools)
         elif kind == "Rollout":
             problems += _check_rollout(entry, catalog, pools)
+        elif kind == "Benchmark":
+            problems += _check_benchmark(entry, models, profiles)
     if problems:
         raise SpecError(problems)
 
@@ -206,4 +214,28 @@ def _check_rollout(entry: Loaded, catalog: Catalog, pools: set[str]) -> list[Pro
         if target.pool is not None and pools and target.pool not in pools:
             out.append(entry.problem(("spec", side, "pool"), f"no fleet has a pool {target.pool!r}",
                                      did_you_mean(target.pool, pools)))
+    return out
+
+
+def _check_benchmark(entry: Loaded, models: dict[str, Model],
+                     profiles: dict[str, HardwareProfile]) -> list[Problem]:
+    spec = entry.doc.spec
+    out = []
+    model = models.get(spec.model)
+    if model is None:
+        out.append(entry.problem(("spec", "model"), f"unknown model {spec.model!r}",
+                                 did_you_mean(spec.model, models)))
+    else:
+        variants = [v.name for v in model.spec.variants]
+        if spec.variant not in variants:
+            out.append(entry.problem(("spec", "variant"), f"model {spec.model!r} has no variant "
+                                     f"{spec.variant!r}", did_you_mean(spec.variant, variants)))
+    profile = profiles.get(spec.hardware)
+    if profile is None:
+        out.append(entry.problem(("spec", "hardware"), f"unknown hardware profile {spec.hardware!r}",
+                                 did_you_mean(spec.hardware, profiles)))
+    elif profile.spec.engine(spec.engine) is None:
+        engines = [e.engine for e in profile.spec.engines]
+        out.append(entry.problem(("spec", "engine"), f"hardware profile {spec.hardware!r} has no engine "
+                                 f"{spec.engine!r}", f"its engines: {', '.join(engines)}"))
     return out

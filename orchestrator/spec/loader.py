@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import Problem, SpecError
 from orchestrator.spec.base import API_VERSION, PATTERN_MEANINGS, Document, FieldError
+from orchestrator.spec.benchmark import Benchmark
 from orchestrator.spec.deployment import ModelDeployment
 from orchestrator.spec.fleet import Fleet
 from orchestrator.spec.hardware import HardwareProfile, HardwareProfileOverlay
@@ -44,6 +45,7 @@ KINDS: dict[str, type[Document[Any]]] = {
     "ModelDeployment": ModelDeployment,
     "Rollout": Rollout,
     "Plan": Plan,
+    "Benchmark": Benchmark,
 }
 YAML_SUFFIXES = (".yaml", ".yml")
 
