@@ -22,7 +22,7 @@ from orchestrator.cli_options import choice, option_from, options_from
 from orchestrator.errors import InfeasibleError, MoxinError, Problem, SpecError
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ENGINE_PORT, MODEL_ROOT, ROUTER_PORT
 from orchestrator.spec.deployment import ModelDeploymentSpec
-from orchestrator.spec.engine import ENGINE_DEFAULTS, EngineName, EngineSettings
+from orchestrator.spec.engine import ENGINE_DEFAULTS, EngineName, EngineSettings, KvCacheDtype
 from orchestrator.spec.plan import PlanOptions
 
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
@@ -196,7 +196,7 @@ def _replica_options(command: Any) -> Any:
               ["gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "cpu_kv_cache_gib"])
 @click.option("--usd-per-device-hour", type=click.FloatRange(0), help="Price, for cost per hour and per token.")
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
-@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@OUTPUT
 def estimate(model_name: str, variant_name: str, hardware: str, tp: int | None, pp: int | None, ep: bool,
              context: int | None, batch: int, kv_cache_dtype: str, engine: str | None,
              usd_per_device_hour: float | None, paths: tuple[Path, ...], fmt: str, **settings: Any) -> None:
@@ -299,7 +299,7 @@ def matrix(model_name: str, context: int | None, hardware: tuple[str, ...], path
 @click.option("--port", type=click.IntRange(1, 65535), default=ENGINE_PORT, show_default=True)
 @click.option("--model-path", help="Where the engine reads the weights [default: the variant's checkpoint].")
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path), help="Extra documents.")
-@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@OUTPUT
 def engine_args(model_name: str, variant_name: str, hardware: str, tp: int | None, pp: int | None, ep: bool,
                 context: int | None, concurrency: int | None, kv_cache_dtype: str, engine: str | None, port: int,
                 model_path: str | None, paths: tuple[Path, ...], fmt: str, **settings: Any) -> None:
@@ -347,7 +347,7 @@ def _load_plan(path: Path) -> Any:
               flags={"time_limit_s": "--time-limit"})
 @click.option("--diff", "diff_paths", nargs=2, type=click.Path(dir_okay=False, path_type=Path),
               help="OLD NEW: show what moves between two plans (no planning).")
-@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@OUTPUT
 def plan(paths: tuple[Path, ...], fleet_name: str | None, previous: Path | None,
          diff_paths: tuple[Path, Path] | None, fmt: str, **options: Any) -> None:
     """Place every deployment on the fleet: variant, pool, parallelism, replicas, nodes, with the reasons."""
@@ -989,11 +989,13 @@ def _bench_rows(sweep: Any) -> list[list[Any]]:
               "instead of the raw results.")
 @click.option("--name", "doc_name", help="The Benchmark's metadata.name [default: model-variant-hardware-time].")
 @click.option("--from-status", is_flag=True, help="Take the replica's labels (model, variant, hardware, engine, "
-              "emulated) from the router at --url (GET /moxin/routes); the deployment must have one replica.")
+              "emulated) from the router at --url (GET /moxin/routes): the --replica, or the deployment's only one.")
+@click.option("--replica", "replica_name", help="Through moxin's router: measure this replica alone (`moxin status` "
+              "names them); the router sends every request to it.")
 @click.option("--model-name", help="Record: the Model measured (moxin models).")
 @click.option("--variant", help="Record: the variant served.")
 @click.option("--hardware", help="Record: the hardware profile of the replica (moxin profiles).")
-@click.option("--engine", type=click.Choice(["vllm", "mlx-lm", "vllm-metal"]), help="Record: the engine.")
+@click.option("--engine", type=choice(EngineName), help="Record: the engine.")
 @click.option("--engine-version", help="Record: the engine's release.")
 @click.option("--tp", type=click.IntRange(1), help="Record: tensor-parallel degree [mlx-lm: 1].")
 @click.option("--pp", type=click.IntRange(1), help="Record: pipeline stages [mlx-lm: 1].")
@@ -1002,7 +1004,7 @@ def _bench_rows(sweep: Any) -> list[list[Any]]:
 @click.option("--through-router", is_flag=True, help="Record: --url is moxin's router [implied by --from-status].")
 @click.option("--context", type=click.IntRange(1), help="Record: the replica's context length [default: the "
               "deployment's contextTokens].")
-@click.option("--kv-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp8", "int8", "int4"]),
+@click.option("--kv-dtype", type=choice(KvCacheDtype),
               help="Record: KV-cache data type [default: the deployment's, else auto].")
 @click.option("--max-num-seqs", type=click.IntRange(1), help="Record: the engine's concurrent-sequence limit.")
 @click.pass_context
@@ -1011,6 +1013,7 @@ def bench(ctx: click.Context, url: str, request_model: str | None, api_key_file:
           prompt_tokens: int | None, output_tokens: int | None, prompts_file: Path | None, paths: tuple[Path, ...],
           deployment: str | None, ignore_eos: bool, warmup: int, timeout: float, seed: int, out: str,
           plot: Path | None, progress: bool, record: bool, doc_name: str | None, from_status: bool,
+          replica_name: str | None,
           model_name: str | None, variant: str | None, hardware: str | None, engine: str | None,
           engine_version: str | None, tp: int | None, pp: int | None, ep: bool, emulated: bool,
           through_router: bool, context: int | None, kv_dtype: str | None, max_num_seqs: int | None) -> None:
@@ -1054,7 +1057,8 @@ def bench(ctx: click.Context, url: str, request_model: str | None, api_key_file:
     prompt_tokens = prompt_tokens or (traffic.prompt_tokens if traffic else 128)
     output_tokens = output_tokens or (traffic.output_tokens if traffic else 64)
     target = Target(url=url, model=request_model or str(deployment), api_key=_api_key(api_key_file),
-                    endpoint=endpoint, ignore_eos=ignore_eos, timeout_s=timeout)  # type: ignore[arg-type]
+                    endpoint=endpoint, ignore_eos=ignore_eos, timeout_s=timeout,  # type: ignore[arg-type]
+                    replica=replica_name)
     levels = [Level(concurrency=c) for c in concurrency or ([] if rate else [1, 2, 4, 8])]
     levels += [Level(rate=r) for r in rate or []]
     stop = Stop(requests=requests if requests or duration else 32, duration_s=duration)
@@ -1070,7 +1074,7 @@ def bench(ctx: click.Context, url: str, request_model: str | None, api_key_file:
         if from_status:
             from orchestrator.bench.routes import read_routes, replica_labels
 
-            labels = replica_labels(read_routes(url, target.api_key), target.model)
+            labels = replica_labels(read_routes(url, target.api_key), target.model, replica_name)
             replica = rec.from_labels(labels, replica)
         if rec.missing(replica):
             raise click.UsageError(f"--record needs the replica's {', '.join(rec.missing(replica))}"

@@ -12,10 +12,8 @@ import urllib.request
 from typing import Any
 
 from orchestrator.errors import MoxinError
+from orchestrator.spec.defaults import ROUTES_PATH
 from orchestrator.spec.suggest import did_you_mean
-
-ROUTES_PATH = "/moxin/routes"
-
 
 Routes = dict[str, list[dict[str, Any]]]
 """{deployment: [{name, weight, labels, inFlight}]}"""
@@ -38,16 +36,21 @@ def read_routes(router_url: str, api_key: str | None = None, timeout_s: float = 
     return data["deployments"]
 
 
-def replica_labels(routes: Routes, deployment: str) -> dict[str, str]:
-    """The labels of the one replica serving ``deployment``; an error when there is none or several."""
+def replica_labels(routes: Routes, deployment: str, replica: str | None = None) -> dict[str, str]:
+    """The labels of the replica measured: the one named ``replica`` (``--replica``), else the one replica serving
+    ``deployment``; an error when there is none or several."""
     rows = routes.get(deployment)
     if rows is None:
         raise MoxinError(f"the router serves no deployment {deployment!r} (to this key); "
                          f"{did_you_mean(deployment, routes)}")
+    if replica is not None:
+        rows = [r for r in rows if r.get("name") == replica]
+        if not rows:
+            raise MoxinError(f"deployment {deployment!r} has no ready replica {replica!r}; "
+                             f"{did_you_mean(replica, [str(r.get('name')) for r in routes[deployment]])}")
     if len(rows) != 1:
         names = ", ".join(f"{r.get('name')} ({(r.get('labels') or {}).get('hardware', '?')})"
                           for r in rows) or "none"
         raise MoxinError(f"deployment {deployment!r} has {len(rows)} ready replicas ({names}); a Benchmark "
-                         "describes one replica: send the load to one replica's URL and give its labels with "
-                         "--model-name/--variant/--hardware/--engine, or wait until one replica is routed")
+                         "describes one replica: name it with --replica (the router sends the load to it alone)")
     return {str(k): str(v) for k, v in (rows[0].get("labels") or {}).items()}

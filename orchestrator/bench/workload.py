@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from orchestrator.errors import Problem, SpecError
+from orchestrator.spec.defaults import REPLICA_HEADER
 
 Endpoint = Literal["chat", "completions"]
 PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -156,6 +157,8 @@ class Target:
     endpoint: Endpoint = "chat"
     ignore_eos: bool = True
     timeout_s: float = 120.0
+    replica: str | None = None
+    """Through moxin's router: the one replica of the deployment to measure (its ``X-Moxin-Replica`` header)."""
 
     @property
     def request_url(self) -> str:
@@ -173,7 +176,8 @@ class Target:
         return urlunsplit(parts._replace(netloc=netloc))
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return auth | ({REPLICA_HEADER: self.replica} if self.replica else {})
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Balancer, Endpoint, 
 from orchestrator.runtime.keys import ApiKey, KeyRing, bearer_token
 from orchestrator.runtime.metrics import RouterMetrics
 from orchestrator.runtime.request_checks import Invalid, check_request, parse_body
+from orchestrator.spec.defaults import REPLICA_HEADER, ROUTES_PATH
 from orchestrator.spec.plan import METRIC_LABELS
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class Router:
         app.router.add_post("/v1/completions", self.proxy)
         app.router.add_get("/metrics", self.export)
         app.router.add_get("/health", self.health)
-        app.router.add_get("/moxin/routes", self.routes)
+        app.router.add_get(ROUTES_PATH, self.routes)
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
@@ -226,6 +227,13 @@ class Router:
                           param="model", code="model_not_found")
         start = time.monotonic()
         tried: set[str] = set()
+        pinned = request.headers.get(REPLICA_HEADER)
+        if pinned is not None:  # a measurement of one replica (moxin bench --replica): no other takes the request
+            names = [e.name for e in self.balancer.table.get(name, [])]
+            if pinned not in names:
+                return _error(404, f"deployment {name!r} has no ready replica {_short(pinned)!r}; ready: {names}",
+                              param=REPLICA_HEADER, code="replica_not_found")
+            tried = set(names) - {pinned}
         while True:
             ep = self.balancer.pick(name, tried, time.monotonic())
             if ep is None:

@@ -17,3 +17,8 @@ ENGINE_PORT = 8000
 MODEL_ROOT = "/models"
 """Where checkpoints live on every node: a variant without its own ``checkpoint`` is read from
 ``<root>/<model>/<variant>`` (a volume mount on Kubernetes, a local cache for ``moxin up``)."""
+ROUTES_PATH = "/moxin/routes"
+"""The router's read-only routing table: each deployment's ready replicas with their labels (``moxin bench``)."""
+REPLICA_HEADER = "X-Moxin-Replica"
+"""A request carrying this header goes to the named replica of its deployment and no other (``moxin bench
+--replica``: a Benchmark describes one replica, while a deployment may run on several kinds of hardware)."""

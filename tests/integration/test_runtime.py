@@ -176,6 +176,26 @@ def test_metrics_carry_the_schema_with_real_values(up):
     assert "moxin_requests_in_flight" in router
 
 
+def test_bench_through_the_router_records_a_benchmark_of_each_replica(up, tmp_path):
+    """The embedded default measures too: `moxin bench --replica R --from-status --record` through moxin up's router
+    sends every request to that replica and writes a Benchmark the loader accepts, with the replica's labels."""
+    from orchestrator.spec import load_catalog
+    from orchestrator.spec.catalog import local_example_dir
+
+    for engine, replica in by_engine(status(up["env"])).items():
+        out = tmp_path / f"bench-{engine}.yaml"
+        moxin(up["env"], "bench", "--url", up["router"], "--model", DEPLOYMENT, "--replica", replica["id"],
+              "--concurrency", "1,2", "--requests", "4", "--prompt-tokens", "16", "--output-tokens", "8",
+              "--no-progress", "--record", "--from-status", "--tp", "1", "--pp", "1",
+              "-f", str(local_example_dir()), "-o", str(out), timeout=600)
+        (doc,) = load_catalog([local_example_dir(), out]).benchmarks.values()
+        spec = doc.spec
+        assert (spec.engine, spec.hardware, spec.variant) == (engine, replica["labels"]["hardware"],
+                                                              replica["labels"]["variant"])
+        assert [p.concurrency for p in spec.curve] == [1, 2] and spec.where.emulated and spec.where.through_router
+        assert all(p.error_rate == 0 and p.output_tokens_per_second > 0 for p in spec.curve)
+
+
 def test_prometheus_scrapes_engines_router_and_controller_from_the_file_sd(up, tmp_path):
     prometheus = shutil.which("prometheus")
     if prometheus is None:

@@ -95,6 +95,28 @@ def test_a_dead_replica_is_retried_before_any_byte_and_503_says_when_none_is_lef
     run(scenario())
 
 
+def test_a_request_naming_a_replica_goes_to_it_alone():
+    """moxin bench --replica: every request reaches the named replica, whatever the weights say; a name the
+    deployment does not route is a 404, and a failing pinned replica is a 503, not another replica's answer."""
+    async def scenario():
+        small, big = Engine("m"), Engine("m")
+        router = Router()
+        async with serving(small.app()) as small_url, serving(big.app()) as big_url, \
+                serving(router.app()) as url, ClientSession() as s:
+            router.set_table({"d": [row("small", small_url, "m", 1.0), row("big", big_url, "m", 1000.0)]})
+            for _ in range(6):
+                status, _, _ = await post(s, url, {"model": "d", "messages": MESSAGES}, **{"X-Moxin-Replica": "small"})
+                assert status == 200
+            assert len(small.seen) == 6 and not big.seen
+            status, body, _ = await post(s, url, {"model": "d", "messages": MESSAGES}, **{"X-Moxin-Replica": "nope"})
+            assert status == 404 and body["error"]["code"] == "replica_not_found" and "small" in body["error"]["message"]
+            router.set_table({"d": [row("dead", refused_url(), "m"), row("big", big_url, "m")]})
+            status, body, _ = await post(s, url, {"model": "d", "messages": MESSAGES}, **{"X-Moxin-Replica": "dead"})
+            assert status == 503 and not big.seen
+
+    run(scenario())
+
+
 def test_an_unknown_model_is_a_404_naming_the_served_ones():
     async def scenario():
         async with routed({"d": Engine("m"), "e": Engine("m")}) as (_, url, s):
