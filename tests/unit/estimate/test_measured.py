@@ -55,8 +55,8 @@ def test_the_tpot_target_crossed_between_two_levels_bounds_the_concurrency_there
     assert cap.reading is not None and cap.reading.concurrency == 6 and cap.binding == "tpot-slo"
     assert math.isclose(cap.reading.requests_per_second, 3.7)  # 3.0 + (4.4 - 3.0) * 2/4
     assert math.isclose(cap.reading.tpot_p95_s, 0.0475) and cap.reading.tpot_p95_s <= 0.050
-    assert cap.reasons == ("TPOT p95 reaches the 50 ms target at concurrency 6.4, between the measured 4 and 8 (read "
-                           "linearly in concurrency): 6 is the largest that meets the SLO",)
+    assert cap.reasons == (("TPOT p95 reaches the 50 ms target at concurrency 6.4, between the measured 4 and 8 (read "
+                            "linearly in concurrency): 6 is the largest that meets the SLO"),)
     assert cap.measured_range == (1, 8)
 
 
