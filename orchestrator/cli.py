@@ -207,9 +207,11 @@ def estimate(model_name: str, variant_name: str, hardware: str, tp: int | None, 
     catalog = _catalog(paths)
     model = catalog.model(model_name)
     variant = _pick_variant(model, variant_name)
+    benchmarks, fits = _measurements(catalog)
     result = run_estimate(model, variant, catalog.profile(hardware), tp=tp, pp=pp, ep=ep, context=context,
                           batch=batch, kv_dtype=kv_cache_dtype, engine=engine,
-                          settings=EngineSettings(**settings), usd_per_device_hour=usd_per_device_hour)
+                          settings=EngineSettings(**settings), usd_per_device_hour=usd_per_device_hour,
+                          benchmarks=benchmarks, calibrations=fits.calibrations)
     if fmt != "table":
         emit(result.to_json(), fmt)
     else:
@@ -229,11 +231,14 @@ def estimate(model_name: str, variant_name: str, hardware: str, tp: int | None, 
             ["overhead per device", f"{gb(r.overhead_bytes_per_device, 2)} GB"],
             ["peak per device", f"{gb(r.peak_bytes_per_device, 2)} GB of {gb(r.usable_bytes_per_device, 2)} GB usable"],
             ["max context", r.max_context_tokens], ["max concurrency", r.max_concurrency],
+            ["speed from", r.speed_label],
             ["decode tok/s", f"{speed(r.decode_tokens_per_second)} per sequence, "
-             f"{speed(r.aggregate_decode_tokens_per_second)} total ({r.bound}-bound)"],
+             f"{speed(r.aggregate_decode_tokens_per_second)} total ({r.bound}-bound, datasheet roofline)"
+             if r.decode_tokens_per_second is not None else None],
             ["prefill tok/s", speed(r.prefill_tokens_per_second)],
             ["calibration", f"{r.calibration['key']} ({'measured' if r.calibration['measured'] else 'NOT measured'})"
              if r.calibration else None],
+            *_measured_rows(r),
             ["cost", f"${r.usd_per_hour:.2f}/h, ${r.usd_per_million_output_tokens:.3f} per 1M output tokens"
              if r.usd_per_million_output_tokens else None],
         ], title=f"{r.model} {r.variant} on {r.hardware}")
@@ -241,6 +246,38 @@ def estimate(model_name: str, variant_name: str, hardware: str, tp: int | None, 
             click.echo(f"- {reason}")
         for figure in r.uncertain_inputs:
             click.echo(f"- {figure}")
+        for name, why in fits.not_fitted:
+            if catalog.benchmarks[name].spec.hardware == hardware:
+                click.echo(f"- Benchmark {name} calibrates nothing: {why}")
+
+
+def _measurements(catalog: Any) -> tuple[list[Any], Any]:
+    """The catalog's Benchmark documents and the calibration entries fitted to them (estimate/fit.py)."""
+    from orchestrator.estimate.fit import Fits, fit_benchmarks
+
+    benchmarks = list(catalog.benchmarks.values())
+    return benchmarks, fit_benchmarks(benchmarks, catalog.models, catalog.profiles) if benchmarks else Fits()
+
+
+def _measured_rows(r: Any) -> list[list[Any]]:
+    """The table rows of an estimate's measured figures (a Benchmark of exactly its replica)."""
+    m = r.measured
+    if m is None:
+        return []
+    if m.reading is None:
+        return [["measured", f"Benchmark {m.benchmark}: nothing read at batch {r.batch} (measured concurrency "
+                             f"{m.measured_range[0]}-{m.measured_range[1]})" if m.measured_range else
+                 f"Benchmark {m.benchmark}: no usable level"]]
+    g = m.reading
+
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{x * 1000:,.1f} ms"
+
+    return [["measured", f"Benchmark {m.benchmark} at concurrency {g.concurrency} ({g.how})"],
+            ["measured TTFT", f"p50 {ms(g.ttft_p50_s)}, p95 {ms(g.ttft_p95_s)}"],
+            ["measured TPOT", f"p50 {ms(g.tpot_p50_s)}, p95 {ms(g.tpot_p95_s)}"],
+            ["measured tok/s", (f"{g.decode_tokens_per_second or 0:,.1f} per sequence, "
+                                f"{g.output_tokens_per_second:,.1f} output total, {g.requests_per_second:.3g} req/s")]]
 
 
 @cli.command()
@@ -258,7 +295,8 @@ def matrix(model_name: str, context: int | None, hardware: tuple[str, ...], path
     catalog = _catalog(paths)
     model = catalog.model(model_name)
     profiles = [catalog.profile(h) for h in hardware] if hardware else list(catalog.profiles.values())
-    cells = run_matrix(model, profiles, context)
+    benchmarks, fits = _measurements(catalog)
+    cells = run_matrix(model, profiles, context, benchmarks=benchmarks, calibrations=fits.calibrations)
     if fmt == "svg":
         from orchestrator.render.heatmap import heatmap_svg
 
@@ -274,13 +312,20 @@ def matrix(model_name: str, context: int | None, hardware: tuple[str, ...], path
         for c in cells:
             tps = None if c.decode_tokens_per_second is None else f"{c.decode_tokens_per_second:,.0f}"
             rows.append([c.variant, c.hardware, c.status, c.engine, c.devices if c.fits else None, c.max_context_tokens,
-                         tps, ", ".join(u.field for u in c.uncertain_inputs) or None, (c.why_not or "")[:110]])
+                         tps, c.speed_source, ", ".join(u.field for u in c.uncertain_inputs) or None,
+                         (c.why_not or "")[:110]])
+            if c.measured_by:
+                notes[f"{c.hardware}: {c.variant} decode speed measured by Benchmark {c.measured_by} (median TPOT at "
+                      "one sequence)"] = None
+            elif c.speed_source == "calibrated":
+                notes[f"{c.hardware}: {c.variant} decode speed is the datasheet roofline, bandwidth efficiency "
+                      f"calibrated from Benchmark {c.estimate.calibration['benchmark']}"] = None
             if c.declared_by:
                 notes[f"{c.hardware}: {c.variant} is supported as declared by {c.declared_by}, not by moxin's rules "
                       f"({c.estimate.declared_source})"] = None
             for u in c.uncertain_inputs:
                 notes[f"{c.hardware}: {u}"] = None
-        table(["VARIANT", "HARDWARE", "STATUS", "ENGINE", "DEVICES", "MAX CTX", "DECODE TOK/S", "UNCERTAIN",
+        table(["VARIANT", "HARDWARE", "STATUS", "ENGINE", "DEVICES", "MAX CTX", "DECODE TOK/S", "SPEED", "UNCERTAIN",
                "WHY NOT"], rows)
         for note in notes:
             click.echo(f"- {note}")

@@ -13,6 +13,7 @@ that every fitted entry gives its figures back through ``estimate()``.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.spec.formats import FORMATS
@@ -37,6 +38,11 @@ class Calibration:
     """'dense', 'moe' or '*': MoE decode at small batch reaches a far smaller share of the bandwidth."""
     fitted_to: tuple[str, ...] = ()
     """Ids of the MEASUREMENTS this entry is fitted to (empty for defaults)."""
+    hardware: str = "*"
+    """fnmatch pattern over the HardwareProfile's name: an entry fitted to a Benchmark (estimate/fit.py) holds for
+    the profile measured only, not for its whole family."""
+    benchmark: str | None = None
+    """The Benchmark document the entry is fitted to (estimate/fit.py); None for the table's entries."""
 
 
 @dataclass(frozen=True)
@@ -222,11 +228,16 @@ def architecture_class(arch: Architecture) -> str:
     return "moe" if arch.moe else "dense"
 
 
-def lookup(engine: str, family: str, fmt_class: str, arch_class: str = "dense") -> Calibration:
+def lookup(engine: str, family: str, fmt_class: str, arch_class: str = "dense", *, hardware: str = "",
+           extra: Sequence[Calibration] = ()) -> Calibration:
+    """The most specific entry of the table and ``extra`` (entries fitted to Benchmarks) that matches. An entry
+    for one hardware profile by name is more specific than any family entry."""
     def specificity(c: Calibration) -> int:
         parts = (c.engine, c.family, c.format_class, c.architecture)
-        return sum(part != "*" for part in parts) + (c.family != "*" and "*" not in c.family)
+        exact_family = c.family != "*" and "*" not in c.family
+        return sum(part != "*" for part in parts) + exact_family + 10 * (c.hardware != "*")
 
-    matches = [c for c in TABLE if fnmatch.fnmatch(engine, c.engine) and fnmatch.fnmatch(family, c.family)
-               and fnmatch.fnmatch(fmt_class, c.format_class) and fnmatch.fnmatch(arch_class, c.architecture)]
+    matches = [c for c in (*TABLE, *extra) if fnmatch.fnmatch(engine, c.engine) and fnmatch.fnmatch(family, c.family)
+               and fnmatch.fnmatch(fmt_class, c.format_class) and fnmatch.fnmatch(arch_class, c.architecture)
+               and fnmatch.fnmatch(hardware, c.hardware)]
     return max(matches, key=specificity)

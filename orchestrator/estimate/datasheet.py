@@ -3,8 +3,8 @@
 A profile marks figures that are published but not sure (second-hand, varying by SKU) with a source
 ``uncertain: true``. The estimator still uses them; it lists each one it used as "uncertain datasheet
 figure: <field> (<source>)" (``Estimate.uncertain_inputs``), and the planner passes them on to the plan
-and prefers certain hardware at equal cost. ``speed_inputs_certain`` is where a measurement of the
-hardware (a Benchmark document) will answer instead of the datasheet.
+and prefers certain hardware at equal cost. A capacity measured by a Benchmark of the replica rests on no
+speed figure (``is_speed_figure``: the planner drops those from a measured candidate's uncertain figures).
 """
 
 from __future__ import annotations
@@ -38,15 +38,20 @@ def uncertain_figures(profile: HardwareProfile, paths: Iterable[str]) -> list[Un
             for path, source in profile.spec.uncertain_figures(dict.fromkeys(paths))]
 
 
+def is_speed_figure(path: str) -> bool:
+    """Whether the figure at ``path`` is one a roofline speed rests on (a measured speed does not)."""
+    return any(path == f or path.startswith(f + ".") for f in SPEED_FIELDS)
+
+
 def speed_paths(profile: HardwareProfile) -> list[str]:
     """The field paths of every speed figure the profile gives."""
-    return [p for p in profile.spec.numbers() if any(p == f or p.startswith(f + ".") for f in SPEED_FIELDS)]
+    return [p for p in profile.spec.numbers() if is_speed_figure(p)]
 
 
 def speed_inputs_certain(profile: HardwareProfile) -> bool:
     """Whether a datasheet speed on ``profile`` rests on certain figures only: it gives a memory bandwidth and a
-    peak, and none of its speed figures is uncertain (no speed at all is not certain speed). The hook for
-    measured speed: once a Benchmark of the profile is in hand, it answers here instead of the datasheet."""
+    peak, and none of its speed figures is uncertain (no speed at all is not certain speed). A measured speed
+    does not ask this: it rests on no datasheet speed figure at all."""
     spec = profile.spec
     has_speed = spec.memory_bandwidth_gbps is not None and any(v is not None for v in spec.peak_tflops.model_dump().values())
     return has_speed and not uncertain_figures(profile, speed_paths(profile))

@@ -4,16 +4,24 @@ Pure: (model, variant, profile, settings) -> ``Estimate``. Chooses the smallest 
 when none is given. Every number it cannot know is None, with a reason the user can act on; every uncertain
 datasheet figure it used is listed (``uncertain_inputs``), and a verdict that rests on the operator's own
 declaration says so (``declared_by``).
+
+Measurements: given Benchmark documents, a Benchmark of exactly this replica (estimate/benchmarks.py) is read at
+the estimate's batch (``measured``, estimate/measured.py), beside the roofline; given calibration entries fitted
+to Benchmarks (estimate/fit.py), the roofline uses the one for this hardware instead of the table's.
+``speed_source`` says which: 'measured', 'calibrated' (a roofline with a fitted efficiency) or 'roofline'.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator.compat import MAX_PIPELINE_STAGES, Verdict, check, pp_choices, tp_choices
+from orchestrator.estimate.benchmarks import ExactMatch, Replica, emulated_only, exact_match
 from orchestrator.estimate.calibration import Calibration, architecture_class, format_class, lookup
 from orchestrator.estimate.datasheet import UncertainFigure, uncertain_figures
+from orchestrator.estimate.measured import Reading, read_at, usable_points
 from orchestrator.estimate.memory import (
     GiB,
     Parallelism,
@@ -23,6 +31,7 @@ from orchestrator.estimate.memory import (
 )
 from orchestrator.estimate.parameters import weight_bytes
 from orchestrator.estimate.performance import ALLREDUCE_LATENCY_S, active_flops_per_token, decode_step_costs
+from orchestrator.spec.benchmark import Benchmark
 from orchestrator.spec.engine import ENGINE_DEFAULTS, EngineSettings, KvDtype
 from orchestrator.spec.formats import FORMATS
 from orchestrator.spec.hardware import EngineSupport, HardwareProfile
@@ -39,6 +48,30 @@ MLX_KV_STEP = 256
 MLX_PREFILL_STEP = 2048
 VLLM_BLOCK_TOKENS = {"cpu": 128}  # vLLM's KV block size by platform; 16 elsewhere
 VLLM_DEFAULT_BLOCK = 16
+
+
+@dataclass(frozen=True)
+class MeasuredSpeed:
+    """A Benchmark of exactly this replica, read at the estimate's batch (estimate/measured.py)."""
+
+    benchmark: str
+    reading: Reading | None
+    """The curve at the batch; None above the highest usable level (nothing is read beyond it)."""
+    measured_range: tuple[int, int] | None
+    """Lowest and highest usable concurrency of the curve."""
+    notes: tuple[str, ...]
+    """How the measurement differs from the replica, and the levels left out."""
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.reading
+        return {"benchmark": self.benchmark, "concurrency": r.concurrency if r else None, "read": r.how if r else None,
+                "ttftSeconds": {"p50": r.ttft_p50_s, "p95": r.ttft_p95_s} if r else None,
+                "tpotSeconds": {"p50": r.tpot_p50_s, "p95": r.tpot_p95_s} if r else None,
+                "decodeTokensPerSecond": r.decode_tokens_per_second if r else None,
+                "outputTokensPerSecond": r.output_tokens_per_second if r else None,
+                "requestsPerSecond": r.requests_per_second if r else None,
+                "measuredConcurrency": list(self.measured_range) if self.measured_range else None,
+                "notes": list(self.notes)}
 
 
 @dataclass(frozen=True)
@@ -85,6 +118,21 @@ class Estimate:
     """The profile whose declaredSupport makes this combination 'supported' (not moxin's own rules)."""
     declared_source: str | None = None
     """That declaration's source, as the operator wrote it."""
+    measured: MeasuredSpeed | None = None
+    """A Benchmark of exactly this replica, read at ``batch``; the roofline fields stay the roofline's."""
+    speed_source: str | None = None
+    """'measured' (``measured`` holds figures at this batch), 'calibrated' (the roofline, with an efficiency fitted
+    to a Benchmark: ``calibration['benchmark']``), 'roofline' (the datasheet roofline and the calibration table), or
+    None when no speed is known."""
+
+    @property
+    def speed_label(self) -> str:
+        """Where the speed figures come from, as people read it."""
+        if self.speed_source == "measured" and self.measured:
+            return f"measured (Benchmark {self.measured.benchmark})"
+        if self.speed_source == "calibrated" and self.calibration:
+            return f"datasheet roofline, calibrated from Benchmark {self.calibration['benchmark']}"
+        return "datasheet roofline" if self.speed_source == "roofline" else "unknown"
 
     @property
     def support_label(self) -> str:
@@ -98,6 +146,7 @@ class Estimate:
 
         out = {camel(k): v for k, v in self.__dict__.items()}
         out["uncertainInputs"] = [str(u) for u in self.uncertain_inputs]
+        out["measured"] = self.measured.to_json() if self.measured else None
         return out
 
 
@@ -121,12 +170,17 @@ def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: in
              pp: int | None = None, ep: bool = False, context: int | None = None, batch: int = 1,
              kv_dtype: str = "auto", engine: str | None = None, settings: EngineSettings = ENGINE_DEFAULTS,
              usd_per_device_hour: float | None = None, max_pp: int = MAX_PIPELINE_STAGES,
-             prompt_tokens: int | None = None, calibration: Calibration | None = None) -> Estimate:
+             prompt_tokens: int | None = None, calibration: Calibration | None = None,
+             calibrations: Sequence[Calibration] = (), benchmarks: Sequence[Benchmark] = (),
+             emulated: bool = False) -> Estimate:
     """Estimate one (model, variant, hardware). With tp/pp unset, the smallest parallelism that fits.
 
     ``prompt_tokens`` (default: the whole context) sizes the prefill chunk whose activations are the
     temporary peak of an mlx-lm replica. ``calibration`` replaces the calibration table's entry (to fit
-    an entry to a published figure, or to ask "what if"; benchmarks/calibration.py).
+    an entry to a published figure, or to ask "what if"; benchmarks/calibration.py); ``calibrations`` are
+    entries fitted to Benchmarks (estimate/fit.py), used where they match before the table's.
+    ``benchmarks``: a Benchmark of exactly the replica chosen is read at ``batch`` (``Estimate.measured``);
+    ``emulated``: the replica runs on an emulated pool, where a Benchmark measured on CPU also answers.
     """
     arch = model.spec.architecture
     assert arch is not None
@@ -136,28 +190,68 @@ def estimate(model: Model, variant: Variant, profile: HardwareProfile, *, tp: in
     engine_name = verdict.engine.engine if verdict.engine else (engine or "vllm")
     tps = [tp] if tp else tp_choices(profile.spec.devices_per_node, arch.attention_heads, engine_name)
     pps = [pp] if pp else pp_choices(engine_name, max_pp)
+    replica = Replica(model.name, variant.name, profile.name, engine_name, 0, 0, ep, ctx,
+                      resolve_kv_dtype(kv_dtype, variant), emulated)
+
+    def measured(t: int, p: int) -> ExactMatch | None:
+        return exact_match(benchmarks, replace(replica, tp=t, pp=p), variant) if support is not None else None
+
+    def at(par: Parallelism) -> Estimate:
+        return _estimate_at(model, variant, profile, verdict, support, engine_name, par, ctx, batch, kv_dtype,
+                            settings, usd_per_device_hour, prompt_tokens or ctx, calibration, calibrations)
+
     tried: list[Estimate] = []
     for p in pps:
         for t in tps:
-            result = _estimate_at(model, variant, profile, verdict, support, engine_name, Parallelism(t, p, ep), ctx,
-                                  batch, kv_dtype, settings, usd_per_device_hour, prompt_tokens or ctx, calibration)
-            if result.fits and not (tp or pp) and t * p in pps and _speed_needs_a_link(result, profile):
-                staged = _estimate_at(model, variant, profile, verdict, support, engine_name,
-                                      Parallelism(1, t * p, ep), ctx, batch, kv_dtype, settings, usd_per_device_hour,
-                                      prompt_tokens or ctx, calibration)
+            result = at(Parallelism(t, p, ep))
+            if (result.fits and not (tp or pp) and t * p in pps and _speed_needs_a_link(result, profile)
+                    and measured(t, p) is None):
+                staged = at(Parallelism(1, t * p, ep))
                 if staged.fits and staged.decode_step_seconds is not None:
                     why = (f"tp={t} pp={p} fits too, but its speed is unknown without an interconnect bandwidth; "
                            f"shown as {t * p} pipeline stages, which need none")
-                    return replace(staged, reasons=[*staged.reasons, why])
+                    return _with_measurement(replace(staged, reasons=[*staged.reasons, why]), measured(1, t * p),
+                                             benchmarks, replica)
             if result.fits or (tp and pp) or support is None:
-                return result
+                return _with_measurement(result, measured(t, p), benchmarks, replica)
             tried.append(result)
     # Nothing fits: report the largest configuration tried, with what would make it fit.
     best = tried[-1]
     hints = [f"nothing up to tp={best.tensor_parallel} pp={best.pipeline_parallel} fits"]
     if not pp and engine_name != "vllm":
         hints.append(f"{engine_name} runs a replica on one device (no tensor or pipeline parallelism)")
-    return replace(best, reasons=best.reasons + hints)
+    return _with_measurement(replace(best, reasons=best.reasons + hints),
+                             measured(best.tensor_parallel, best.pipeline_parallel), benchmarks, replica)
+
+
+def _with_measurement(result: Estimate, match: ExactMatch | None, benchmarks: Sequence[Benchmark],
+                      replica: Replica) -> Estimate:
+    """The estimate with the Benchmark of exactly its replica read at its batch, and said in its reasons."""
+    here = replace(replica, tp=result.tensor_parallel, pp=result.pipeline_parallel)
+    skipped = emulated_only(benchmarks, here)
+    reasons = list(result.reasons) + [
+        f"Benchmark {name} measured this replica on an emulated pool (on CPU): its figures describe the CPU, not "
+        f"{result.hardware}, and are not used" for name in skipped]
+    if match is None:
+        return replace(result, reasons=reasons)
+    usable = usable_points(match.benchmark.spec.curve)
+    reading = read_at(usable, result.batch)
+    span = (usable.lowest, usable.highest) if usable.points else None
+    notes = [*match.notes, *usable.reasons]
+    if reading is None and span:
+        notes.append(f"batch {result.batch} is beyond the measured range (max concurrency {span[1]}) of "
+                     f"Benchmark {match.name}: no measured figure is read there")
+    elif reading is not None and reading.how == "interpolated":
+        notes.append(f"read between measured concurrencies, linearly in concurrency (Benchmark {match.name})")
+    elif reading is not None and reading.how == "below-range":
+        notes.append(f"batch {result.batch} is below the lowest measured concurrency ({span[0] if span else '?'}): "
+                     "latencies taken as measured there, throughput scaled down in proportion")
+    speed = MeasuredSpeed(match.name, reading, span, tuple(notes))  # type: ignore[arg-type]
+    source = "measured" if reading is not None else result.speed_source
+    said = (f"speed measured by Benchmark {match.name} at concurrency {reading.concurrency} ({reading.how})"
+            if reading is not None else f"Benchmark {match.name} measured this replica, but not at batch "
+            f"{result.batch}")
+    return replace(result, measured=speed, speed_source=source, reasons=[*reasons, said, *notes])
 
 
 def _speed_needs_a_link(result: Estimate, profile: HardwareProfile) -> bool:
@@ -182,7 +276,8 @@ def _usable_per_device(profile: HardwareProfile, engine: str, settings: EngineSe
 
 def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdict: Verdict,
                  support: EngineSupport | None, engine: str, par: Parallelism, ctx: int, batch: int, kv_choice: str, settings: EngineSettings,
-                 price: float | None, prompt: int, calibration: Calibration | None = None) -> Estimate:
+                 price: float | None, prompt: int, calibration: Calibration | None = None,
+                 calibrations: Sequence[Calibration] = ()) -> Estimate:
     arch = model.spec.architecture
     assert arch is not None
     reasons: list[str] = []
@@ -250,7 +345,7 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdi
                 f"{kv_dev / 1e9:.2f} for {batch} x {ctx} tokens + overhead {overhead / 1e9:.2f}) at tp={par.tp} "
                 f"pp={par.pp}; {where} leaves it short by {short / 1e9:.1f} GB"
                 + _what_would_fit(model, variant, kv_dev + overhead, usable, par, engine))
-    speed = _speed(model, variant, profile, engine, par, ctx, batch, kv, settings, reasons, calibration)
+    speed = _speed(model, variant, profile, engine, par, ctx, batch, kv, settings, reasons, calibration, calibrations)
     used += speed["figures"] if support is not None else []
     devices = par.devices
     usd_hour = None if price is None else price * devices
@@ -272,7 +367,8 @@ def _estimate_at(model: Model, variant: Variant, profile: HardwareProfile, verdi
         decode_step_seconds=speed["step"], bound=speed["bound"], calibration=speed["calibration"],
         usd_per_hour=usd_hour, usd_per_million_output_tokens=per_m, reasons=reasons,
         uncertain_inputs=uncertain_figures(profile, used), declared_by=verdict.declared_by,
-        declared_source=verdict.declared.source if verdict.declared else None)
+        declared_source=verdict.declared.source if verdict.declared else None,
+        speed_source=speed["source"] if support is not None else None)
 
 
 def _memory_figures(profile: HardwareProfile) -> list[str]:
@@ -301,14 +397,16 @@ def _what_would_fit(model: Model, variant: Variant, kv_and_overhead: int, usable
 
 def _speed(model: Model, variant: Variant, profile: HardwareProfile, engine: str, par: Parallelism, ctx: int,
            batch: int, kv: KvDtype, settings: EngineSettings, reasons: list[str],
-           calibration: Calibration | None = None) -> dict[str, Any]:
+           calibration: Calibration | None = None, calibrations: Sequence[Calibration] = ()) -> dict[str, Any]:
     arch = model.spec.architecture
     spec = profile.spec
-    cal: Calibration = calibration or lookup(engine, spec.family, format_class(variant), architecture_class(arch))
+    cal: Calibration = calibration or lookup(engine, spec.family, format_class(variant), architecture_class(arch),
+                                             hardware=profile.name, extra=calibrations)
     out: dict[str, Any] = {"decode": None, "aggregate": None, "prefill": None, "step": None, "bound": None,
-                           "figures": [], "calibration": {"key": cal.key, "bandwidthEfficiency": cal.bandwidth_efficiency,
+                           "figures": [], "source": None,
+                           "calibration": {"key": cal.key, "bandwidthEfficiency": cal.bandwidth_efficiency,
                                            "computeEfficiency": cal.compute_efficiency, "measured": cal.measured,
-                                           "source": cal.source}}
+                                           "source": cal.source, "benchmark": cal.benchmark}}
     if not cal.measured:
         reasons.append(f"speed uses calibration '{cal.key}', which is not measured ({cal.source})")
     compute_fmt = FORMATS[variant.formats.get("routedExperts", variant.formats["default"])].compute
@@ -343,6 +441,7 @@ def _speed(model: Model, variant: Variant, profile: HardwareProfile, engine: str
         worst["memory"] += t_mem
         worst["compute"] += t_cmp
         worst["interconnect"] += t_comm
+    out["source"] = "calibrated" if cal.benchmark else "roofline"
     out["step"] = step
     out["decode"] = 1 / step
     out["aggregate"] = batch / step

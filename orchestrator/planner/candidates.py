@@ -1,8 +1,11 @@
 """Candidates: every way one replica of a deployment can run on one pool, with its capacity under the SLO.
 
 Pure. A candidate is (variant, pool, tp, pp) that the compatibility matrix supports and whose replica
-holds at least one sequence at the deployment's full context. Its capacity comes from the estimator's
-batch model (see ``capacity``); rejected combinations keep their reason, for the plan's explanations.
+holds at least one sequence at the deployment's full context. Its capacity comes from a Benchmark of exactly
+that replica where one is given (``measured_capacity``: the measured curve, estimate/measured.py; matching rules
+in estimate/benchmarks.py), else from the estimator's batch model (see ``capacity``) on the datasheet roofline,
+whose bandwidth efficiency a Benchmark of the same hardware may have calibrated (estimate/fit.py); rejected
+combinations keep their reason, for the plan's explanations.
 A candidate also carries what its numbers rest on that moxin has not checked: uncertain datasheet
 figures, and support the operator declared; the solver ranks uncertain candidates below certain ones at
 equal cost, and the plan says both.
@@ -11,11 +14,16 @@ equal cost, and the plan says both.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.compat import check, pp_choices, tp_choices
-from orchestrator.estimate.datasheet import UncertainFigure
+from orchestrator.estimate.benchmarks import ExactMatch, Replica, exact_match, resolved_kv
+from orchestrator.estimate.calibration import Calibration
+from orchestrator.estimate.datasheet import UncertainFigure, is_speed_figure
 from orchestrator.estimate.estimator import Estimate, estimate
+from orchestrator.estimate.measured import Target, capacity_from_curve
+from orchestrator.spec.benchmark import Benchmark
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.deployment import ModelDeployment
 from orchestrator.spec.engine import ENGINE_DEFAULTS
@@ -29,11 +37,33 @@ class Capacity:
     requests_per_second: float
     batch: int
     """Concurrent sequences the replica runs at that rate."""
-    ttft_s: float
-    tpot_s: float
-    decode_tokens_per_second: float
+    ttft_s: float | None
+    """Predicted TTFT (measured: the p95 read from the curve; None where the curve has none)."""
+    tpot_s: float | None
+    """Predicted TPOT (measured: the p95 read from the curve)."""
+    decode_tokens_per_second: float | None
     binding: str
-    """What stops a larger batch: 'tpot-slo', 'ttft-slo', 'kv-memory' or 'max-num-seqs'."""
+    """What stops a larger batch: 'tpot-slo', 'ttft-slo', 'kv-memory', 'max-num-seqs' or 'measured-range' (the
+    highest measured concurrency meets the SLO; nothing above it is assumed)."""
+    measured_by: str | None = None
+    """The Benchmark whose curve gave these figures; None: the datasheet roofline."""
+    calibration: str | None = None
+    """The calibration entry of a roofline capacity."""
+    calibrated_from: str | None = None
+    """The Benchmark that calibration entry is fitted to, if any."""
+    notes: tuple[str, ...] = ()
+    """How the measured figures were read, and how the measurement differs from the deployment."""
+
+    @property
+    def source(self) -> str:
+        """Where these figures come from, as a clause of the plan's why."""
+        if self.measured_by:
+            return (f"capacity measured by Benchmark {self.measured_by} (TTFT and TPOT are its p95, read linearly in "
+                    "concurrency between measured levels); memory fit from the datasheet")
+        if self.calibrated_from:
+            return (f"capacity from the datasheet roofline, bandwidth efficiency calibrated from Benchmark "
+                    f"{self.calibrated_from}")
+        return f"capacity from the datasheet roofline (calibration {self.calibration})"
 
 
 @dataclass(frozen=True)
@@ -97,10 +127,12 @@ class DeploymentCandidates:
 
 
 class EstimateCache:
-    """Estimates keyed by names and numbers (the planner asks the same questions many times)."""
+    """Estimates keyed by names and numbers (the planner asks the same questions many times). ``calibrations``:
+    entries fitted to Benchmarks (estimate/fit.py), used before the table's where they match."""
 
-    def __init__(self) -> None:
+    def __init__(self, calibrations: Sequence[Calibration] = ()) -> None:
         self._cache: dict[tuple, Estimate] = {}
+        self._calibrations = tuple(calibrations)
 
     def __call__(self, model: Model, variant: Variant, profile: HardwareProfile, tp: int, pp: int, ctx: int,
                  batch: int, kv: str) -> Estimate:
@@ -108,7 +140,7 @@ class EstimateCache:
         hit = self._cache.get(key)
         if hit is None:
             hit = self._cache[key] = estimate(model, variant, profile, tp=tp, pp=pp, context=ctx, batch=batch,
-                                              kv_dtype=kv, settings=ENGINE_DEFAULTS)
+                                              kv_dtype=kv, settings=ENGINE_DEFAULTS, calibrations=self._calibrations)
         return hit
 
 
@@ -165,8 +197,40 @@ def capacity(est_at, deployment: ModelDeployment, max_batch: int, binding_at_max
     else:
         nxt = at(lo + 1)
         binding = "ttft-slo" if nxt and slo.ttft_seconds and nxt[0] > slo.ttft_seconds else "tpot-slo"
+    cal = est_at(lo).calibration or {}
     return Capacity(requests_per_second=best[2], batch=lo, ttft_s=best[0], tpot_s=best[1],
-                    decode_tokens_per_second=1 / best[1], binding=binding)
+                    decode_tokens_per_second=1 / best[1], binding=binding, calibration=cal.get("key"),
+                    calibrated_from=cal.get("benchmark"))
+
+
+def measured_capacity(match: ExactMatch, deployment: ModelDeployment, max_batch: int,
+                      binding_at_max: str) -> Capacity | str:
+    """Requests/s of one replica at the largest concurrency whose measured p95 TTFT and TPOT meet the SLO, read
+    from the Benchmark's curve (estimate/measured.py), never above ``max_batch`` (what its KV memory and the
+    engine hold at the deployment's lengths). Returns a reason string when no measured level meets the SLO."""
+    slo = deployment.spec.slo
+    curve = capacity_from_curve(match.benchmark.spec.curve, Target(slo.ttft_seconds, slo.tpot_seconds),
+                                limit=max_batch)
+    t, load = deployment.spec.traffic, match.benchmark.spec.load
+    notes = list(match.notes)
+    if (load.prompt_tokens, load.output_tokens) != (t.prompt_tokens, t.output_tokens):
+        notes.append(f"Benchmark {match.name} sent {load.prompt_tokens}-token prompts for {load.output_tokens} output "
+                     f"tokens, the deployment's traffic is {t.prompt_tokens} and {t.output_tokens}: its curve is used "
+                     "as measured")
+    r = curve.reading
+    if r is None or r.requests_per_second <= 0:
+        said = "; ".join(curve.reasons) if r is None else (
+            f"no request completed at measured concurrency {r.concurrency}")
+        return f"measured by Benchmark {match.name}: {said}"
+    binding = binding_at_max if curve.binding == "limit" else curve.binding
+    if curve.binding == "limit":
+        notes.append(f"{max_batch} concurrent sequences are all the replica holds at the deployment's lengths "
+                     f"({'KV-cache memory' if binding_at_max == 'kv-memory' else 'the engine sequence limit'}), "
+                     f"read from the curve there ({r.how})")
+    tpot = r.tpot_p95_s
+    return Capacity(requests_per_second=r.requests_per_second, batch=r.concurrency, ttft_s=r.ttft_p95_s,
+                    tpot_s=tpot, decode_tokens_per_second=r.decode_tokens_per_second or (1 / tpot if tpot else None),
+                    binding=binding, measured_by=match.name, notes=(*curve.reasons, *notes))
 
 
 def how_to_measure(deployment: ModelDeployment, variant: Variant, profile: HardwareProfile, tp: int, pp: int) -> str:
@@ -182,7 +246,7 @@ def _uncertain(*estimates: Estimate) -> tuple[UncertainFigure, ...]:
 
 
 def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Catalog,
-                   cache: EstimateCache) -> DeploymentCandidates:
+                   cache: EstimateCache, benchmarks: Sequence[Benchmark] = ()) -> DeploymentCandidates:
     spec = deployment.spec
     model = catalog.model(spec.model)
     arch = model.spec.architecture
@@ -229,11 +293,19 @@ def candidates_for(deployment: ModelDeployment, pools: list[Pool], catalog: Cata
                     limit = ENGINE_DEFAULTS.max_seqs(engine.engine)
                     binding = "max-num-seqs" if max_batch >= limit else "kv-memory"
                     max_batch = min(max_batch, limit)
-                    cap = capacity(lambda b, tp=tp, pp=pp, v=variant, h=profile: cache(model, v, h, tp, pp, length,
-                                                                                    b, spec.kv_cache_dtype),
-                                   deployment, max_batch, binding)
+                    replica = Replica(model.name, variant.name, profile.name, engine.engine, tp, pp, False,
+                                      spec.context_tokens, resolved_kv(spec.kv_cache_dtype, variant),
+                                      emulated=pool.emulate is not None)
+                    match = exact_match(benchmarks, replica, variant)
                     uncertain = _uncertain(fit, mem, cache(model, variant, profile, tp, pp, length, 1,
                                                            spec.kv_cache_dtype))
+                    if match is not None:
+                        cap = measured_capacity(match, deployment, max_batch, binding)
+                        # Measured speed rests on no datasheet speed figure, only the memory fit does.
+                        uncertain = tuple(u for u in uncertain if not is_speed_figure(u.field))
+                    else:
+                        cap = capacity(lambda b, tp=tp, pp=pp, v=variant, h=profile: cache(
+                            model, v, h, tp, pp, length, b, spec.kv_cache_dtype), deployment, max_batch, binding)
                     if isinstance(cap, str) and cap.startswith("speed unknown"):
                         # One measurement is enough: of the replicas whose speed is unknown, ask for the one with
                         # the fewest pipeline stages (tensor parallel within a node, as replicas usually run), then

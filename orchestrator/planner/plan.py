@@ -4,6 +4,11 @@ Pure: (fleet, deployments, catalog, previous plan) -> a typed ``Plan`` document 
 contract with the runtime and the renderers). Candidates come from the estimator and the compatibility matrix, the replica
 counts from one exact MILP over all deployments together, the nodes and devices from the placer; every
 assignment says why it was chosen and what the best alternatives would have cost.
+
+The catalog's Benchmark documents are measurements: a candidate measured exactly takes its capacity from the
+curve, other candidates on measured hardware use the efficiency fitted to it (planner/candidates.py). When the
+catalog holds any Benchmark, every assignment's why says which of its numbers are measured (and by which
+Benchmark) and which are datasheet rooflines; with none, every number is a roofline and the plan is as before.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.engines.launch import engine_launch
+from orchestrator.estimate.fit import fit_benchmarks
 from orchestrator.planner.candidates import (
     EMULATION_PROFILE,
     Candidate,
@@ -40,8 +46,11 @@ def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, pre
     per_node = {p.name: p.devices_per_node or catalog.profile(p.hardware).spec.devices_per_node for p in pools.values()}
     pool_devices = {name: per_node[name] * p.nodes for name, p in pools.items()}
     prev_counts, prev_places = _read_previous(previous)
-    cache = EstimateCache()
-    found: list[DeploymentCandidates] = [candidates_for(d, list(pools.values()), catalog, cache) for d in deployments]
+    benchmarks = list(catalog.benchmarks.values())
+    fits = fit_benchmarks(benchmarks, catalog.models, catalog.profiles) if benchmarks else None
+    cache = EstimateCache(fits.calibrations if fits else ())
+    found: list[DeploymentCandidates] = [candidates_for(d, list(pools.values()), catalog, cache, benchmarks)
+                                         for d in deployments]
     keep = frozenset(prev_counts)
     usable = [c for f in found for c in prune_dominated(f.candidates, keep)]
     demands = [Demand(d.name, d.spec.traffic.requests_per_second, d.spec.replicas.min, d.spec.replicas.max)
@@ -63,7 +72,8 @@ def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, pre
         chosen = [c for c in usable if c.deployment == d.name and c.key in sol.replicas]
         for c in chosen:
             assignments.append(_assignment(d, c, sol.replicas, placements[c.key], f, chosen, used,
-                                           pool_devices, catalog, pools[c.pool].emulate, options.model_root))
+                                           pool_devices, catalog, pools[c.pool].emulate, options.model_root,
+                                           measured=bool(benchmarks)))
         served = sol.served.get(d.name, 0.0)
         demand = d.spec.traffic.requests_per_second
         count = sum(sol.replicas[c.key] for c in chosen)
@@ -105,7 +115,7 @@ def _r(x: float | None, digits: int = 4) -> float | None:
 
 def _assignment(d: ModelDeployment, c: Candidate, replicas_of: dict[tuple, int], placed: list[Placement],
                 f: DeploymentCandidates, chosen: list[Candidate], used: dict[str, int], pool_devices: dict[str, int],
-                catalog: Catalog, emulate: str | None, model_root: str) -> doc.Assignment:
+                catalog: Catalog, emulate: str | None, model_root: str, measured: bool = False) -> doc.Assignment:
     replicas = replicas_of[c.key]
     model = catalog.model(c.model)
     variant = model.spec.variant(c.variant)
@@ -125,19 +135,23 @@ def _assignment(d: ModelDeployment, c: Candidate, replicas_of: dict[tuple, int],
                     for p in placed for i, s in enumerate(p.stages)],
         predicted=doc.Predicted(capacity_requests_per_second=_r(cap.requests_per_second), batch=cap.batch,
                                 decode_tokens_per_second=_r(cap.decode_tokens_per_second), ttft_seconds=_r(cap.ttft_s),
-                                tpot_seconds=_r(cap.tpot_s)),
+                                tpot_seconds=_r(cap.tpot_s), measured_by=cap.measured_by,
+                                calibrated_from=None if cap.measured_by else cap.calibrated_from),
         cost_usd_per_hour=None if c.usd_per_hour is None else _r(c.usd_per_hour * replicas),
-        why=_why(d, c, replicas, f, chosen, used, pool_devices, replicas_of),
+        why=_why(d, c, replicas, f, chosen, used, pool_devices, replicas_of, measured),
         launch=launch)
 
 
 def _why(d: ModelDeployment, c: Candidate, replicas: int, f: DeploymentCandidates, chosen: list[Candidate],
-         used: dict[str, int], pool_devices: dict[str, int], replicas_of: dict[tuple, int]) -> doc.Why:
+         used: dict[str, int], pool_devices: dict[str, int], replicas_of: dict[tuple, int],
+         measured: bool = False) -> doc.Why:
+    """``measured``: the catalog holds Benchmarks, so the summary says where the capacity comes from."""
     demand = d.spec.traffic.requests_per_second
     cap = c.capacity
     binding = {"tpot-slo": f"the TPOT target of {d.spec.slo.tpot_seconds} s",
                "ttft-slo": f"the TTFT target of {d.spec.slo.ttft_seconds} s",
-               "kv-memory": "KV-cache memory", "max-num-seqs": "the engine's sequence limit"}[cap.binding]
+               "kv-memory": "KV-cache memory", "max-num-seqs": "the engine's sequence limit",
+               "measured-range": f"the highest concurrency Benchmark {cap.measured_by} measured"}[cap.binding]
     text = (f"{replicas} x {c.label}: {cap.requests_per_second:.3g} req/s per replica at {cap.batch} concurrent "
             f"sequences (batch bound by {binding})")
     if len(chosen) > 1:
@@ -149,6 +163,8 @@ def _why(d: ModelDeployment, c: Candidate, replicas: int, f: DeploymentCandidate
         text += f"; replicas.min ({d.spec.replicas.min}) sets the count, not demand"
     if used[c.pool] == pool_devices[c.pool]:
         text += f"; pool {c.pool} is full ({pool_devices[c.pool]} devices)"
+    if measured or cap.measured_by or cap.calibrated_from:
+        text += "".join(f"; {part}" for part in (cap.source, *cap.notes))
     text += "".join(f"; {caveat}" for caveat in c.caveats)
     chosen_keys = {x.key for x in chosen}
     total = sum((x.usd_per_hour or 0.0) * replicas_of[x.key] for x in chosen)

@@ -1,8 +1,8 @@
 """``Benchmark``: one replica's measured latency/throughput curve (variant, hardware, engine, parallelism).
 
-Written by ``moxin bench --record`` (or by hand from another tool's figures). The estimator and planner may
-prefer these measurements to datasheet rooflines; turning a curve into capacity is arithmetic in
-``estimate/``.
+Written by ``moxin bench --record`` (or by hand from another tool's figures). The estimator and planner prefer
+these measurements to datasheet rooflines: which Benchmark answers for a replica is estimate/benchmarks.py, a
+curve read as capacity under an SLO estimate/measured.py, the efficiency fitted to one estimate/fit.py.
 A figure measured on an emulated pool (engine on CPU, placed as the declared hardware) says so in
 ``where.emulated``: it describes the CPU, not the hardware named.
 """

@@ -116,6 +116,11 @@ class Predicted(Strict):
     """Predicted time to first token."""
     tpot_seconds: FiniteFloat | None
     """Predicted time per output token."""
+    measured_by: Name | None = _OMIT_NONE
+    """The Benchmark document these figures were read from (its curve, at ``batch``; TTFT and TPOT are its p95);
+    absent: predicted from the datasheet roofline."""
+    calibrated_from: Name | None = _OMIT_NONE
+    """The Benchmark the roofline's bandwidth efficiency was fitted to, where one was (estimate/fit.py)."""
 
 
 class Alternative(Strict):
@@ -141,8 +146,9 @@ class Rejection(Strict):
 
 
 class Why(Strict):
-    binding: Literal["tpot-slo", "ttft-slo", "kv-memory", "max-num-seqs"]
-    """What bounds the batch of one replica."""
+    binding: Literal["tpot-slo", "ttft-slo", "kv-memory", "max-num-seqs", "measured-range"]
+    """What bounds the batch of one replica ('measured-range': the highest concurrency a Benchmark measured
+    still meets the SLO, and nothing above it is assumed)."""
     summary: str
     """One line: replicas, capacity, what set the count."""
     alternatives: list[Alternative] = Field(default_factory=list)

@@ -12,7 +12,9 @@ from orchestrator.cli import cli
 from orchestrator.planner import plan_catalog
 from orchestrator.spec import load_catalog
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "manifests" / "examples" / "cambricon"
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = ROOT / "manifests" / "examples" / "cambricon"
+FIXTURE = ROOT / "tests" / "data" / "measured" / "glm-46-my-mlu590.fixture.yaml"  # a test fixture, not a measurement
 MEASURE = ("`moxin bench --url http://<replica or router>:PORT --model glm-46-mlu --concurrency 1,2,4,8 --record "
            "-o bench.yaml` and plan again with `moxin plan -f ... -f bench.yaml`")
 
@@ -45,15 +47,26 @@ def test_it_plans_to_unplaced_with_the_command_that_measures_it() -> None:
     assert "`moxin engine-args -f ... -m glm-4.6 -v fp8-int4 -H my-mlu590 --tp 4 --pp 1 --context 200000`" in rejection
 
 
+def _stable(text: str) -> list[str]:  # the solver's time varies
+    return [re.sub(r"\d+\.\d+ s over", "_ s over", line.rstrip()) for line in text.splitlines()]
+
+
 def test_the_readme_shows_the_plan_moxin_prints() -> None:
     printed = run("plan", "-f", str(EXAMPLE)).output
+    shown = _stable((EXAMPLE / "README.md").read_text())
+    for line in _stable(printed):
+        assert line in shown, line
+
+
+def test_the_readme_shows_the_plan_and_matrix_with_the_fixture_benchmark() -> None:
     readme = (EXAMPLE / "README.md").read_text()
-
-    def stable(text: str) -> list[str]:  # the solver's time varies
-        return [re.sub(r"\d+\.\d+ s over", "_ s over", line.rstrip()) for line in text.splitlines()]
-
-    shown = stable(readme)
-    for line in stable(printed):
+    after = readme[readme.index("## After measurement (with a test fixture, not a real measurement)"):]
+    assert "hand-written figures that no engine" in after and f"`{FIXTURE.relative_to(ROOT)}`" in after
+    shown = _stable(after)
+    printed = run("plan", "-f", str(EXAMPLE), "-f", str(FIXTURE)).output
+    matrix = run("matrix", "-m", "glm-4.6", "-f", str(EXAMPLE), "-f", str(FIXTURE), "-H", "my-mlu590", "--context",
+                 "200000").output
+    for line in _stable(printed) + _stable(matrix):
         assert line in shown, line
 
 
