@@ -529,6 +529,7 @@ moxin is up (Ray at {address}).
 try:
   curl -s {router}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\
     -d '{{"model": "{deployment}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
+  moxin bench --url {router} --model {deployment} --concurrency 1,2,4 --requests 8   # measure it
 then: moxin status | moxin logs REPLICA | moxin down""")
     if api_keys and _answers_without_a_key(port):
         click.echo("WARNING: the router answered /v1 without a key although it listens on every interface: it "

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,7 @@ from tests.integration.engines import free_port  # noqa: E402
 pytestmark = pytest.mark.integration
 MOXIN = [sys.executable, "-m", "orchestrator"]
 DEPLOYMENT = "tiny-chat"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def moxin(env: dict[str, str], *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -194,6 +196,30 @@ def test_bench_through_the_router_records_a_benchmark_of_each_replica(up, tmp_pa
                                                               replica["labels"]["variant"])
         assert [p.concurrency for p in spec.curve] == [1, 2] and spec.where.emulated and spec.where.through_router
         assert all(p.error_rate == 0 and p.output_tokens_per_second > 0 for p in spec.curve)
+
+
+def test_a_real_measurement_makes_a_pool_without_datasheet_speed_plannable(up, tmp_path):
+    """A pool whose profile publishes no bandwidth or TFLOPS is rejected with the command that measures it; a
+    Benchmark recorded from the real vLLM replica (run as that profile's emulated pool) makes it plannable."""
+    from orchestrator.spec.catalog import local_example_dir
+
+    nospeed = ROOT / "tests" / "data" / "measured" / "nospeed-fleet.yaml"
+    model = local_example_dir() / "tiny-llama.yaml"
+    before = json.loads(moxin(up["env"], "plan", "-f", str(model), "-f", str(nospeed), "-o", "json").stdout)
+    assert not before["spec"]["assignments"]
+    assert any("moxin bench" in r for u in before["spec"]["unplaced"] for r in u["reasons"])
+    vllm = by_engine(status(up["env"]))["vllm"]
+    bench = tmp_path / "nospeed-bench.yaml"
+    moxin(up["env"], "bench", "--url", up["router"], "--model", DEPLOYMENT, "--replica", vllm["id"],
+          "--concurrency", "1,2,4", "--requests", "6", "--prompt-tokens", "64", "--output-tokens", "16",
+          "--no-progress", "--record", "--model-name", "tiny-llama", "--variant", "bf16", "--hardware",
+          "test-nospeed", "--engine", "vllm", "--emulated", "--tp", "1", "--pp", "1", "-f", str(model), "-f",
+          str(nospeed), "-o", str(bench), timeout=600)
+    after = json.loads(moxin(up["env"], "plan", "-f", str(model), "-f", str(nospeed), "-f", str(bench),
+                             "-o", "json").stdout)
+    (a,) = after["spec"]["assignments"]
+    assert a["pool"] == "nospeed-emu" and a["predicted"]["capacityRequestsPerSecond"] > 0, a
+    assert a["predicted"]["measuredBy"] and a["predicted"]["measuredBy"] in a["why"]["summary"], a
 
 
 def test_prometheus_scrapes_engines_router_and_controller_from_the_file_sd(up, tmp_path):
