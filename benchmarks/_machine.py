@@ -1,24 +1,8 @@
-"""Record the machine a benchmark ran on (printed with every table)."""
+"""Record the machine a benchmark ran on (printed with every table): the same description `moxin bench
+--record` writes into a Benchmark document."""
 
 from __future__ import annotations
 
-import os
-import platform
-import sys
+from orchestrator.bench.host import describe
 
-
-def describe() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
-            mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}, Python {sys.version.split()[0]}, {platform.platform()}"
+__all__ = ["describe"]

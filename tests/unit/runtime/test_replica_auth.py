@@ -6,7 +6,6 @@ Real guards and stand-in engines (the ENGINE below), outside Ray."""
 
 from __future__ import annotations
 
-import json
 import socket
 import urllib.error
 import urllib.request
@@ -14,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.runtime.desired import ReplicaSpec
-from orchestrator.runtime.guard import alive, stop_group
+from orchestrator.runtime.guard import alive
 from orchestrator.runtime.reconcile import State
 from orchestrator.runtime.replica import Replica
 from orchestrator.runtime.secrets import ENGINE_KEY_ENV
-from orchestrator.spec.plan import EngineLaunch
+from tests.unit.runtime.replica_support import replicas
 
 from .test_replica_faults import wait_until
 
@@ -61,28 +59,10 @@ def non_loopback_address() -> str | None:
 
 @pytest.fixture
 def make(tmp_path):
-    made: list[Replica] = []
     script = tmp_path / "engine.py"
     script.write_text(ENGINE)
-
-    def _make(engine: str) -> Replica:
-        launch = EngineLaunch(engine=engine, platform="cpu",
-                              argv=["python3", str(script), "--host", "0.0.0.0", "--port", "8000"], port=8000,
-                              health_path="/health", metrics_path=None, readiness_timeout_seconds=10, image=None,
-                              visibility_env=None, served_model_name="m", request_model="m", model_path="/m")
-        spec = ReplicaSpec(id=f"r{len(made)}", deployment="d", labels={}, launch=launch, bundles=[{"GPU": 1.0}],
-                           strategy="STRICT_PACK", nodes=["n-0"], devices=[0], weight=1.0, cost_usd_per_hour=None,
-                           spec_hash="h")
-        made.append(Replica(spec, str(tmp_path / "logs"), grace_s=2.0))
-        return made[-1]
-
-    yield _make
-    for r in made:
-        r.stop()
-        r._thread.join(10)
-        pidfile = r.log_path.with_suffix(".pid")
-        if pidfile.exists():
-            stop_group(json.loads(pidfile.read_text())["engine"], 0.0)
+    with replicas(tmp_path / "logs") as make_replica:
+        yield lambda engine: make_replica(["python3", str(script), "--host", "0.0.0.0", "--port", "8000"], engine)
 
 
 def status(url: str, key: str | None = None) -> int:

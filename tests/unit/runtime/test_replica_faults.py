@@ -4,7 +4,6 @@ the reason and the engine stopped, and a guard that exits on its own is no failu
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -14,11 +13,9 @@ import pytest
 import ray
 
 from orchestrator.runtime import replica as replica_module
-from orchestrator.runtime.desired import ReplicaSpec
-from orchestrator.runtime.guard import alive, stop_group
+from orchestrator.runtime.guard import alive
 from orchestrator.runtime.reconcile import State
-from orchestrator.runtime.replica import Replica
-from orchestrator.spec.plan import EngineLaunch
+from tests.unit.runtime.replica_support import replicas
 
 # A stand-in engine: answers /health and /v1/completions, until the file named by its first argument exists; then
 # /health answers with something that is not HTTP.
@@ -58,26 +55,8 @@ def wait_until(predicate, timeout: float) -> bool:
 @pytest.fixture
 def make(tmp_path):
     """Replicas outside Ray (as a unit test can run them); whatever they started is stopped afterwards."""
-    made: list[Replica] = []
-
-    def _make(argv: list[str], readiness_s: int = 10) -> Replica:
-        launch = EngineLaunch(engine="vllm", platform="cpu", argv=argv, port=8000, health_path="/health",
-                              metrics_path=None, readiness_timeout_seconds=readiness_s, image=None,
-                              visibility_env=None, served_model_name="m", request_model="m", model_path="/m")
-        spec = ReplicaSpec(id=f"r{len(made)}", deployment="d", labels={}, launch=launch, bundles=[{"GPU": 1.0}],
-                           strategy="STRICT_PACK", nodes=["n-0"], devices=[0], weight=1.0, cost_usd_per_hour=None,
-                           spec_hash="h")
-        made.append(Replica(spec, str(tmp_path / "logs"), grace_s=2.0))
-        return made[-1]
-
-    yield _make
-    for r in made:
-        r.stop()
-        r._thread.join(10)
-        pidfile = r.log_path.with_suffix(".pid")  # a guard started after stop() got to it
-        if pidfile.exists():
-            pids = json.loads(pidfile.read_text())
-            stop_group(pids["engine"], 0.0)
+    with replicas(tmp_path / "logs") as make_replica:
+        yield lambda argv, readiness_s=10: make_replica(argv, readiness_s=readiness_s)
 
 
 def test_a_guard_that_does_not_start_in_time_fails_the_replica_with_the_reason(make, monkeypatch):
