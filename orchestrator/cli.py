@@ -484,9 +484,10 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
     if api_keys is not None:
         _read_keys(api_keys)
     root = local.home() / "models"
-    for name in local.prepare_checkpoints(_catalog(paths), root):  # the demo's model exists nowhere: generate it
+    catalog = _catalog(paths)
+    for name in local.prepare_checkpoints(catalog, root):  # the demo's model exists nowhere: generate it
         click.echo(f"prepared {name} checkpoints under {root}")
-    doc = _plan_inputs(paths, None, str(root)).plan
+    doc = _plan_inputs(paths, None, str(root), catalog=catalog).plan
     _unplaced_error(doc)
     nodes = local.layout(doc.spec.pools)
     click.echo(f"starting a local Ray cluster: head + {len(nodes)} node(s): " +
@@ -531,23 +532,6 @@ try:
     -d '{{"model": "{deployment}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
   moxin bench --url {router} --model {deployment} --concurrency 1,2,4 --requests 8   # measure it
 then: moxin status | moxin logs REPLICA | moxin down""")
-    if api_keys and _answers_without_a_key(port):
-        click.echo("WARNING: the router answered /v1 without a key although it listens on every interface: it "
-                   "does not use the key file. Run `moxin down`.", err=True)
-
-
-def _answers_without_a_key(port: int) -> bool:
-    """A router on every interface that serves /v1 without a key is an open door: check, do not assume."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10).close()
-    except urllib.error.HTTPError as exc:
-        return exc.code != 401
-    except OSError:
-        return False
-    return True
 
 
 @cli.command()
@@ -776,12 +760,12 @@ class _Inputs:
 
 
 def _plan_inputs(paths: tuple[Path, ...], fleet_name: str | None, model_root: str = MODEL_ROOT,
-                 previous: Any = None) -> _Inputs:
+                 previous: Any = None, catalog: Any = None) -> _Inputs:
     """The plan (a Plan file as it is, or the fleet and deployments planned now), its catalog and fleet; warns
-    about deployments the plan leaves unplaced."""
+    about deployments the plan leaves unplaced. ``catalog``: the documents of ``paths``, where already loaded."""
     from orchestrator.planner import plan_or_given
 
-    catalog = _catalog(paths)
+    catalog = catalog or _catalog(paths)
     found = plan_or_given(catalog, fleet_name, previous, PlanOptions(model_root=model_root))
     for u in found.plan.spec.unplaced:
         click.echo(f"warning: {u.deployment} is not (fully) placed by the plan: {'; '.join(u.reasons[:2])}", err=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.errors import MoxinError
+from orchestrator.spec.base import DNS1123_SUBDOMAIN
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.defaults import MODEL_ROOT
 from orchestrator.spec.fleet import Fleet, Pool
@@ -41,7 +42,7 @@ ENGINE_API_KEY_ENV = {"vllm": "VLLM_API_KEY"}
 variable); the chart fills it from engineAuth's Secret. Engines not named take no key."""
 EMULATED_SHM = "2Gi"
 
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_SUBDOMAIN = re.compile(DNS1123_SUBDOMAIN)
 
 
 class RenderError(MoxinError):

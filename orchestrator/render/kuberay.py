@@ -29,8 +29,6 @@ from orchestrator.render.helm import (
     RenderError,
     device_placement,
     is_external,
-    label_value,
-    object_name,
 )
 from orchestrator.render.kubernetes import render_chart
 from orchestrator.render.values import KubeRay, RayPorts, RayWorkerGroup
@@ -38,6 +36,7 @@ from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, MODEL_ROOT, ROUTER_PORT
 from orchestrator.spec.fleet import Fleet, Pool
 from orchestrator.spec.hardware import HardwareProfile
+from orchestrator.spec.names import label_value, object_name
 from orchestrator.spec.plan import Plan
 
 RAY_VERSION = "2.60.0"

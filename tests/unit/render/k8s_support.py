@@ -45,6 +45,17 @@ def example(name: str) -> tuple[Any, Any, Any]:
     return doc, catalog, fleet
 
 
+
+BAD_VALUES = [
+    {"assignmentz": []},
+    {"router": {"replicas": -1}},
+    {"modelStorage": {"type": "nfs"}},
+    {"modelStorage": {"type": "objectStore"}},  # no remote
+    {"monitoring": {"interval": "soon"}},
+    {"plan": {"name": "has spaces"}},
+]
+"""Chart values the schema (and the values models) must refuse."""
+
 @functools.cache
 def rendered(name: str, namespace: str = "moxin") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(values, objects) of an example rendered through the chart."""

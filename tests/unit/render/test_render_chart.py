@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from k8s_support import VENDOR_IMAGES, by_kind, crd_validator, example, rendered, validate
+from k8s_support import BAD_VALUES, VENDOR_IMAGES, by_kind, crd_validator, example, rendered, validate
 
 from orchestrator.render.helm import (
     RenderError,
@@ -265,14 +265,7 @@ def test_engine_containers_are_restricted_unless_a_vendor_override_says_otherwis
     assert c["securityContext"] == override["huawei.com/Ascend910"]
 
 
-@pytest.mark.parametrize("bad", [
-    {"assignmentz": []},
-    {"router": {"replicas": -1}},
-    {"modelStorage": {"type": "nfs"}},
-    {"modelStorage": {"type": "objectStore"}},  # no remote
-    {"monitoring": {"interval": "soon"}},
-    {"plan": {"name": "has spaces"}},
-])
+@pytest.mark.parametrize("bad", BAD_VALUES)
 def test_values_schema_rejects_bad_values(bad):
     with pytest.raises(RenderError, match="refused"):
         render_chart(bad)

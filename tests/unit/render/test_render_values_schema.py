@@ -8,7 +8,7 @@ import json
 
 import pytest
 import yaml
-from k8s_support import VENDOR_IMAGES, example
+from k8s_support import BAD_VALUES, VENDOR_IMAGES, example
 from pydantic import ValidationError
 
 from orchestrator.render.helm import deep_merge, helm_values
@@ -60,12 +60,7 @@ def test_values_moxin_writes_are_valid_by_the_models_and_the_schema(example_name
 
 
 @pytest.mark.parametrize("change", [
-    {"assignmentz": []},
-    {"router": {"replicas": -1}},
-    {"modelStorage": {"type": "nfs"}},
-    {"modelStorage": {"type": "objectStore"}},  # no remote
-    {"monitoring": {"interval": "soon"}},
-    {"plan": {"name": "has spaces"}},
+    *BAD_VALUES,
     {"images": {"Not A Key": "img"}},
     {"engine": {"resources": {"requests": {"cpu": "lots"}}}},
     {"kuberay": {"enabled": True}},  # nothing of the plan
