@@ -93,8 +93,14 @@ def plan(fleet: Fleet, deployments: list[ModelDeployment], catalog: Catalog, pre
     return doc.Plan(api_version=API_VERSION, kind="Plan", metadata={"name": fleet.name},
                     spec=doc.PlanSpec(fleet=fleet.name, objective=options.objective,
                                       pools=_pools(fleet, per_node, catalog), assignments=assignments,
-                                      unplaced=unplaced),
+                                      unplaced=unplaced, slo=_slos(deployments)),
                     status=status)
+
+
+def _slos(deployments: list[ModelDeployment]) -> dict[str, doc.Slo]:
+    """The latency targets of the deployments that set any."""
+    return {d.name: d.spec.slo for d in deployments
+            if d.spec.slo.ttft_seconds is not None or d.spec.slo.tpot_seconds is not None}
 
 
 def _pools(fleet: Fleet, per_node: dict[str, int], catalog: Catalog) -> list[doc.PlanPool]:

@@ -420,7 +420,8 @@ class Controller:
             self.table = table = self._routing_table(specs)
             restarts = {s.id: (self.records.get(s.id) or ReplicaRecord(s.id)).restarts for s in specs}
         m = self.metrics
-        for g in (m.pool_devices, m.pool_allocated, m.desired, m.ready, m.restarts, m.capacity, m.cost):
+        for g in (m.pool_devices, m.pool_allocated, m.desired, m.ready, m.pending, m.restarts, m.capacity,
+                  m.output_tokens, m.batch, m.cost, m.slo_target):
             g.clear()
         if plan is None:
             return
@@ -435,7 +436,14 @@ class Controller:
             m.capacity.labels(**spec.labels).inc(spec.weight)
             m.cost.labels(**spec.labels).inc(spec.cost_usd_per_hour or 0.0)
             m.ready.labels(**spec.labels).inc(1 if spec.id in routed else 0)
+            m.pending.labels(**spec.labels).inc(0 if spec.id in routed else 1)
+            m.output_tokens.labels(**spec.labels).inc(spec.output_tokens_per_second)
+            m.batch.labels(**spec.labels).inc(spec.batch)
             m.restarts.labels(**spec.labels).inc(restarts[spec.id])
+        for deployment, slo in plan.spec.slo.items():
+            for objective, target in (("ttft_p95", slo.ttft_seconds), ("tpot_p95", slo.tpot_seconds)):
+                if target is not None:
+                    m.slo_target.labels(deployment=deployment, objective=objective).set(target)
         self._write_sd()
 
     def _routing_table(self, desired: list[ReplicaSpec]) -> dict[str, list[dict]]:

@@ -37,6 +37,10 @@ class ReplicaSpec:
     """Predicted requests/s of this replica: the router's weight."""
     cost_usd_per_hour: float | None
     spec_hash: str = field(default="")
+    batch: int = 1
+    """Concurrent sequences the plan assumes for this replica."""
+    output_tokens_per_second: float = 0.0
+    """Planned decode throughput of this replica (batch x per-sequence decode tokens/s); 0 without a speed."""
 
     @property
     def request_model(self) -> str:
@@ -80,5 +84,7 @@ def replica_specs(plan: Plan, known_nodes: set[str] | None = None) -> list[Repli
                 id=replica_id(name, index), deployment=a.deployment,
                 labels=labels, launch=a.launch, bundles=bundles, strategy=strategy, nodes=nodes,
                 devices=list(stages[0].devices), weight=float(a.predicted.capacity_requests_per_second or 1.0),
-                cost_usd_per_hour=per_replica_cost, spec_hash=_hash(a.launch, bundles, strategy)))
+                cost_usd_per_hour=per_replica_cost, spec_hash=_hash(a.launch, bundles, strategy),
+                batch=a.predicted.batch,
+                output_tokens_per_second=a.predicted.batch * (a.predicted.decode_tokens_per_second or 0.0)))
     return out

@@ -28,6 +28,7 @@ from orchestrator.spec.base import (
     Strict,
 )
 from orchestrator.spec.defaults import MODEL_ROOT
+from orchestrator.spec.deployment import Slo
 from orchestrator.spec.engine import EngineName
 from orchestrator.spec.hardware import RayResources
 
@@ -277,6 +278,9 @@ class PlanSpec(Strict):
     """What runs where."""
     unplaced: list[Unplaced] = Field(default_factory=list)
     """Deployments the plan cannot fully serve."""
+    slo: dict[Name, Slo] = Field(default_factory=dict)
+    """Each deployment's latency targets, as its ModelDeployment gave them: the thresholds of the dashboards and
+    alerts (exported as ``moxin_slo_target_seconds``)."""
 
     def pool(self, name: str) -> PlanPool | None:
         return next((p for p in self.pools if p.name == name), None)
