@@ -385,16 +385,17 @@ class _Step:
                     self.next_step()
                 if self.s.phase in (Phase.PROGRESSING, Phase.PROMOTING):
                     self.log(f"promoted by the operator: step {skipped} done")
-            elif cmd.verb == "promoteFull":
-                if self.s.phase != Phase.PROMOTING:
-                    self.set(phase=Phase.PROMOTING, paused_reason=None, waiting_since=self.obs.now)
-                    self.log("fully promoted by the operator: remaining steps skipped")
+            elif cmd.verb == "promoteFull" and self.s.phase != Phase.PROMOTING:
+                self.set(phase=Phase.PROMOTING, step=len(self.steps), paused_reason=None,
+                         waiting_since=self.obs.now, analysis_started_at=None, gates=())
+                self.log("fully promoted by the operator: remaining steps skipped")
 
     def resume(self, message: str | None) -> None:
         if self.s.phase != Phase.PAUSED:
             return
         runs = tuple(replace(g, inconclusive=0) for g in self.s.gates)
-        self.set(phase=Phase.PROGRESSING, paused_reason=None, gates=runs,
+        phase = Phase.PROMOTING if self.s.step >= len(self.steps) else Phase.PROGRESSING
+        self.set(phase=phase, paused_reason=None, gates=runs,
                  waiting_since=self.obs.now if self.s.waiting_since is not None else None)
         if message:
             self.log(message)
@@ -417,9 +418,9 @@ class _Step:
                 self.s.phase != Phase.PAUSED):
             self.set(phase=Phase.PAUSED, paused_reason="the Rollout document changed during the rollout")
             self.log("the Rollout document changed during the rollout: paused (abort, then apply it again)")
-        self.commands()
         if self.s.phase == Phase.PENDING:
             self.begin()
+        self.commands()
         for _ in range(len(self.steps) + 3):  # finished steps fall through to the next in the same call
             before = (self.s.phase, self.s.step)
             if self.s.phase == Phase.PROGRESSING:
@@ -565,3 +566,28 @@ def step(spec: RolloutSpec, state: State, obs: Observation) -> tuple[State, list
     run = _Step(spec, state, obs)
     run.run()
     return run.s, run.actions
+
+
+def status(spec: RolloutSpec, state: State) -> dict[str, Any]:
+    """What `moxin rollout status` shows (and the Kubernetes object's status holds): phase, step, weight, each side's
+    replicas, every gate of the current analysis against its threshold, and the decision log."""
+    steps = plan_steps(spec, state.config)
+    current = steps[state.step] if state.step < len(steps) else None
+    gates = []
+    if isinstance(current, Check):
+        runs = state.gates or tuple(GateRun() for _ in current.gates)
+        for gate, run in zip(current.gates, runs, strict=True):
+            last = run.last
+            gates.append({"metric": gate.metric, "measurements": f"{run.taken}/{gate.count}",
+                          "failures": f"{run.failures}/{gate.failure_limit}",
+                          "inconclusive": f"{run.inconclusive}/{gate.inconclusive_limit}",
+                          "canary": last.canary if last else None, "stable": last.stable if last else None,
+                          "limit": last.limit if last else None,
+                          "threshold": last.threshold if last else None, "outcome": last.outcome if last else None,
+                          "reason": last.reason if last else "not measured yet"})
+    return {"phase": state.phase.value, "step": state.step, "steps": len(steps),
+            "stepKind": type(current).__name__.lower() if current is not None else None,
+            "mode": state.config.mode, "weight": state.weight,
+            "replicas": {"canary": state.canary_replicas, "stable": state.stable_replicas},
+            "pausedReason": state.paused_reason, "message": state.message, "gates": gates,
+            "log": [{"at": d.at, "phase": d.phase, "step": d.step, "message": d.message} for d in state.log]}

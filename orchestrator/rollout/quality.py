@@ -199,24 +199,20 @@ def compare(prompts: Sequence[str], stable: Sequence[Generation | None], canary:
     kls = [x for r in rows for x in r.kl]
     overlaps = [x for r in rows for x in r.overlap]
     rate = exact / n if n else None
-    report = dict(
-        prompts=len(prompts), compared=n, exact=exact, exact_match_rate=rate,
-        first_divergence_min=min(divergences) if divergences else None,
-        first_divergence_mean=sum(divergences) / len(divergences) if divergences else None,
-        mean_kl=sum(kls) / len(kls) if kls else None,
-        mean_top_k_overlap=sum(overlaps) / len(overlaps) if overlaps else None,
-        min_exact_match=thresholds.min_exact_match)
+    fd = min(divergences) if divergences else None
+    kl = sum(kls) / len(kls) if kls else None
+    ov = sum(overlaps) / len(overlaps) if overlaps else None
     failures = []
     if rate is not None and rate < thresholds.min_exact_match:
         failures.append(f"exact match {rate:.3g} < {thresholds.min_exact_match:g} ({n - exact} of {n} prompts differ)")
-    fd = report["first_divergence_min"]
     if thresholds.min_first_divergence is not None and fd is not None and fd < thresholds.min_first_divergence:
         failures.append(f"an output diverges at position {fd} < {thresholds.min_first_divergence}")
-    kl = report["mean_kl"]
     if thresholds.max_kl is not None and kl is not None and kl > thresholds.max_kl:
         failures.append(f"mean KL {kl:.4g} > {thresholds.max_kl:g}")
-    ov = report["mean_top_k_overlap"]
     if thresholds.min_top_k_overlap is not None and ov is not None and ov < thresholds.min_top_k_overlap:
         failures.append(f"mean top-k overlap {ov:.3g} < {thresholds.min_top_k_overlap:g}")
-    return QualityReport(**report, passed=n > 0 and not failures, failures=tuple(failures),  # type: ignore[arg-type]
-                         per_prompt=tuple(rows))
+    return QualityReport(
+        prompts=len(prompts), compared=n, exact=exact, exact_match_rate=rate, first_divergence_min=fd,
+        first_divergence_mean=sum(divergences) / len(divergences) if divergences else None, mean_kl=kl,
+        mean_top_k_overlap=ov, min_exact_match=thresholds.min_exact_match, passed=n > 0 and not failures,
+        failures=tuple(failures), per_prompt=tuple(rows))

@@ -26,6 +26,7 @@ from orchestrator.rollout.machine import (
     plan_steps,
     spec_digest,
     start,
+    status,
     step,
 )
 from orchestrator.rollout.quality import Generation, compare
@@ -258,3 +259,41 @@ def test_state_survives_json_and_a_restart_resumes_at_the_same_step() -> None:
     assert desired(restored) == Desired(1, 3, 25)
     again, acts = step(CANARY, restored, Observation(70, 1, {0: _ttft(0.2)}))
     assert again == restored and acts == []
+
+
+def test_pausing_while_promoting_resumes_promoting() -> None:
+    spec = _spec([{"setWeight": 50}])
+    s = start("r", spec, Config(2, 2))
+    s, _ = _go(spec, s, 0, ready=1)
+    assert s.phase == Phase.PROMOTING
+    s, acts = _go(spec, s, 10, ready=1, commands=(Command(1, "pause"),))
+    assert s.phase == Phase.PAUSED and acts == []
+    s, acts = _go(spec, s, 20, ready=2)  # paused: the promotion waits
+    assert s.phase == Phase.PAUSED and acts == []
+    s, acts = _go(spec, s, 30, ready=2, commands=(Command(2, "resume"),))
+    assert s.phase == Phase.SUCCEEDED and acts == [SetWeight(100, "promoting: all traffic to the new side"),
+                                                   RemoveSide("stable", "promoted")]
+
+
+def test_a_command_before_the_first_step_applies_after_the_start() -> None:
+    s = start("r", CANARY, Config(4, 4))
+    s, acts = _go(CANARY, s, 0, ready=0, commands=(Command(1, "pause"),))
+    assert s.phase == Phase.PAUSED and acts == [] and [d.message for d in s.log][1] == "paused by the operator"
+    s, acts = _go(CANARY, s, 5, ready=0, commands=(Command(2, "resume"),))
+    assert s.phase == Phase.PROGRESSING and acts == [ScaleSide("canary", 1, "step 0")]
+
+
+def test_status_shows_each_gate_against_its_threshold_and_the_log() -> None:
+    spec = _spec([{"setWeight": 10}, {"analysis": {"gates": [{**TTFT, "threshold": {"maxRatioToStable": 1.5}}]}}])
+    s = start("r", spec, Config(2, 2))
+    s, _ = _go(spec, s, 0, ready=1)
+    s, _ = _go(spec, s, 60, ready=1, readings={0: Readings(SideReading(30, 0.3), SideReading(300, 0.4))})
+    view = status(spec, s)
+    assert (view["phase"], view["step"], view["steps"], view["stepKind"], view["weight"]) == (
+        "Progressing", 1, 2, "check", 10)
+    [gate] = view["gates"]
+    assert gate["measurements"] == "1/2" and gate["failures"] == "0/0" and gate["outcome"] == "pass"
+    assert (gate["canary"], gate["stable"], gate["threshold"]) == (0.3, 0.4, "maxRatioToStable 1.5")
+    assert gate["limit"] == pytest.approx(0.6)
+    assert [e["message"] for e in view["log"]][-1] == "step 0: 10% of traffic on the new side (1 new, 2 old replicas)"
+    json.dumps(view)
