@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from orchestrator.spec.base import MAX_SECONDS, Document, FieldError, FiniteFloat, Name, Strict
 
@@ -28,6 +28,8 @@ MAX_GATE_COUNT = 10_000
 """Measurements of one gate in one analysis."""
 MAX_PROMPT_TOKENS = 4096
 """Tokens generated per golden prompt."""
+_ONE_FIELD = ConfigDict(**Strict.model_config, json_schema_extra={"minProperties": 1, "maxProperties": 1})
+"""Models that hold exactly one of their fields: the JSON Schema says so, for editors."""
 
 
 class Target(Strict):
@@ -39,6 +41,8 @@ class Target(Strict):
 
 class Threshold(Strict):
     """Exactly one bound: absolute (max, min) or relative to the stable side measured over the same interval."""
+
+    model_config = _ONE_FIELD
 
     max: FiniteFloat | None = Field(None, ge=0)
     """The canary passes when its value is at most this (in the metric's unit: seconds, a ratio, tokens/s)."""
@@ -108,6 +112,8 @@ class Pause(Strict):
 
 class Step(Strict):
     """One canary step: exactly one of setWeight, pause, analysis."""
+
+    model_config = _ONE_FIELD
 
     set_weight: int | None = Field(None, ge=1, le=100)
     """Percent of the deployment's traffic sent to the new side from this step on (once its replicas are ready)."""

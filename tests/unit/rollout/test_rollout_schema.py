@@ -19,6 +19,8 @@ def test_every_field_of_the_rollout_schema_has_a_description() -> None:
     assert missing == []
     gate = schema["$defs"]["Gate"]["properties"]
     assert {"metric", "threshold", "intervalSeconds", "count", "failureLimit", "minRequests", "inconclusive"} <= set(gate)
+    for one_of in ("Step", "Threshold"):  # editors learn that exactly one field is set
+        assert (schema["$defs"][one_of]["minProperties"], schema["$defs"][one_of]["maxProperties"]) == (1, 1)
 
 
 def test_canary_steps_read_as_argo_writes_them() -> None:
