@@ -14,7 +14,7 @@ Promoting scales the new side to full size, sends it all traffic, waits (blue-gr
 removes the old side.
 
 Capacity (``capacity.py``): in *surge* mode the new side runs beside the whole old side. In *replace* mode it does
-not fit, so each new replica first frees room by scaling the old side down (``fitsBeside[k]``: new replicas that
+not fit, so each new replica first frees room by scaling the old side down (``fits_beside[k]``: new replicas that
 fit beside the old side less k replicas); a blue-green then moves replica by replica, its analysis after each.
 """
 
@@ -377,6 +377,8 @@ class _Step:
                     self.log("paused by the operator")
             elif cmd.verb == "resume":
                 self.resume("resumed by the operator")
+            elif cmd.verb == "promote" and self.s.phase == Phase.PROMOTING:
+                self.log("promote ignored: already promoting")
             elif cmd.verb == "promote":
                 held = self.s.phase == Phase.PAUSED and self.current() == Hold(None)
                 skipped = self.s.step
@@ -490,8 +492,10 @@ class _Step:
         runs = list(self.s.gates)
         for i, gate in enumerate(step.gates):
             reading = self.obs.readings.get(i)
-            if reading is None or not _is_due(gate, runs[i], self.s.analysis_started_at, self.obs.now):
-                continue
+            if reading is None or runs[i].taken >= gate.count or not _is_due(gate, runs[i],
+                                                                               self.s.analysis_started_at,
+                                                                               self.obs.now):
+                continue  # not asked for (``due``): a gate that has its count is not measured again
             result = evaluate(gate, reading)
             run = runs[i]
             if result.outcome == "inconclusive":

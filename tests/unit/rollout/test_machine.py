@@ -297,3 +297,15 @@ def test_status_shows_each_gate_against_its_threshold_and_the_log() -> None:
     assert gate["limit"] == pytest.approx(0.6)
     assert [e["message"] for e in view["log"]][-1] == "step 0: 10% of traffic on the new side (1 new, 2 old replicas)"
     json.dumps(view)
+
+
+def test_a_gate_that_has_its_count_is_not_measured_again_while_another_runs() -> None:
+    quick = {**TTFT, "count": 1}
+    slow = {"metric": "errorRatio", "threshold": {"max": 0.01}, "intervalSeconds": 60, "count": 2}
+    spec = _spec([{"setWeight": 10}, {"analysis": {"gates": [quick, slow]}}])
+    s = start("r", spec, Config(2, 2))
+    s, _ = _go(spec, s, 0, ready=1)
+    s, _ = _go(spec, s, 60, ready=1, readings={0: _ttft(0.5), 1: _ttft(0.0)})
+    assert [d.index for d in due(spec, s, 120)] == [1]
+    s, _ = _go(spec, s, 120, ready=1, readings={0: _ttft(9.0), 1: _ttft(0.0)})  # a late ttft reading is ignored
+    assert s.phase == Phase.PROMOTING and "ttftP95 1/1, errorRatio 2/2" in s.log[-2].message
