@@ -67,6 +67,8 @@ class GateResult:
     threshold: str
     """The threshold as written: 'max 2', 'maxRatioToStable 1.2', 'quality: minExactMatch 0.9'."""
     reason: str
+    details: dict[str, Any] | None = None
+    """The quality gate's whole comparison (exact match, first divergence, KL, top-k overlap), for the status."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,11 +130,12 @@ def _evaluate_quality(gate: Gate, report: QualityReport) -> GateResult:
     threshold = f"quality: minExactMatch {report.min_exact_match:g}"
     if report.compared == 0:
         return GateResult(gate.metric, "inconclusive", None, None, report.min_exact_match, threshold,
-                          "no golden prompt was answered by both sides")
+                          "no golden prompt was answered by both sides", report.to_json())
     outcome: Outcome = "pass" if report.passed else "fail"
     reason = "; ".join(report.failures) if report.failures else (
         f"{report.exact} of {report.compared} golden prompts identical")
-    return GateResult(gate.metric, outcome, report.exact_match_rate, 1.0, report.min_exact_match, threshold, reason)
+    return GateResult(gate.metric, outcome, report.exact_match_rate, 1.0, report.min_exact_match, threshold, reason,
+                      report.to_json())
 
 
 def better(metric: str) -> str:

@@ -588,7 +588,8 @@ def status(spec: RolloutSpec, state: State) -> dict[str, Any]:
                           "canary": last.canary if last else None, "stable": last.stable if last else None,
                           "limit": last.limit if last else None,
                           "threshold": last.threshold if last else None, "outcome": last.outcome if last else None,
-                          "reason": last.reason if last else "not measured yet"})
+                          "reason": last.reason if last else "not measured yet",
+                          **({"details": last.details} if last and last.details else {})})
     return {"phase": state.phase.value, "step": state.step, "steps": len(steps),
             "stepKind": type(current).__name__.lower() if current is not None else None,
             "mode": state.config.mode, "weight": state.weight,

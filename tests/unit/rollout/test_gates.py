@@ -54,6 +54,7 @@ def test_quality_gate_reads_the_comparison() -> None:
     same = [Generation("a"), Generation("b")]
     passed = evaluate(gate, compare(["p", "q"], same, same, Quality(min_exact_match=0.9)))
     assert (passed.outcome, passed.canary, passed.limit) == ("pass", 1.0, 0.9)
+    assert passed.details["exact"] == 2 and passed.details["mean_kl"] is None  # the status shows the comparison
     failed = evaluate(gate, compare(["p", "q"], same, [Generation("a"), Generation("c")], Quality()))
     assert failed.outcome == "fail" and failed.canary == 0.5 and "exact match 0.5 < 0.9" in failed.reason
     none = evaluate(gate, compare(["p"], [None], [None], Quality()))
