@@ -139,3 +139,18 @@ def _try(pool: Pool, per_node: int, wants: list[Want],
 def _disjoint(stages: tuple[Stage, ...]) -> bool:
     seen = [(s.node, d) for s in stages for d in s.devices]
     return len(seen) == len(set(seen))
+
+
+def place_beside(pool: Pool, per_node: int, kept: dict[tuple, list[Placement]],
+                 wants: list[Want]) -> dict[tuple, list[Placement]] | None:
+    """Placements for ``wants`` on the devices that ``kept`` (running replicas, by key) leave free, moving none of
+    them; None when they do not pack. A rollout asks this of the new side beside the old (rollout/capacity.py)."""
+    fixed = [(key, len(ps[0].stages[0].devices), len(ps[0].stages), len(ps)) for key, ps in kept.items() if ps]
+    clash = {key for key, *_ in wants} & set(kept)
+    if clash:
+        raise ValueError(f"keys both kept and wanted: {sorted(clash)}")
+    result = _try(pool, per_node, fixed + wants, kept)
+    if result is None or any(sorted(result[key], key=lambda p: p.replica) != sorted(ps, key=lambda p: p.replica)
+                             for key, ps in kept.items() if ps):
+        return None
+    return {key: result[key] for key, *_ in wants}

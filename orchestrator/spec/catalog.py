@@ -214,6 +214,14 @@ def _check_rollout(entry: Loaded, catalog: Catalog, pools: set[str]) -> list[Pro
         if target.pool is not None and pools and target.pool not in pools:
             out.append(entry.problem(("spec", side, "pool"), f"no fleet has a pool {target.pool!r}",
                                      did_you_mean(target.pool, pools)))
+    # The planner keeps a deployment to its variants and pools: a target outside them would be planned away again.
+    if spec.to.variant is not None and dep.spec.variants and spec.to.variant in variants and (
+            spec.to.variant not in dep.spec.variants):
+        out.append(entry.problem(("spec", "to", "variant"), f"deployment {spec.deployment!r} allows only variants "
+                                 f"{', '.join(dep.spec.variants)}", f"add {spec.to.variant!r} to its spec.variants"))
+    if spec.to.pool is not None and dep.spec.pools and spec.to.pool in pools and spec.to.pool not in dep.spec.pools:
+        out.append(entry.problem(("spec", "to", "pool"), f"deployment {spec.deployment!r} allows only pools "
+                                 f"{', '.join(dep.spec.pools)}", f"add {spec.to.pool!r} to its spec.pools"))
     return out
 
 

@@ -26,6 +26,7 @@ def test_validate_the_shipped_catalog_and_examples() -> None:
     assert result.exit_code == 0, result.output
     # the built-in profiles and the examples' own (manifests/examples/cambricon: an overlay of the MLU590)
     assert "22 HardwareProfile" in result.output and "9 Model" in result.output and "3 Fleet" in result.output
+    assert "1 Rollout" in result.output  # manifests/rollouts
 
 
 def test_validate_bad_file_exits_2_with_location_and_no_traceback() -> None:
