@@ -14,17 +14,22 @@ from __future__ import annotations
 import json
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from grafana_foundation_sdk.builders import common as common_b
-from grafana_foundation_sdk.builders import dashboard as dashboard_b
-from grafana_foundation_sdk.builders import prometheus, stat, table, text, timeseries
-from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models import common, dashboard
-from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+with warnings.catch_warnings():
+    # The classic dashboard model, which the Grafana sidecar, file provisioning and Import take on every Grafana
+    # version; the SDK marks it deprecated in favour of schema v2, which only Grafana 12's new API reads.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from grafana_foundation_sdk.builders import common as common_b
+    from grafana_foundation_sdk.builders import dashboard as dashboard_b
+    from grafana_foundation_sdk.builders import prometheus, stat, table, text, timeseries
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import common, dashboard
+    from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from orchestrator.observe import queries as q
 from orchestrator.observe.queries import ASSIGNMENT, FILTER_LABELS, MLX_ENGINE, POOL_GROUP, Filter
@@ -356,6 +361,7 @@ def _variables() -> list[Any]:
         query = f"label_values({VARIABLE_SOURCES[name]}, {name})"
         out.append(dashboard_b.QueryVariable(name).label(name.capitalize()).datasource(DATASOURCE).query(query)
                    .definition(query).multi(True).include_all(True).all_value(".*")
+                   .current(dashboard.VariableOption(selected=True, text=["All"], value=["$__all"]))
                    .refresh(dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED)
                    .sort(dashboard.VariableSort.ALPHABETICAL_ASC))
     return out

@@ -69,7 +69,7 @@ class Filter:
         return f"{series}{{{inside}}}"
 
 
-ALL = Filter()
+NO_FILTER = Filter()
 """No matchers: every series."""
 
 
@@ -93,17 +93,17 @@ def ratio(numerator: str, denominator: str) -> str:
 
 # --------------------------------------------------------------------------------------------- moxin series
 
-def series(metric: Metric, flt: Filter = ALL, sample: str | None = None) -> str:
+def series(metric: Metric, flt: Filter = NO_FILTER, sample: str | None = None) -> str:
     """A selector of one moxin series (``sample``: the sample name, default ``metric.series``)."""
     return flt.selector(sample or metric.series, metric.labels)
 
 
-def rate(metric: Metric, flt: Filter = ALL, window: str = RATE_INTERVAL, sample: str | None = None) -> str:
+def rate(metric: Metric, flt: Filter = NO_FILTER, window: str = RATE_INTERVAL, sample: str | None = None) -> str:
     """``rate(<counter>_total{...}[window])`` (or of ``sample``, e.g. a histogram's ``_count``)."""
     return f"rate({series(metric, flt, sample)}[{window}])"
 
 
-def quantile(q: float, metric: Metric | EngineMetric, by: Sequence[str] = (), flt: Filter = ALL,
+def quantile(q: float, metric: Metric | EngineMetric, by: Sequence[str] = (), flt: Filter = NO_FILTER,
              window: str = RATE_INTERVAL) -> str:
     """``histogram_quantile(q, sum by (le, by) (rate(<m>_bucket{...}[window])))``; for a vLLM histogram over every
     name it has had (``or``)."""
@@ -114,12 +114,12 @@ def quantile(q: float, metric: Metric | EngineMetric, by: Sequence[str] = (), fl
     return f"histogram_quantile({q:g}, {sum_by(('le', *by), rates)})"
 
 
-def request_rate(by: Sequence[str] = (), flt: Filter = ALL, window: str = RATE_INTERVAL) -> str:
+def request_rate(by: Sequence[str] = (), flt: Filter = NO_FILTER, window: str = RATE_INTERVAL) -> str:
     """Requests/s the router answered (every status code)."""
     return sum_by(by, rate(ROUTER["requests"], flt, window))
 
 
-def error_ratio(by: Sequence[str] = (), flt: Filter = ALL, window: str = RATE_INTERVAL) -> str:
+def error_ratio(by: Sequence[str] = (), flt: Filter = NO_FILTER, window: str = RATE_INTERVAL) -> str:
     """The share of the router's answers that are 5xx (0-1): 0 where every answer succeeded (``or 0 * all``: a
     group without a 5xx series still gets a sample), none where there was no request."""
     errors = sum_by(by, rate(ROUTER["requests"], flt.and_("code", "=~", "5.."), window))
@@ -127,12 +127,12 @@ def error_ratio(by: Sequence[str] = (), flt: Filter = ALL, window: str = RATE_IN
     return ratio(f"({errors} or 0 * {answers})", answers)
 
 
-def token_rate(kind: str, by: Sequence[str] = (), flt: Filter = ALL, window: str = RATE_INTERVAL) -> str:
+def token_rate(kind: str, by: Sequence[str] = (), flt: Filter = NO_FILTER, window: str = RATE_INTERVAL) -> str:
     """Tokens/s the router counted: ``kind`` is ``prompt_tokens`` or ``generation_tokens``."""
     return sum_by(by, rate(ROUTER[kind], flt, window))
 
 
-def in_flight_share(by: Sequence[str] = ("deployment",), flt: Filter = ALL) -> str:
+def in_flight_share(by: Sequence[str] = ("deployment",), flt: Filter = NO_FILTER) -> str:
     """Each replica's share (0-1) of its group's in-flight requests: ``moxin_requests_in_flight`` is the router's
     only per-replica series."""
     metric = ROUTER["in_flight"]
@@ -142,7 +142,7 @@ def in_flight_share(by: Sequence[str] = ("deployment",), flt: Filter = ALL) -> s
 
 # ------------------------------------------------------------------------------------------ plan vs measured
 
-def predicted_cost_per_million_tokens(by: Sequence[str] = (), flt: Filter = ALL) -> str:
+def predicted_cost_per_million_tokens(by: Sequence[str] = (), flt: Filter = NO_FILTER) -> str:
     """What the plan expects one million output tokens to cost (USD): planned cost/hour over planned decode
     tokens/s; no sample where the plan has no speed."""
     cost = sum_by(by, series(CONTROLLER["cost"], flt))
@@ -150,7 +150,7 @@ def predicted_cost_per_million_tokens(by: Sequence[str] = (), flt: Filter = ALL)
     return f"{ratio(cost, tokens)} / {SECONDS_PER_HOUR} * {TOKENS_PER_COST_UNIT}"
 
 
-def actual_cost_per_million_tokens(by: Sequence[str] = (), flt: Filter = ALL, window: str = RATE_INTERVAL) -> str:
+def actual_cost_per_million_tokens(by: Sequence[str] = (), flt: Filter = NO_FILTER, window: str = RATE_INTERVAL) -> str:
     """What one million output tokens cost as served (USD): planned cost/hour over the generated tokens/s the router
     measured; no sample while nothing is generated."""
     cost = sum_by(by, series(CONTROLLER["cost"], flt))
@@ -158,31 +158,31 @@ def actual_cost_per_million_tokens(by: Sequence[str] = (), flt: Filter = ALL, wi
            f"{TOKENS_PER_COST_UNIT}"
 
 
-def predicted_capacity(by: Sequence[str] = ASSIGNMENT, flt: Filter = ALL) -> str:
+def predicted_capacity(by: Sequence[str] = ASSIGNMENT, flt: Filter = NO_FILTER) -> str:
     """Requests/s the plan expects the replicas to serve within the SLO."""
     return sum_by(by, series(CONTROLLER["capacity"], flt))
 
 
-def capacity_used(by: Sequence[str] = ASSIGNMENT, flt: Filter = ALL, window: str = RATE_INTERVAL) -> str:
+def capacity_used(by: Sequence[str] = ASSIGNMENT, flt: Filter = NO_FILTER, window: str = RATE_INTERVAL) -> str:
     """Measured requests/s over the planned capacity (1 = as planned, above 1 = past what the SLO was planned
     for)."""
     return ratio(request_rate(by, flt, window), predicted_capacity(by, flt))
 
 
-def load_vs_planned_batch(by: Sequence[str] = POOL_GROUP, flt: Filter = ALL) -> str:
+def load_vs_planned_batch(by: Sequence[str] = POOL_GROUP, flt: Filter = NO_FILTER) -> str:
     """Requests in flight over the concurrent sequences the plan assumed (1 = the planned batch is full)."""
     in_flight = sum_by(by, series(ROUTER["in_flight"], flt))
     return ratio(in_flight, sum_by(by, series(CONTROLLER["batch"], flt)))
 
 
-def slo_target(objective: str, flt: Filter = ALL) -> str:
+def slo_target(objective: str, flt: Filter = NO_FILTER) -> str:
     """A deployment's latency target (seconds) for ``objective`` (one of ``SLO_OBJECTIVES``)."""
     return series(CONTROLLER["slo_target"], flt.and_("objective", "=", objective))
 
 
 # ------------------------------------------------------------------------------------------------ vLLM series
 
-def engine_series(metric: EngineMetric, flt: Filter = ALL, suffix: str = "") -> list[str]:
+def engine_series(metric: EngineMetric, flt: Filter = NO_FILTER, suffix: str = "") -> list[str]:
     """One selector per name ``metric`` has had, current first."""
     return [flt.selector(name + suffix, VLLM_LABELS) for name in metric.names]
 
@@ -192,18 +192,18 @@ def either(exprs: Sequence[str]) -> str:
     return exprs[0] if len(exprs) == 1 else f"({' or '.join(exprs)})"
 
 
-def engine_gauge(metric: EngineMetric, flt: Filter = ALL) -> str:
+def engine_gauge(metric: EngineMetric, flt: Filter = NO_FILTER) -> str:
     """A vLLM gauge under whichever name the engine exports."""
     return either(engine_series(metric, flt))
 
 
-def engine_rate(metric: EngineMetric, flt: Filter = ALL, window: str = RATE_INTERVAL, suffix: str = "") -> str:
+def engine_rate(metric: EngineMetric, flt: Filter = NO_FILTER, window: str = RATE_INTERVAL, suffix: str = "") -> str:
     """The per-second rate of a vLLM counter (or a histogram's ``suffix`` series) under whichever name it has:
     ``or`` over rates, as ``rate`` takes a selector and not an ``or``."""
     return either([f"rate({s}[{window}])" for s in engine_series(metric, flt, suffix)])
 
 
-def prefix_cache_hit_ratio(by: Sequence[str] = (), flt: Filter = ALL, window: str = RATE_INTERVAL) -> str:
+def prefix_cache_hit_ratio(by: Sequence[str] = (), flt: Filter = NO_FILTER, window: str = RATE_INTERVAL) -> str:
     """The share (0-1) of prefix-cache lookups that hit; no sample without lookups."""
     hits = sum_by(by, engine_rate(VLLM["prefix_hits"], flt, window))
     return ratio(hits, sum_by(by, engine_rate(VLLM["prefix_queries"], flt, window)))

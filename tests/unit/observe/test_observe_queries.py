@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from orchestrator.observe import queries as q
-from orchestrator.observe.queries import ALL, ASSIGNMENT, Filter
+from orchestrator.observe.queries import ASSIGNMENT, NO_FILTER, Filter
 from orchestrator.spec.metrics import CONTROLLER, ROUTER, VLLM
 
 
@@ -36,7 +36,7 @@ def test_the_rate_window_is_a_parameter():
 
 
 def test_a_histogram_quantile_sums_buckets_by_le_and_the_grouping():
-    assert q.quantile(0.95, ROUTER["ttft"], ("deployment",), ALL, "1m") == \
+    assert q.quantile(0.95, ROUTER["ttft"], ("deployment",), NO_FILTER, "1m") == \
         "histogram_quantile(0.95, sum by (le, deployment) (rate(moxin_request_ttft_seconds_bucket{}[1m])))"
 
 
@@ -44,7 +44,7 @@ def test_a_renamed_vllm_series_is_queried_under_every_name_current_first():
     assert q.engine_gauge(VLLM["kv_usage"], Filter.equal(pool="a")) == \
         '(vllm:kv_cache_usage_perc{pool="a"} or vllm:gpu_cache_usage_perc{pool="a"})'
     assert q.engine_gauge(VLLM["running"]) == "vllm:num_requests_running{}"
-    assert q.engine_rate(VLLM["itl"], ALL, "1m", "_bucket") == \
+    assert q.engine_rate(VLLM["itl"], NO_FILTER, "1m", "_bucket") == \
         "(rate(vllm:inter_token_latency_seconds_bucket{}[1m]) or rate(vllm:time_per_output_token_seconds_bucket{}[1m]))"
 
 
@@ -103,7 +103,7 @@ def test_rename_robust_series_prefer_the_current_name_and_fall_back_to_the_old(t
     ]
     _promtool_test(tmp_path, series, [
         (kv, [('{pool="new"}', 0.5), ('{pool="old"}', 0.25), ('{pool="both"}', 0.75)]),
-        (q.prefix_cache_hit_ratio(by, ALL, "5m"), [('{pool="new"}', 0.25), ('{pool="old"}', 0.5)]),
+        (q.prefix_cache_hit_ratio(by, NO_FILTER, "5m"), [('{pool="new"}', 0.25), ('{pool="old"}', 0.5)]),
     ])
 
 
@@ -119,7 +119,7 @@ def test_cost_per_million_tokens_predicted_and_actual(tmp_path):
     ]
     _promtool_test(tmp_path, series, [
         (q.predicted_cost_per_million_tokens(("pool",)), [('{pool="p"}', 2 / 100 / 3600 * 1_000_000)]),
-        (q.actual_cost_per_million_tokens(("pool",), ALL, "5m"), [('{pool="p"}', 2 / 1 / 3600 * 1_000_000)]),
+        (q.actual_cost_per_million_tokens(("pool",), NO_FILTER, "5m"), [('{pool="p"}', 2 / 1 / 3600 * 1_000_000)]),
     ])
 
 
@@ -134,8 +134,8 @@ def test_error_ratio_capacity_used_load_and_replica_share(tmp_path):
         _series("moxin_planned_batch", "16x20", deployment="d", pool="p"),
     ]
     _promtool_test(tmp_path, series, [
-        (q.error_ratio(("deployment",), ALL, "5m"), [('{deployment="d"}', 0.1), ('{deployment="e"}', 0)]),
-        (q.capacity_used(ASSIGNMENT, ALL, "5m"), [('{deployment="d",variant="fp8",pool="p"}', 0.5)]),
+        (q.error_ratio(("deployment",), NO_FILTER, "5m"), [('{deployment="d"}', 0.1), ('{deployment="e"}', 0)]),
+        (q.capacity_used(ASSIGNMENT, NO_FILTER, "5m"), [('{deployment="d",variant="fp8",pool="p"}', 0.5)]),
         (q.load_vs_planned_batch(("pool", "hardware", "engine")), [('{pool="p",hardware="h100",engine="vllm"}', 0.5)]),
         (q.in_flight_share(("deployment",)), [('{deployment="d",replica="d-0"}', 3 / 8),
                                               ('{deployment="d",replica="d-1"}', 5 / 8)]),
@@ -148,5 +148,5 @@ def test_a_quantile_over_an_old_vllm_histogram(tmp_path):
               _series(name, "0+60x20", deployment="d", pool="p", le="0.1"),
               _series(name, "0+60x20", deployment="d", pool="p", le="+Inf")]
     _promtool_test(tmp_path, series, [
-        (q.quantile(0.5, VLLM["itl"], ("deployment",), ALL, "5m"), [('{deployment="d"}', 0.005)]),
+        (q.quantile(0.5, VLLM["itl"], ("deployment",), NO_FILTER, "5m"), [('{deployment="d"}', 0.005)]),
     ])
