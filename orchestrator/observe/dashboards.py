@@ -16,7 +16,7 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,26 +104,26 @@ class PanelQuery:
     """One panel target as the dashboard holds it (Grafana variables and ``$__rate_interval`` unsubstituted:
     ``queries.substitute`` makes it a plain PromQL expression)."""
 
+    uid: str
+    """The dashboard's uid."""
     dashboard: str
     """The dashboard's title."""
     panel: str
     """The panel's title."""
     ref_id: str
     expr: str
-    uid: str = field(default="", compare=False)
-    """The dashboard's uid."""
 
 
-V = Filter.variables()
+VARS = Filter.variables()
 """The dashboards' filter: each FILTER_LABELS label matches its template variable."""
-MLX = V.and_("engine", "=", MLX_ENGINE)
+MLX = VARS.and_("engine", "=", MLX_ENGINE)
 
 
 def _label(by: Sequence[str]) -> str:
     return " ".join(f"{{{{{name}}}}}" for name in by)
 
 
-def _quantiles(metric: Any, by: Sequence[str], flt: Filter = V) -> tuple[Query, ...]:
+def _quantiles(metric: Any, by: Sequence[str], flt: Filter = VARS) -> tuple[Query, ...]:
     return tuple(Query(q.quantile(p, metric, by, flt), f"{_label(by)} p{p * 100:g}") for p in QUANTILES)
 
 
@@ -131,7 +131,7 @@ def _latency_panel(key: str, title: str, width: int = 8) -> PanelSpec:
     metric = ROUTER[key]
     overlay = ()
     if key in SLO_OBJECTIVE:
-        overlay = (Query(q.slo_target(SLO_OBJECTIVE[key], V), "{{deployment}} SLO target (p95)", overlay=True),)
+        overlay = (Query(q.slo_target(SLO_OBJECTIVE[key], VARS), "{{deployment}} SLO target (p95)", overlay=True),)
     target = " The dashed line is the deployment's SLO target (p95) from its ModelDeployment." if overlay else ""
     return PanelSpec(title, f"{metric.help} p50/p95/p99 per deployment, as the router measured it.{target}",
                      metric.unit, (*_quantiles(metric, ("deployment",)), *overlay), width=width)
@@ -144,44 +144,44 @@ def _fleet() -> DashboardSpec:
     devices, allocated = CONTROLLER["pool_devices"], CONTROLLER["pool_allocated"]
     by_pool = ("pool", "hardware", "emulated")
     device_share = [
-        Query(q.ratio(q.sum_by(by_pool, q.series(allocated, V.and_("emulated", "=", e))),
-                      q.sum_by(by_pool, q.series(devices, V.and_("emulated", "=", e)))),
+        Query(q.ratio(q.sum_by(by_pool, q.series(allocated, VARS.and_("emulated", "=", e))),
+                      q.sum_by(by_pool, q.series(devices, VARS.and_("emulated", "=", e)))),
               "{{pool}} ({{hardware}})" + (", emulated" if e == "true" else ""), overlay=e == "true")
         for e in ("false", "true")]
     overview = RowSpec("Overview", (
         PanelSpec("Deployments", "Deployments the plan places (with at least one replica desired).", "short",
-                  (Query(f"count({q.sum_by(('deployment',), q.series(desired, V))} > 0)"),), "stat", 4),
+                  (Query(f"count({q.sum_by(('deployment',), q.series(desired, VARS))} > 0)"),), "stat", 4),
         PanelSpec("Replicas ready / desired", "Replicas serving, and replicas the plan asks for.", "short",
-                  (Query(q.sum_by((), q.series(ready, V)), "ready"),
-                   Query(q.sum_by((), q.series(desired, V)), "desired")), "stat", 4),
+                  (Query(q.sum_by((), q.series(ready, VARS)), "ready"),
+                   Query(q.sum_by((), q.series(desired, VARS)), "desired")), "stat", 4),
         PanelSpec("Requests/s", "Requests the router answered per second (every status code).", "reqps",
-                  (Query(q.request_rate((), V)),), "stat", 4),
+                  (Query(q.request_rate((), VARS)),), "stat", 4),
         PanelSpec("Error ratio", "The share of the router's answers that were 5xx.", "percentunit",
-                  (Query(q.error_ratio((), V)),), "stat", 4),
+                  (Query(q.error_ratio((), VARS)),), "stat", 4),
         PanelSpec("Predicted cost per hour", "What the plan's replicas cost per hour, as the plan predicts.",
-                  cost.unit, (Query(q.sum_by((), q.series(cost, V))),), "stat", 4),
+                  cost.unit, (Query(q.sum_by((), q.series(cost, VARS))),), "stat", 4),
         PanelSpec("Devices allocated", "The share of the pools' devices the plan allocates.", "percentunit",
-                  (Query(q.ratio(q.sum_by((), q.series(allocated, V)), q.sum_by((), q.series(devices, V)))),),
+                  (Query(q.ratio(q.sum_by((), q.series(allocated, VARS)), q.sum_by((), q.series(devices, VARS)))),),
                   "stat", 4),
     ))
     deployments = RowSpec("Deployments", (
         PanelSpec("Replicas desired and ready", "Replicas the plan asks for (desired) and replicas serving "
                   "(ready), per deployment.", "short",
-                  (Query(q.sum_by(("deployment",), q.series(desired, V)), "{{deployment}} desired"),
-                   Query(q.sum_by(("deployment",), q.series(ready, V)), "{{deployment}} ready"))),
+                  (Query(q.sum_by(("deployment",), q.series(desired, VARS)), "{{deployment}} desired"),
+                   Query(q.sum_by(("deployment",), q.series(ready, VARS)), "{{deployment}} ready"))),
         PanelSpec("Requests/s by deployment", "Requests the router answered per second, per deployment.", "reqps",
-                  (Query(q.request_rate(("deployment",), V), "{{deployment}}"),)),
+                  (Query(q.request_rate(("deployment",), VARS), "{{deployment}}"),)),
         PanelSpec("Error ratio by deployment", "The share of each deployment's answers that were 5xx (no line "
                   "while it has no requests).", "percentunit",
-                  (Query(q.error_ratio(("deployment",), V), "{{deployment}}"),), max=1),
+                  (Query(q.error_ratio(("deployment",), VARS), "{{deployment}}"),), max=1),
         PanelSpec("Predicted cost per hour by deployment", "What each deployment's planned replicas cost per hour.",
-                  cost.unit, (Query(q.sum_by(("deployment",), q.series(cost, V)), "{{deployment}}"),)),
+                  cost.unit, (Query(q.sum_by(("deployment",), q.series(cost, VARS)), "{{deployment}}"),)),
     ))
     pools = RowSpec("Pools", (
         PanelSpec("Devices per pool", "Devices in each pool and how many the plan allocates; emulated=true marks a "
                   "CPU-emulated pool (no accelerator behind it).", "short",
-                  (Query(q.sum_by(by_pool, q.series(allocated, V)), "allocated"),
-                   Query(q.sum_by(by_pool, q.series(devices, V)), "total")), "table"),
+                  (Query(q.sum_by(by_pool, q.series(allocated, VARS)), "allocated"),
+                   Query(q.sum_by(by_pool, q.series(devices, VARS)), "total")), "table"),
         PanelSpec("Devices allocated per pool", "The share of each pool's devices the plan allocates; emulated pools "
                   "are dashed and marked 'emulated'.", "percentunit", tuple(device_share), max=1),
     ))
@@ -202,29 +202,29 @@ def _deployment_slo() -> DashboardSpec:
     ))
     traffic = RowSpec("Traffic", (
         PanelSpec("Requests/s by status code", "Requests the router answered per second, by deployment and HTTP "
-                  "status code.", "reqps", (Query(q.request_rate(("deployment", "code"), V),
+                  "status code.", "reqps", (Query(q.request_rate(("deployment", "code"), VARS),
                                                   "{{deployment}} {{code}}"),), width=8),
         PanelSpec("Tokens/s", "Prompt and generated tokens per second of answered requests, per deployment.",
-                  "tokps", (Query(q.token_rate("prompt_tokens", ("deployment",), V), "{{deployment}} prompt"),
-                            Query(q.token_rate("generation_tokens", ("deployment",), V),
+                  "tokps", (Query(q.token_rate("prompt_tokens", ("deployment",), VARS), "{{deployment}} prompt"),
+                            Query(q.token_rate("generation_tokens", ("deployment",), VARS),
                                   "{{deployment}} generated")), width=8),
         PanelSpec("Replica share of traffic", "Each replica's share of its deployment's requests in flight at the "
                   "router (the router's per-replica series): an even split means balanced routing.", "percentunit",
-                  (Query(q.in_flight_share(("deployment",), V), "{{deployment}} {{replica}}"),), width=8, max=1),
+                  (Query(q.in_flight_share(("deployment",), VARS), "{{deployment}} {{replica}}"),), width=8, max=1),
     ))
     plan = RowSpec("Plan against measurement", (
         PanelSpec("Capacity used per assignment", "Measured requests/s over the capacity the plan predicts at the "
                   "SLO, per assignment (deployment, variant, pool): above 100% the assignment serves more than it "
-                  "was planned for.", "percentunit", (Query(q.capacity_used(ASSIGNMENT, V), assignment),), width=8),
+                  "was planned for.", "percentunit", (Query(q.capacity_used(ASSIGNMENT, VARS), assignment),), width=8),
         PanelSpec("Predicted capacity and measured requests/s", "Per assignment: the requests/s the plan predicts "
                   "within the SLO (dashed) and the requests/s the router answered.", "reqps",
-                  (Query(q.predicted_capacity(ASSIGNMENT, V), f"{assignment} predicted", overlay=True),
-                   Query(q.request_rate(ASSIGNMENT, V), f"{assignment} measured")), width=8),
+                  (Query(q.predicted_capacity(ASSIGNMENT, VARS), f"{assignment} predicted", overlay=True),
+                   Query(q.request_rate(ASSIGNMENT, VARS), f"{assignment} measured")), width=8),
         PanelSpec("Predicted and measured output tokens/s", "Per assignment: the decode throughput the plan "
                   "predicts (dashed; batch x per-sequence speed) and the generated tokens/s the router counted.",
-                  "tokps", (Query(q.sum_by(ASSIGNMENT, q.series(output_tokens, V)), f"{assignment} predicted",
+                  "tokps", (Query(q.sum_by(ASSIGNMENT, q.series(output_tokens, VARS)), f"{assignment} predicted",
                                   overlay=True),
-                            Query(q.token_rate("generation_tokens", ASSIGNMENT, V), f"{assignment} measured")),
+                            Query(q.token_rate("generation_tokens", ASSIGNMENT, VARS), f"{assignment} measured")),
                   width=8),
     ))
     return DashboardSpec("moxin-deployment-slo", "moxin / Deployment SLO",
@@ -239,33 +239,33 @@ def _pools() -> DashboardSpec:
     load = RowSpec("Load", (
         PanelSpec("Load against planned batch", "Requests in flight at the router over the concurrent sequences the "
                   "plan assumed, per pool, hardware and engine: 100% means the planned batch is full.",
-                  "percentunit", (Query(q.load_vs_planned_batch(POOL_GROUP, V), group),), width=8),
+                  "percentunit", (Query(q.load_vs_planned_batch(POOL_GROUP, VARS), group),), width=8),
         PanelSpec("Requests in flight and planned batch", "Requests in flight at the router and the planned batch "
                   "(dashed), per pool, hardware and engine.", "short",
-                  (Query(q.sum_by(POOL_GROUP, q.series(ROUTER["in_flight"], V)), f"{group} in flight"),
-                   Query(q.sum_by(POOL_GROUP, q.series(CONTROLLER["batch"], V)), f"{group} planned batch",
+                  (Query(q.sum_by(POOL_GROUP, q.series(ROUTER["in_flight"], VARS)), f"{group} in flight"),
+                   Query(q.sum_by(POOL_GROUP, q.series(CONTROLLER["batch"], VARS)), f"{group} planned batch",
                          overlay=True)), width=8),
         PanelSpec("vLLM KV-cache usage", "KV-cache blocks in use on vLLM engines, mean and fullest engine, per pool, "
                   "hardware and engine (either vLLM metric name).", VLLM["kv_usage"].unit,
-                  (Query(f"avg by ({', '.join(POOL_GROUP)}) ({q.engine_gauge(VLLM['kv_usage'], V)})", f"{group} mean"),
-                   Query(f"max by ({', '.join(POOL_GROUP)}) ({q.engine_gauge(VLLM['kv_usage'], V)})",
-                         f"{group} max")), width=8, max=1),
+                  (Query(q.aggregate("avg", POOL_GROUP, q.engine_gauge(VLLM["kv_usage"], VARS)), f"{group} mean"),
+                   Query(q.aggregate("max", POOL_GROUP, q.engine_gauge(VLLM["kv_usage"], VARS)), f"{group} max")),
+                  width=8, max=1),
     ))
     cost = RowSpec("Cost", (
         PanelSpec("Cost per 1M output tokens: predicted and actual", "Per pool, hardware and engine: the planned "
                   "cost per hour over the planned decode tokens/s (predicted, dashed) and over the generated "
                   "tokens/s the router measured (actual). Actual far above predicted: the pool is underused or "
                   "slower than planned.", "currencyUSD",
-                  (Query(q.predicted_cost_per_million_tokens(POOL_GROUP, V), f"{group} predicted", overlay=True),
-                   Query(q.actual_cost_per_million_tokens(POOL_GROUP, V), f"{group} actual")), width=8),
+                  (Query(q.predicted_cost_per_million_tokens(POOL_GROUP, VARS), f"{group} predicted", overlay=True),
+                   Query(q.actual_cost_per_million_tokens(POOL_GROUP, VARS), f"{group} actual")), width=8),
         PanelSpec("Predicted cost per hour", "The planned cost per hour of the replicas on each pool, hardware and "
                   "engine.", CONTROLLER["cost"].unit,
-                  (Query(q.sum_by(POOL_GROUP, q.series(CONTROLLER["cost"], V)), group),), width=8),
+                  (Query(q.sum_by(POOL_GROUP, q.series(CONTROLLER["cost"], VARS)), group),), width=8),
         PanelSpec("Generated tokens/s: predicted and measured", "The planned decode throughput (dashed) and the "
                   "generated tokens/s the router counted, per pool, hardware and engine.", "tokps",
-                  (Query(q.sum_by(POOL_GROUP, q.series(CONTROLLER["output_tokens"], V)), f"{group} predicted",
+                  (Query(q.sum_by(POOL_GROUP, q.series(CONTROLLER["output_tokens"], VARS)), f"{group} predicted",
                          overlay=True),
-                   Query(q.token_rate("generation_tokens", POOL_GROUP, V), f"{group} measured")), width=8),
+                   Query(q.token_rate("generation_tokens", POOL_GROUP, VARS), f"{group} measured")), width=8),
     ))
     return DashboardSpec("moxin-pools", "moxin / Pools and hardware",
                          "Per pool, hardware and engine: load against the planned batch, KV-cache usage, and cost per "
@@ -278,8 +278,8 @@ def _engines() -> DashboardSpec:
     by = ("deployment", "pool")
     label = _label(by)
 
-    def gauge(key: str, how: str = "sum") -> str:
-        return f"{how} by ({', '.join(by)}) ({q.engine_gauge(VLLM[key], V)})"
+    def gauge(key: str, op: str = "sum") -> str:
+        return q.aggregate(op, by, q.engine_gauge(VLLM[key], VARS))
 
     vllm = RowSpec("vLLM", (
         PanelSpec("Running and waiting requests", "Requests in vLLM's running batch and waiting for a slot, per "
@@ -291,15 +291,15 @@ def _engines() -> DashboardSpec:
                   (Query(gauge("kv_usage", "max"), label),), width=8, max=1),
         PanelSpec("Preemptions per second", "Sequences vLLM preempted for KV-cache space, per second: steady "
                   "preemptions mean the batch is larger than the cache holds.", "short",
-                  (Query(q.sum_by(by, q.engine_rate(VLLM["preemptions"], V)), label),), width=8),
+                  (Query(q.sum_by(by, q.engine_rate(VLLM["preemptions"], VARS)), label),), width=8),
         PanelSpec("Prefix-cache hit ratio", "The share of prefix-cache lookups (tokens) that hit, per deployment "
-                  "and pool.", "percentunit", (Query(q.prefix_cache_hit_ratio(by, V), label),), width=8, max=1),
+                  "and pool.", "percentunit", (Query(q.prefix_cache_hit_ratio(by, VARS), label),), width=8, max=1),
         PanelSpec("Queue time", f"{VLLM['queue_time'].help} p50/p95/p99 per deployment.", VLLM["queue_time"].unit,
                   _quantiles(VLLM["queue_time"], ("deployment",)), width=8),
         PanelSpec("Engine TTFT and inter-token latency (p95)", "vLLM's own time to first token and time between "
                   "output tokens, p95 per deployment (inter_token_latency, or time_per_output_token on older vLLM).",
-                  "s", (Query(q.quantile(0.95, VLLM["ttft"], ("deployment",), V), "{{deployment}} TTFT"),
-                        Query(q.quantile(0.95, VLLM["itl"], ("deployment",), V), "{{deployment}} inter-token")),
+                  "s", (Query(q.quantile(0.95, VLLM["ttft"], ("deployment",), VARS), "{{deployment}} TTFT"),
+                        Query(q.quantile(0.95, VLLM["itl"], ("deployment",), VARS), "{{deployment}} inter-token")),
                   width=8),
     ))
     mlx = RowSpec("mlx-lm (the router's measurements)", (
@@ -329,18 +329,18 @@ def _controller() -> DashboardSpec:
     reconcile = CONTROLLER["reconcile"]
     loop = RowSpec("Reconcile loop", (
         PanelSpec("Reconcile duration", "How long one reconcile loop takes, p50 and p99.", reconcile.unit,
-                  tuple(Query(q.quantile(p, reconcile, (), V), f"p{p * 100:g}") for p in (0.5, 0.99)), width=8),
+                  tuple(Query(q.quantile(p, reconcile, (), VARS), f"p{p * 100:g}") for p in (0.5, 0.99)), width=8),
         PanelSpec("Reconcile errors per second", "Reconcile steps that raised, per second, by step. The loop goes "
                   "on; a step that keeps failing is retried every loop.", "short",
-                  (Query(q.sum_by(("step",), q.rate(CONTROLLER["reconcile_errors"], V)), "{{step}}"),), width=8),
+                  (Query(q.sum_by(("step",), q.rate(CONTROLLER["reconcile_errors"], VARS)), "{{step}}"),), width=8),
         PanelSpec("Actions per second", "Actions the controller applied per second, by kind.", "short",
-                  (Query(q.sum_by(("action",), q.rate(CONTROLLER["actions"], V)), "{{action}}"),), width=8),
+                  (Query(q.sum_by(("action",), q.rate(CONTROLLER["actions"], VARS)), "{{action}}"),), width=8),
     ))
     replicas = RowSpec("Replicas", (
         PanelSpec("Pending replicas", CONTROLLER["pending"].help, CONTROLLER["pending"].unit,
-                  (Query(q.sum_by(("deployment",), q.series(CONTROLLER["pending"], V)), "{{deployment}}"),)),
+                  (Query(q.sum_by(("deployment",), q.series(CONTROLLER["pending"], VARS)), "{{deployment}}"),)),
         PanelSpec("Restarts", CONTROLLER["restarts"].help, CONTROLLER["restarts"].unit,
-                  (Query(q.sum_by(("deployment",), q.series(CONTROLLER["restarts"], V)), "{{deployment}}"),)),
+                  (Query(q.sum_by(("deployment",), q.series(CONTROLLER["restarts"], VARS)), "{{deployment}}"),)),
     ))
     rollouts = RowSpec("Rollouts", note=ROLLOUTS_NOTE)
     return DashboardSpec("moxin-controller", "moxin / Controller",
@@ -463,8 +463,8 @@ def panel_queries(models: dict[str, dict[str, Any]] | None = None) -> list[Panel
     for model in (models or dashboards()).values():
         for panel in iter_panels(model):
             for target in panel.get("targets", []):
-                out.append(PanelQuery(model["title"], panel.get("title", ""), target.get("refId", ""),
-                                      target.get("expr", ""), model.get("uid", "")))
+                out.append(PanelQuery(model.get("uid", ""), model["title"], panel.get("title", ""),
+                                      target.get("refId", ""), target.get("expr", "")))
     return out
 
 

@@ -81,9 +81,14 @@ def _by(labels: Sequence[str]) -> str:
     return f" by ({', '.join(labels)})" if labels else ""
 
 
+def aggregate(op: str, by: Sequence[str], expr: str) -> str:
+    """``op by (by) (expr)``: ``op`` is ``sum``, ``avg``, ``max``... (no ``by`` for no labels)."""
+    return f"{op}{_by(by)} ({expr})"
+
+
 def sum_by(by: Sequence[str], expr: str) -> str:
     """``sum by (by) (expr)`` (plain ``sum`` for no labels)."""
-    return f"sum{_by(by)} ({expr})"
+    return aggregate("sum", by, expr)
 
 
 def ratio(numerator: str, denominator: str) -> str:
