@@ -187,13 +187,21 @@ def slo_target(objective: str, flt: Filter = NO_FILTER) -> str:
 
 # ------------------------------------------------------------------------------------------------ vLLM series
 
+def engine_names(metric: EngineMetric) -> tuple[str, ...]:
+    """Every name a vLLM series may reach Prometheus under, preferred first: the schema's (current, then older),
+    then the same with ``:`` escaped to ``_``. prometheus_client (0.26) escapes the colon in OpenMetrics sample
+    lines when the scraper does not ask for UTF-8 names, as Prometheus 2.x does (prometheus/client_python#1177),
+    so such a Prometheus stores ``vllm_num_requests_running``."""
+    return (*metric.names, *(name.replace(":", "_") for name in metric.names))
+
+
 def engine_series(metric: EngineMetric, flt: Filter = NO_FILTER, suffix: str = "") -> list[str]:
-    """One selector per name ``metric`` has had, current first."""
-    return [flt.selector(name + suffix, VLLM_LABELS) for name in metric.names]
+    """One selector per name of ``engine_names``, preferred first."""
+    return [flt.selector(name + suffix, VLLM_LABELS) for name in engine_names(metric)]
 
 
 def either(exprs: Sequence[str]) -> str:
-    """``(a or b)``: a's samples, and b's where a has none with the same labels (an older vLLM's name)."""
+    """``(a or b)``: a's samples, and b's where a has none with the same labels (``or`` ignores the metric name)."""
     return exprs[0] if len(exprs) == 1 else f"({' or '.join(exprs)})"
 
 
@@ -215,14 +223,14 @@ def prefix_cache_hit_ratio(by: Sequence[str] = (), flt: Filter = NO_FILTER, wind
 
 
 def known_series() -> dict[str, tuple[str, ...]]:
-    """Every sample name the schema defines (moxin's and every vLLM name, histograms' ``_bucket``/``_count``/
-    ``_sum``), with the labels its series carry: what a query may select."""
+    """Every sample name the schema defines (moxin's and every vLLM name of ``engine_names``, histograms'
+    ``_bucket``/``_count``/``_sum``), with the labels its series carry: what a query may select."""
     out: dict[str, tuple[str, ...]] = {}
     for m in (*ROUTER.values(), *CONTROLLER.values()):
         names = (m.bucket, m.count, m.sum) if m.kind == "histogram" else (m.series,)
         out.update(dict.fromkeys(names, m.labels))
     for e in VLLM.values():
-        for name in e.names:
+        for name in engine_names(e):
             names = (f"{name}_bucket", f"{name}_count", f"{name}_sum") if e.kind == "histogram" else (name,)
             out.update(dict.fromkeys(names, VLLM_LABELS))
     return out

@@ -16,7 +16,7 @@ from typing import Any
 from orchestrator.observe.dashboards import iter_panels
 from orchestrator.observe.queries import FILTER_LABELS, RATE_INTERVAL, known_series
 
-METRIC = re.compile(r"(?<![\w:])((?:moxin_|vllm:)[A-Za-z0-9_:]*)(\{[^}]*\})?")
+METRIC = re.compile(r"(?<![\w:])((?:moxin_|vllm[:_])[A-Za-z0-9_:]*)(\{[^}]*\})?")
 MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 RANGE = re.compile(r"\[([^\]]*)\]")
 VARIABLE = re.compile(r"\$\{?(\w+)\}?")

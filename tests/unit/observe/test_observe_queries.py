@@ -40,12 +40,14 @@ def test_a_histogram_quantile_sums_buckets_by_le_and_the_grouping():
         "histogram_quantile(0.95, sum by (le, deployment) (rate(moxin_request_ttft_seconds_bucket{}[1m])))"
 
 
-def test_a_renamed_vllm_series_is_queried_under_every_name_current_first():
+def test_a_renamed_vllm_series_is_queried_under_every_name_current_first_then_escaped():
     assert q.engine_gauge(VLLM["kv_usage"], Filter.equal(pool="a")) == \
-        '(vllm:kv_cache_usage_perc{pool="a"} or vllm:gpu_cache_usage_perc{pool="a"})'
-    assert q.engine_gauge(VLLM["running"]) == "vllm:num_requests_running{}"
-    assert q.engine_rate(VLLM["itl"], NO_FILTER, "1m", "_bucket") == \
-        "(rate(vllm:inter_token_latency_seconds_bucket{}[1m]) or rate(vllm:time_per_output_token_seconds_bucket{}[1m]))"
+        '(vllm:kv_cache_usage_perc{pool="a"} or vllm:gpu_cache_usage_perc{pool="a"} ' \
+        'or vllm_kv_cache_usage_perc{pool="a"} or vllm_gpu_cache_usage_perc{pool="a"})'
+    assert q.engine_gauge(VLLM["running"]) == "(vllm:num_requests_running{} or vllm_num_requests_running{})"
+    assert q.engine_rate(VLLM["itl"], NO_FILTER, "1m", "_bucket").startswith(
+        "(rate(vllm:inter_token_latency_seconds_bucket{}[1m]) or rate(vllm:time_per_output_token_seconds_bucket{}[1m]) "
+        "or rate(vllm_inter_token_latency_seconds_bucket{}[1m]) or ")
 
 
 def test_known_series_are_the_sample_names_of_the_schema():
@@ -54,6 +56,7 @@ def test_known_series_are_the_sample_names_of_the_schema():
     assert "moxin_router_requests" not in known  # a counter is selected by its _total samples
     assert {"moxin_request_ttft_seconds_bucket", "moxin_request_ttft_seconds_count"} <= known.keys()
     assert {"vllm:gpu_cache_usage_perc", "vllm:time_per_output_token_seconds_bucket"} <= known.keys()
+    assert {"vllm_kv_cache_usage_perc", "vllm_num_requests_running"} <= known.keys()
 
 
 def test_substitute_makes_a_plain_expression():
@@ -96,13 +99,15 @@ def test_rename_robust_series_prefer_the_current_name_and_fall_back_to_the_old(t
         # an engine that exports both names (hidden metrics re-enabled): counted once, under the current name
         _series("vllm:kv_cache_usage_perc", "0.75x10", deployment="d", pool="both", instance="c"),
         _series("vllm:gpu_cache_usage_perc", "0.75x10", deployment="d", pool="both", instance="c"),
+        # a Prometheus 2.x scrape of prometheus_client 0.26 (client_python#1177): the colon escaped
+        _series("vllm_kv_cache_usage_perc", "0.125x10", deployment="d", pool="escaped", instance="d"),
         _series("vllm:prefix_cache_queries_total", "0+60x20", deployment="d", pool="new", instance="a"),
         _series("vllm:prefix_cache_hits_total", "0+15x20", deployment="d", pool="new", instance="a"),
         _series("vllm:gpu_prefix_cache_queries_total", "0+60x20", deployment="d", pool="old", instance="b"),
         _series("vllm:gpu_prefix_cache_hits_total", "0+30x20", deployment="d", pool="old", instance="b"),
     ]
     _promtool_test(tmp_path, series, [
-        (kv, [('{pool="new"}', 0.5), ('{pool="old"}', 0.25), ('{pool="both"}', 0.75)]),
+        (kv, [('{pool="new"}', 0.5), ('{pool="old"}', 0.25), ('{pool="both"}', 0.75), ('{pool="escaped"}', 0.125)]),
         (q.prefix_cache_hit_ratio(by, NO_FILTER, "5m"), [('{pool="new"}', 0.25), ('{pool="old"}', 0.5)]),
     ])
 
