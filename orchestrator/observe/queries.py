@@ -149,9 +149,11 @@ def in_flight_share(by: Sequence[str] = ("deployment",), flt: Filter = NO_FILTER
 
 def predicted_cost_per_million_tokens(by: Sequence[str] = (), flt: Filter = NO_FILTER) -> str:
     """What the plan expects one million output tokens to cost (USD): planned cost/hour over planned decode
-    tokens/s; no sample where the plan has no speed."""
-    cost = sum_by(by, series(CONTROLLER["cost"], flt))
-    tokens = sum_by(by, series(CONTROLLER["output_tokens"], flt))
+    tokens/s, of the assignments the plan has a speed for (the others' cost would count without their tokens); no
+    sample where it has none."""
+    tokens_series = series(CONTROLLER["output_tokens"], flt)
+    cost = sum_by(by, f"{series(CONTROLLER['cost'], flt)} and ({tokens_series} > 0)")
+    tokens = sum_by(by, tokens_series)
     return f"{ratio(cost, tokens)} / {SECONDS_PER_HOUR} * {TOKENS_PER_COST_UNIT}"
 
 

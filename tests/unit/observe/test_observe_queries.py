@@ -117,6 +117,9 @@ def test_cost_per_million_tokens_predicted_and_actual(tmp_path):
         _series("moxin_predicted_cost_usd_per_hour", "2x20", deployment="d", pool="p"),
         _series("moxin_predicted_output_tokens_per_second", "100x20", deployment="d", pool="p"),
         _series("moxin_generation_tokens_total", "0+60x20", deployment="d", pool="p"),  # 1 token/s
+        # an assignment on the same pool the plan has no speed for: its cost is not spread over the others' tokens
+        _series("moxin_predicted_cost_usd_per_hour", "7x20", deployment="e", pool="p", variant="nospeed"),
+        _series("moxin_predicted_output_tokens_per_second", "0x20", deployment="e", pool="p", variant="nospeed"),
         # a plan without a speed, and a pool that generates nothing: no sample rather than +Inf
         _series("moxin_predicted_cost_usd_per_hour", "3x20", deployment="d", pool="q"),
         _series("moxin_predicted_output_tokens_per_second", "0x20", deployment="d", pool="q"),
@@ -124,7 +127,8 @@ def test_cost_per_million_tokens_predicted_and_actual(tmp_path):
     ]
     _promtool_test(tmp_path, series, [
         (q.predicted_cost_per_million_tokens(("pool",)), [('{pool="p"}', 2 / 100 / 3600 * 1_000_000)]),
-        (q.actual_cost_per_million_tokens(("pool",), NO_FILTER, "5m"), [('{pool="p"}', 2 / 1 / 3600 * 1_000_000)]),
+        # actual: everything the pool costs over what it generated
+        (q.actual_cost_per_million_tokens(("pool",), NO_FILTER, "5m"), [('{pool="p"}', 9 / 1 / 3600 * 1_000_000)]),
     ])
 
 
