@@ -816,7 +816,8 @@ def _helm_values(paths: tuple[Path, ...], fleet_name: str | None, namespace: str
 
 @cli.group()
 def render() -> None:
-    """Render a plan for Kubernetes: Helm values for helm/moxin, the chart's objects, or KubeRay objects."""
+    """Render a plan for Kubernetes (Helm values for helm/moxin, the chart's objects, or KubeRay objects), or
+    moxin's Grafana dashboards."""
 
 
 @render.command("helm")
@@ -869,6 +870,22 @@ def render_kuberay(paths: tuple[Path, ...], fleet_name: str | None, namespace: s
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     _emit_objects(result.objects, out)
+
+
+@render.command("dashboards")
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for one JSON file per dashboard (moxin-*.json of an earlier render removed).")
+def render_dashboards(out: Path) -> None:
+    """moxin's Grafana dashboards (Fleet, Deployment SLO, Pools and hardware, Engines, Controller) as JSON to
+    import into Grafana; the chart ships the same files as ConfigMaps for the Grafana sidecar."""
+    from orchestrator.observe.dashboards import write_dashboards
+
+    try:
+        written = write_dashboards(out)
+    except OSError as exc:
+        raise SpecError([Problem(f"cannot write the dashboards to {out}: {exc.strerror or exc}",
+                                 hint="give -o a directory you can write to")]) from None
+    click.echo(f"wrote {len(written)} dashboards to {out}", err=True)
 
 
 @cli.group()

@@ -53,6 +53,19 @@ def test_chart_renders_with_its_default_values_alone():
         validate(obj)
 
 
+def test_each_dashboard_is_a_configmap_for_the_grafana_sidecar_holding_the_generated_json():
+    from orchestrator.observe.dashboards import dashboards
+
+    _, objects = rendered("local")
+    maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap" and "grafana_dashboard" in
+            o["metadata"]["labels"]}
+    assert sorted(maps) == ["moxin-dashboard-controller", "moxin-dashboard-deployment-slo", "moxin-dashboard-engines",
+                            "moxin-dashboard-fleet", "moxin-dashboard-pools"]
+    shipped = {name: json.loads(text) for m in maps.values() for name, text in m["data"].items()}
+    assert shipped == dashboards()
+    assert all(m["metadata"]["annotations"] == {"grafana_folder": "moxin"} for m in maps.values())
+
+
 def test_every_object_of_every_example_plan_validates_strictly(example_name):
     _, objects = rendered(example_name)
     assert objects
