@@ -68,7 +68,7 @@ class AlertSettings(BaseModel):
     """p99 of the controller's reconcile loop above which it counts as slow (below the histogram's highest finite
     bucket, which is all a quantile can reach)."""
     runbook_url: Annotated[str, Field(min_length=1, pattern=r"^https?://[^#\s]+$")] = RUNBOOK_URL
-    """Where the runbook is published: each rule links to its section (``#<alert name in lowercase>``)."""
+    """Where the runbook is published: each rule links to its section, #<alert name in lowercase>."""
 
 
 @dataclass(frozen=True)
@@ -309,8 +309,8 @@ def _controller(q: _Q, s: AlertSettings) -> RuleGroup:
               f"histogram_quantile(0.99, {_sum(q.rate(loop.bucket, '10m'), ('namespace', 'job', 'instance', 'le'))})"
               f" > {_number(s.reconcile_p99_seconds)}",
               "15m", "warning",
-              "The controller's reconcile loop is slow",
-              "The p99 of the controller's reconcile loop has been {{ $value | humanizeDuration }} for 15 minutes "
+              "The controller's reconcile loop is slow ({{ $labels.instance }})",
+              "The p99 of the reconcile loop of the controller at {{ $labels.instance }} has been {{ $value | humanizeDuration }} for 15 minutes "
               f"(threshold {_number(s.reconcile_p99_seconds)}s): it reacts late to failures and plan changes."),
     ))
 
