@@ -25,7 +25,7 @@ from orchestrator.observe.alerts import (
     rules_text,
     runbook_anchor,
 )
-from orchestrator.spec.metrics import CONTROLLER, ROUTER, VLLM
+from orchestrator.spec.metrics import CONTROLLER, ROUTER, SLO_OBJECTIVES, VLLM
 
 ROOT = Path(__file__).resolve().parents[3]
 RULE_TESTS = ROOT / "tests" / "data" / "alerts" / "moxin.rules.test.yaml"
@@ -146,6 +146,14 @@ def test_kv_cache_and_preemptions_read_every_vllm_name():
         assert name in exprs["MoxinKVCacheNearlyFull"]
     for name in VLLM["preemptions"].names:
         assert name in exprs["MoxinPreemptions"]
+
+
+def test_every_slo_objective_the_controller_exports_has_its_alert():
+    exprs = dict(alert_expressions())
+    for objective in SLO_OBJECTIVES:  # e.g. ttft_p95 -> MoxinTTFTAboveSLO, at the 0.95 quantile
+        kind, quantile = objective.split("_p")
+        expr = exprs[f"Moxin{kind.upper()}AboveSLO"]
+        assert f'objective="{objective}"' in expr and f"histogram_quantile(0.{quantile}," in expr
 
 
 def test_the_availability_objective_sets_the_burn_rate_thresholds():
