@@ -20,6 +20,7 @@ import click
 from orchestrator import __version__
 from orchestrator.cli_options import choice, option_from, options_from
 from orchestrator.errors import InfeasibleError, MoxinError, Problem, SpecError
+from orchestrator.observe.alerts import AlertSettings
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ENGINE_PORT, MODEL_ROOT, ROUTER_PORT
 from orchestrator.spec.deployment import ModelDeploymentSpec
 from orchestrator.spec.engine import ENGINE_DEFAULTS, EngineName, EngineSettings, KvCacheDtype
@@ -817,7 +818,7 @@ def _helm_values(paths: tuple[Path, ...], fleet_name: str | None, namespace: str
 @cli.group()
 def render() -> None:
     """Render a plan for Kubernetes (Helm values for helm/moxin, the chart's objects, or KubeRay objects), or
-    moxin's Grafana dashboards."""
+    moxin's Grafana dashboards and Prometheus alert rules."""
 
 
 @render.command("helm")
@@ -886,6 +887,35 @@ def render_dashboards(out: Path) -> None:
         raise SpecError([Problem(f"cannot write the dashboards to {out}: {exc.strerror or exc}",
                                  hint="give -o a directory you can write to")]) from None
     click.echo(f"wrote {len(written)} dashboards to {out}", err=True)
+
+
+@render.command("alerts")
+@options_from(AlertSettings, list(AlertSettings.model_fields))
+@click.option("--namespace", help="Restrict every series to this Kubernetes namespace (the chart does so for its "
+                                  "release) [default: none, as on Ray].")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Rules file to write [default: stdout].")
+def render_alerts(namespace: str | None, out: Path | None, **settings: Any) -> None:
+    """Prometheus alert rules for moxin's metrics: load the file with rule_files in prometheus.yml (check it with
+    promtool check rules). Each rule links to its section of the README's runbook."""
+    from pydantic import ValidationError
+
+    from orchestrator.observe.alerts import rules_text
+    from orchestrator.output import write_atomic
+
+    if namespace is not None:
+        _check_namespace(namespace)
+    try:
+        alert_settings = AlertSettings(**settings)
+    except ValidationError as exc:
+        raise SpecError([Problem(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}") for e in exc.errors()]
+                        ) from None
+    text = rules_text(alert_settings, namespace)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_atomic(out, text)
+        click.echo(f"wrote {out}", err=True)
 
 
 @cli.group()

@@ -50,6 +50,7 @@ from orchestrator.runtime.reconcile import (
     decide,
 )
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ROUTER_PORT
+from orchestrator.spec.metrics import SCRAPE_JOBS
 from orchestrator.spec.plan import Plan
 
 if TYPE_CHECKING:
@@ -461,17 +462,17 @@ class Controller:
 
     def _sd_targets(self) -> list[dict[str, Any]]:
         """Prometheus targets: this controller, the routers, and engines that serve /metrics (under the lock)."""
-        targets = [{"targets": [f"{self.host}:{self.metrics_port}"], "labels": {"job": "moxin-controller"}}]
+        targets = [{"targets": [f"{self.host}:{self.metrics_port}"], "labels": {"job": SCRAPE_JOBS["controller"]}}]
         if self.router_endpoints:
             targets.append({"targets": sorted(r["metrics"] for r in self.router_endpoints),
-                            "labels": {"job": "moxin-router"}})
+                            "labels": {"job": SCRAPE_JOBS["router"]}})
         for spec in self.specs:
             rec = self.records.get(spec.id)
             url = rec.description.get("url") if rec and rec.running else None
             path = spec.launch.metrics_path
             if path and url and rec.state == State.READY:
                 targets.append({"targets": [url.split("://", 1)[1]],
-                                "labels": {"job": "moxin-engine", "replica": spec.id, "__metrics_path__": path,
+                                "labels": {"job": SCRAPE_JOBS["engine"], "replica": spec.id, "__metrics_path__": path,
                                            **spec.labels}})
         return targets
 

@@ -28,6 +28,10 @@ POOL_LABELS = ("pool", "hardware", "emulated")
 SLO_OBJECTIVES = ("ttft_p95", "tpot_p95")
 """The ``objective`` label values of ``moxin_slo_target_seconds``: a deployment's ``slo`` fields."""
 
+SCRAPE_JOBS: dict[Source, str] = {"controller": "moxin-controller", "router": "moxin-router", "engine": "moxin-engine"}
+"""The ``job`` label of each kind of Prometheus target: the controller's file_sd list writes them on Ray, the chart's
+PodMonitor and ServiceMonitor relabel to them on Kubernetes, so ``up{job=...}`` selects the same targets on both."""
+
 
 @dataclass(frozen=True)
 class Metric:

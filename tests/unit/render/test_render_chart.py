@@ -8,6 +8,7 @@ import math
 import pytest
 from k8s_support import BAD_VALUES, VENDOR_IMAGES, by_kind, crd_validator, example, rendered, validate
 
+from orchestrator.observe.alerts import rules_document
 from orchestrator.render.helm import (
     RenderError,
     assignment_ids,
@@ -16,6 +17,7 @@ from orchestrator.render.helm import (
     router_config,
 )
 from orchestrator.render.kubernetes import chart_dir, render_chart
+from orchestrator.spec.metrics import SCRAPE_JOBS
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the k8s extra)")
 
@@ -179,6 +181,22 @@ def test_every_assignment_has_a_service_a_budget_and_a_monitor_when_it_serves_me
         assert (v["id"] in monitors) == bool(v["metricsPath"])
         if v["metricsPath"]:
             assert monitors[v["id"]]["spec"]["podMetricsEndpoints"][0]["path"] == v["metricsPath"]
+
+
+
+def test_monitors_give_targets_the_job_names_file_sd_gives_them_on_ray():
+    _, objects = rendered("multinode")
+    relabel = {o["kind"]: [e["relabelings"] for e in o["spec"].get("podMetricsEndpoints", o["spec"].get("endpoints"))]
+               for o in objects if o["kind"] in ("PodMonitor", "ServiceMonitor")}
+    assert relabel["PodMonitor"] == [[{"targetLabel": "job", "replacement": SCRAPE_JOBS["engine"]}]]
+    assert relabel["ServiceMonitor"] == [[{"targetLabel": "job", "replacement": SCRAPE_JOBS["router"]}]]
+
+
+def test_the_prometheus_rule_holds_the_generated_rules_scoped_to_the_release_namespace():
+    _, objects = rendered("multinode", namespace="serving")
+    (rule,) = by_kind(objects, "PrometheusRule").values()
+    assert rule["metadata"]["namespace"] == "serving"
+    assert rule["spec"] == rules_document(namespace="serving")  # $labels templates untouched by Helm
 
 
 def test_apple_pools_become_a_selectorless_service_and_an_endpointslice_of_the_placed_macs():
