@@ -5,30 +5,22 @@ and the rules file Prometheus loads (``moxin render alerts``, and the chart's Pr
 Every rule names its series through the schema objects, carries a severity, a summary and a description templated
 with ``$labels``/``$value``, and a ``runbook_url`` into the README's runbook; every rule computed from traffic is
 guarded by a minimum request rate so that an idle pool never fires. ``tests/unit/observe/test_alerts.py`` runs
-``promtool test rules`` on every alert, firing and not.
-
-The PromQL helpers here are private on purpose: they are to fold into ``observe/queries.py``.
+``promtool test rules`` on every alert, firing and not. The PromQL comes from ``observe/queries.py``, as the
+dashboards' does; here it is only joined with thresholds and low-traffic guards.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.observe import queries as q
+from orchestrator.observe.queries import NO_FILTER, Filter
 from orchestrator.output import to_yaml
-from orchestrator.spec.metrics import (
-    CONTROLLER,
-    RECONCILE_BUCKETS,
-    ROUTER,
-    SCRAPE_JOBS,
-    VLLM,
-    EngineMetric,
-    Metric,
-)
+from orchestrator.spec.metrics import CONTROLLER, RECONCILE_BUCKETS, ROUTER, VLLM, Metric, Source
 
 Severity = Literal["critical", "warning"]
 
@@ -104,92 +96,47 @@ class RuleGroup:
 
 _DEPLOYMENT = ("namespace", "deployment")
 """What deployment-level rules aggregate by: ``namespace`` is empty on Ray and tells releases apart on Kubernetes."""
-_ERRORS = {"code": ("=~", "5..")}
-"""Router requests that failed: 499 (the client went away) and 4xx are the client's doing, not an outage."""
+_ASSIGNMENT = (*_DEPLOYMENT, "variant", "pool")
+_TARGET = ("job", "instance")
+"""One scrape target: an engine's vLLM series join on it."""
 _SLO_QUANTILE = {"ttft_p95": (ROUTER["ttft"], 0.95), "tpot_p95": (ROUTER["tpot"], 0.95)}
 """The router histogram and quantile behind each objective of ``moxin_slo_target_seconds``."""
 
 
-def _number(x: float) -> str:
-    return f"{x:.6g}"
+def _and(*exprs: str, by: tuple[str, ...] = _DEPLOYMENT) -> str:
+    """``a and on(by) b ...``, one operand a line: the first one's samples where every other has one too."""
+    return f"\nand {q.on(by)}\n".join(exprs)
 
 
-@dataclass(frozen=True)
-class _Q:
-    """Selectors with the scope matchers (a namespace, or none) every series of a rule is restricted to."""
-
-    scope: Mapping[str, str]
-
-    def sel(self, series: str, matchers: Mapping[str, tuple[str, str] | str] | None = None) -> str:
-        pairs = [(k, ("=", v) if isinstance(v, str) else v) for k, v in (matchers or {}).items()]
-        pairs += [(k, ("=", v)) for k, v in self.scope.items()]
-        inner = ", ".join(f'{k}{op}"{_escape(v)}"' for k, (op, v) in pairs)
-        return f"{series}{{{inner}}}" if inner else series
-
-    def rate(self, series: str, window: str, matchers: Mapping[str, tuple[str, str] | str] | None = None) -> str:
-        return f"rate({self.sel(series, matchers)}[{window}])"
-
-    def either(self, metric: EngineMetric, wrap: str = "{}") -> str:
-        """The series under each of its vLLM names (``a or b``): the first a fleet exports wins."""
-        return "(" + " or ".join(wrap.format(self.sel(n)) for n in metric.names) + ")"
-
-    def engine_rate(self, metric: EngineMetric, window: str) -> str:
-        return self.either(metric, f"rate({{}}[{window}])")
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def _by(labels: tuple[str, ...]) -> str:
-    return ", ".join(labels)
-
-
-def _sum(expr: str, by: tuple[str, ...] = _DEPLOYMENT) -> str:
-    return f"sum by ({_by(by)}) ({expr})"
-
-
-def _on(by: tuple[str, ...] = _DEPLOYMENT) -> str:
-    return f"on ({_by(by)})"
-
-
-def _ratio(q: _Q, window: str) -> str:
-    """Share of a deployment's router requests that failed over ``window``."""
-    r = ROUTER["requests"]
-    return f"{_sum(q.rate(r.series, window, _ERRORS))}\n  /\n{_sum(q.rate(r.series, window))}"
-
-
-def _busy(q: _Q, settings: AlertSettings, window: str, metric: Metric = ROUTER["requests"]) -> str:
-    """The low-traffic guard: deployments answering at least the minimum request rate."""
-    return f"{_sum(q.rate(metric.series if metric.kind == 'counter' else metric.count, window))} " \
-           f">= {_number(settings.min_requests_per_second)}"
-
-
-def _per_million_tokens(cost_per_hour: str, tokens_per_second: str) -> str:
-    return f"{cost_per_hour} / ({tokens_per_second} * 3600) * 1e6"
+def _busy(flt: Filter, settings: AlertSettings, window: str, histogram: Metric | None = None) -> str:
+    """The low-traffic guard: deployments answering at least the minimum request rate (of the router's requests, or
+    of the requests ``histogram`` observed)."""
+    requests = q.request_rate(_DEPLOYMENT, flt, window) if histogram is None else \
+        q.sum_by(_DEPLOYMENT, q.rate(histogram, flt, window, histogram.count))
+    return f"{requests} >= {q.number(settings.min_requests_per_second)}"
 
 
 # ----------------------------------------------------------------------------------------------------- the rules
 
-def _availability(q: _Q) -> RuleGroup:
-    desired, ready = CONTROLLER["desired"].series, CONTROLLER["ready"].series
-    assignment = (*_DEPLOYMENT, "variant", "pool")
+def _availability(flt: Filter) -> RuleGroup:
+    desired, ready = CONTROLLER["desired"], CONTROLLER["ready"]
+    deployment_ready = f"{q.sum_by(_DEPLOYMENT, q.series(ready, flt))} > 0"
     down = [
         Alert("MoxinDeploymentDown",
-              f"{_sum(q.sel(desired))} > 0\nunless {_on()}\n{_sum(q.sel(ready))} > 0",
+              f"{q.sum_by(_DEPLOYMENT, q.series(desired, flt))} > 0\nunless {q.on(_DEPLOYMENT)}\n{deployment_ready}",
               "10m", "critical",
               "{{ $labels.deployment }} has no ready replica",
               "Deployment {{ $labels.deployment }} asks for {{ $value }} replicas and none has been ready for 10 "
               "minutes: its requests fail with 503."),
         Alert("MoxinReplicasBelowDesired",
-              f"{_sum(q.sel(ready), assignment)}\n  < {_on(assignment)}\n{_sum(q.sel(desired), assignment)}\n"
-              f"and {_on()}\n{_sum(q.sel(ready))} > 0",
+              _and(f"{q.sum_by(_ASSIGNMENT, q.series(ready, flt))}\n  < {q.on(_ASSIGNMENT)}\n"
+                   f"{q.sum_by(_ASSIGNMENT, q.series(desired, flt))}", deployment_ready),
               "10m", "warning",
               "{{ $labels.deployment }} runs fewer replicas than planned",
               "Only {{ $value }} replicas of {{ $labels.deployment }} ({{ $labels.variant }} on pool "
               "{{ $labels.pool }}) have been ready for 10 minutes, fewer than the plan asks for."),
     ]
-    targets = [
+    targets: list[tuple[str, Source, Severity, str, str]] = [
         ("MoxinRouterTargetDown", "router", "critical", "a router",
          ("It serves /metrics on its API port, so its clients most likely get no answer either; its request "
           "metrics (latency, errors, capacity) are missing.")),
@@ -199,7 +146,7 @@ def _availability(q: _Q) -> RuleGroup:
          ("Nothing reconciles: failed replicas are not replaced and the plan's gauges (replicas, SLO targets, "
           "predictions) are missing, so the availability, SLO, capacity and cost alerts cannot fire.")),
     ]
-    down += [Alert(name, f"{q.sel('up', {'job': SCRAPE_JOBS[source]})} == 0", "5m", severity,
+    down += [Alert(name, f"{q.up(source, flt)} == 0", "5m", severity,
                    f"{what.capitalize()} ({{{{ $labels.instance }}}}) does not answer its metrics scrape",
                    f"Prometheus has failed to scrape {what} at {{{{ $labels.instance }}}} (job {{{{ $labels.job }}}}) "
                    f"for 5 minutes. {consequence}")
@@ -207,17 +154,16 @@ def _availability(q: _Q) -> RuleGroup:
     return RuleGroup("moxin.availability", tuple(down))
 
 
-def _slo(q: _Q, s: AlertSettings) -> RuleGroup:
+def _slo(flt: Filter, s: AlertSettings) -> RuleGroup:
     rules = []
     for objective, (metric, quantile) in _SLO_QUANTILE.items():
         what = {"ttft": "time to first token", "tpot": "time per output token"}[objective.split("_")[0]]
         name = f"Moxin{objective.split('_')[0].upper()}AboveSLO"
-        target = q.sel(CONTROLLER["slo_target"].series, {"objective": objective})
+        target = q.aggregate("max", _DEPLOYMENT, q.slo_target(objective, flt))
         rules.append(Alert(
             name,
-            f"histogram_quantile({_number(quantile)}, {_sum(q.rate(metric.bucket, '5m'), (*_DEPLOYMENT, 'le'))})\n"
-            f"  > {_on()}\nmax by ({_by(_DEPLOYMENT)}) ({target})\n"
-            f"and {_on()}\n{_busy(q, s, '5m', metric)}",
+            _and(f"{q.quantile(quantile, metric, _DEPLOYMENT, flt, '5m')}\n  > {q.on(_DEPLOYMENT)}\n{target}",
+                 _busy(flt, s, "5m", metric)),
             "10m", "warning",
             f"{{{{ $labels.deployment }}}} misses its {objective} SLO",
             f"The p{round(quantile * 100)} {what} of {{{{ $labels.deployment }}}} has been "
@@ -227,97 +173,93 @@ def _slo(q: _Q, s: AlertSettings) -> RuleGroup:
     for name, (long, short), factor, for_, severity in (
             ("MoxinErrorBudgetBurnFast", ("1h", "5m"), 14.4, "2m", "critical"),
             ("MoxinErrorBudgetBurnSlow", ("6h", "30m"), 6.0, "15m", "warning")):
-        limit = _number(factor * budget)
+        limit = q.number(factor * budget)
         rules.append(Alert(
             name,
-            f"(\n{_ratio(q, long)}\n) > {limit}\nand {_on()}\n(\n{_ratio(q, short)}\n) > {limit}\n"
-            f"and {_on()}\n{_busy(q, s, short)}",
+            _and(f"(\n{q.error_ratio(_DEPLOYMENT, flt, long)}\n) > {limit}",
+                 f"(\n{q.error_ratio(_DEPLOYMENT, flt, short)}\n) > {limit}", _busy(flt, s, short)),
             for_, severity,
-            f"{{{{ $labels.deployment }}}} burns its error budget {_number(factor)}x too fast",
+            f"{{{{ $labels.deployment }}}} burns its error budget {factor:g}x too fast",
             f"{{{{ $value | humanizePercentage }}}} of the requests to {{{{ $labels.deployment }}}} failed (5xx) over "
-            f"the last {long}, and over the last {short} too: {_number(factor)} times the "
-            f"{_number(budget * 100)}% error budget of a {_number(s.availability_objective * 100)}% availability "
+            f"the last {long}, and over the last {short} too: {factor:g} times the "
+            f"{budget * 100:g}% error budget of a {s.availability_objective * 100:g}% availability "
             "objective."))
     return RuleGroup("moxin.slo", tuple(rules))
 
 
-def _saturation(q: _Q, s: AlertSettings) -> RuleGroup:
-    target = ("job", "instance")
+def _saturation(flt: Filter, s: AlertSettings) -> RuleGroup:
     return RuleGroup("moxin.saturation", (
         Alert("MoxinKVCacheNearlyFull",
-              f"{q.either(VLLM['kv_usage'])} > {_number(s.kv_cache_usage)}\n"
-              f"and {_on(target)}\n({q.sel(VLLM['running'].names[0])} > 0)",
+              _and(f"{q.engine_gauge(VLLM['kv_usage'], flt)} > {q.number(s.kv_cache_usage)}",
+                   f"({q.engine_gauge(VLLM['running'], flt)} > 0)", by=_TARGET),
               "10m", "warning",
               "Engine {{ $labels.instance }} has its KV cache nearly full",
               "The engine at {{ $labels.instance }} ({{ $labels.deployment }}) has used {{ $value | humanizePercentage }} "
-              f"of its KV cache for 10 minutes (threshold {_number(s.kv_cache_usage * 100)}%): new requests wait and "
+              f"of its KV cache for 10 minutes (threshold {s.kv_cache_usage * 100:g}%): new requests wait and "
               "running ones get preempted."),
         Alert("MoxinRequestsQueueing",
-              f"{q.sel(VLLM['waiting'].names[0])} > {s.waiting_requests}",
+              f"{q.engine_gauge(VLLM['waiting'], flt)} > {s.waiting_requests}",
               "10m", "warning",
               "Requests queue up in engine {{ $labels.instance }}",
               "{{ $value }} requests have been waiting for a batch slot in the engine at {{ $labels.instance }} "
               f"({{{{ $labels.deployment }}}}) for 10 minutes (threshold {s.waiting_requests})."),
         Alert("MoxinPreemptions",
-              f"{q.engine_rate(VLLM['preemptions'], '5m')} > {_number(s.preemptions_per_second)}",
+              f"{q.engine_rate(VLLM['preemptions'], flt, '5m')} > {q.number(s.preemptions_per_second)}",
               "10m", "warning",
               "Engine {{ $labels.instance }} keeps preempting sequences",
               "The engine at {{ $labels.instance }} ({{ $labels.deployment }}) has preempted {{ $value | humanize }} "
-              f"sequences per second for 10 minutes (threshold {_number(s.preemptions_per_second)}/s): its KV cache is "
+              f"sequences per second for 10 minutes (threshold {s.preemptions_per_second:g}/s): its KV cache is "
               "too small for its batch, and preempted sequences are computed again."),
     ))
 
 
-def _capacity(q: _Q, s: AlertSettings) -> RuleGroup:
-    requests, capacity = ROUTER["requests"], CONTROLLER["capacity"]
-    tokens, cost, predicted = ROUTER["generation_tokens"], CONTROLLER["cost"], CONTROLLER["output_tokens"]
-    actual_cost = _per_million_tokens(_sum(q.sel(cost.series)), _sum(q.rate(tokens.series, "1h")))
-    planned_cost = _per_million_tokens(_sum(q.sel(cost.series)), _sum(q.sel(predicted.series)))
+def _capacity(flt: Filter, s: AlertSettings) -> RuleGroup:
+    capacity = q.predicted_capacity(_DEPLOYMENT, flt)
+    actual_cost = q.actual_cost_per_million_tokens(_DEPLOYMENT, flt, "1h")
+    planned_cost = q.predicted_cost_per_million_tokens(_DEPLOYMENT, flt)
     return RuleGroup("moxin.capacity", (
         Alert("MoxinDemandNearCapacity",
-              f"{_sum(q.rate(requests.series, '10m'))}\n  > {_number(s.capacity_share)} * "
-              f"{_sum(q.sel(capacity.series))}\nand {_on()}\n{_sum(q.sel(capacity.series))} > 0\n"
-              f"and {_on()}\n{_busy(q, s, '10m')}",
+              _and(f"{q.request_rate(_DEPLOYMENT, flt, '10m')}\n  > {q.number(s.capacity_share)} * {capacity}",
+                   f"{capacity} > 0", _busy(flt, s, "10m")),
               "15m", "warning",
               "{{ $labels.deployment }} is near its planned capacity: re-plan",
               "{{ $labels.deployment }} has answered {{ $value | humanize }} requests/s for 15 minutes, above "
-              f"{_number(s.capacity_share * 100)}% of the capacity its plan predicts ({capacity.name}): re-plan with "
-              "the measured demand (moxin plan) before latency breaks the SLO."),
+              f"{s.capacity_share * 100:g}% of the capacity its plan predicts ({CONTROLLER['capacity'].name}): "
+              "re-plan with the measured demand (moxin plan) before latency breaks the SLO."),
         Alert("MoxinCostDrift",
-              f"(\n{actual_cost}\n)\n  > {_number(s.cost_drift)} * (\n{planned_cost}\n)\n"
-              f"and {_on()}\n{_sum(q.sel(predicted.series))} > 0\nand {_on()}\n{_busy(q, s, '1h')}",
+              # The planned cost has no sample where the plan has no speed (no tokens): nothing to drift from.
+              _and(f"(\n{actual_cost}\n)\n  > {q.number(s.cost_drift)} * (\n{planned_cost}\n)", _busy(flt, s, "1h")),
               "30m", "warning",
               "{{ $labels.deployment }} costs more per token than planned",
               "{{ $labels.deployment }} has cost ${{ $value | printf \"%.2f\" }} per 1M output tokens over the last "
-              f"hour, more than {_number(s.cost_drift)} times what its plan predicts: demand is below the plan, or "
+              f"hour, more than {s.cost_drift:g} times what its plan predicts: demand is below the plan, or "
               "the replicas decode slower than estimated."),
     ))
 
 
-def _controller(q: _Q, s: AlertSettings) -> RuleGroup:
+def _controller(flt: Filter, s: AlertSettings) -> RuleGroup:
     errors, loop = CONTROLLER["reconcile_errors"], CONTROLLER["reconcile"]
     return RuleGroup("moxin.controller", (
         Alert("MoxinReconcileErrors",
-              f"increase({q.sel(errors.series)}[10m]) > 0",
+              f"{q.increase(errors, flt, '10m')} > 0",
               "15m", "warning",
               "The controller's {{ $labels.step }} step keeps failing",
               "The reconcile step {{ $labels.step }} has raised in every 10-minute window for 15 minutes "
               "({{ $value | humanize }} in the last 10): the fleet drifts from the plan."),
         Alert("MoxinReconcileSlow",
-              f"histogram_quantile(0.99, {_sum(q.rate(loop.bucket, '10m'), ('namespace', 'job', 'instance', 'le'))})"
-              f" > {_number(s.reconcile_p99_seconds)}",
+              f"{q.quantile(0.99, loop, ('namespace', *_TARGET), flt, '10m')} > {q.number(s.reconcile_p99_seconds)}",
               "15m", "warning",
               "The controller's reconcile loop is slow ({{ $labels.instance }})",
               "The p99 of the reconcile loop of the controller at {{ $labels.instance }} has been {{ $value | humanizeDuration }} for 15 minutes "
-              f"(threshold {_number(s.reconcile_p99_seconds)}s): it reacts late to failures and plan changes."),
+              f"(threshold {s.reconcile_p99_seconds:g}s): it reacts late to failures and plan changes."),
     ))
 
 
 def rule_groups(settings: AlertSettings | None = None, namespace: str | None = None) -> tuple[RuleGroup, ...]:
     """Every rule group; ``namespace`` restricts every series to that namespace (the chart's, on Kubernetes)."""
     s = settings or AlertSettings()
-    q = _Q({"namespace": namespace} if namespace else {})
-    return (_availability(q), _slo(q, s), _saturation(q, s), _capacity(q, s), _controller(q, s))
+    flt = Filter.equal(namespace=namespace) if namespace else NO_FILTER
+    return (_availability(flt), _slo(flt, s), _saturation(flt, s), _capacity(flt, s), _controller(flt, s))
 
 
 def alerts(settings: AlertSettings | None = None, namespace: str | None = None) -> tuple[Alert, ...]:

@@ -1,6 +1,6 @@
 """PromQL built from the metric schema (``spec/metrics.py``): the one place a query over moxin's or vLLM's series
-is spelled. The dashboards (``dashboards.py``) use it with Grafana's variables, and the alert rules, ``moxin top``
-and the rollout gates can use it with their own filters and windows.
+is spelled. The dashboards (``dashboards.py``) use it with Grafana's variables, the alert rules (``alerts.py``)
+with a namespace and their own windows, the rollout gates (``rollout/gates.py``) with one side's labels.
 
 Every builder takes a ``Filter`` (label matchers, applied only to the series that carry the label) and, where it
 rates, a ``window`` (``$__rate_interval`` on a dashboard, ``5m`` in an alert, ``1m`` in a test). Aggregations
@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from orchestrator.spec.metrics import CONTROLLER, ROUTER, VLLM, EngineMetric, Metric
+from orchestrator.spec.metrics import CONTROLLER, ROUTER, SCRAPE_JOBS, VLLM, EngineMetric, Metric, Source
 from orchestrator.spec.plan import METRIC_LABELS
 
 RATE_INTERVAL = "$__rate_interval"
@@ -32,6 +32,10 @@ POOL_GROUP = ("pool", "hardware", "engine")
 SECONDS_PER_HOUR = 3600
 TOKENS_PER_COST_UNIT = 1_000_000
 """Costs per token are shown per million output tokens, as price lists quote them."""
+
+TARGET_LABELS = ("namespace", "job", "instance")
+"""Labels Prometheus gives every series from the target it scrapes it through (``namespace`` only on Kubernetes,
+where it tells releases apart): a filter on them applies to every selector, whatever the schema says."""
 
 VLLM_LABELS = METRIC_LABELS
 """vLLM's series get ``METRIC_LABELS`` from the Prometheus target they are scraped through."""
@@ -62,9 +66,9 @@ class Filter:
         return Filter((*self.matchers, (label, op, value)))
 
     def selector(self, series: str, labels: Iterable[str]) -> str:
-        """``series{...}`` with the matchers on labels the series has (``labels``); braces always, so a reader (and
-        the dashboard linter) sees every selector's matchers."""
-        have = set(labels)
+        """``series{...}`` with the matchers on labels the series has (``labels``, and ``TARGET_LABELS``); braces
+        always, so a reader (and the dashboard linter) sees every selector's matchers."""
+        have = {*labels, *TARGET_LABELS}
         inside = ",".join(f'{name}{op}"{_escape(value)}"' for name, op, value in self.matchers if name in have)
         return f"{series}{{{inside}}}"
 
@@ -74,11 +78,22 @@ NO_FILTER = Filter()
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    """``value`` as the inside of a PromQL double-quoted string."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _by(labels: Sequence[str]) -> str:
     return f" by ({', '.join(labels)})" if labels else ""
+
+
+def number(x: float) -> str:
+    """A float as a PromQL literal (and as a threshold reads in prose): ``0.95``, ``14.4``, ``1e-09``."""
+    return f"{x:g}"
+
+
+def duration(seconds: float) -> str:
+    """A window of ``seconds`` as a Prometheus duration, in whole seconds (at least 1)."""
+    return f"{max(1, round(seconds))}s"
 
 
 def aggregate(op: str, by: Sequence[str], expr: str) -> str:
@@ -96,6 +111,13 @@ def ratio(numerator: str, denominator: str) -> str:
     return f"{numerator} / ({denominator} > 0)"
 
 
+def on(labels: Sequence[str], group_left: Sequence[str] | None = None) -> str:
+    """The matching of a binary operator (``a > on(x) b``, ``a and on(x) b``): only ``labels`` must be equal;
+    ``group_left``: many samples of the left side to one of the right, copying these labels from the right."""
+    many = "" if group_left is None else f" group_left({', '.join(group_left)})"
+    return f"on({', '.join(labels)}){many}"
+
+
 # --------------------------------------------------------------------------------------------- moxin series
 
 def series(metric: Metric, flt: Filter = NO_FILTER, sample: str | None = None) -> str:
@@ -108,6 +130,16 @@ def rate(metric: Metric, flt: Filter = NO_FILTER, window: str = RATE_INTERVAL, s
     return f"rate({series(metric, flt, sample)}[{window}])"
 
 
+def increase(metric: Metric, flt: Filter = NO_FILTER, window: str = RATE_INTERVAL, sample: str | None = None) -> str:
+    """``increase(<counter>_total{...}[window])``: how much the counter grew over the window."""
+    return f"increase({series(metric, flt, sample)}[{window}])"
+
+
+def up(source: Source, flt: Filter = NO_FILTER) -> str:
+    """``up{job="..."}`` of the targets of ``source`` (``SCRAPE_JOBS``): 0 where Prometheus's last scrape failed."""
+    return flt.and_("job", "=", SCRAPE_JOBS[source]).selector("up", TARGET_LABELS)
+
+
 def quantile(q: float, metric: Metric | EngineMetric, by: Sequence[str] = (), flt: Filter = NO_FILTER,
              window: str = RATE_INTERVAL) -> str:
     """``histogram_quantile(q, sum by (le, by) (rate(<m>_bucket{...}[window])))``; for a vLLM histogram over every
@@ -116,7 +148,7 @@ def quantile(q: float, metric: Metric | EngineMetric, by: Sequence[str] = (), fl
         rates = engine_rate(metric, flt, window, suffix="_bucket")
     else:
         rates = rate(metric, flt, window, sample=metric.bucket)
-    return f"histogram_quantile({q:g}, {sum_by(('le', *by), rates)})"
+    return f"histogram_quantile({number(q)}, {sum_by(('le', *by), rates)})"
 
 
 def request_rate(by: Sequence[str] = (), flt: Filter = NO_FILTER, window: str = RATE_INTERVAL) -> str:
@@ -142,7 +174,7 @@ def in_flight_share(by: Sequence[str] = ("deployment",), flt: Filter = NO_FILTER
     only per-replica series."""
     metric = ROUTER["in_flight"]
     per_replica = sum_by((*by, "replica"), series(metric, flt))
-    return f"{per_replica} / on({', '.join(by)}) group_left() ({sum_by(by, series(metric, flt))} > 0)"
+    return f"{per_replica} / {on(by, group_left=())} ({sum_by(by, series(metric, flt))} > 0)"
 
 
 # ------------------------------------------------------------------------------------------ plan vs measured
@@ -153,16 +185,19 @@ def predicted_cost_per_million_tokens(by: Sequence[str] = (), flt: Filter = NO_F
     sample where it has none."""
     tokens_series = series(CONTROLLER["output_tokens"], flt)
     cost = sum_by(by, f"{series(CONTROLLER['cost'], flt)} and ({tokens_series} > 0)")
-    tokens = sum_by(by, tokens_series)
-    return f"{ratio(cost, tokens)} / {SECONDS_PER_HOUR} * {TOKENS_PER_COST_UNIT}"
+    return _per_million_tokens(cost, sum_by(by, tokens_series))
 
 
 def actual_cost_per_million_tokens(by: Sequence[str] = (), flt: Filter = NO_FILTER, window: str = RATE_INTERVAL) -> str:
     """What one million output tokens cost as served (USD): planned cost/hour over the generated tokens/s the router
     measured; no sample while nothing is generated."""
     cost = sum_by(by, series(CONTROLLER["cost"], flt))
-    return f"{ratio(cost, token_rate('generation_tokens', by, flt, window))} / {SECONDS_PER_HOUR} * " \
-           f"{TOKENS_PER_COST_UNIT}"
+    return _per_million_tokens(cost, token_rate("generation_tokens", by, flt, window))
+
+
+def _per_million_tokens(cost_per_hour: str, tokens_per_second: str) -> str:
+    """USD/hour over tokens/s, as USD per ``TOKENS_PER_COST_UNIT`` tokens; no sample where no token is made."""
+    return f"{ratio(cost_per_hour, tokens_per_second)} / {SECONDS_PER_HOUR} * {TOKENS_PER_COST_UNIT}"
 
 
 def predicted_capacity(by: Sequence[str] = ASSIGNMENT, flt: Filter = NO_FILTER) -> str:

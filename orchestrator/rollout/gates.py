@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from orchestrator.observe import queries
+from orchestrator.observe.queries import Filter
 from orchestrator.rollout.quality import QualityReport
 from orchestrator.spec import metrics
 from orchestrator.spec.rollout import LOWER_IS_BETTER, Gate, Threshold
@@ -31,6 +33,10 @@ class Side:
 
     def labels(self) -> dict[str, str]:
         return {"deployment": self.deployment, "variant": self.variant, "pool": self.pool}
+
+    def filter(self) -> Filter:
+        """Exact matchers on this side's labels, for ``observe.queries``."""
+        return Filter.equal(**self.labels())
 
 
 @dataclass(frozen=True)
@@ -144,45 +150,29 @@ def better(metric: str) -> str:
 
 
 # --- PromQL by side --------------------------------------------------------------------------------------------
-# Local builders, to be folded into orchestrator/observe's query module. Every name comes from spec/metrics.py.
+# Spelled by observe/queries.py, as the dashboards' and the alerts' are, over one side's labels.
 
 _HISTOGRAMS = {"ttftP95": metrics.ROUTER["ttft"], "tpotP95": metrics.ROUTER["tpot"], "e2eP95": metrics.ROUTER["e2e"]}
-
-
-def selector(side: Side, **extra: str) -> str:
-    """A PromQL label matcher for ``side`` (values escaped as PromQL strings; extra values are regexes)."""
-    parts = [f'{k}="{_escape(v)}"' for k, v in side.labels().items()]
-    parts += [f'{k}=~"{_escape(v)}"' for k, v in extra.items()]
-    return "{" + ",".join(parts) + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _window(seconds: float) -> str:
-    return f"{max(1, round(seconds))}s"
+_GATE_QUANTILE = 0.95
+"""The quantile of every latency gate (``...P95``)."""
 
 
 def requests_query(side: Side, window_s: float) -> str:
     """Requests the router answered for ``side`` in the window (the minRequests check)."""
-    return f"sum(increase({metrics.ROUTER['requests'].series}{selector(side)}[{_window(window_s)}]))"
+    return queries.sum_by((), queries.increase(metrics.ROUTER["requests"], side.filter(), queries.duration(window_s)))
 
 
 def promql(metric: str, side: Side, window_s: float) -> str | None:
-    """The query for one gate metric on one side over the window; None for 'quality' (not a series)."""
-    w = _window(window_s)
-    sel = selector(side)
+    """The query for one gate metric on one side over the window; None for 'quality' (not a series). No sample
+    where the side answered nothing (or, per replica, has no ready replica): the gate is inconclusive."""
+    window, flt = queries.duration(window_s), side.filter()
     if metric in _HISTOGRAMS:
-        m = _HISTOGRAMS[metric]
-        return f"histogram_quantile(0.95, sum by (le) (rate({m.bucket}{sel}[{w}])))"
+        return queries.quantile(_GATE_QUANTILE, _HISTOGRAMS[metric], (), flt, window)
     if metric == "errorRatio":
-        series = metrics.ROUTER["requests"].series
-        return (f"sum(rate({series}{selector(side, code='5..')}[{w}])) / "
-                f"sum(rate({series}{sel}[{w}]))")
+        return queries.error_ratio((), flt, window)
     if metric == "outputTokensPerSecondPerReplica":
-        return (f"sum(rate({metrics.ROUTER['generation_tokens'].series}{sel}[{w}])) / "
-                f"sum({metrics.CONTROLLER['ready'].series}{sel})")
+        ready = queries.sum_by((), queries.series(metrics.CONTROLLER["ready"], flt))
+        return queries.ratio(queries.token_rate("generation_tokens", (), flt, window), ready)
     if metric == "quality":
         return None
     raise ValueError(f"unknown gate metric {metric!r}")

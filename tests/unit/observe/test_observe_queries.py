@@ -29,6 +29,24 @@ def test_exact_filters_escape_their_values():
     assert Filter.equal(deployment='a"b\\c').selector("m", ("deployment",)) == 'm{deployment="a\\"b\\\\c"}'
 
 
+def test_a_target_label_filter_scopes_every_selector_whatever_its_schema_labels():
+    ns = Filter.equal(namespace="ai")
+    assert q.series(CONTROLLER["reconcile"], ns, CONTROLLER["reconcile"].count) == \
+        'moxin_controller_reconcile_duration_seconds_count{namespace="ai"}'
+    assert q.engine_gauge(VLLM["waiting"], ns) == \
+        '(vllm:num_requests_waiting{namespace="ai"} or vllm_num_requests_waiting{namespace="ai"})'
+    assert q.up("engine", ns) == 'up{namespace="ai",job="moxin-engine"}'
+    assert q.up("router") == 'up{job="moxin-router"}'
+
+
+def test_binary_matching_increase_and_literals():
+    assert q.on(("namespace", "deployment")) == "on(namespace, deployment)"
+    assert q.on(("deployment",), group_left=()) == "on(deployment) group_left()"
+    assert q.increase(ROUTER["requests"], NO_FILTER, "90s") == "increase(moxin_router_requests_total{}[90s])"
+    assert (q.number(0.95), q.number(14.4 * 0.01), q.number(1e-9)) == ("0.95", "0.144", "1e-09")
+    assert (q.duration(59.6), q.duration(0.2)) == ("60s", "1s")
+
+
 def test_the_rate_window_is_a_parameter():
     assert q.rate(ROUTER["requests"], Filter.equal(deployment="chat"), "5m") == \
         'rate(moxin_router_requests_total{deployment="chat"}[5m])'

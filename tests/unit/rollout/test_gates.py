@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
+import yaml
 
 from orchestrator.rollout.gates import Readings, Side, SideReading, evaluate, promql, requests_query
 from orchestrator.rollout.quality import Generation, compare
@@ -70,14 +74,53 @@ def test_promql_selects_one_side_with_the_schema_names() -> None:
         f"histogram_quantile(0.95, sum by (le) (rate(moxin_request_ttft_seconds_bucket{sel}[60s])))")
     assert promql("tpotP95", SIDE, 30).startswith("histogram_quantile(0.95, sum by (le) "
                                                   "(rate(moxin_request_tpot_seconds_bucket{")
-    assert promql("errorRatio", SIDE, 120) == (
-        'sum(rate(moxin_router_requests_total{deployment="chat",variant="fp8",pool="h100-a",code=~"5.."}[120s])) '
-        f"/ sum(rate(moxin_router_requests_total{sel}[120s]))")
+    answers = f"sum (rate(moxin_router_requests_total{sel}[120s]))"
+    assert promql("errorRatio", SIDE, 120) == (  # 0 where the side answered without a 5xx, none without requests
+        '(sum (rate(moxin_router_requests_total{deployment="chat",variant="fp8",pool="h100-a",code=~"5.."}[120s])) '
+        f"or 0 * {answers}) / ({answers} > 0)")
     assert promql("outputTokensPerSecondPerReplica", SIDE, 60) == (
-        f"sum(rate(moxin_generation_tokens_total{sel}[60s])) / sum(moxin_replicas_ready{sel})")
+        f"sum (rate(moxin_generation_tokens_total{sel}[60s])) / (sum (moxin_replicas_ready{sel}) > 0)")
     assert promql("quality", SIDE, 60) is None
-    assert requests_query(SIDE, 90) == f"sum(increase(moxin_router_requests_total{sel}[90s]))"
+    assert requests_query(SIDE, 90) == f"sum (increase(moxin_router_requests_total{sel}[90s]))"
+    assert requests_query(SIDE, 0.2).endswith("[1s]))")  # a window of whole seconds, at least one
 
 
 def test_label_values_are_escaped() -> None:
-    assert 'deployment="a\\"b"' in promql("e2eP95", Side('a"b', "v", "p"), 60)
+    assert 'deployment="a\\"b\\nc"' in promql("e2eP95", Side('a"b\nc', "v", "p"), 60)
+
+
+def test_side_queries_as_prometheus_evaluates_them(tmp_path) -> None:
+    """promtool over a canary that answers without a 5xx (error ratio 0, not "no data"), a stable side with 10% 5xx,
+    and a side without a ready replica (no tokens per replica rather than +Inf)."""
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (Debian: prometheus)")
+    canary, stable, idle = SIDE, Side("chat", "int4", "h100-a"), Side("chat", "bf16", "h100-a")
+
+    def series(name: str, side: Side, values: str, **extra: str) -> dict[str, str]:
+        labels = {**side.labels(), **extra}
+        return {"series": name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}", "values": values}
+
+    input_series = [
+        series("moxin_router_requests_total", canary, "0+60x10", code="200"),  # 1/s
+        series("moxin_router_requests_total", stable, "0+540x10", code="200"),
+        series("moxin_router_requests_total", stable, "0+60x10", code="503"),
+        series("moxin_generation_tokens_total", canary, "0+6000x10"),  # 100 tokens/s
+        series("moxin_replicas_ready", canary, "2x10"),
+        series("moxin_generation_tokens_total", idle, "0+6000x10"),
+        series("moxin_replicas_ready", idle, "0x10"),
+        series("moxin_request_ttft_seconds_bucket", canary, "0+60x10", le="0.5"),
+        series("moxin_request_ttft_seconds_bucket", canary, "0+60x10", le="+Inf"),
+    ]
+    cases = [(promql("errorRatio", canary, 300), [0]), (promql("errorRatio", stable, 300), [0.1]),
+             (promql("outputTokensPerSecondPerReplica", canary, 300), [50]),
+             (promql("outputTokensPerSecondPerReplica", idle, 300), []),
+             (promql("ttftP95", canary, 300), [0.475]),  # 95% of the way through the 0-0.5 s bucket
+             (requests_query(canary, 300), [300])]
+    tests = [{"expr": expr, "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": v} for v in values]}
+             for expr, values in cases]
+    path = tmp_path / "test.yaml"
+    path.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": input_series, "promql_expr_test": tests}]}))
+    done = subprocess.run(["promtool", "test", "rules", str(path)], check=False, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
