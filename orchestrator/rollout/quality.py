@@ -97,7 +97,7 @@ def generation_from_openai(choice: Mapping[str, Any]) -> Generation:
 def first_divergence(a: Sequence[Any], b: Sequence[Any]) -> int | None:
     """Index of the first position where ``a`` and ``b`` differ (the shorter length when one is a prefix of the
     other); None when they are equal."""
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))
