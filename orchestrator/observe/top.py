@@ -244,8 +244,9 @@ class DeploymentView:
 
 def top(gauges: Iterable[Sample], counter_rates: Iterable[Sample]) -> list[DeploymentView]:
     """Rows from the gauges of a moment and the per-second rates of the counters (``rates``, or Prometheus's
-    ``rate``); other series in either are left out (a snapshot's raw counters among its gauges). Series are summed over every label outside ``METRIC_LABELS`` (router instance, replica, code);
-    a series without a pool (a 503 for a deployment with no ready replica) counts toward its deployment only."""
+    ``rate``); other series in either are left out (a snapshot's raw counters among its gauges). Series are
+    summed over every label outside ``METRIC_LABELS`` (router instance, replica, code); a series without a pool (a
+    503 for a deployment with no ready replica) counts toward its deployment only."""
     deployments: dict[str, _Sums] = {}
     assignments: dict[str, dict[tuple[str, ...], _Sums]] = {}
     slo: dict[str, dict[str, float]] = {}
