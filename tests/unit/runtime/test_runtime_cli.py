@@ -109,11 +109,14 @@ def test_top_once_as_json_from_a_prometheus_query_api(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {"MOXIN_HOME": str(tmp_path), "RAY_ADDRESS": ""}
     try:
-        out = run("top", "--once", "-o", "json", "--prometheus", url, "--window", "20",
-                  env={"MOXIN_HOME": str(tmp_path), "RAY_ADDRESS": ""})
+        out = run("top", "--once", "-o", "json", "--prometheus", url, "--window", "20", env=env)
+        shown = run("top", "--once", "--prometheus", url, "--window", "20", env=env)
     finally:
         server.shutdown()
+    assert shown.exit_code == 0 and "bf16 on gpu-emu (vllm, emulated)" in shown.stdout, shown.output
+    assert "$57.87" in shown.stdout and "50%" in shown.stdout, shown.stdout
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout)
     assert (doc["source"], doc["prometheus"], doc["windowSeconds"]) == ("prometheus", url, 20)
@@ -122,7 +125,7 @@ def test_top_once_as_json_from_a_prometheus_query_api(tmp_path):
     assert deployment["load"] == 0.5                                                  # 1.5 of 3 planned
     assert deployment["actualUsdPerMillionOutputTokens"] == pytest.approx(2.5 / (12 * 3600) * 1e6)  # $57.87
     assert [a["pool"] for a in deployment["assignments"]] == ["gpu-emu"]
-    assert len(asked) == 5  # four counters' rates, and the gauges at once
+    assert len(asked) == 10  # per frame: four counters' rates, and the gauges at once
 
 
 def test_top_without_a_prometheus_or_a_cluster_says_what_to_do(tmp_path):
