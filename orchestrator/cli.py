@@ -20,7 +20,7 @@ import click
 from orchestrator import __version__
 from orchestrator.cli_options import choice, option_from, options_from
 from orchestrator.errors import InfeasibleError, MoxinError, Problem, SpecError
-from orchestrator.observe.alerts import AlertSettings
+from orchestrator.observe.alerts import AlertSettings, rules_text
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ENGINE_PORT, MODEL_ROOT, ROUTER_PORT
 from orchestrator.spec.deployment import ModelDeploymentSpec
 from orchestrator.spec.engine import ENGINE_DEFAULTS, EngineName, EngineSettings, KvCacheDtype
@@ -546,6 +546,10 @@ try:
 then: moxin status | moxin top | moxin logs REPLICA | moxin down""")
 
 
+ALERT_RULES_FILE = "moxin.rules.yml"
+"""moxin's alert rules (``moxin render alerts``) in the rules directory of `moxin up`'s Prometheus."""
+
+
 def _start_prometheus(wanted: bool, sd_file: Path, port: int | None, scrape_interval_s: float) -> str | None:
     """Prometheus is optional: when it cannot start, one line says why and how to get it; nothing else stops."""
     from orchestrator.runtime import prometheus
@@ -554,11 +558,11 @@ def _start_prometheus(wanted: bool, sd_file: Path, port: int | None, scrape_inte
         prometheus.stop()  # a Prometheus of an earlier `moxin up` would scrape on unasked
         return None
     try:
-        info = prometheus.start(sd_file, port, scrape_interval_s)
+        info = prometheus.start(sd_file, port, scrape_interval_s, rule_files={ALERT_RULES_FILE: rules_text()})
     except prometheus.PrometheusUnavailable as exc:
         click.echo(str(exc))
         return None
-    click.echo(f"Prometheus at {info['url']} (scraping every {scrape_interval_s:g} s)")
+    click.echo(f"Prometheus at {info['url']} (scraping every {scrape_interval_s:g} s, moxin's alert rules loaded)")
     return info["url"]
 
 

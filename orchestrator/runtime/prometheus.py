@@ -19,6 +19,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,9 +139,11 @@ def _ours(pid: int, layout: Layout) -> bool:
 
 
 def start(sd_file: Path, port: int | None = None, scrape_interval_s: float = SCRAPE_INTERVAL_S,
-          home: Path | None = None, binary: str | None = None, timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:
+          home: Path | None = None, binary: str | None = None, timeout_s: float = READY_TIMEOUT_S,
+          rule_files: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Start Prometheus (replacing one this home already runs, which keeps its data), wait until it is ready and
-    record it. ``port``: None takes 9090 if free, else any free port."""
+    record it. ``port``: None takes 9090 if free, else any free port. ``rule_files``: file name -> rules YAML,
+    written into ``rules/`` first (other files there are loaded too)."""
     layout = Layout(home or local.home())
     binary = binary or shutil.which("prometheus")
     if binary is None:
@@ -148,6 +151,8 @@ def start(sd_file: Path, port: int | None = None, scrape_interval_s: float = SCR
     stop(layout.home)
     port = port or free_port()
     layout.rules.mkdir(parents=True, exist_ok=True)
+    for name, text in (rule_files or {}).items():
+        write_atomic(layout.rules / name, text)
     write_atomic(layout.config, yaml.safe_dump(config(sd_file, layout.rules, scrape_interval_s), sort_keys=False))
     with open(layout.log, "ab") as log:
         proc = subprocess.Popen(argv(binary, layout, port), stdout=log, stderr=subprocess.STDOUT,

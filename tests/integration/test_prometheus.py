@@ -1,6 +1,6 @@
 """moxin up's Prometheus for real, without Ray: the server `runtime/prometheus.py` starts scrapes the targets of a
-file_sd list like the controller's, `moxin top` reads the same numbers from it as from the /metrics pages, and
-stop leaves no process."""
+file_sd list like the controller's and loads moxin's alert rules, `moxin top` reads the same numbers from it as
+from the /metrics pages, and stop leaves no process."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import json
 import shutil
 import threading
 import time
+import urllib.request
 
 import pytest
 from prometheus_client import start_http_server
 
+from orchestrator.observe.alerts import alerts, rules_text
 from orchestrator.runtime import prometheus
 from orchestrator.runtime.guard import alive
 from orchestrator.runtime.metrics import ControllerMetrics, RouterMetrics
@@ -45,9 +47,13 @@ def test_moxin_top_reads_the_same_rates_from_prometheus_as_from_the_metrics_page
 
     thread = threading.Thread(target=traffic, daemon=True)
     thread.start()
-    info = prometheus.start(sd, port=prometheus.free_port(0), scrape_interval_s=1, home=tmp_path)
+    info = prometheus.start(sd, port=prometheus.free_port(0), scrape_interval_s=1, home=tmp_path,
+                            rule_files={"moxin.rules.yml": rules_text()})
     try:
         assert prometheus.running(tmp_path)["url"] == info["url"]
+        with urllib.request.urlopen(info["url"] + "/api/v1/rules", timeout=5) as r:
+            groups = json.loads(r.read())["data"]["groups"]
+        assert {a.name for a in alerts()} == {rule["name"] for g in groups for rule in g["rules"]}
         source = PrometheusSource(info["url"], window_s=5)
         deadline, views = time.monotonic() + 60, []
         while time.monotonic() < deadline:  # until Prometheus has scraped both targets over a whole window

@@ -248,6 +248,9 @@ def test_up_starts_a_prometheus_that_scrapes_engines_router_and_controller_from_
         ("moxin-controller", "up"), ("moxin-engine", "up"), ("moxin-router", "up")], targets
     engine = next(t for t in targets if t["labels"]["job"] == "moxin-engine")
     assert engine["labels"]["engine"] == "vllm"  # mlx-lm serves no /metrics: not a target
+    with urllib.request.urlopen(up["prometheus"] + "/api/v1/rules", timeout=5) as r:
+        rules = [rule for g in json.loads(r.read())["data"]["groups"] for rule in g["rules"]]
+    assert rules and all(rule["health"] != "err" for rule in rules), rules  # moxin's alert rules, evaluated
     wanted = {"ready": "sum(moxin_replicas_ready)",
               "vllm": 'vllm:num_requests_running{pool="gpu-emu",deployment="tiny-chat",emulated="true"}',
               "requests": 'sum(moxin_router_requests_total{code="200"})'}
