@@ -20,7 +20,7 @@ import click
 from orchestrator import __version__
 from orchestrator.cli_options import choice, option_from, options_from
 from orchestrator.errors import InfeasibleError, MoxinError, Problem, SpecError
-from orchestrator.observe.alerts import AlertSettings
+from orchestrator.observe.alerts import AlertSettings, rules_text
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ENGINE_PORT, MODEL_ROOT, ROUTER_PORT
 from orchestrator.spec.deployment import ModelDeploymentSpec
 from orchestrator.spec.engine import ENGINE_DEFAULTS, EngineName, EngineSettings, KvCacheDtype
@@ -474,11 +474,18 @@ def _unplaced_error(doc: Any) -> None:
 @click.option("--api-keys", "api_keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Key file (moxin keys create): the router then needs a key on /v1 and listens on every "
                    "interface. Without it, the router listens on 127.0.0.1 only.")
+@click.option("--prometheus/--no-prometheus", "with_prometheus", default=True, show_default=True,
+              help="Start a Prometheus (the `prometheus` binary on PATH) on 127.0.0.1 scraping the controller, "
+                   "routers and engines; `moxin top` reads it.")
+@click.option("--prometheus-port", type=click.IntRange(1, 65535),
+              help="Prometheus's port [default: 9090, or any free port when it is busy].")
+@click.option("--scrape-interval", type=click.FloatRange(0.1), default=5.0, show_default=True,
+              help="Seconds between Prometheus's scrapes.")
 def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, timeout: float,
-       api_keys: Path | None) -> None:
+       api_keys: Path | None, with_prometheus: bool, prometheus_port: int | None, scrape_interval: float) -> None:
     """Start the embedded default: a local multi-node Ray cluster with one node per fleet node (emulated pools),
-    the tiny demo model, the controller, the router; then wait until every replica serves."""
-    from orchestrator.runtime import client, local
+    the tiny demo model, the controller, the router and a Prometheus; then wait until every replica serves."""
+    from orchestrator.runtime import client, local, prometheus
     from orchestrator.spec.catalog import local_example_dir
 
     paths = paths or (local_example_dir(),)
@@ -502,6 +509,8 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
                "apiKeys": str(api_keys.resolve()) if api_keys else None}
     try:
         client.apply(address, doc, options)
+        prometheus_url = _start_prometheus(with_prometheus, Path(options["prometheusSd"]), prometheus_port,
+                                           scrape_interval)
         seen: dict[str, str] = {}
 
         def progress(st: dict[str, Any]) -> None:
@@ -516,6 +525,7 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
         click.echo("interrupted: tearing everything down")
         for line in client.down(address):
             click.echo(line)
+        prometheus.stop()
         raise SystemExit(130) from None
     router = st["routers"][0] if api_keys else f"http://127.0.0.1:{port}"
     deployment = next(r["labels"]["deployment"] for r in st["replicas"] if r["desired"])
@@ -527,12 +537,33 @@ moxin is up (Ray at {address}).
   router (OpenAI API): {router}/v1
   metrics:             {router}/metrics (router), {st['metricsUrl']} (controller)
   Prometheus targets:  {st['prometheusSd']} (file_sd, kept current)
+  Prometheus:          {prometheus_url or 'not started'}
   {access}
 try:
   curl -s {router}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\
     -d '{{"model": "{deployment}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
   moxin bench --url {router} --model {deployment} --concurrency 1,2,4 --requests 8   # measure it
-then: moxin status | moxin logs REPLICA | moxin down""")
+then: moxin status | moxin top | moxin logs REPLICA | moxin down""")
+
+
+ALERT_RULES_FILE = "moxin.rules.yml"
+"""moxin's alert rules (``moxin render alerts``) in the rules directory of `moxin up`'s Prometheus."""
+
+
+def _start_prometheus(wanted: bool, sd_file: Path, port: int | None, scrape_interval_s: float) -> str | None:
+    """Prometheus is optional: when it cannot start, one line says why and how to get it; nothing else stops."""
+    from orchestrator.runtime import prometheus
+
+    if not wanted:
+        prometheus.stop()  # a Prometheus of an earlier `moxin up` would scrape on unasked
+        return None
+    try:
+        info = prometheus.start(sd_file, port, scrape_interval_s, rule_files={ALERT_RULES_FILE: rules_text()})
+    except prometheus.PrometheusUnavailable as exc:
+        click.echo(str(exc))
+        return None
+    click.echo(f"Prometheus at {info['url']} (scraping every {scrape_interval_s:g} s, moxin's alert rules loaded)")
+    return info["url"]
 
 
 @cli.command()
@@ -589,10 +620,11 @@ def status(address: str | None, sd_file: Path | None, fmt: str) -> None:
     from orchestrator.output import emit, table
     from orchestrator.runtime import client
 
-    addr, _ = client.resolve_address(address)
+    addr, is_local = client.resolve_address(address)
     if sd_file is not None:
         client.set_prometheus_sd(addr, sd_file)
     st = client.status(addr)
+    st["prometheus"] = _local_prometheus(is_local)
     if fmt != "table":
         emit(st, fmt)
         return
@@ -612,6 +644,16 @@ def status(address: str | None, sd_file: Path | None, fmt: str) -> None:
             click.echo(f"{r['id']}: {r['lastError']}")
     if st["prometheusSd"]:
         click.echo(f"Prometheus file_sd: {st['prometheusSd']}")
+    if st["prometheus"]:
+        click.echo(f"Prometheus: {st['prometheus']['url']} (moxin top reads it)")
+
+
+def _local_prometheus(is_local: bool) -> dict[str, Any] | None:
+    """The Prometheus `moxin up` started, when the cluster asked about is moxin up's: its URL, pid, interval."""
+    from orchestrator.runtime import prometheus
+
+    info = prometheus.running() if is_local else None
+    return None if info is None else {k: info[k] for k in ("url", "pid", "scrapeIntervalSeconds")}
 
 
 @cli.command()
@@ -634,6 +676,106 @@ def down(address: str | None) -> None:
 
     for line in client.down(address):
         click.echo(line)
+
+
+@cli.command()
+@ADDRESS
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and tests).")
+@click.option("--interval", type=click.FloatRange(0.5), default=5.0, show_default=True,
+              help="Seconds between frames; reading /metrics directly, the rates are over this gap.")
+@click.option("--window", type=click.FloatRange(1), default=30.0, show_default=True,
+              help="With Prometheus: seconds of history each rate is taken over.")
+@click.option("--source", type=click.Choice(["auto", "prometheus", "metrics"]), default="auto", show_default=True,
+              help="prometheus: its query API; metrics: the router's and controller's /metrics, read twice; "
+                   "auto: Prometheus when `moxin up` started one or --prometheus is given.")
+@click.option("--prometheus", "prometheus_url", help="A Prometheus that scrapes this cluster (e.g. http://HOST:9090).")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: one document per frame, with every number.")
+def top(address: str | None, once: bool, interval: float, window: float, source: str, prometheus_url: str | None,
+        fmt: str) -> None:
+    """Live view of deployments and their replicas: requests/s against planned capacity, in flight, TTFT/TPOT p95
+    against the SLO, error ratio, and the planned against the actual cost per 1M output tokens."""
+    from orchestrator.output import to_json
+
+    reader = _top_source(address, source, prometheus_url, window, interval)
+    if fmt == "json":
+        while True:
+            click.echo(to_json({**reader.describe(), "time": time.time(),
+                                "deployments": [d.to_json() for d in reader.frame()]}))
+            if once:
+                return
+            time.sleep(interval)
+    if once:
+        _print(_top_table(reader.frame(), reader.describe()))
+        return
+    from rich.live import Live
+
+    try:
+        with Live(_top_table([], reader.describe()), auto_refresh=False) as live:
+            while True:
+                live.update(_top_table(reader.frame(), reader.describe()), refresh=True)
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+def _top_source(address: str | None, source: str, prometheus_url: str | None, window: float, interval: float) -> Any:
+    from orchestrator.runtime import client
+    from orchestrator.runtime.top_sources import MetricsSource, PrometheusSource
+
+    if source != "metrics":
+        if prometheus_url is None:
+            _, is_local = client.resolve_address(address)
+            prometheus_url = (_local_prometheus(is_local) or {}).get("url")
+        if prometheus_url:
+            return PrometheusSource(prometheus_url, window)
+        if source == "prometheus":
+            raise MoxinError("no Prometheus: `moxin up` starts one when the `prometheus` binary is installed "
+                             "(apt-get install prometheus); or pass --prometheus URL, or --source metrics")
+    addr, _ = client.resolve_address(address)
+    st = client.status(addr)
+    return MetricsSource([st["metricsUrl"], *st["routerMetricsUrls"]], interval)
+
+
+def _top_table(views: list[Any], described: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    def num(x: float | None, fmt: str = "{:.2f}") -> str:
+        return "-" if x is None else fmt.format(x)
+
+    def ms(x: float | None, target: float | None = None) -> str:
+        text = num(x if x is None else x * 1000, "{:.0f} ms")
+        return f"[red]{text}[/red]" if x is not None and target is not None and x > target else text
+
+    what = (f"Prometheus {described['prometheus']}, rates over {described['windowSeconds']:g} s"
+            if described["source"] == "prometheus" else f"/metrics every {described['intervalSeconds']:g} s")
+    t = Table(title=f"moxin top: {what}  {time.strftime('%H:%M:%S')}", header_style="bold", box=None,
+              pad_edge=False)
+    for c in ("DEPLOYMENT / ASSIGNMENT", "READY", "REQ/S", "CAPACITY", "LOAD", "IN FLIGHT", "TTFT p95",
+              "TPOT p95", "ERRORS", "TOK/S", "$/1M OUT plan", "$/1M OUT now"):
+        t.add_column(c, justify="left" if c.startswith("DEPLOYMENT") else "right")
+    for view in views:
+        for row in (view.total, *view.assignments):
+            labels = row.labels
+            name = (f"[bold]{labels['deployment']}[/bold]" if row is view.total else
+                    f"  {labels['variant']} on {labels['pool']} ({labels['engine']}"
+                    f"{', emulated' if labels['emulated'] == 'true' else ''})")
+            t.add_row(name, f"{row.replicas_ready}/{row.replicas_desired}", num(row.requests_per_second),
+                      num(row.capacity_requests_per_second), num(row.load, "{:.0%}"), num(row.in_flight, "{:g}"),
+                      ms(row.ttft_p95_seconds, view.slo_seconds.get("ttft_p95")),
+                      ms(row.tpot_p95_seconds, view.slo_seconds.get("tpot_p95")), num(row.error_ratio, "{:.1%}"),
+                      num(row.output_tokens_per_second, "{:.1f}"),
+                      num(row.predicted_usd_per_million_output_tokens, "${:.2f}"),
+                      num(row.actual_usd_per_million_output_tokens, "${:.2f}"))
+    if not views:
+        t.caption = "no deployment reported yet"
+    return t
+
+
+def _print(renderable: Any) -> None:
+    from rich.console import Console
+
+    Console(width=200 if not sys.stdout.isatty() else None).print(renderable)
 
 
 @cli.command("node-resources")

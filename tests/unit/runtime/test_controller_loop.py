@@ -220,6 +220,8 @@ def test_a_fresh_controller_starts_the_plan_after_saving_it_and_routes_replicas_
     engines = [t for t in sd if t["labels"]["job"] == "moxin-engine"]
     assert [t["labels"]["replica"] for t in engines] == [GPU]  # mlx-lm serves no /metrics, and is not ready
     assert {t["labels"]["job"] for t in sd} == {"moxin-controller", "moxin-router", "moxin-engine"}
+    router_targets = next(t["targets"] for t in sd if t["labels"]["job"] == "moxin-router")
+    assert c.status()["routerMetricsUrls"] == [f"http://{t}/metrics" for t in router_targets]  # what moxin top reads
     before = len(writes)
     c.reconcile_once()
     assert len(writes) == before  # nothing changed: the file_sd list is not written again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
@@ -75,3 +76,61 @@ def test_router_refuses_a_key_file_that_is_not_one(tmp_path):
     keys.write_text("keys: [{name: a, sha256: nothex}]")
     out = run("router", "--config", str(config), "--api-keys", str(keys))
     assert out.exit_code == 2 and "keys.0.sha256" in out.output and "moxin keys create" in out.output
+
+
+def test_top_once_as_json_from_a_prometheus_query_api(tmp_path):
+    """`moxin top --prometheus URL` needs no cluster: it asks the query API for each counter's rate and every
+    gauge, and prints the rows."""
+    import http.server
+    import threading
+    import urllib.parse
+
+    labels = {"deployment": "tiny-chat", "model": "m", "variant": "bf16", "pool": "gpu-emu", "hardware": "h100",
+              "engine": "vllm", "emulated": "true", "instance": "127.0.0.1:9", "job": "moxin-router"}
+    answers = {"rate(moxin_router_requests_total[20s])": [{"metric": {**labels, "code": "200"}, "value": [0, "1.5"]}],
+               "rate(moxin_generation_tokens_total[20s])": [{"metric": labels, "value": [0, "12"]}]}
+    gauges = [{"metric": {"__name__": "moxin_predicted_cost_usd_per_hour", **labels}, "value": [0, "2.5"]},
+              {"metric": {"__name__": "moxin_predicted_capacity_requests_per_second", **labels}, "value": [0, "3"]}]
+    asked = []
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # the stdlib names it
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["query"][0]
+            asked.append(query)
+            result = gauges if query.startswith("{__name__") else answers.get(query, [])
+            body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {"MOXIN_HOME": str(tmp_path), "RAY_ADDRESS": ""}
+    try:
+        out = run("top", "--once", "-o", "json", "--prometheus", url, "--window", "20", env=env)
+        shown = run("top", "--once", "--prometheus", url, "--window", "20", env=env)
+    finally:
+        server.shutdown()
+    assert shown.exit_code == 0 and "bf16 on gpu-emu (vllm, emulated)" in shown.stdout, shown.output
+    assert "$57.87" in shown.stdout and "50%" in shown.stdout, shown.stdout
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert (doc["source"], doc["prometheus"], doc["windowSeconds"]) == ("prometheus", url, 20)
+    (deployment,) = doc["deployments"]
+    assert deployment["deployment"] == "tiny-chat" and deployment["requestsPerSecond"] == 1.5
+    assert deployment["load"] == 0.5                                                  # 1.5 of 3 planned
+    assert deployment["actualUsdPerMillionOutputTokens"] == pytest.approx(2.5 / (12 * 3600) * 1e6)  # $57.87
+    assert [a["pool"] for a in deployment["assignments"]] == ["gpu-emu"]
+    assert len(asked) == 10  # per frame: four counters' rates, and the gauges at once
+
+
+def test_top_without_a_prometheus_or_a_cluster_says_what_to_do(tmp_path):
+    env = {"MOXIN_HOME": str(tmp_path), "RAY_ADDRESS": "", "PATH": str(tmp_path)}
+    out = run("top", "--once", "--source", "prometheus", env=env)
+    assert out.exit_code != 0 and "moxin up" in out.output, out.output
+    out = run("top", "--once", "--source", "prometheus", "--address", "127.0.0.1:1", env=env)
+    assert out.exit_code != 0 and "apt-get install prometheus" in out.output and "--prometheus URL" in out.output
