@@ -19,8 +19,9 @@ router keeps the limits of ``spec.router.RouterLimits``:
   closed at once: vLLM aborts a request whose connection closes, so no engine generates for nobody.
 
 ``serve`` returns a runner whose ``cleanup`` drains: the listening socket is closed first (the other routers on
-the port take the new connections), requests in flight get ``drain_seconds`` to finish. ``run_from_config`` does
-that on SIGTERM.
+the port take the new connections), requests in flight get ``drain_seconds`` to finish; a stream still going then
+ends with an error event (code ``router_draining``) and no [DONE], a plain request is cut (connection closed).
+``run_from_config`` does that on SIGTERM.
 
 Every request is measured (TTFT, TPOT, end-to-end, tokens) in one schema, whatever the engine: this is the only
 source of request metrics for mlx-lm, which exports none.
@@ -40,6 +41,7 @@ routers can share one port (SO_REUSEPORT): the kernel spreads connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -76,6 +78,8 @@ MAX_BODY_BYTES = 4 * 2**20
 PUBLIC_PATHS = frozenset({"/health", "/metrics"})
 """Paths served without an API key (probes and Prometheus); everything else needs one when keys are set."""
 RELOAD_S = 2.0
+DRAIN_TAIL_S = 1.0
+"""After the drain (``Router._drain``) has ended what was in flight, how long aiohttp's own shutdown may take."""
 
 # Per-request slots: the ApiKey the request authenticated with; the status to count when it differs from the
 # response's (a stream that broke off after its 200). Typed keys where aiohttp has them (3.13+).
@@ -162,6 +166,9 @@ class Router:
         self.engine_key = engine_key
         self.max_body_bytes = max_body_bytes
         self.session: ClientSession | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        """The requests being handled: the drain waits for them, then cancels what is left."""
+        self._drain_over = False
 
     def set_table(self, table: dict[str, list[dict[str, Any]]]) -> None:
         """Replace the routing table; ValueError (and the old table stays) when it is not a valid one."""
@@ -176,13 +183,29 @@ class Router:
         app.router.add_get("/health", self.health)
         app.router.add_get(ROUTES_PATH, self.routes)
         app.on_startup.append(self._open)
+        app.on_shutdown.append(self._drain)
         app.on_cleanup.append(self._close)
         return app
 
     def runner(self) -> web.AppRunner:
         """The app's runner: its ``cleanup`` drains (``serve``); a client that disconnects cancels its handler."""
-        return web.AppRunner(self.app(), access_log=None, handler_cancellation=True,
-                             shutdown_timeout=self.limits.drain_seconds)
+        return web.AppRunner(self.app(), access_log=None, handler_cancellation=True, shutdown_timeout=DRAIN_TAIL_S)
+
+    async def _drain(self, _app: web.Application) -> None:
+        """On shutdown, once the listening socket is closed (aiohttp closes it first): the requests in flight get
+        ``drain_seconds`` to finish, then are cancelled (``_stream`` ends a stream with an error event). aiohttp's
+        own shutdown timeout would give them that time twice: it waits, then cancels only their request body."""
+        pending = set(self._handlers)
+        if pending:
+            log.info("draining %d request(s) for up to %g s", len(pending), self.limits.drain_seconds)
+            _, pending = await asyncio.wait(pending, timeout=self.limits.drain_seconds)
+        self._drain_over = True
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("drain: %d request(s) still in flight after %g s were cut", len(pending),
+                        self.limits.drain_seconds)
+            await asyncio.wait(pending, timeout=DRAIN_TAIL_S)
 
     async def _open(self, _app: web.Application) -> None:
         # The first-byte and idle timeouts are the router's own (``_forward``, ``_lines``): aiohttp's sock_read
@@ -210,6 +233,9 @@ class Router:
                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             request[API_KEY] = key
         code = 499  # unless something below says otherwise: the client went away
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             response = await handler(request)
             code = request.get(OUTCOME, response.status)
@@ -225,6 +251,7 @@ class Router:
             log.exception("router error on %s %s", request.method, _short(request.path))
             return _error(500, "the router failed on this request (a bug: see its log)", "server_error")
         finally:
+            self._handlers.discard(task)  # type: ignore[arg-type]
             if key is not None:
                 self.metrics.key_requests.labels(key=key.name, code=str(code)).inc()
 
@@ -457,6 +484,14 @@ class Router:
             await out.write_eof()
         except ConnectionResetError:
             code = 499  # the client went away
+        except asyncio.CancelledError:
+            if self._drain_over and out.prepared:  # not the client gone: this router's drain ran out
+                code = 503
+                with contextlib.suppress(ConnectionResetError):
+                    await out.write(_sse_error(f"the router shut down before the stream of {name!r} finished; "
+                                               "retry: another router takes new requests", "router_draining"))
+                    await out.write_eof()
+            raise
         finally:
             await lines.aclose()
             if code >= 0:

@@ -41,5 +41,6 @@ class RouterLimits(BaseModel):
     own queue anyway, where they cost it memory."""
     drain_seconds: FiniteFloat = Field(25.0, ge=0, le=MAX_SECONDS)
     """On SIGTERM (or the router actor's ``drain``) the router closes its listening socket first, so that new
-    connections go to the other routers, then lets the requests in flight finish for up to this long. Below
-    Kubernetes' default grace period (30 s), so that the kubelet does not kill a draining router."""
+    connections go to the other routers, then lets the requests in flight finish for up to this long; a stream
+    still going then ends with an error event (code ``router_draining``) and no [DONE]. Below Kubernetes' default
+    grace period (30 s), so that the kubelet does not kill a draining router."""
