@@ -25,10 +25,12 @@ from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ENGINE_PORT, MOD
 from orchestrator.spec.deployment import ModelDeploymentSpec
 from orchestrator.spec.engine import ENGINE_DEFAULTS, EngineName, EngineSettings, KvCacheDtype
 from orchestrator.spec.plan import PlanOptions
+from orchestrator.spec.router import RouterLimits
 
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
                       show_default=True, help="table for people; json/yaml print the full documents.")
 DEFAULT_CONTEXT = f"[default: min({ENGINE_DEFAULTS.default_context_tokens}, model max)]"
+ROUTER_LIMIT_FIELDS = list(RouterLimits.model_fields)
 KV_DTYPE = option_from(ModelDeploymentSpec, "kv_cache_dtype", "--kv-dtype")
 
 
@@ -481,8 +483,10 @@ def _unplaced_error(doc: Any) -> None:
               help="Prometheus's port [default: 9090, or any free port when it is busy].")
 @click.option("--scrape-interval", type=click.FloatRange(0.1), default=5.0, show_default=True,
               help="Seconds between Prometheus's scrapes.")
+@options_from(RouterLimits, ROUTER_LIMIT_FIELDS, {f: "--router-" + f.replace("_", "-") for f in ROUTER_LIMIT_FIELDS})
 def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, timeout: float,
-       api_keys: Path | None, with_prometheus: bool, prometheus_port: int | None, scrape_interval: float) -> None:
+       api_keys: Path | None, with_prometheus: bool, prometheus_port: int | None, scrape_interval: float,
+       **limits: Any) -> None:
     """Start the embedded default: a local multi-node Ray cluster with one node per fleet node (emulated pools),
     the tiny demo model, the controller, the router and a Prometheus; then wait until every replica serves."""
     from orchestrator.runtime import client, local, prometheus
@@ -506,7 +510,8 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
                "prometheusSd": str(local.home() / "prometheus-sd.json"),
                # No keys, no network: a keyless router answers anyone who can reach it.
                "routerHost": "0.0.0.0" if api_keys else "127.0.0.1",
-               "apiKeys": str(api_keys.resolve()) if api_keys else None}
+               "apiKeys": str(api_keys.resolve()) if api_keys else None,
+               "routerLimits": RouterLimits(**limits).model_dump(by_alias=True)}
     try:
         client.apply(address, doc, options)
         prometheus_url = _start_prometheus(with_prometheus, Path(options["prometheusSd"]), prometheus_port,
@@ -802,9 +807,11 @@ def node_resources(hardware: str, devices: int | None, node_name: str | None, pa
                    "Reloaded when it changes.")
 @click.option("--max-body-mib", type=click.FloatRange(0.001, 1024), default=4, show_default=True,
               help="Largest request body accepted (413 above).")
-def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_mib: float) -> None:
+@options_from(RouterLimits, ROUTER_LIMIT_FIELDS)
+def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_mib: float, **limits: Any) -> None:
     """Run the OpenAI-compatible router outside Ray, from a routing-table file (reloaded when it changes).
-    Upstream requests carry $MOXIN_ENGINE_KEY, when set, as the engines' bearer token."""
+    Upstream requests carry $MOXIN_ENGINE_KEY, when set, as the engines' bearer token. SIGTERM drains: the port
+    closes, requests in flight get --drain-seconds to finish."""
     from orchestrator.runtime.balance import parse_table
 
     try:
@@ -818,7 +825,8 @@ def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_m
         from orchestrator.runtime.router import run_from_config
     except ImportError as exc:
         raise MoxinError(f"{exc.name} is not installed: pip install 'moxin[ray]'") from None
-    run_from_config(config, host, port, api_keys=api_keys, max_body_bytes=int(max_body_mib * 2**20))
+    run_from_config(config, host, port, api_keys=api_keys, max_body_bytes=int(max_body_mib * 2**20),
+                    limits=RouterLimits(**limits))
 
 
 def _read_keys(path: Path) -> Any:

@@ -23,6 +23,7 @@ from pydantic_core import core_schema
 
 from orchestrator.spec.defaults import MODEL_ROOT
 from orchestrator.spec.engine import EngineName
+from orchestrator.spec.router import RouterLimits
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -495,6 +496,10 @@ class Router(Values):
     """router.json, written from the plan by moxin render helm."""
     api_keys: RouterApiKeys = RouterApiKeys()
     """API keys callers must present (moxin router --api-keys)."""
+    limits: RouterLimits = RouterLimits()
+    """Timeouts towards the engines, connections per engine, drain on shutdown: each passed as the moxin router
+    flag of the same name (connectTimeoutSeconds: --connect-timeout-seconds). The pod's grace period is
+    drainSeconds + 5."""
 
 
 class EngineAuth(Values):

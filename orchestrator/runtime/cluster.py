@@ -140,17 +140,25 @@ class RayCluster:
             pass
 
     # -- routers -------------------------------------------------------------------------------------------------
-    def start_router(self, name: str, host: str, port: int, api_keys: str | None = None) -> Handle:
+    def start_router(self, name: str, host: str, port: int, api_keys: str | None = None,
+                     limits: dict[str, Any] | None = None) -> Handle:
         from orchestrator.runtime.router_actor import RouterActor
 
         return ray.remote(RouterActor).options(
             name=name, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, num_cpus=0, resources=HEAD,
-            max_concurrency=1000).remote(host, port, api_keys)
+            max_concurrency=1000).remote(host, port, api_keys, limits=limits)
 
     def serve_routers(self, handles: list[Handle], timeout_s: float) -> list[dict[str, str]]:
         """Make every router serve (idempotent: again after Ray restarted one); their endpoints. A bind error
         raises here."""
         return ray.get([h.start.remote() for h in handles], timeout=timeout_s)
+
+    def drain_routers(self, handles: list[Handle], timeout_s: float) -> None:
+        """Ask every router to drain (close its port, let its requests in flight finish) and wait at most
+        ``timeout_s``; a router that is gone or too slow is left to ``kill``."""
+        refs = [h.drain.remote() for h in handles]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
 
     def kill(self, handle: Handle) -> None:
         ray.kill(handle, no_restart=True)

@@ -9,13 +9,15 @@ unit tests run the whole loop against an in-memory stand-in. What it knows of ea
 2. decide: ``reconcile.decide``, pure: actions as values;
 3. save desired: the plan acted on is in GCS before anything acts on it;
 4. act: the executor, the only code that turns actions into cluster calls (start, stop, forget a stopped one);
-5. record: the routing table, metrics and the Prometheus file_sd list.
+5. record: the replicas' counters (restarts, replacements) to GCS when they changed, then the routing table,
+   metrics and the Prometheus file_sd list.
 
 Each step is guarded: a failure is counted and logged, and the next loop tries again. The lock guards the records,
 the plan and the options and is held only to read or swap them, never across a cluster call, so ``status`` and
 ``apply`` answer while a loop waits on Ray. Only the loop thread changes records (and ``shutdown``, after waiting
 for the loop to end). Replicas are named detached actors: a restarted controller reads the plan back, finds the replicas by
-name and adopts them, engine processes untouched.
+name and adopts them, engine processes untouched, and its counters: the restarts and replacements of each id's
+earlier actors (``KV_COUNTERS``), so that ``moxin_replica_restarts`` never goes back to 0 with a new controller.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from prometheus_client import start_http_server
 from orchestrator.output import write_atomic
 from orchestrator.runtime.desired import ReplicaSpec, replica_specs
 from orchestrator.runtime.metrics import ControllerMetrics
-from orchestrator.runtime.names import KV_OPTIONS, KV_PLAN, ROUTER_PREFIX
+from orchestrator.runtime.names import KV_COUNTERS, KV_OPTIONS, KV_PLAN, ROUTER_PREFIX
 from orchestrator.runtime.reconcile import (
     STOP_TIMEOUT_S,
     Action,
@@ -52,6 +54,7 @@ from orchestrator.runtime.reconcile import (
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ROUTER_PORT
 from orchestrator.spec.metrics import SCRAPE_JOBS
 from orchestrator.spec.plan import Plan
+from orchestrator.spec.router import RouterLimits
 
 if TYPE_CHECKING:
     from orchestrator.runtime.cluster import RayCluster
@@ -62,11 +65,13 @@ ROUTER_START_TIMEOUT_S = 30.0
 LOGS_TIMEOUT_S = 30.0
 SHUTDOWN_WAIT_LOOP_S = 60.0
 """How long ``shutdown`` waits for a loop in flight to end (it may be waiting on Ray) before stopping replicas."""
+ROUTER_DRAIN_MARGIN_S = 5.0
+"""How much longer than a router's drain_seconds ``shutdown`` waits for it before killing it."""
 DEFAULT_OPTIONS: dict[str, Any] = {
     "metricsPort": CONTROLLER_METRICS_PORT, "routers": 1, "routerHost": "0.0.0.0", "routerPort": ROUTER_PORT,
     "apiKeys": None,
     "logDir": str(Path(tempfile.gettempdir()) / "moxin" / "logs"), "drainSeconds": 10.0, "graceSeconds": 15.0,
-    "prometheusSd": None,
+    "prometheusSd": None, "routerLimits": {},
 }
 
 
@@ -93,7 +98,9 @@ class ReplicaRecord:
     """Consecutive failures; reset when the replica is READY."""
     last_failure: float = 0.0
     carried_restarts: int = 0
-    """Restarts of earlier actors of this id: the engine restarts they counted, and their replacements."""
+    """Engine restarts that earlier actors of this id counted (saved in GCS)."""
+    replacements: int = 0
+    """Actors of this id stopped because they had failed or died (saved in GCS)."""
 
     @property
     def running(self) -> bool:
@@ -105,7 +112,12 @@ class ReplicaRecord:
 
     @property
     def restarts(self) -> int:
-        return self.description.get("restarts", 0) + self.carried_restarts
+        """Engine restarts and replacements, over every actor of this id."""
+        return self.description.get("restarts", 0) + self.carried_restarts + self.replacements
+
+    def counters(self) -> dict[str, int]:
+        """What is saved in GCS: counts of actors that no longer run (a running one's are in its description)."""
+        return {"engineRestarts": self.carried_restarts, "replacements": self.replacements}
 
     def observed(self) -> Observed:
         if self.stopping:
@@ -169,6 +181,7 @@ class Controller:
         self._sd_lock = threading.Lock()  # one writer of the file_sd list at a time
         self._sd_written: str | None = None
         self.adopted = self._adopt()
+        self._counters_saved: dict[str, dict[str, int]] = self._load_counters()
         self.specs: list[ReplicaSpec] = self._desired(self.plan, cluster.known_nodes())
         """The plan's replicas, as of the last loop or apply."""
         self._thread: threading.Thread | None = None
@@ -210,6 +223,7 @@ class Controller:
                 **({"labels": spec.labels, "nodes": spec.nodes, "devices": spec.devices, "weight": spec.weight}
                    if spec else {}),
                 "url": d.get("url"), "enginePid": d.get("enginePid"), "restarts": rec.restarts,
+                "replacements": rec.replacements,
                 "lastError": d.get("lastError", "") or _waiting_for(rec, spec), "log": d.get("log"),
                 "host": d.get("host"), "nodeId": d.get("nodeId")}
 
@@ -242,20 +256,28 @@ class Controller:
         return [f"http://{host}:{self.options['routerPort']}"] if self.routers else []
 
     def shutdown(self) -> list[str]:
-        """Stop every replica (SIGTERM, grace, SIGKILL), the routers, and forget the plan. The caller kills the
-        controller afterwards."""
+        """Drain the routers (their ports close, their requests in flight finish, for up to their drain_seconds),
+        then stop every replica (SIGTERM, grace, SIGKILL), kill the routers, and forget the plan. The caller kills
+        the controller afterwards."""
         self._stopped.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(SHUTDOWN_WAIT_LOOP_S)  # no loop acts while replicas are stopped here
         self.cluster.kv_del(KV_PLAN)
+        self.cluster.kv_del(KV_COUNTERS)  # the next plan's replicas start from 0
         with self._lock:
             handles = {rid: r.handle for rid, r in self.records.items() if r.running}
             routers, self.routers = list(self.routers.values()), {}
+            drain_s = RouterLimits.model_validate(self.options.get("routerLimits") or {}).drain_seconds
+        self.cluster.drain_routers(routers, drain_s + ROUTER_DRAIN_MARGIN_S)
         refs = {rid: self.cluster.stop_replica(h) for rid, h in handles.items()}
         self.cluster.poll_stopped(refs, STOP_TIMEOUT_S)
         for rid in handles:
             self._forget(rid)
+        with self._lock:
+            for rec in self.records.values():
+                rec.carried_restarts = rec.replacements = 0
+            self._counters_saved = {}
         for handle in routers:
             self.cluster.kill(handle)
         return sorted(refs)
@@ -286,8 +308,10 @@ class Controller:
             actions = decide(desired, observed, failures, now, float(view.options["drainSeconds"]))  # 2. decide
             self._save_desired(view.plan)                                      # 3. save desired
             self._act_all(actions, view, now)                                  # 4. act
+        with self._step("save_counters"):
+            self._save_counters()                                              # 5. record
         with self._step("record"):
-            self._record()                                                     # 5. record
+            self._record()
         self.metrics.reconcile.observe(time.perf_counter() - t0)
         self.loops += 1
         return actions
@@ -373,7 +397,7 @@ class Controller:
                 rec = self.records[action.id]
                 if action.failed:
                     rec.failures, rec.last_failure = rec.failures + 1, now
-                    rec.carried_restarts += 1
+                    rec.replacements += 1
                 rec.stop_ref, rec.stop_since, rec.stop_done, rec.state = ref, now, False, State.STOPPING
             self._event(f"stop {action.id} ({action.reason})")
         elif isinstance(action, Forget):
@@ -399,6 +423,28 @@ class Controller:
             self._event(f"adopted {len(adopted)} running replica(s): {', '.join(adopted)}")
         return adopted
 
+    def _load_counters(self) -> dict[str, dict[str, int]]:
+        """The counters a previous controller saved, into the records (adopted or not: an id may be between two
+        actors)."""
+        saved = self.cluster.kv_get(KV_COUNTERS) or {}
+        loaded: dict[str, dict[str, int]] = {}
+        for rid, c in saved.items() if isinstance(saved, dict) else ():
+            if not isinstance(c, dict):
+                continue
+            rec = self.records.setdefault(rid, ReplicaRecord(rid))
+            rec.carried_restarts = _count(c.get("engineRestarts"))
+            rec.replacements = _count(c.get("replacements"))
+            loaded[rid] = rec.counters()
+        return loaded
+
+    def _save_counters(self) -> None:
+        """Counters to GCS when they changed since the last save (read under the lock, written outside it)."""
+        with self._lock:
+            counters = {rid: r.counters() for rid, r in self.records.items() if any(r.counters().values())}
+        if counters != self._counters_saved:
+            self.cluster.kv_put(KV_COUNTERS, counters)
+            self._counters_saved = counters
+
     def _ensure_routers(self) -> None:
         with self._lock:
             options, routers = self.options, dict(self.routers)
@@ -406,7 +452,7 @@ class Controller:
             name = f"{ROUTER_PREFIX}{i}"
             if name not in routers:
                 routers[name] = self.cluster.start_router(name, options["routerHost"], int(options["routerPort"]),
-                                                          options.get("apiKeys"))
+                                                          options.get("apiKeys"), options.get("routerLimits") or {})
                 with self._lock:
                     self.routers = dict(routers)
                 self._event(f"started router {name} on port {options['routerPort']}")
@@ -503,6 +549,10 @@ class Controller:
         with self._lock:
             self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
             del self.events[:-200]
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _waiting_for(rec: ReplicaRecord, spec: ReplicaSpec | None) -> str:

@@ -6,7 +6,10 @@ makes sure no part of that tree outlives its owner:
 - the engine exits -> the rest of its group is killed, and the guard exits with the engine's status;
 - SIGTERM/SIGINT to the guard -> SIGTERM to the engine's group, SIGKILL after the grace period;
 - the owner (the replica actor's process) dies: crash, ``ray.kill``, node shutdown -> the guard stops the engine
-  the same way.
+  the same way;
+- a watched process dies (``--watch-pid``: the replica passes its node's raylet) -> the same. This is the fence
+  after node loss: a raylet gone means Ray has given the node up and will place the replica elsewhere, while the
+  actor's worker process may live on for minutes; its engine must not.
 With ``--detach`` the guard leaves its parent (double fork, new session): a dying Ray worker SIGKILLs its direct
 children (verified with Ray 2.60), which would kill a guard that is one before it could stop the engine. The
 pidfile then tells the owner both pids, as JSON. As a last resort on Linux, the engine gets SIGKILL if the guard
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pidfile", type=Path, required=True)
     parser.add_argument("--owner-pid", type=int, help="Stop the engine when this process is gone [default: parent].")
     parser.add_argument("--detach", action="store_true", help="Leave the parent (double fork, new session).")
+    parser.add_argument("--watch-pid", type=int, action="append", default=[],
+                        help="Stop the engine when this process is gone too (repeatable; the node's raylet).")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -104,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"moxin-guard: engine exited with status {code}", file=sys.stderr, flush=True)
             stop_group(proc.pid, 0.0)  # reap what the engine left behind (its workers)
             return code if code >= 0 else 128 - code
-        if stop["signal"] or not alive(owner):
-            why = f"signal {stop['signal']}" if stop["signal"] else f"its owner (pid {owner}) is gone"
+        lost = [pid for pid in args.watch_pid if not alive(pid)]
+        if stop["signal"] or not alive(owner) or lost:
+            why = (f"signal {stop['signal']}" if stop["signal"] else f"its owner (pid {owner}) is gone"
+                   if not alive(owner) else f"watched process {lost[0]} (the node's raylet) is gone")
             print(f"moxin-guard: stopping the engine ({why})", file=sys.stderr, flush=True)
             t0 = time.monotonic()
             stop_group(proc.pid, args.grace, proc)

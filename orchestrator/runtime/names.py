@@ -13,5 +13,7 @@ PG_PREFIX = "moxin-pg:"
 ROUTER_PREFIX = "moxin-router-"
 KV_PLAN = b"desired-plan"
 KV_OPTIONS = b"options"
+KV_COUNTERS = b"replica-counters"
+"""Per replica id, the restarts and replacements of its actors that no longer run (they survive the controller)."""
 HEAD = {"node:__internal_head__": 0.001}
 KV_ENGINE_KEY = b"engine-key"

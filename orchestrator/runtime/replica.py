@@ -3,6 +3,10 @@ when it crashes, and stops it cleanly.
 
 Runs inside a Ray worker on the node (and in the placement group) the controller chose. Its state is read by the
 controller through ``describe()``; it never decides anything about the plan.
+
+Fencing after node loss: the replica finds its node's raylet (the worker's ancestor) and hands its pid to the guard,
+which stops the engine when the raylet is gone (within the poll and the grace period); the replica itself then
+starts no engine again and exits its worker process, since Ray has given it up and places a new one elsewhere.
 """
 
 from __future__ import annotations
@@ -96,6 +100,8 @@ class Replica:
         self.ready_at: float | None = None
         self.host = node_ip()
         self.node_id = _node_id()
+        self.raylet_pid = _raylet_pid()
+        """This node's raylet, when the replica runs in a Ray worker: its loss fences the engine."""
         self.key = engine_key()  # None outside Ray without MOXIN_ENGINE_KEY: engines run unauthenticated
         self.proxy: RunningProxy | None = None
         self._stop = threading.Event()
@@ -185,6 +191,9 @@ class Replica:
     def _supervise_loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            if self._node_lost():
+                self._fence()
+                return
             ok = self._start_and_wait_ready()
             if self._stop.is_set():
                 return
@@ -215,8 +224,9 @@ class Replica:
         pidfile.unlink(missing_ok=True)
         with self._lock:  # the last engine's pids: gone, and possibly reused by now
             self.guard_pid = self.engine_pid = None
+        watch = ["--watch-pid", str(self.raylet_pid)] if self.raylet_pid else []
         argv = [sys.executable, "-m", "orchestrator.runtime.guard", "--detach", "--owner-pid", str(os.getpid()),
-                "--grace", str(self.grace_s), "--pidfile", str(pidfile), "--", *engine_argv(launch),
+                *watch, "--grace", str(self.grace_s), "--pidfile", str(pidfile), "--", *engine_argv(launch),
                 *self._auth_argv()]
         env = {**os.environ, **launch.env_for(_device_ids(self.spec)), **self._auth_env()}
         if launch.engine == "mlx-lm":  # mlx-lm's /v1/models lists the hub cache, which must exist
@@ -274,6 +284,8 @@ class Replica:
         url = f"http://127.0.0.1:{self.port}{self.spec.launch.health_path}"  # through the proxy where there is one
         auth = self._auth_headers()
         while not self._stop.wait(HEALTH_EVERY_S):
+            if self._node_lost():
+                return
             if not self._engine_alive():
                 self.last_error = self._exit_reason()
                 return
@@ -285,6 +297,20 @@ class Replica:
                 self.last_error = f"health check failed {misses} times in a row"
                 self._kill_engine(self.grace_s)
                 return
+
+    def _node_lost(self) -> bool:
+        return self.raylet_pid is not None and not alive(self.raylet_pid)
+
+    def _fence(self) -> None:
+        """The node's raylet is gone: stop the engine (the guard is at it too) and leave. Nothing of this worker may
+        serve or start an engine again; the controller's next replica runs elsewhere, or here once the node is back."""
+        self.last_error = f"the node's raylet (pid {self.raylet_pid}) is gone: engine stopped, worker exiting"
+        self.state = State.FAILED
+        with open(self.log_path, "ab") as log:
+            log.write(f"==== moxin: {self.last_error} at {time.ctime()}\n".encode())
+        self._kill_engine(self.grace_s)
+        self._stop_proxy()
+        os._exit(1)  # a worker whose raylet is gone is orphaned: Ray would leave it running for minutes
 
     def _kill_engine(self, grace_s: float) -> None:
         with self._lock:
@@ -312,6 +338,20 @@ def _signal(pid: int, signum: int) -> None:
 
 def _flag(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
+
+
+def _raylet_pid() -> int | None:
+    """The pid of this node's raylet when this process is a Ray worker (the raylet starts the workers: it is an
+    ancestor, named ``raylet``); None elsewhere."""
+    try:
+        import psutil
+
+        for parent in psutil.Process().parents():
+            if parent.name() == "raylet":
+                return parent.pid
+    except Exception:  # no psutil (Ray depends on it), or a parent gone meanwhile: no fence, as before
+        return None
+    return None
 
 
 def _node_id() -> str | None:

@@ -1,10 +1,30 @@
 """The OpenAI-compatible router: /v1/models, /v1/chat/completions, /v1/completions (streamed or not), /metrics,
 and /moxin/routes (the routing table's replicas and labels, read-only).
 
-Model name = deployment name. Each request goes to one replica chosen by ``balance``; a request whose connection
-fails before any byte came back is retried on another replica; no ready replica -> 503 with the reason. Every
-request is measured (TTFT, TPOT, end-to-end, tokens) in one schema, whatever the engine: this is the only source
-of request metrics for mlx-lm, which exports none.
+Model name = deployment name. Each request goes to one replica chosen by ``balance``. Towards replicas the
+router keeps the limits of ``spec.router.RouterLimits``:
+
+- a request that fails before any byte of the answer came back (connection refused or not made within the
+  connect timeout, a 502/503, no first byte within the first-byte timeout) is retried on another replica; when
+  none is left the client gets a 503 (``service_unavailable``), or a 504 (``gateway_timeout``) when the last
+  replica tried was too slow, with a JSON body in the OpenAI error shape;
+- a stream is relayed only once its first line has come, so that a retry is still possible until then; once it
+  has begun, a replica that breaks off or stays silent past the idle timeout ends the client's stream with an
+  SSE error event (``{"error": {..., "code": "upstream_stream_cut" | "upstream_idle_timeout"}}``) and no
+  ``data: [DONE]``: what the openai SDK raises as an APIError, and what any client can tell from a finished
+  stream. A non-streamed answer that breaks off is a 502;
+- at most ``max_connections_per_replica`` connections per replica (aiohttp's per-host limit): requests past it
+  wait for one;
+- a client that goes away cancels its request here (aiohttp cancels the handler), and the upstream connection is
+  closed at once: vLLM aborts a request whose connection closes, so no engine generates for nobody.
+
+``serve`` returns a runner whose ``cleanup`` drains: the listening socket is closed first (the other routers on
+the port take the new connections), requests in flight get ``drain_seconds`` to finish; a stream still going then
+ends with an error event (code ``router_draining``) and no [DONE], a plain request is cut (connection closed).
+``run_from_config`` does that on SIGTERM.
+
+Every request is measured (TTFT, TPOT, end-to-end, tokens) in one schema, whatever the engine: this is the only
+source of request metrics for mlx-lm, which exports none.
 
 It is the trust boundary between clients and engines. With API keys (``keys.KeyRing``) every /v1 request needs
 ``Authorization: Bearer <key>`` and sees only its key's deployments. Bodies are bounded in size, parsed and
@@ -21,6 +41,7 @@ routers can share one port (SO_REUSEPORT): the kernel spreads connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -28,7 +49,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientConnectionError, ClientError, ClientSession, ClientTimeout, TCPConnector, hdrs, web
+from aiohttp import (
+    ClientConnectionError,
+    ClientError,
+    ClientResponse,
+    ClientSession,
+    ClientTimeout,
+    TCPConnector,
+    hdrs,
+    web,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Balancer, Endpoint, check_deployments, parse_table
@@ -37,6 +67,7 @@ from orchestrator.runtime.metrics import RouterMetrics
 from orchestrator.runtime.request_checks import Invalid, check_request, parse_body
 from orchestrator.spec.defaults import REPLICA_HEADER, ROUTES_PATH
 from orchestrator.spec.plan import METRIC_LABELS
+from orchestrator.spec.router import RouterLimits
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +78,8 @@ MAX_BODY_BYTES = 4 * 2**20
 PUBLIC_PATHS = frozenset({"/health", "/metrics"})
 """Paths served without an API key (probes and Prometheus); everything else needs one when keys are set."""
 RELOAD_S = 2.0
+DRAIN_TAIL_S = 1.0
+"""After the drain (``Router._drain``) has ended what was in flight, how long aiohttp's own shutdown may take."""
 
 # Per-request slots: the ApiKey the request authenticated with; the status to count when it differs from the
 # response's (a stream that broke off after its 200). Typed keys where aiohttp has them (3.13+).
@@ -66,9 +99,9 @@ def _short(value: str, limit: int = 80) -> str:
     return value if len(value) <= limit else value[:limit] + "..."
 
 
-def _sse_error(message: str) -> bytes:
+def _sse_error(message: str, code: str = "upstream_stream_cut") -> bytes:
     """An error event in the middle of a stream (as vLLM sends them): the status line went out long ago."""
-    body = {"error": {"message": message, "type": "server_error", "param": None, "code": "upstream_stream_cut"}}
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
@@ -88,11 +121,29 @@ def _count(usage: Any, key: str, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
 
 
-async def _lines(content: Any) -> AsyncIterator[bytes]:
+class FirstByteTimeout(TimeoutError):
+    """No byte of the answer within the first-byte timeout: nothing reached the client, another replica may try."""
+
+
+class IdleTimeout(TimeoutError):
+    """A stream that had begun went silent for longer than the idle timeout."""
+
+
+async def _lines(content: Any, first_s: float, idle_s: float) -> AsyncIterator[bytes]:
     """The upstream body split after each b"\\n", whatever the line length (``StreamReader.readline`` raises
-    past 128 KiB). The last piece is yielded even without a newline."""
+    past 128 KiB). The last piece is yielded even without a newline. The first piece must come within
+    ``first_s`` (FirstByteTimeout), each next one within ``idle_s`` of the last (IdleTimeout)."""
     buf = bytearray()
-    async for piece in content.iter_any():
+    wait_s, late = first_s, FirstByteTimeout
+    while True:
+        try:
+            async with asyncio.timeout(wait_s):
+                piece = await content.readany()
+        except TimeoutError:
+            raise late from None
+        if not piece:
+            break
+        wait_s, late = idle_s, IdleTimeout
         scan = len(buf)
         buf += piece
         start = 0
@@ -105,16 +156,19 @@ async def _lines(content: Any) -> AsyncIterator[bytes]:
 
 
 class Router:
-    def __init__(self, metrics: RouterMetrics | None = None, connect_timeout_s: float = 5.0, *,
+    def __init__(self, metrics: RouterMetrics | None = None, limits: RouterLimits | None = None, *,
                  keys: KeyRing | None = None, engine_key: str | None = None,
                  max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.balancer = Balancer()
         self.metrics = metrics or RouterMetrics()
-        self.connect_timeout_s = connect_timeout_s
+        self.limits = limits or RouterLimits()
         self.keys = keys
         self.engine_key = engine_key
         self.max_body_bytes = max_body_bytes
         self.session: ClientSession | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        """The requests being handled: the drain waits for them, then cancels what is left."""
+        self._drain_over = False
 
     def set_table(self, table: dict[str, list[dict[str, Any]]]) -> None:
         """Replace the routing table; ValueError (and the old table stays) when it is not a valid one."""
@@ -129,12 +183,37 @@ class Router:
         app.router.add_get("/health", self.health)
         app.router.add_get(ROUTES_PATH, self.routes)
         app.on_startup.append(self._open)
+        app.on_shutdown.append(self._drain)
         app.on_cleanup.append(self._close)
         return app
 
+    def runner(self) -> web.AppRunner:
+        """The app's runner: its ``cleanup`` drains (``serve``); a client that disconnects cancels its handler."""
+        return web.AppRunner(self.app(), access_log=None, handler_cancellation=True, shutdown_timeout=DRAIN_TAIL_S)
+
+    async def _drain(self, _app: web.Application) -> None:
+        """On shutdown, once the listening socket is closed (aiohttp closes it first): the requests in flight get
+        ``drain_seconds`` to finish, then are cancelled (``_stream`` ends a stream with an error event). aiohttp's
+        own shutdown timeout would give them that time twice: it waits, then cancels only their request body."""
+        pending = set(self._handlers)
+        if pending:
+            log.info("draining %d request(s) for up to %g s", len(pending), self.limits.drain_seconds)
+            _, pending = await asyncio.wait(pending, timeout=self.limits.drain_seconds)
+        self._drain_over = True
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("drain: %d request(s) still in flight after %g s were cut", len(pending),
+                        self.limits.drain_seconds)
+            await asyncio.wait(pending, timeout=DRAIN_TAIL_S)
+
     async def _open(self, _app: web.Application) -> None:
-        self.session = ClientSession(timeout=ClientTimeout(total=None, sock_connect=self.connect_timeout_s),
-                                     connector=TCPConnector(limit=0))
+        # The first-byte and idle timeouts are the router's own (``_forward``, ``_lines``): aiohttp's sock_read
+        # would also time the wait for headers, which engines send before their prefill.
+        connect_s = self.limits.connect_timeout_seconds
+        self.session = ClientSession(timeout=ClientTimeout(total=None, sock_connect=connect_s),
+                                     connector=TCPConnector(limit=0,
+                                                            limit_per_host=self.limits.max_connections_per_replica))
 
     async def _close(self, _app: web.Application) -> None:
         if self.session:
@@ -154,6 +233,9 @@ class Router:
                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             request[API_KEY] = key
         code = 499  # unless something below says otherwise: the client went away
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             response = await handler(request)
             code = request.get(OUTCOME, response.status)
@@ -169,6 +251,7 @@ class Router:
             log.exception("router error on %s %s", request.method, _short(request.path))
             return _error(500, "the router failed on this request (a bug: see its log)", "server_error")
         finally:
+            self._handlers.discard(task)  # type: ignore[arg-type]
             if key is not None:
                 self.metrics.key_requests.labels(key=key.name, code=str(code)).inc()
 
@@ -234,11 +317,18 @@ class Router:
                 return _error(404, f"deployment {name!r} has no ready replica {_short(pinned)!r}; ready: {names}",
                               param=REPLICA_HEADER, code="replica_not_found")
             tried = set(names) - {pinned}
+        timed_out = False  # the last replica tried was too slow (a 504 when none is left), not refusing (503)
         while True:
             ep = self.balancer.pick(name, tried, time.monotonic())
             if ep is None:
                 labels = {k: "" for k in METRIC_LABELS} | {"deployment": name}
-                self.metrics.requests.labels(**labels, code="503").inc()
+                status = 504 if timed_out else 503
+                self.metrics.requests.labels(**labels, code=str(status)).inc()
+                request[OUTCOME] = status
+                if timed_out:
+                    return _error(504, f"deployment {name!r}: no replica answered within "
+                                  f"{self.limits.first_byte_timeout_seconds:g} s ({len(tried)} tried); retry later",
+                                  "gateway_timeout", code="upstream_timeout")
                 why = "no replica is ready" if not tried else f"every ready replica failed ({len(tried)} tried)"
                 return _error(503, f"deployment {name!r}: {why}; see `moxin status`", "service_unavailable")
             tried.add(ep.name)
@@ -248,8 +338,9 @@ class Router:
                 return _error(400, "the body is nested too deeply to forward")
             answer = await self._forward(request, payload, bool(body.get("stream")), name, ep, start,
                                          wants_usage=bool((body.get("stream_options") or {}).get("include_usage")))
-            if answer is not None:
+            if isinstance(answer, web.StreamResponse):
                 return answer
+            timed_out = answer
             self.metrics.retries.labels(**ep.labels).inc()
 
     @staticmethod
@@ -267,70 +358,96 @@ class Router:
         return headers
 
     async def _forward(self, request: web.Request, payload: bytes, stream: bool, name: str, ep: Endpoint,
-                       start: float, wants_usage: bool) -> web.StreamResponse | None:
-        """Send to one replica. None: it failed before any byte reached the client (try another)."""
+                       start: float, wants_usage: bool) -> web.StreamResponse | bool:
+        """Send to one replica. A bool: it failed before any byte reached the client, try another (True: it was
+        too slow, False: it refused or broke). The upstream response is closed on every way out but a complete
+        answer: a client gone (the handler cancelled) or a timeout closes the engine's connection, and the engine
+        aborts the request."""
         assert self.session is not None
         in_flight = self.metrics.in_flight.labels(**ep.labels, replica=ep.name)
         ep.in_flight += 1
         in_flight.inc()
+        first_s = self.limits.first_byte_timeout_seconds
+        deadline = asyncio.get_running_loop().time() + first_s
+        resp: ClientResponse | None = None
+        relayed = False  # once _stream has it, _stream records how it ended
         try:
-            try:
-                resp = await self.session.post(ep.url + request.path, data=payload, headers=self._upstream_headers())
-            except (ClientConnectionError, TimeoutError):
+            try:  # the wait for a free connection, the connect, the headers: all before the first byte
+                async with asyncio.timeout_at(deadline):
+                    resp = await self.session.post(ep.url + request.path, data=payload,
+                                                   headers=self._upstream_headers())
+            except (ClientConnectionError, TimeoutError) as exc:
                 ep.failed_until = time.monotonic() + FAILED_COOLDOWN_S
-                return None
-            async with resp:
-                if resp.status in RETRY_STATUSES:
-                    ep.failed_until = time.monotonic() + FAILED_COOLDOWN_S
-                    return None
-                if stream and resp.status == 200:
-                    return await self._stream(request, resp, name, ep, start, wants_usage)
-                try:
+                return isinstance(exc, TimeoutError) and not isinstance(exc, ClientConnectionError)
+            if resp.status in RETRY_STATUSES:
+                ep.failed_until = time.monotonic() + FAILED_COOLDOWN_S
+                return False
+            if stream and resp.status == 200:
+                left_s = max(deadline - asyncio.get_running_loop().time(), 0.0)
+                relayed = True
+                return await self._stream(request, resp, name, ep, start, wants_usage, left_s)
+            try:
+                async with asyncio.timeout_at(deadline):
                     raw = await resp.read()
-                except (ClientError, TimeoutError):
-                    request[OUTCOME] = 502
-                    self._record(ep, 502, start, None, None, 0)
-                    return _error(502, f"the replica of {name!r} broke off its answer", "server_error",
-                                  code="upstream_error")
-                out, usage = raw, None
-                if resp.status == 200:
-                    try:
-                        data = json.loads(raw)
-                    except ValueError:
-                        data = None
-                    if isinstance(data, dict):
-                        usage = data.get("usage")
-                        if data.get("model") != name:
-                            data["model"] = name
-                            out = json.dumps(data).encode()
-                self._record(ep, resp.status, start, None, usage, 0)
-                return web.Response(body=out, status=resp.status,
-                                    content_type=resp.content_type or "application/json")
+            except TimeoutError:  # nothing was sent: another replica may answer in time
+                ep.failed_until = time.monotonic() + FAILED_COOLDOWN_S
+                return True
+            except ClientError:
+                request[OUTCOME] = 502
+                self._record(ep, 502, start, None, None, 0)
+                return _error(502, f"the replica of {name!r} broke off its answer", "server_error",
+                              code="upstream_error")
+            out, usage = raw, None
+            if resp.status == 200:
+                try:
+                    data = json.loads(raw)
+                except ValueError:
+                    data = None
+                if isinstance(data, dict):
+                    usage = data.get("usage")
+                    if data.get("model") != name:
+                        data["model"] = name
+                        out = json.dumps(data).encode()
+            self._record(ep, resp.status, start, None, usage, 0)
+            return web.Response(body=out, status=resp.status, content_type=resp.content_type or "application/json")
+        except asyncio.CancelledError:  # the client went away (or the drain ran out) while the replica worked
+            if not relayed:
+                request[OUTCOME] = 499
+                self._record(ep, 499, start, None, None, 0)
+            raise
         finally:
+            if resp is not None:
+                resp.close()  # a no-op after a complete answer (the connection went back to the pool)
             ep.in_flight -= 1
             in_flight.dec()
 
-    async def _stream(self, request: web.Request, resp: Any, name: str, ep: Endpoint, start: float,
-                      wants_usage: bool) -> web.StreamResponse:
-        """Relay the replica's SSE stream line by line, rewriting the model name and measuring tokens. A stream
-        that breaks off or ends without [DONE] gets an error event and counts as 502, not 200."""
+    async def _stream(self, request: web.Request, resp: ClientResponse, name: str, ep: Endpoint, start: float,
+                      wants_usage: bool, first_s: float) -> web.StreamResponse | bool:
+        """Relay the replica's SSE stream line by line, rewriting the model name and measuring tokens. Nothing is
+        sent to the client before the first line: until then a replica that breaks or stays silent for ``first_s``
+        is another replica's turn (a bool, as ``_forward``'s). A stream that breaks off, goes idle or ends without
+        [DONE] gets an error event and counts as 502, not 200."""
         out = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await out.prepare(request)
         first: float | None = None
         chunks = 0
         usage = None
         code = 499  # until the stream is over: a cancelled handler is a client that went away
-        done = cut = False
-        lines = _lines(resp.content)
+        done = False
+        cut: str | None = None  # why the stream ended early: the code of its error event
+        lines = _lines(resp.content, first_s, self.limits.idle_timeout_seconds)
         try:
             while True:
                 try:
                     line = await anext(lines)
                 except StopAsyncIteration:
                     break
-                except (ClientError, TimeoutError):
-                    cut = True  # the replica died mid-stream: bytes were sent, so no retry
-                    break
+                except (ClientError, TimeoutError) as exc:
+                    if not out.prepared:  # nothing sent yet: retry elsewhere
+                        ep.failed_until = time.monotonic() + FAILED_COOLDOWN_S
+                        code = -1
+                        return isinstance(exc, FirstByteTimeout)
+                    cut = "upstream_idle_timeout" if isinstance(exc, IdleTimeout) else "upstream_stream_cut"
+                    break  # bytes were sent, so no retry
                 if line.startswith(b"data:"):
                     data = line[5:].strip()
                     if data == b"[DONE]":
@@ -354,16 +471,32 @@ class Router:
                                     line = b"data: " + json.dumps(chunk).encode() + b"\n"
                                 except (ValueError, RecursionError):
                                     pass  # cannot be re-encoded: relayed as the replica wrote it
+                if not out.prepared:
+                    await out.prepare(request)
                 await out.write(line)
-            code = 200 if done and not cut else 502
+            if not out.prepared:
+                await out.prepare(request)
+            code = 200 if done and cut is None else 502
             if code != 200:
-                await out.write(_sse_error(f"the replica of {name!r} broke off the stream before it finished"))
+                why = (f"sent nothing for {self.limits.idle_timeout_seconds:g} s" if cut == "upstream_idle_timeout"
+                       else "broke off the stream before it finished")
+                await out.write(_sse_error(f"the replica of {name!r} {why}", cut or "upstream_stream_cut"))
             await out.write_eof()
         except ConnectionResetError:
             code = 499  # the client went away
+        except asyncio.CancelledError:
+            if self._drain_over and out.prepared:  # not the client gone: this router's drain ran out
+                code = 503
+                with contextlib.suppress(ConnectionResetError):
+                    await out.write(_sse_error(f"the router shut down before the stream of {name!r} finished; "
+                                               "retry: another router takes new requests", "router_draining"))
+                    await out.write_eof()
+            raise
         finally:
-            request[OUTCOME] = code
-            self._record(ep, code, start, first, usage, chunks)
+            await lines.aclose()
+            if code >= 0:
+                request[OUTCOME] = code
+                self._record(ep, code, start, first, usage, chunks)
         return out
 
     def _record(self, ep: Endpoint, code: int, start: float, first: float | None, usage: Any,
@@ -384,7 +517,10 @@ class Router:
 
 
 async def serve(router: Router, host: str, port: int, reuse_port: bool = True) -> web.AppRunner:
-    runner = web.AppRunner(router.app(), access_log=None)
+    """Serve ``router`` on host:port. The runner's ``cleanup`` drains: it closes the listening socket, waits up to
+    ``drain_seconds`` for the requests in flight, cancels what is left, then closes the upstream session. A client
+    that disconnects cancels its handler (``handler_cancellation``), which closes its upstream connection."""
+    runner = router.runner()
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
     return runner
@@ -395,19 +531,31 @@ def read_config(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def run_from_config(path: Path, host: str, port: int, api_keys: Path | None = None,
-                    max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                    max_body_bytes: int = MAX_BODY_BYTES, limits: RouterLimits | None = None) -> None:
     """``moxin router --config FILE``: a router outside Ray (Kubernetes). Reloads the file when it changes; a
-    file that is not a valid table is logged and the last good table keeps serving."""
+    file that is not a valid table is logged and the last good table keeps serving. SIGTERM (or SIGINT) drains
+    (``serve``) and exits 0."""
+    import signal
+
     from orchestrator.runtime.secrets import engine_key
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
         keys = KeyRing(api_keys) if api_keys is not None else None
-        router = Router(keys=keys, engine_key=engine_key(), max_body_bytes=max_body_bytes)
+        router = Router(limits=limits, keys=keys, engine_key=engine_key(), max_body_bytes=max_body_bytes)
         router.set_table(read_config(path))
-        await serve(router, host, port)
-        await reload_forever(router, path)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runner = await serve(router, host, port)
+        reload = asyncio.create_task(reload_forever(router, path))
+        await stop.wait()
+        log.info("draining: the port is closed, requests in flight have %g s", router.limits.drain_seconds)
+        await runner.cleanup()
+        reload.cancel()
+        log.info("drained")
 
     asyncio.run(main())
 

@@ -3,7 +3,11 @@ routing table from the controller every second. If the controller is away (resta
 a table the router refuses (``balance.check_deployments``) is logged and the last good one stays too.
 
 With ``api_keys`` (a key-file path on the head node) every /v1 request needs a key; upstream, the router sends
-the cluster's engine key (``secrets.engine_key``).
+the cluster's engine key (``secrets.engine_key``). ``limits`` (``spec.router.RouterLimits`` as a dict, the
+controller's ``routerLimits`` option) sets its timeouts, connection cap and drain.
+
+``drain`` is its shutdown path (the controller calls it before killing the actor): the public port closes first,
+requests in flight get ``drain_seconds`` to finish.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 import ray
 from aiohttp import web
 
 from orchestrator.runtime.keys import KeyRing
+from orchestrator.runtime.metrics import RouterMetrics
 from orchestrator.runtime.names import CONTROLLER, NAMESPACE
 from orchestrator.runtime.router import MAX_BODY_BYTES, Router, serve
 from orchestrator.runtime.secrets import engine_key
+from orchestrator.spec.router import RouterLimits
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +36,19 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 class RouterActor:
     def __init__(self, host: str, port: int, api_keys: str | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, limits: dict[str, Any] | None = None) -> None:
         self.host, self.port = host, port
         keys = KeyRing(Path(api_keys)) if api_keys else None  # a missing or broken key file fails the actor
-        self.router = Router(keys=keys, engine_key=engine_key(), max_body_bytes=max_body_bytes)
+        self.router = Router(RouterMetrics(), RouterLimits.model_validate(limits or {}), keys=keys,
+                             engine_key=engine_key(), max_body_bytes=max_body_bytes)
         self.metrics_port = 0
         self._task: asyncio.Task | None = None
+        self._runner: web.AppRunner | None = None
+        self._drained = False
         self._refused: str | None = None  # the last table error logged, so a bad table is logged once
 
     async def _run(self) -> None:
-        await serve(self.router, self.host, self.port)
+        self._runner = await serve(self.router, self.host, self.port)
         controller = None
         # Several routers share the public port (the kernel picks one per connection), so each also serves its
         # own metrics on a private port: Prometheus scrapes every router, not whichever answers.
@@ -70,7 +80,20 @@ class RouterActor:
                 log.error("routing table refused, the last good one keeps serving: %s", exc)
                 self._refused = str(exc)
 
+    async def drain(self) -> bool:
+        """Stop serving the public port and let the requests in flight finish (``serve``'s cleanup: up to
+        ``drain_seconds``); the table refresh stops. True once drained; the actor serves no more after it."""
+        self._drained = True
+        if self._task is not None:
+            self._task.cancel()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        return True
+
     async def start(self) -> dict[str, str]:
+        if self._drained:
+            raise RuntimeError("this router has drained; start a new one")
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         while not self.metrics_port:

@@ -234,7 +234,36 @@ def test_router_configmap_holds_the_router_config_of_the_plan(example_name):
     router = by_kind(objects, "Deployment")["moxin-router"]
     (c,) = router["spec"]["template"]["spec"]["containers"]
     assert c["command"] == ["moxin", "router", "--config", "/etc/moxin/router.json", "--host", "0.0.0.0",
-                            "--port", "8080"]
+                            "--port", "8080", "--connect-timeout-seconds", "5", "--drain-seconds", "25",
+                            "--first-byte-timeout-seconds", "300", "--idle-timeout-seconds", "60",
+                            "--max-connections-per-replica", "256"]
+    assert router["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30  # drainSeconds + 5
+
+
+def test_router_limits_reach_moxin_router_as_flags_it_accepts(tmp_path, monkeypatch):
+    """Every key of router.limits becomes the flag of the same name, which `moxin router` parses back into the same
+    limits (one model, spec/router.py, on both sides)."""
+    from click.testing import CliRunner
+
+    import orchestrator.runtime.router as router_module
+    from orchestrator.cli import cli
+    from orchestrator.spec.router import RouterLimits
+
+    values, _ = rendered("multinode")
+    limits = {"connectTimeoutSeconds": 0.5, "firstByteTimeoutSeconds": 1200, "idleTimeoutSeconds": 90.5,
+              "maxConnectionsPerReplica": 8, "drainSeconds": 40.2}
+    objects = render_chart({**values, "router": {**values["router"], "limits": limits}}, namespace="moxin")
+    pod = by_kind(objects, "Deployment")["moxin-router"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 46
+    (c,) = pod["containers"]
+    flags = c["command"][c["command"].index("--port") + 2:]
+    parsed = {}
+    monkeypatch.setattr(router_module, "run_from_config", lambda *_a, limits=None, **_k: parsed.update(limits=limits))
+    config = tmp_path / "router.json"
+    config.write_text(json.dumps({"deployments": {}}))
+    out = CliRunner().invoke(cli, ["router", "--config", str(config), *flags])
+    assert out.exit_code == 0, out.output
+    assert parsed["limits"] == RouterLimits.model_validate(limits)
 
 
 def test_vendor_resources_and_runtime_settings_come_from_the_profiles():

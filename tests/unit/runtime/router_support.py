@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,13 +24,30 @@ USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
 class Engine:
     """A static engine: answers as ``request_model``, streamed (SSE, usage chunk when asked, [DONE]) or not.
     ``mode`` breaks it on purpose: "long-line" (one chunk of ``line_bytes``), "cut" (connection dropped
-    mid-stream), "no-done" (clean end without [DONE]), "status-NNN" (that status, JSON error)."""
+    mid-stream), "no-done" (clean end without [DONE]), "status-NNN" (that status, JSON error). Its pace: ``headers_s``
+    before any answer, ``first_s`` between the stream's headers and its first token, ``itl_s`` between tokens,
+    ``tokens`` of them (default ``TOKENS``), and a stall for good after ``stall_after`` tokens.
+
+    Served from ``runner()``, it cancels a request whose connection closes, as vLLM aborts one: ``ended`` records
+    how each request ended ("done" or "disconnected") and when, ``active``/``most_active`` its concurrency."""
 
     request_model: str
     mode: str = "ok"
     line_bytes: int = 300 * 1024
+    headers_s: float = 0.0
+    first_s: float = 0.0
+    itl_s: float = 0.0
+    tokens: int | None = None
+    stall_after: int | None = None
     seen: list[dict[str, Any]] = field(default_factory=list, repr=False)
     """Per request: its headers and JSON body, as the engine received them."""
+    ended: list[tuple[str, float]] = field(default_factory=list, repr=False)
+    """Per request, in the order they ended: "done" or "disconnected", and time.monotonic() then."""
+    active: int = 0
+    most_active: int = 0
+
+    def runner(self) -> web.AppRunner:
+        return web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=2**30)
@@ -45,8 +63,22 @@ class Engine:
         return b"data: " + json.dumps(body).encode() + b"\n\n"
 
     async def answer(self, request: web.Request) -> web.StreamResponse:
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            out = await self._answer(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.ended.append(("disconnected", time.monotonic()))
+            raise
+        finally:
+            self.active -= 1
+        self.ended.append(("done", time.monotonic()))
+        return out
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.seen.append({"headers": dict(request.headers), "body": body})
+        await asyncio.sleep(self.headers_s)
         if self.mode.startswith("status-"):
             status = int(self.mode.split("-")[1])
             return web.json_response({"error": {"message": "engine says no", "code": status}}, status=status)
@@ -57,8 +89,14 @@ class Engine:
                                       "usage": USAGE})
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
-        tokens = ["x" * self.line_bytes] if self.mode == "long-line" else TOKENS
-        for t in tokens:
+        tokens = ["x" * self.line_bytes] if self.mode == "long-line" else \
+            TOKENS if self.tokens is None else [f"t{i} " for i in range(self.tokens)]
+        await asyncio.sleep(self.first_s)
+        for i, t in enumerate(tokens):
+            if i == self.stall_after:
+                await asyncio.sleep(3600)
+            if i:
+                await asyncio.sleep(self.itl_s)
             await out.write(self.chunk(t))
         if self.mode == "cut":
             request.transport.close()  # the engine dies mid-stream: no [DONE], no end of the chunked body
@@ -85,9 +123,10 @@ def refused_url() -> str:
 
 
 @asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve ``app`` on 127.0.0.1 (a free port); yields its base URL."""
-    runner = web.AppRunner(app, access_log=None)
+async def serving(app: web.Application | web.AppRunner) -> AsyncIterator[str]:
+    """Serve ``app`` (or a runner not set up yet, e.g. ``Router.runner()``) on 127.0.0.1 (a free port); yields its
+    base URL."""
+    runner = app if isinstance(app, web.AppRunner) else web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = listening_socket()
     await web.SockSite(runner, sock).start()

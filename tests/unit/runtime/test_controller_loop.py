@@ -1,8 +1,11 @@
 """The controller's whole loop against an in-memory cluster (no Ray): adoption, replacement with backoff, drain then
-stop, a start that raises, a placement group that waits, and status/apply answering while a loop waits on Ray.
+stop, a start that raises, a placement group that waits, status/apply answering while a loop waits on Ray, and
+counters that outlive the controller.
 
 The loop is driven one iteration at a time (``reconcile_once``) with an injected clock; the stand-in cluster has
-the methods of ``cluster.RayCluster`` and records every call."""
+the methods of ``cluster.RayCluster`` and records every call. Every cluster call in every test checks that the
+controller's lock is not held by the calling thread (each stands for a Ray call that may block): a call made under
+it fails the test."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from orchestrator.planner import PlanOptions, plan
 from orchestrator.runtime import controller as controller_module
 from orchestrator.runtime.controller import Controller
 from orchestrator.runtime.desired import ReplicaSpec, replica_specs
-from orchestrator.runtime.names import KV_OPTIONS, KV_PLAN
+from orchestrator.runtime.names import KV_COUNTERS, KV_OPTIONS, KV_PLAN
 from orchestrator.runtime.reconcile import BACKOFF_BASE_S, Drain, Forget, Start, State, Stop
 from orchestrator.spec import load_catalog
 from orchestrator.spec.plan import Plan
@@ -66,6 +69,19 @@ class FakeCluster:
         self.describe_gate: threading.Event | None = None
         self.describing = threading.Event()
         self.calls: list[tuple[str, Any]] = []
+        self.controller_lock: Any = None
+        """The controller's lock, once the test has one: no cluster method may be called while it is held."""
+        self.under_lock: list[str] = []
+        """Cluster methods called while the controller's lock was held (the loop's steps catch exceptions, so a
+        violation is recorded, and the ``make`` fixture fails the test at its end)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = object.__getattribute__(self, name)
+        if not name.startswith("_") and name != "called" and callable(attr):
+            lock = object.__getattribute__(self, "controller_lock")
+            if lock is not None and lock._is_owned():
+                object.__getattribute__(self, "under_lock").append(name)
+        return attr
 
     def kv_get(self, key: bytes) -> Any:
         return json.loads(self.kv[key]) if key in self.kv else None
@@ -123,10 +139,15 @@ class FakeCluster:
     def logs(self, handle: FakeReplica, tail: int, timeout_s: float) -> str:
         return f"log of {handle.id}\n"
 
-    def start_router(self, name: str, host: str, port: int, api_keys: str | None = None) -> str:
+    def start_router(self, name: str, host: str, port: int, api_keys: str | None = None,
+                     limits: dict[str, Any] | None = None) -> str:
         self.calls.append(("start_router", name))
+        self.calls.append(("router_limits", limits))
         self.routers[name] = name
         return name
+
+    def drain_routers(self, handles: list[str], timeout_s: float) -> None:
+        self.calls.append(("drain_routers", (sorted(handles), timeout_s)))
 
     def serve_routers(self, handles: list[str], timeout_s: float) -> list[dict[str, str]]:
         return [{"url": "http://10.0.0.1:8000", "metrics": f"10.0.0.1:{9500 + i}"} for i, _ in enumerate(handles)]
@@ -159,9 +180,12 @@ def cluster(clock) -> FakeCluster:
 @pytest.fixture
 def make(cluster, clock, tmp_path):
     def _make(**options: Any) -> Controller:
-        return Controller({"drainSeconds": 10.0, "prometheusSd": str(tmp_path / "sd.json"), **options},
-                          cluster=cluster, clock=clock, run=False)
-    return _make
+        c = Controller({"drainSeconds": 10.0, "prometheusSd": str(tmp_path / "sd.json"), **options},
+                       cluster=cluster, clock=clock, run=False)
+        cluster.controller_lock = c._lock  # from here on, every cluster call checks the lock is free
+        return c
+    yield _make
+    assert cluster.under_lock == [], "cluster calls made while the controller's lock was held"
 
 
 def specs_of(p: Plan) -> dict[str, ReplicaSpec]:
@@ -386,3 +410,71 @@ def test_the_controller_module_does_not_import_ray():
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not [m for m in imported if m == "ray" or m.startswith("ray.")]
+
+
+def test_the_lock_check_catches_a_cluster_call_made_under_the_lock(make, cluster):
+    """The check every test runs under (``FakeCluster.__getattribute__``) can fail: a call under the lock is seen."""
+    c = make()
+    with c._lock:
+        cluster.known_nodes()
+    assert cluster.under_lock == ["known_nodes"]
+    cluster.under_lock.clear()
+    c.status()
+    threading.Thread(target=cluster.known_nodes).start()  # another thread's call while this one holds it is fine
+    assert cluster.under_lock == []
+
+
+def test_restart_and_replacement_counts_survive_a_controller_restart(make, cluster, clock, local_plan):
+    c = running(make(), cluster, clock, local_plan)
+    cluster.actors[MAC].state = "failed"
+    failed_at = clock.now = clock.now + 1
+    c.reconcile_once()  # stopped as failed: one replacement
+    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 0, "replacements": 1}}
+    clock.now += 1
+    assert c.reconcile_once() == [Forget(MAC, "stopped")]
+
+    between = make()  # a controller restarted while the id has no actor: the count is still there
+    assert rows(between)[MAC]["restarts"] == 1 and rows(between)[MAC]["replacements"] == 1
+    clock.now = failed_at + BACKOFF_BASE_S
+    assert [type(a) for a in between.reconcile_once()] == [Start]
+    cluster.actors[MAC].state, cluster.actors[MAC].restarts = "ready", 2  # its engine restarted twice
+    clock.now += 1
+    between.reconcile_once()
+    assert rows(between)[MAC]["restarts"] == 3
+
+    again = make()  # adopts the running actor: its own engine restarts come from its description, once
+    again.reconcile_once()
+    assert rows(again)[MAC]["restarts"] == 3 and rows(again)[MAC]["replacements"] == 1
+    assert again.metrics.restarts.labels(**specs_of(local_plan)[MAC].labels)._value.get() == 3
+    assert rows(again)[GPU]["restarts"] == 0
+
+    cluster.actors[MAC].alive = False  # that actor dies: its engine restarts are carried, with one more replacement
+    clock.now += 1
+    again.reconcile_once()
+    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 0, "replacements": 2}}
+    clock.now += 1
+    again.reconcile_once()  # forgotten: the dead actor's 2 engine restarts move into the saved counters
+    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 2, "replacements": 2}}
+    assert rows(make())[MAC]["restarts"] == 4
+
+    again.shutdown()
+    assert cluster.kv_get(KV_COUNTERS) is None
+    fresh = make()
+    assert rows(fresh) == {} and fresh.records == {}
+
+
+def test_counters_are_written_only_when_they_change(make, cluster, clock, local_plan):
+    c = running(make(), cluster, clock, local_plan)
+    for _ in range(3):
+        clock.now += 1
+        c.reconcile_once()
+    assert cluster.calls.count(("kv_put", KV_COUNTERS)) == 0  # nothing failed: nothing to save
+
+
+def test_shutdown_drains_the_routers_before_it_stops_the_replicas(make, cluster, clock, local_plan):
+    c = running(make(routerLimits={"drainSeconds": 7.0, "idleTimeoutSeconds": 30.0}), cluster, clock, local_plan)
+    assert cluster.called("router_limits") == [{"drainSeconds": 7.0, "idleTimeoutSeconds": 30.0}]
+    c.shutdown()
+    names = [call for call, _ in cluster.calls]
+    assert cluster.called("drain_routers") == [(["moxin-router-0"], 7.0 + controller_module.ROUTER_DRAIN_MARGIN_S)]
+    assert names.index("drain_routers") < names.index("stop_replica") < names.index("kill")

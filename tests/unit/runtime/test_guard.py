@@ -96,3 +96,21 @@ def test_an_engine_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_pat
     guard.send_signal(signal.SIGTERM)
     guard.wait(15)
     assert gone(engine, timeout=2) and 0.9 < time.monotonic() - t0 < 10
+
+
+def test_a_watched_process_dying_stops_the_engine_while_the_owner_lives_on(tmp_path):
+    """The fence after node loss: the replica has the guard watch its node's raylet; when the raylet is gone the
+    engine stops, although the owner (the actor's worker process) may live on."""
+    raylet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    log = tmp_path / "guard.log"
+    with open(log, "wb") as out:
+        guard = subprocess.Popen([*GUARD, "--watch-pid", str(raylet.pid), "--grace", "5", "--pidfile",
+                                  str(tmp_path / "engine.pid"), "--", sys.executable, "-c", ENGINE,
+                                  str(tmp_path / "worker.pid")], stderr=out, start_new_session=True)
+    engine, worker = wait_for(tmp_path / "engine.pid"), wait_for(tmp_path / "worker.pid")
+    time.sleep(0.5)
+    assert alive(engine) and guard.poll() is None  # the watched process lives: nothing happens
+    raylet.kill()
+    raylet.wait()
+    assert guard.wait(15) == 0 and gone(engine, worker)
+    assert f"watched process {raylet.pid} (the node's raylet) is gone" in log.read_text()
