@@ -146,7 +146,7 @@ def test_error_ratio_capacity_used_load_and_replica_share(tmp_path):
         (q.error_ratio(("deployment",), NO_FILTER, "5m"), [('{deployment="d"}', 0.1), ('{deployment="e"}', 0)]),
         (q.capacity_used(ASSIGNMENT, NO_FILTER, "5m"), [('{deployment="d",variant="fp8",pool="p"}', 0.5)]),
         (q.load_vs_planned_batch(("pool", "hardware", "engine")), [('{pool="p",hardware="h100",engine="vllm"}', 0.5)]),
-        (q.in_flight_share(("deployment",)), [('{deployment="d",replica="d-0"}', 3 / 8),
+        (q.in_flight_share(("deployment",), NO_FILTER, "5m"), [('{deployment="d",replica="d-0"}', 3 / 8),
                                               ('{deployment="d",replica="d-1"}', 5 / 8)]),
     ])
 
