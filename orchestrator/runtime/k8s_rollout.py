@@ -17,8 +17,9 @@ pass has the reconcile loop's shape:
 Acting converges on absolute counts and a weight, never replays actions, so a pass interrupted between saving and
 applying is finished by the next one, and applying twice creates nothing twice.
 
-The router Deployment's pod template is rendered from the running plan's table (its ``checksum/config``
-annotation would otherwise change at every weight and roll the routers); only the ConfigMap carries the split.
+The plan of each pass comes from ``rollout/sides.py`` (pure); the objects from a Renderer passed in
+(``render/rollout.py``: the chart, the split, the routers' configuration checksum kept at the running plan's so
+that moving the split does not roll them).
 """
 
 from __future__ import annotations
@@ -26,14 +27,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.render.helm import assignment_ids, helm_values, with_split
-from orchestrator.render.kubernetes import RELEASE, render_chart
+from orchestrator.planner import plan as make_plan
 from orchestrator.rollout import machine
+from orchestrator.rollout.capacity import CapacityCheck, check
 from orchestrator.rollout.gates import Reading
-from orchestrator.rollout.machine import Command, Desired, Due, Observation, State, Verb
+from orchestrator.rollout.machine import Command, Due, Observation, State, Verb
+from orchestrator.rollout.sides import (
+    Renderer,
+    canary_name,
+    resized,
+    sides_plan,
+    split_of,
+    stable_assignments,
+)
 from orchestrator.runtime.kubernetes import FIELD_MANAGER, KubernetesError, _api_errors, apply_objects
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.fleet import Fleet
@@ -47,7 +56,6 @@ STATE_MANAGER = f"{FIELD_MANAGER}-rollout"
 """Field manager of the State key: apart from the commands', so neither apply removes the other's key."""
 COMMANDS_MANAGER = f"{FIELD_MANAGER}-rollout-commands"
 ROLLOUT_LABEL = "moxin.dev/rollout"
-ROUTER_CHECKSUM = "checksum/config"
 
 Measure = Callable[[Sequence[Due]], Mapping[int, Reading]]
 """Measure the gates that are due (by their index in the current analysis)."""
@@ -55,17 +63,18 @@ Measure = Callable[[Sequence[Due]], Mapping[int, Reading]]
 
 @dataclass(frozen=True)
 class Target:
-    """Where and on what a rollout runs: the plan running now and the new side's assignment at full size."""
+    """Where and on what a rollout runs: the plan running now, the new side's assignment at full size, and how to
+    render a plan (``render.rollout.renderer``, passed in: the runtime does not render)."""
 
     namespace: str
+    release: str
+    """The chart's release (``render.kubernetes.RELEASE``); the state ConfigMap is ``<release>-rollout-<name>``."""
     plan: Plan
     canary: Assignment
     """The new side with the replicas it needs for all the traffic (``canary_assignment``)."""
-    catalog: Catalog
-    fleet: Fleet | None = None
-    images: Mapping[str, str] = field(default_factory=dict)
-    release: str = RELEASE
-    overrides: Mapping[str, Any] = field(default_factory=lambda: {"managedBy": "moxin"})
+    render: Renderer
+    fits_beside: tuple[int, ...] | None = None
+    """``capacity.check``'s room for the new side as the old one shrinks (None: surge, the new side fits beside)."""
 
 
 @dataclass(frozen=True)
@@ -79,21 +88,22 @@ class Pass:
 
 # --- the two sides as a plan ------------------------------------------------------------------------------------
 
-def stable_assignments(plan: Plan, spec: RolloutSpec) -> list[Assignment]:
-    """The old side: the deployment's assignments matching ``from`` (``capacity.check`` reads the same)."""
-    return [a for a in plan.spec.assignments if a.deployment == spec.deployment and a.replicas > 0
-            and (spec.from_.variant is None or a.variant == spec.from_.variant)
-            and (spec.from_.pool is None or a.pool == spec.from_.pool)]
+def make_target(namespace: str, release: str, plan: Plan, fleet: Fleet, catalog: Catalog, spec: RolloutSpec,
+                render: Renderer) -> Target:
+    """The Target of a rollout of ``plan``: its new side and the room for it, from ``capacity.check``."""
+    fit = check(plan, fleet, catalog, spec)
+    if fit.mode == "none":
+        raise KubernetesError("the new side does not fit: " + "; ".join(fit.reasons))
+    return Target(namespace, release, plan, canary_assignment(plan, fleet, catalog, spec, fit), render,
+                  None if fit.mode == "surge" else fit.fits_beside)
 
 
-def canary_assignment(plan: Plan, fleet: Fleet, catalog: Catalog, spec: RolloutSpec) -> Assignment:
+def canary_assignment(plan: Plan, fleet: Fleet, catalog: Catalog, spec: RolloutSpec,
+                      fit: CapacityCheck | None = None) -> Assignment:
     """The new side at full size: the planner's own assignment of the deployment kept to the target variant and
     pool (the capacity check's count of replicas). On Kubernetes the scheduler places the pods, so the plan's node
     names for it do not matter."""
-    from orchestrator.planner import plan as make_plan
-    from orchestrator.rollout.capacity import check
-
-    fit = check(plan, fleet, catalog, spec)
+    fit = fit or check(plan, fleet, catalog, spec)
     deployment = catalog.deployments[spec.deployment]
     narrowed = deployment.model_copy(update={"spec": deployment.spec.model_copy(
         update={"variants": [fit.variant], "pools": [fit.pool]})})
@@ -102,79 +112,19 @@ def canary_assignment(plan: Plan, fleet: Fleet, catalog: Catalog, spec: RolloutS
     if len(found) != 1:
         raise KubernetesError(f"the planner gives {len(found)} assignments for {spec.deployment} on "
                               f"{fit.variant}/{fit.pool}, not one\n  To fix: check `moxin plan` for that target")
-    return _resized(found[0], fit.canary_replicas)
-
-
-def _resized(a: Assignment, replicas: int) -> Assignment:
-    return a.model_copy(update={"replicas": replicas,
-                                "placements": [p for p in a.placements if p.replica < replicas]})
-
-
-def sides_plan(target: Target, spec: RolloutSpec, want: Desired) -> Plan:
-    """The plan with the old side at ``want.stable_replicas`` (removed at 0; in replace mode the last assignment
-    gives up replicas first) and the new side at ``want.canary_replicas`` (absent at 0)."""
-    stable = stable_assignments(target.plan, spec)
-    keep = want.stable_replicas
-    sizes: dict[int, int] = {}
-    for a in stable:  # the first assignments keep theirs; the shrinking happens at the end
-        sizes[id(a)] = min(a.replicas, keep)
-        keep -= sizes[id(a)]
-    out = []
-    for a in target.plan.spec.assignments:
-        if id(a) in sizes:
-            if sizes[id(a)]:
-                out.append(_resized(a, sizes[id(a)]))
-        else:
-            out.append(a)
-    if want.canary_replicas:
-        out.append(_resized(target.canary, want.canary_replicas))
-    names = assignment_ids(out)
-    if len(set(names)) != len(names):
-        raise KubernetesError(f"the new side {target.canary.label} would share an object name with an assignment "
-                              f"the plan keeps\n  To fix: roll out to another variant or pool, or plan the "
-                              "deployment without that assignment first")
-    return target.plan.model_copy(update={"spec": target.plan.spec.model_copy(update={"assignments": out})})
-
-
-def canary_id(target: Target, spec: RolloutSpec) -> str:
-    """The new side's object name (its Deployment, Service and route)."""
-    plan = sides_plan(target, spec, Desired(1, 0, 0))
-    return assignment_ids(plan.spec.assignments)[-1]
+    return resized(found[0], min(found[0].replicas, fit.canary_replicas))
 
 
 def objects_for(target: Target, spec: RolloutSpec, state: State) -> list[dict[str, Any]]:
     """Every object of the plan as the rollout state wants it: both sides' workloads, and the router's table with
     the split (none once the rollout has ended)."""
     want = machine.desired(state)
-    plan = sides_plan(target, spec, want)
-    values = helm_values(plan, target.catalog, fleet=target.fleet, namespace=target.namespace,
-                         images=target.images, overrides=target.overrides).values
-    if not state.phase.terminal:
-        values["router"]["config"] = with_split(values["router"]["config"], spec.deployment,
-                                                frozenset({canary_id(target, spec)}), want.canary_percent)
-    objects = render_chart(values, namespace=target.namespace, release=target.release)
-    if state.phase.terminal:
-        return objects
-    base = helm_values(target.plan, target.catalog, fleet=target.fleet, namespace=target.namespace,
-                       images=target.images, overrides=target.overrides).values
-    return _pin_router(objects, render_chart(base, namespace=target.namespace, release=target.release))
-
-
-def _pin_router(objects: list[dict[str, Any]], base: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The router Deployments of ``objects`` with the pod-template checksum of ``base`` (the running plan): the
-    table changes through the ConfigMap, which the router reloads, so the routers are not rolled."""
-    sums = {o["metadata"]["name"]: o["spec"]["template"]["metadata"].get("annotations", {}).get(ROUTER_CHECKSUM)
-            for o in base if o["kind"] == "Deployment"}
-    out = []
-    for o in objects:
-        annotations = (o.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}) \
-            if o["kind"] == "Deployment" else {}
-        pinned = sums.get(o["metadata"]["name"])
-        if ROUTER_CHECKSUM in annotations and pinned:
-            o = json.loads(json.dumps(o))
-            o["spec"]["template"]["metadata"]["annotations"][ROUTER_CHECKSUM] = pinned
-        out.append(o)
-    return out
+    try:
+        plan = sides_plan(target.plan, spec, target.canary, want)
+    except ValueError as exc:
+        raise KubernetesError(str(exc)) from None
+    split = None if state.phase.terminal else split_of(target.plan, spec, target.canary, want.canary_percent)
+    return target.render(plan, split)
 
 
 # --- state in the cluster ---------------------------------------------------------------------------------------
@@ -242,7 +192,7 @@ def send_command(api: Any, target: Target, rollout: str, verb: Verb) -> int:
 
 def canary_ready(api: Any, target: Target, spec: RolloutSpec) -> int:
     """Ready replicas of the new side: its Deployment's available replicas (LeaderWorkerSet: ready groups)."""
-    name = canary_id(target, spec)
+    name = canary_name(target.plan, spec, target.canary)
     kind, api_version = ("LeaderWorkerSet", "leaderworkerset.x-k8s.io/v1") \
         if target.canary.nodes_per_replica() > 1 else ("Deployment", "apps/v1")
     try:
@@ -266,7 +216,7 @@ def _begin(target: Target, spec: RolloutSpec, name: str) -> State:
         raise KubernetesError(f"the plan runs no replica of {spec.deployment!r} matching 'from'\n"
                               "  To fix: check spec.from against `moxin plan`")
     config = machine.config_for(spec, stable, target.canary.replicas,
-                                target.canary.launch.readiness_timeout_seconds)
+                                target.canary.launch.readiness_timeout_seconds, target.fits_beside)
     return machine.start(name, spec, config)
 
 
@@ -289,13 +239,3 @@ def run_once(api: Any, rollout: Rollout, target: Target, *, measure: Measure | N
     lines += apply_objects(objects, namespace=target.namespace, plan_name=target.plan.name, dry_run=False,
                            wait_s=wait_s, client=api)
     return Pass(state, tuple(actions), tuple(lines))
-
-
-def routing_table(objects: Sequence[dict[str, Any]], release: str = RELEASE) -> dict[str, Any]:
-    """The router's table as a rendering holds it (tests and `moxin rollout status` read it)."""
-    name = object_name(f"{release}-router")
-    for o in objects:
-        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == name:
-            return json.loads(o["data"]["router.json"])
-    raise KubernetesError(f"no ConfigMap/{name} among the objects")
-

@@ -17,10 +17,12 @@ pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the
 pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is installed by `make test`")
 
 from orchestrator.planner import plan as make_plan
+from orchestrator.render.kubernetes import RELEASE
+from orchestrator.render.rollout import renderer
 from orchestrator.rollout.machine import Phase, SetWeight
 from orchestrator.rollout.quality import Generation, compare
 from orchestrator.runtime import k8s_rollout
-from orchestrator.runtime.k8s_rollout import Target, canary_assignment, run_once, send_command
+from orchestrator.runtime.k8s_rollout import Target, make_target, run_once, send_command
 from orchestrator.runtime.kubernetes import KubernetesError
 from orchestrator.spec import load_catalog
 from tests.unit.render.k8s_support import validate
@@ -145,8 +147,9 @@ def setup(tmp_path_factory):
                                                                            "pools": ["gpu-emu"]})})
     running = make_plan(fleet, [only_bf16], catalog)  # what runs before the rollout: bf16 on gpu-emu
     rollout = catalog.rollouts["tiny-to-mlx"]
-    target = Target(NS, running, canary_assignment(running, fleet, catalog, rollout.spec), catalog, fleet)
-    return rollout, target
+    target = make_target(NS, RELEASE, running, fleet, catalog, rollout.spec,
+                         renderer(running, catalog, namespace=NS, fleet=fleet))
+    return rollout, target, catalog, fleet
 
 
 GOOD = Generation("same answer")
@@ -175,7 +178,7 @@ def _drive(cluster, rollout, target, measure, passes, start=1000.0, every=61.0, 
 
 
 def test_a_canary_goes_10_50_100_by_the_router_configmap_and_the_old_side_is_pruned(setup):
-    rollout, target = setup
+    rollout, target, *_ = setup
     cluster = Cluster()
     run_once(cluster, rollout, target, now=900.0)  # brings up the canary
     assert cluster.names("Deployment") == ["moxin-router", STABLE, CANARY]
@@ -209,7 +212,7 @@ def test_a_canary_goes_10_50_100_by_the_router_configmap_and_the_old_side_is_pru
 
 
 def test_the_router_is_not_restarted_while_the_split_moves(setup):
-    rollout, target = setup
+    rollout, target, *_ = setup
     cluster = Cluster()
     sums = set()
     _drive(cluster, rollout, target, _quality(rollout, True), 6,
@@ -218,7 +221,7 @@ def test_the_router_is_not_restarted_while_the_split_moves(setup):
 
 
 def test_a_failing_quality_gate_rolls_back_and_removes_the_canary(setup):
-    rollout, target = setup
+    rollout, target, *_ = setup
     cluster = Cluster()
     seen = _drive(cluster, rollout, target, _quality(rollout, False), 10)
     assert (Phase.PROGRESSING, 10) in seen and seen[-1] == (Phase.ROLLED_BACK, None)
@@ -230,7 +233,7 @@ def test_a_failing_quality_gate_rolls_back_and_removes_the_canary(setup):
 
 
 def test_an_interrupted_pass_resumes_from_the_configmap_without_duplicate_workloads(setup):
-    rollout, target = setup
+    rollout, target, catalog, fleet = setup
     cluster = Cluster()
     _drive(cluster, rollout, target, _quality(rollout, True), 2)  # canary up, weight 10
     assert cluster.table()["splits"]["tiny-chat"]["canaryPercent"] == 10
@@ -243,7 +246,7 @@ def test_an_interrupted_pass_resumes_from_the_configmap_without_duplicate_worklo
     assert saved["step"] > before["step"]  # saved before acting
     assert cluster.table()["splits"]["tiny-chat"]["canaryPercent"] == 10  # the effect did not happen
     # A new driver (a restarted `moxin rollout`, a fresh Target) continues from the ConfigMap.
-    fresh = Target(NS, target.plan, target.canary, target.catalog, target.fleet)
+    fresh = Target(NS, RELEASE, target.plan, target.canary, renderer(target.plan, catalog, namespace=NS, fleet=fleet))
     done = run_once(cluster, rollout, fresh, measure=_quality(rollout, True), now=1000 + 3 * 61)
     assert done.state.step >= saved["step"] and done.state.phase != Phase.PENDING
     assert cluster.table()["splits"]["tiny-chat"]["canaryPercent"] == 50
@@ -254,7 +257,7 @@ def test_an_interrupted_pass_resumes_from_the_configmap_without_duplicate_worklo
 
 
 def test_a_pass_that_changes_nothing_applies_the_same_objects(setup):
-    rollout, target = setup
+    rollout, target, *_ = setup
     cluster = Cluster()
     cluster.ready_cap[CANARY] = 0  # the canary never becomes ready: the rollout waits at step 0
     first = run_once(cluster, rollout, target, now=1000.0)
@@ -268,12 +271,12 @@ def test_a_pass_that_changes_nothing_applies_the_same_objects(setup):
 
 
 def test_objects_for_a_rolled_back_state_are_the_running_plans(setup):
-    rollout, target = setup
+    rollout, target, catalog, fleet = setup
     from orchestrator.render.kubernetes import render_objects
     from orchestrator.rollout import machine
 
     state = machine.start("tiny-to-mlx", rollout.spec, machine.config_for(rollout.spec, 1, 1, 600))
     rolled = machine.State(**{**state.__dict__, "phase": Phase.ROLLED_BACK})
     got = k8s_rollout.objects_for(target, rollout.spec, rolled)
-    want = render_objects(target.plan, {"managedBy": "moxin"}, NS, catalog=target.catalog, fleet=target.fleet)
+    want = render_objects(target.plan, {"managedBy": "moxin"}, NS, catalog=catalog, fleet=fleet)
     assert got == want
