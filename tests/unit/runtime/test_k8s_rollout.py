@@ -23,7 +23,7 @@ from orchestrator.rollout.machine import Phase, SetWeight
 from orchestrator.rollout.quality import Generation, compare
 from orchestrator.runtime import k8s_rollout
 from orchestrator.runtime.k8s_rollout import Target, make_target, run_once, send_command
-from orchestrator.runtime.kubernetes import KubernetesError
+from orchestrator.runtime.kubernetes import KubernetesError, apply_objects
 from orchestrator.spec import load_catalog
 from tests.unit.render.k8s_support import validate
 
@@ -280,3 +280,17 @@ def test_objects_for_a_rolled_back_state_are_the_running_plans(setup):
     got = k8s_rollout.objects_for(target, rollout.spec, rolled)
     want = render_objects(target.plan, {"managedBy": "moxin"}, NS, catalog=catalog, fleet=fleet)
     assert got == want
+
+
+def test_in_replace_mode_the_old_side_makes_room_before_the_new_side_comes_up(setup):
+    rollout, target, *_ = setup
+    # capacity.check's answer for a pool with room for no new replica beside the old one: replace mode.
+    tight = Target(NS, RELEASE, target.plan, target.canary, target.render, fits_beside=(0, 1))
+    cluster = Cluster()
+    apply_objects(target.render(target.plan, None), namespace=NS, plan_name=target.plan.name, dry_run=False,
+                  wait_s=0, client=cluster)  # the running plan
+    assert cluster.names("Deployment") == ["moxin-router", STABLE]
+    done = run_once(cluster, rollout, tight, now=1000.0)
+    assert done.state.config.mode == "replace"
+    assert cluster.names("Deployment") == ["moxin-router", CANARY]  # the old replica gave its room in this pass
+    assert ("Deployment", STABLE) in cluster.deleted
