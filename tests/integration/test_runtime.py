@@ -373,7 +373,12 @@ def test_every_panel_query_and_alert_expression_evaluates_on_the_running_fleet(u
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
     try:
-        time.sleep(5)  # scrapes at 1 s see the load
+        deadline, serving = time.monotonic() + 120, set()
+        while time.monotonic() < deadline and serving != {"vllm", "mlx-lm"}:  # Prometheus has rates of both
+            time.sleep(2)
+            serving = {r["metric"].get("engine") for r in prometheus_query(
+                up["prometheus"], "sum by (engine) (rate(moxin_router_requests_total[2m])) > 0")}
+        assert serving == {"vllm", "mlx-lm"}, serving
         results = {q: prometheus_query(up["prometheus"], substitute(q.expr, window="2m")) for q in panel_queries()}
     finally:
         stop.set()
