@@ -344,13 +344,14 @@ def _families(expr: str) -> set[str]:
 
 def _has_data(url: str, family: str) -> bool:
     from orchestrator.observe.queries import engine_names
-    from orchestrator.spec.metrics import VLLM
+    from orchestrator.spec.metrics import CONTROLLER, ROUTER, VLLM
 
     if family in VLLM:
         e = VLLM[family]
         names = [n + ("_count" if e.kind == "histogram" else "") for n in engine_names(e)]
     else:
-        names = [family + "_count"] if family.endswith("_seconds") else [family]
+        histograms = {m.name for m in (*ROUTER.values(), *CONTROLLER.values()) if m.kind == "histogram"}
+        names = [family + "_count"] if family in histograms else [family]
     return any(prometheus_query(url, f'count({{__name__="{n}"}})') for n in names)
 
 
