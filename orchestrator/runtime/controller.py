@@ -174,6 +174,8 @@ class Controller:
         self.router_endpoints: list[dict[str, str]] = []
         self.events: list[str] = []
         self.table: dict[str, list[dict]] = {}
+        self.splits: dict[str, dict[str, float]] = {}
+        """Rollout splits of the routing table ({deployment: {"canaryPercent": W}})."""
         self.loops = 0
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -229,6 +231,11 @@ class Controller:
 
     def routing_table(self) -> dict[str, list[dict]]:
         return self.table  # replaced whole each loop: no lock, so routers never wait on a slow loop
+
+    def routing_document(self) -> dict[str, Any]:
+        """What the routers take: {"deployments": table, "splits": {deployment: {"canaryPercent": W}}}."""
+        table, splits = self.table, self.splits  # each replaced whole: no lock
+        return {"deployments": table, "splits": {d: s for d, s in splits.items() if d in table}}
 
     def logs(self, rid: str, tail: int = 200) -> str:
         with self._lock:
