@@ -30,16 +30,18 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
 
 from orchestrator.output import write_atomic
+from orchestrator.rollout import machine
+from orchestrator.runtime import rollouts
 from orchestrator.runtime.desired import ReplicaSpec, replica_specs
 from orchestrator.runtime.metrics import ControllerMetrics
-from orchestrator.runtime.names import KV_COUNTERS, KV_OPTIONS, KV_PLAN, ROUTER_PREFIX
+from orchestrator.runtime.names import KV_COUNTERS, KV_OPTIONS, KV_PLAN, KV_ROLLOUTS, ROUTER_PREFIX
 from orchestrator.runtime.reconcile import (
     STOP_TIMEOUT_S,
     Action,
@@ -53,7 +55,8 @@ from orchestrator.runtime.reconcile import (
 )
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ROUTER_PORT
 from orchestrator.spec.metrics import SCRAPE_JOBS
-from orchestrator.spec.plan import Plan
+from orchestrator.spec.plan import Assignment, Plan
+from orchestrator.spec.rollout import RolloutSpec
 from orchestrator.spec.router import RouterLimits
 
 if TYPE_CHECKING:
@@ -182,6 +185,9 @@ class Controller:
         self._lock = threading.RLock()
         self._sd_lock = threading.Lock()  # one writer of the file_sd list at a time
         self._sd_written: str | None = None
+        self.runs: dict[str, rollouts.Run] = {
+            name: rollouts.Run.from_json(data) for name, data in (cluster.kv_get(KV_ROLLOUTS) or {}).items()}
+        """The rollouts, as saved in GCS; replaced whole (a loop or an API call), read without the lock."""
         self.adopted = self._adopt()
         self._counters_saved: dict[str, dict[str, int]] = self._load_counters()
         self.specs: list[ReplicaSpec] = self._desired(self.plan, cluster.known_nodes())
@@ -229,6 +235,66 @@ class Controller:
                 "lastError": d.get("lastError", "") or _waiting_for(rec, spec), "log": d.get("log"),
                 "host": d.get("host"), "nodeId": d.get("nodeId")}
 
+    # -- rollouts (``moxin rollout ...``) ---------------------------------------------------------------------------
+    def rollout_apply(self, name: str, spec: dict[str, Any], canary: dict[str, Any],
+                      fits_beside: list[int] | None = None, readiness_budget_s: float = 600.0) -> dict[str, Any]:
+        """Start a rollout of ``spec`` (a RolloutSpec document) whose new side is ``canary`` (the deployment's
+        assignment planned on the target, at full size; ``fits_beside`` from ``rollout.capacity.check``, None:
+        surge). Saved in GCS before the loop acts on it. A rollout of the same name still running is replaced only
+        when its spec is the same (then nothing changes)."""
+        rs = RolloutSpec.model_validate(spec)
+        new_side = Assignment.model_validate(canary)
+        with self._lock:
+            plan, runs = self.plan, dict(self.runs)
+        if plan is None:
+            raise ValueError("no plan is applied: `moxin up` or `moxin apply` first")
+        old = runs.get(name)
+        if old is not None and old.active:
+            if machine.spec_digest(rs) == old.state.digest:
+                return self.rollout_status(name)
+            raise ValueError(f"rollout {name!r} is running ({old.state.phase.value}); abort it first")
+        for other in runs.values():
+            if other.active and other.spec.deployment == rs.deployment and other.name != name:
+                raise ValueError(f"deployment {rs.deployment!r} already has rollout {other.name!r} running")
+        stable = rollouts.stable_count(plan, rs)
+        if stable == 0:
+            raise ValueError(f"deployment {rs.deployment!r} has no replica matching 'from' in the plan")
+        config = machine.config_for(rs, stable, new_side.replicas, readiness_budget_s, fits_beside)
+        run = rollouts.Run(name, rs, new_side, machine.start(name, rs, config),
+                           notes=(f"capacity: {config.mode}",))
+        self._save_runs({**runs, name: run})
+        self._event(f"rollout {name!r} applied: {rs.deployment} to {new_side.variant}/{new_side.pool} "
+                    f"({config.mode})")
+        self._wake.set()
+        return self.rollout_status(name)
+
+    def rollout_command(self, name: str, verb: str) -> dict[str, Any]:
+        """promote | promoteFull | pause | resume | abort: queued with a new id, applied once by the next loop."""
+        if verb not in ("promote", "promoteFull", "pause", "resume", "abort"):
+            raise ValueError(f"unknown command {verb!r}")
+        runs = dict(self.runs)
+        if name not in runs:
+            raise KeyError(f"no rollout {name!r}; rollouts: {sorted(runs)}")
+        runs[name] = runs[name].with_command(verb)
+        self._save_runs(runs)
+        self._wake.set()
+        return self.rollout_status(name)
+
+    def rollout_status(self, name: str | None = None) -> dict[str, Any]:
+        """Each rollout (or the named one): phase, step, weight, replicas, gates, decision log."""
+        runs = self.runs
+        if name is not None and name not in runs:
+            raise KeyError(f"no rollout {name!r}; rollouts: {sorted(runs)}")
+        return {n: {"name": n, "deployment": r.spec.deployment, "to": {"variant": r.canary.variant,
+                                                                        "pool": r.canary.pool},
+                    "finished": r.finished, **machine.status(r.spec, r.state)}
+                for n, r in sorted(runs.items()) if name is None or n == name}
+
+    def _save_runs(self, runs: dict[str, rollouts.Run]) -> None:
+        """GCS first, then memory: what the loop acts on is saved."""
+        self.cluster.kv_put(KV_ROLLOUTS, {n: r.to_json() for n, r in runs.items()})
+        self.runs = runs
+
     def routing_table(self) -> dict[str, list[dict]]:
         return self.table  # replaced whole each loop: no lock, so routers never wait on a slow loop
 
@@ -272,6 +338,8 @@ class Controller:
             self._thread.join(SHUTDOWN_WAIT_LOOP_S)  # no loop acts while replicas are stopped here
         self.cluster.kv_del(KV_PLAN)
         self.cluster.kv_del(KV_COUNTERS)  # the next plan's replicas start from 0
+        self.cluster.kv_del(KV_ROLLOUTS)
+        self.runs = {}
         with self._lock:
             handles = {rid: r.handle for rid, r in self.records.items() if r.running}
             routers, self.routers = list(self.routers.values()), {}
@@ -307,6 +375,8 @@ class Controller:
         actions: list[Action] = []
         with self._step("ensure_routers"):
             self._ensure_routers()
+        with self._step("rollouts"):
+            self._rollouts_once(now)
         with self._step("reconcile"):
             view = self._view()
             snapshot = self._observe(view)                                     # 1. observe (reads only)
@@ -368,7 +438,57 @@ class Controller:
         return observed, failures
 
     def _desired(self, plan: Plan | None, nodes: set[str] | frozenset[str]) -> list[ReplicaSpec]:
-        return [] if plan is None else replica_specs(plan, known_nodes=set(nodes))
+        """The plan's replicas, each active rollout's sides at the sizes its state says."""
+        if plan is None:
+            return []
+        for run in self.runs.values():
+            plan = rollouts.sided_plan(plan, run)
+        return replica_specs(plan, known_nodes=set(nodes))
+
+    # -- rollouts: due -> measure -> step -> save -> act (the sides follow the state through ``_desired``) ---------
+    def _rollouts_once(self, now: float) -> None:
+        runs = dict(self.runs)
+        changed = False
+        for name, run in runs.items():
+            if not run.active:
+                continue
+            due = machine.due(run.spec, run.state, now)
+            readings = self._measure(run, due, now) if due else {}
+            obs = machine.Observation(now, self._canary_ready(run), readings, run.commands)
+            state, actions = machine.step(run.spec, run.state, obs)
+            run = replace(run, state=state, commands=tuple(c for c in run.commands
+                                                                    if c.id > state.last_command))
+            if state.phase in (machine.Phase.SUCCEEDED, machine.Phase.ROLLED_BACK):
+                run = replace(run, finished=True)
+            if run != runs[name]:
+                runs[name], changed = run, True
+            for action in actions:
+                self._event(f"rollout {name!r}: {getattr(action, 'reason', None) or getattr(action, 'message', '')}")
+        if not changed:
+            return
+        promoted = [r for n, r in runs.items() if r.finished and not self.runs[n].finished
+                    and r.state.phase == machine.Phase.SUCCEEDED]
+        if promoted:
+            with self._lock:
+                plan = self.plan
+            for run in promoted:
+                plan = rollouts.promoted_plan(plan, run) if plan is not None else None
+            if plan is not None:  # the deployment's only side from now on: saved before the rollout lets go
+                self.cluster.kv_put(KV_PLAN, plan.to_json())
+                with self._lock:
+                    self.plan = self._saved_plan = plan
+        self._save_runs(runs)  # the state is in GCS before the loop acts on it (this loop's reconcile)
+
+    def _canary_ready(self, run: rollouts.Run) -> int:
+        """New-side replicas the router would route: ready, running the launch the plan gives them."""
+        with self._lock:
+            specs, routable = list(self.specs), self._routing_table(list(self.specs))
+        names = {row["name"] for rows in routable.values() for row in rows}
+        return sum(1 for spec in specs if spec.id in names and rollouts.is_canary(spec.labels, run))
+
+    def _measure(self, run: rollouts.Run, due: list[machine.Due], now: float) -> dict[int, Any]:
+        """The due gates' readings; none yet without a source (the gate waits)."""
+        return {}
 
     def _save_desired(self, plan: Plan | None) -> None:
         """No action on a plan that is not in GCS: a controller restarted meanwhile must act on it too. ``apply``
@@ -473,6 +593,7 @@ class Controller:
         with self._lock:
             plan, specs = self.plan, list(self.specs)
             self.table = table = self._routing_table(specs)
+            self.splits = rollouts.split(list(self.runs.values()))
             restarts = {s.id: (self.records.get(s.id) or ReplicaRecord(s.id)).restarts for s in specs}
         m = self.metrics
         for g in (m.pool_devices, m.pool_allocated, m.desired, m.ready, m.pending, m.restarts, m.capacity,
@@ -509,9 +630,11 @@ class Controller:
             if rec is None or not rec.running or rec.state != State.READY or rec.draining_since is not None \
                     or rec.stopping or rec.description.get("specHash") != spec.spec_hash:
                 continue
-            table[spec.deployment].append({"name": spec.id, "url": rec.description["url"],
-                                           "requestModel": spec.request_model, "weight": spec.weight,
-                                           "labels": spec.labels})
+            row = {"name": spec.id, "url": rec.description["url"], "requestModel": spec.request_model,
+                   "weight": spec.weight, "labels": spec.labels}
+            if any(run.active and rollouts.is_canary(spec.labels, run) for run in self.runs.values()):
+                row["side"] = "canary"
+            table[spec.deployment].append(row)
         return table
 
     def _sd_targets(self) -> list[dict[str, Any]]:
