@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import start_http_server
 
 from orchestrator.output import write_atomic
-from orchestrator.rollout import machine
+from orchestrator.rollout import gates, machine, measure, quality
 from orchestrator.runtime import rollouts
 from orchestrator.runtime.desired import ReplicaSpec, replica_specs
 from orchestrator.runtime.metrics import ControllerMetrics
@@ -155,15 +155,24 @@ class _View:
 
 class Controller:
     def __init__(self, options: dict[str, Any] | None = None, cluster: RayCluster | None = None,
-                 clock: Callable[[], float] = time.time, run: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, run: bool = True, probe: Any = None) -> None:
         """``cluster`` defaults to the Ray cluster this actor runs in. ``run``: serve metrics and start the reconcile
-        thread; without it the caller drives ``reconcile_once`` (as the unit tests do)."""
+        thread; without it the caller drives ``reconcile_once`` (as the unit tests do). ``probe``: the rollout
+        gates' reads (``rollout_probe.HttpProbe`` by default)."""
         if cluster is None:
             from orchestrator.runtime.cluster import RayCluster
 
             cluster = RayCluster()
         self.cluster = cluster
         self.clock = clock
+        if probe is None:
+            from orchestrator.runtime.rollout_probe import HttpProbe
+            from orchestrator.runtime.secrets import engine_key
+
+            probe = HttpProbe(engine_key())
+        self.probe = probe
+        self._pages: list[Any] = []
+        """Readings of the routers' /metrics while a rollout runs without Prometheus (oldest first)."""
         self.options = {**DEFAULT_OPTIONS, **(cluster.kv_get(KV_OPTIONS) or {}), **(options or {})}
         cluster.kv_put(KV_OPTIONS, self.options)
         self.metrics = ControllerMetrics()
@@ -184,6 +193,7 @@ class Controller:
         self._stopped = threading.Event()
         self._lock = threading.RLock()
         self._sd_lock = threading.Lock()  # one writer of the file_sd list at a time
+        self._runs_lock = threading.Lock()  # one writer of the rollouts (memory and GCS) at a time; before _lock
         self._sd_written: str | None = None
         self.runs: dict[str, rollouts.Run] = {
             name: rollouts.Run.from_json(data) for name, data in (cluster.kv_get(KV_ROLLOUTS) or {}).items()}
@@ -237,13 +247,19 @@ class Controller:
 
     # -- rollouts (``moxin rollout ...``) ---------------------------------------------------------------------------
     def rollout_apply(self, name: str, spec: dict[str, Any], canary: dict[str, Any],
-                      fits_beside: list[int] | None = None, readiness_budget_s: float = 600.0) -> dict[str, Any]:
+                      fits_beside: list[int] | None = None, readiness_budget_s: float = 600.0,
+                      prompts: list[str] | None = None) -> dict[str, Any]:
         """Start a rollout of ``spec`` (a RolloutSpec document) whose new side is ``canary`` (the deployment's
         assignment planned on the target, at full size; ``fits_beside`` from ``rollout.capacity.check``, None:
-        surge). Saved in GCS before the loop acts on it. A rollout of the same name still running is replaced only
+        surge; ``prompts``: the quality gate's golden prompts, None: built-in). Saved in GCS before the loop acts on it. A rollout of the same name still running is replaced only
         when its spec is the same (then nothing changes)."""
         rs = RolloutSpec.model_validate(spec)
         new_side = Assignment.model_validate(canary)
+        with self._runs_lock:
+            return self._rollout_apply(name, rs, new_side, fits_beside, readiness_budget_s, tuple(prompts or ()))
+
+    def _rollout_apply(self, name: str, rs: RolloutSpec, new_side: Assignment, fits_beside: list[int] | None,
+                       readiness_budget_s: float, prompts: tuple[str, ...]) -> dict[str, Any]:
         with self._lock:
             plan, runs = self.plan, dict(self.runs)
         if plan is None:
@@ -261,7 +277,7 @@ class Controller:
             raise ValueError(f"deployment {rs.deployment!r} has no replica matching 'from' in the plan")
         config = machine.config_for(rs, stable, new_side.replicas, readiness_budget_s, fits_beside)
         run = rollouts.Run(name, rs, new_side, machine.start(name, rs, config),
-                           notes=(f"capacity: {config.mode}",))
+                           notes=(f"capacity: {config.mode}",), prompts=prompts)
         self._save_runs({**runs, name: run})
         self._event(f"rollout {name!r} applied: {rs.deployment} to {new_side.variant}/{new_side.pool} "
                     f"({config.mode})")
@@ -272,11 +288,12 @@ class Controller:
         """promote | promoteFull | pause | resume | abort: queued with a new id, applied once by the next loop."""
         if verb not in ("promote", "promoteFull", "pause", "resume", "abort"):
             raise ValueError(f"unknown command {verb!r}")
-        runs = dict(self.runs)
-        if name not in runs:
-            raise KeyError(f"no rollout {name!r}; rollouts: {sorted(runs)}")
-        runs[name] = runs[name].with_command(verb)
-        self._save_runs(runs)
+        with self._runs_lock:
+            runs = dict(self.runs)
+            if name not in runs:
+                raise KeyError(f"no rollout {name!r}; rollouts: {sorted(runs)}")
+            runs[name] = runs[name].with_command(verb)
+            self._save_runs(runs)
         self._wake.set()
         return self.rollout_status(name)
 
@@ -291,7 +308,7 @@ class Controller:
                 for n, r in sorted(runs.items()) if name is None or n == name}
 
     def _save_runs(self, runs: dict[str, rollouts.Run]) -> None:
-        """GCS first, then memory: what the loop acts on is saved."""
+        """GCS first, then memory: what the loop acts on is saved (the caller holds ``_runs_lock``)."""
         self.cluster.kv_put(KV_ROLLOUTS, {n: r.to_json() for n, r in runs.items()})
         self.runs = runs
 
@@ -447,37 +464,49 @@ class Controller:
 
     # -- rollouts: due -> measure -> step -> save -> act (the sides follow the state through ``_desired``) ---------
     def _rollouts_once(self, now: float) -> None:
-        runs = dict(self.runs)
-        changed = False
-        for name, run in runs.items():
-            if not run.active:
-                continue
-            due = machine.due(run.spec, run.state, now)
-            readings = self._measure(run, due, now) if due else {}
-            obs = machine.Observation(now, self._canary_ready(run), readings, run.commands)
-            state, actions = machine.step(run.spec, run.state, obs)
-            run = replace(run, state=state, commands=tuple(c for c in run.commands
-                                                                    if c.id > state.last_command))
-            if state.phase in (machine.Phase.SUCCEEDED, machine.Phase.ROLLED_BACK):
-                run = replace(run, finished=True)
-            if run != runs[name]:
-                runs[name], changed = run, True
-            for action in actions:
-                self._event(f"rollout {name!r}: {getattr(action, 'reason', None) or getattr(action, 'message', '')}")
-        if not changed:
+        """due -> measure (no lock held) -> step -> save to GCS; the reconcile that follows acts on the saved
+        state (``_desired``, the split in ``_record``)."""
+        measured: dict[str, tuple[machine.State, dict[int, Any], int]] = {}
+        if any(r.active for r in self.runs.values()) and not self.options.get("prometheusUrl"):
+            try:
+                self._read_pages(now)
+            except (OSError, ValueError) as exc:
+                self._event(f"rollouts: the routers' /metrics not read: {exc}")
+        for name, run in self.runs.items():
+            if run.active:
+                due = machine.due(run.spec, run.state, now)
+                readings = self._measure(run, due, now) if due else {}
+                measured[name] = (run.state, readings, self._canary_ready(run))
+        if not measured:
             return
-        promoted = [r for n, r in runs.items() if r.finished and not self.runs[n].finished
-                    and r.state.phase == machine.Phase.SUCCEEDED]
-        if promoted:
-            with self._lock:
-                plan = self.plan
-            for run in promoted:
-                plan = rollouts.promoted_plan(plan, run) if plan is not None else None
-            if plan is not None:  # the deployment's only side from now on: saved before the rollout lets go
-                self.cluster.kv_put(KV_PLAN, plan.to_json())
+        with self._runs_lock:  # one writer of the rollouts; an apply or a command meanwhile is kept
+            runs = dict(self.runs)
+            for name, (seen, readings, ready) in measured.items():
+                run = runs.get(name)
+                if run is None or not run.active:
+                    continue
+                readings = readings if run.state == seen else {}  # measured for a state that has moved: next loop
+                obs = machine.Observation(now, ready, readings, run.commands)
+                state, actions = machine.step(run.spec, run.state, obs)
+                done = state.phase in (machine.Phase.SUCCEEDED, machine.Phase.ROLLED_BACK)
+                runs[name] = replace(run, state=state, finished=done,
+                                     commands=tuple(c for c in run.commands if c.id > state.last_command))
+                for action in actions:
+                    if isinstance(action, machine.Record):
+                        self._event(f"rollout {name!r}: {action.message}")
+            promoted = [r for n, r in runs.items() if r.finished and not self.runs[n].finished
+                        and r.state.phase == machine.Phase.SUCCEEDED]
+            if promoted:
                 with self._lock:
-                    self.plan = self._saved_plan = plan
-        self._save_runs(runs)  # the state is in GCS before the loop acts on it (this loop's reconcile)
+                    plan = self.plan
+                for run in promoted:
+                    plan = None if plan is None else rollouts.promoted_plan(plan, run)
+                if plan is not None:  # the deployment's only side from now on: saved before the rollout lets go
+                    self.cluster.kv_put(KV_PLAN, plan.to_json())
+                    with self._lock:
+                        self.plan = self._saved_plan = plan
+            if runs != self.runs:
+                self._save_runs(runs)  # in GCS before this loop's reconcile acts on it
 
     def _canary_ready(self, run: rollouts.Run) -> int:
         """New-side replicas the router would route: ready, running the launch the plan gives them."""
@@ -487,8 +516,70 @@ class Controller:
         return sum(1 for spec in specs if spec.id in names and rollouts.is_canary(spec.labels, run))
 
     def _measure(self, run: rollouts.Run, due: list[machine.Due], now: float) -> dict[int, Any]:
-        """The due gates' readings; none yet without a source (the gate waits)."""
-        return {}
+        """The due gates' readings: from Prometheus when the controller has its URL, else from two readings of the
+        routers' /metrics the window apart; the quality gate from both sides' replicas. A gate that cannot be read
+        now is left out (it is measured at a later loop)."""
+        with self._lock:
+            plan, options, specs = self.plan, dict(self.options), list(self.specs)
+        stable_side = None
+        if plan is not None and (olds := rollouts.stable_assignments(plan, run.spec)):
+            stable_side = gates.Side(run.spec.deployment, olds[0].variant, olds[0].pool)
+        canary_side = gates.Side(run.spec.deployment, run.canary.variant, run.canary.pool)
+        out: dict[int, Any] = {}
+        for d in due:
+            try:
+                if d.gate.metric == "quality":
+                    report = self._quality(run, specs)
+                    if report is not None:
+                        out[d.index] = report
+                elif url := options.get("prometheusUrl"):
+                    out[d.index] = measure.from_prometheus(lambda q, u=url: self.probe.query(u, q), d.gate.metric,
+                                                           canary_side, stable_side, d.window_s)
+                elif (before := self._page_at(now - d.window_s)) is not None and self._pages:
+                    out[d.index] = measure.from_snapshots(before, self._pages[-1], d.gate.metric, canary_side,
+                                                          stable_side, lambda s: self._ready_of(s, specs))
+            except (OSError, ValueError) as exc:
+                self._event(f"rollout {run.name!r}: gate {d.gate.metric} not measured: {exc}")
+        return out
+
+    def _read_pages(self, now: float) -> None:
+        """One reading of the routers' /metrics (kept as long as the longest gate window needs)."""
+        urls = sorted(f"http://{r['metrics']}/metrics" for r in self.router_endpoints)
+        if not urls:
+            return
+        snap = measure.snapshot(self.probe.metrics_pages(urls), now)
+        keep_s = max([g.interval_seconds for r in self.runs.values() for a in r.spec._analyses() for g in a[1].gates]
+                     or [60.0]) + 2 * LOOP_S + OBSERVE_TIMEOUT_S
+        self._pages = [p for p in self._pages if p.time_s >= now - keep_s] + [snap]
+
+    def _page_at(self, since: float) -> Any:
+        """The latest reading taken at or before ``since`` (the window's start); None when none is that old."""
+        older = [p for p in self._pages if p.time_s <= since + 1e-6]
+        return older[-1] if older else None
+
+    def _ready_of(self, side: gates.Side, specs: list[ReplicaSpec]) -> int:
+        with self._lock:
+            table = self._routing_table(specs)
+        names = {row["name"] for rows in table.values() for row in rows}
+        return sum(1 for s in specs if s.id in names and s.labels.get("variant") == side.variant
+                   and s.labels.get("pool") == side.pool and s.deployment == side.deployment)
+
+    def _quality(self, run: rollouts.Run, specs: list[ReplicaSpec]) -> Any:
+        """The golden prompts, greedy, on one ready replica of each side, compared; None without both replicas."""
+        q = run.spec.quality
+        if q is None:
+            return None
+        with self._lock:
+            table = self._routing_table(specs)
+        rows = table.get(run.spec.deployment, [])
+        canary = next((r for r in rows if r.get("side") == "canary"), None)
+        stable = next((r for r in rows if r.get("side", "stable") == "stable"), None)
+        if canary is None or stable is None:
+            return None
+        prompts = list(run.prompts or quality.BUILTIN_PROMPTS)
+        olds = [self.probe.generate(stable["url"], stable["requestModel"], p, q) for p in prompts]
+        news = [self.probe.generate(canary["url"], canary["requestModel"], p, q) for p in prompts]
+        return quality.compare(prompts, olds, news, q)
 
     def _save_desired(self, plan: Plan | None) -> None:
         """No action on a plan that is not in GCS: a controller restarted meanwhile must act on it too. ``apply``

@@ -36,18 +36,20 @@ class Run:
     """Its end has been applied to the controller's plan (promoted, or rolled back): it no longer shapes it."""
     notes: tuple[str, ...] = field(default=())
     """What the controller adds to the decision log (capacity mode and reasons)."""
+    prompts: tuple[str, ...] = ()
+    """The quality gate's golden prompts, read by the CLI (built-in or the Rollout's file)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "spec": self.spec.model_dump(mode="json", by_alias=True),
                 "canary": self.canary.model_dump(mode="json", by_alias=True), "state": self.state.to_json(),
                 "commands": [{"id": c.id, "verb": c.verb} for c in self.commands], "finished": self.finished,
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "prompts": list(self.prompts)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Run:
         return cls(data["name"], RolloutSpec.model_validate(data["spec"]), Assignment.model_validate(data["canary"]),
                    State.from_json(data["state"]), tuple(Command(c["id"], c["verb"]) for c in data["commands"]),
-                   bool(data["finished"]), tuple(data.get("notes", ())))
+                   bool(data["finished"]), tuple(data.get("notes", ())), tuple(data.get("prompts", ())))
 
     @property
     def active(self) -> bool:
@@ -80,6 +82,10 @@ def resized(a: Assignment, replicas: int) -> Assignment:
     cost = None if a.cost_usd_per_hour is None else a.cost_usd_per_hour * replicas / max(1, a.replicas)
     return a.model_copy(update={"replicas": replicas, "placements": [p for p in a.placements if p.replica < replicas],
                                 "cost_usd_per_hour": cost})
+
+
+def stable_assignments(plan: Plan, spec: RolloutSpec) -> list[Assignment]:
+    return [a for a in plan.spec.assignments if is_stable(a, spec) and not _same(a, spec)]
 
 
 def stable_count(plan: Plan, spec: RolloutSpec) -> int:

@@ -585,3 +585,87 @@ def test_a_rollout_is_refused_without_an_old_side_or_beside_a_running_one(make, 
     assert c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))["to-mac"]["phase"] == "Pending"  # same: no-op
     with pytest.raises(KeyError, match="no rollout 'nope'"):
         c.rollout_command("nope", "pause")
+
+
+class FakeProbe:
+    """The rollout reads: /metrics pages built from ``requests`` ((variant, code) -> count, the test raises them),
+    Prometheus answers from ``answers`` (query -> value), generations from ``texts`` (variant -> text)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], float] = {}
+        self.answers: dict[str, float | None] = {}
+        self.asked: list[str] = []
+        self.generated: list[tuple[str, str]] = []
+
+    def metrics_pages(self, urls: list[str]) -> list[tuple[str, str]]:
+        pools = {"bf16": "gpu-emu", "mlx-3bit": "mac-emu"}
+        lines = [f'moxin_router_requests_total{{deployment="tiny-chat",variant="{v}",pool="{pools[v]}",'
+                 f'code="{code}"}} {n}' for (v, code), n in self.requests.items()]
+        return [("10.0.0.1:9500", "# TYPE moxin_router_requests counter\n" + "\n".join(lines) + "\n")]
+
+    def query(self, url: str, promql: str) -> float | None:
+        self.asked.append(promql)
+        return self.answers.get(promql)
+
+    def generate(self, url: str, request_model: str, prompt: str, quality: Any) -> Any:
+        from orchestrator.rollout.quality import Generation
+        self.generated.append((url, prompt))
+        return Generation(f"answer to {prompt}")
+
+
+GATED = {**ROLLOUT, "steps": [{"setWeight": 10},
+                              {"analysis": {"gates": [{"metric": "errorRatio", "threshold": {"max": 0.05},
+                                                       "intervalSeconds": 10, "minRequests": 5}]}},
+                              {"setWeight": 100}]}
+
+
+def test_a_gate_read_from_the_routers_metrics_that_fails_rolls_back_and_the_status_names_it(cluster, clock, tmp_path,
+                                                                                         local_plan):
+    probe = FakeProbe()
+    c = Controller({"drainSeconds": 10.0, "prometheusSd": str(tmp_path / "sd.json")}, cluster=cluster, clock=clock,
+                   run=False, probe=probe)
+    running(c, cluster, clock, without(local_plan, "mlx-3bit"))
+    c.rollout_apply("to-mac", GATED, mac_side(local_plan))
+    for _ in range(20):  # the canary answers 30 requests, 6 of them 503, over the gate's 10 s
+        probe.requests[("mlx-3bit", "200")] = probe.requests.get(("mlx-3bit", "200"), 0) + 2
+        probe.requests[("mlx-3bit", "503")] = probe.requests.get(("mlx-3bit", "503"), 0) + 0.5
+        probe.requests[("bf16", "200")] = probe.requests.get(("bf16", "200"), 0) + 20
+        loop_ready(c, cluster, clock)
+        if c.rollout_status("to-mac")["to-mac"]["phase"] == "RolledBack":
+            break
+    st = c.rollout_status("to-mac")["to-mac"]
+    assert st["phase"] == "RolledBack", st
+    assert any("errorRatio" in d["message"] for d in st["log"]), st["log"]
+    assert c.routing_document()["splits"] == {} and routed(c) == [GPU]
+
+
+def test_gates_read_from_prometheus_pass_and_the_rollout_succeeds(cluster, clock, tmp_path, local_plan):
+    from orchestrator.rollout.gates import Side, promql, requests_query
+    probe = FakeProbe()
+    canary, stable = Side("tiny-chat", "mlx-3bit", "mac-emu"), Side("tiny-chat", "bf16", "gpu-emu")
+    probe.answers = {requests_query(canary, 10): 50.0, promql("errorRatio", canary, 10): 0.0,
+                     requests_query(stable, 10): 500.0, promql("errorRatio", stable, 10): 0.0}
+    c = Controller({"drainSeconds": 10.0, "prometheusSd": str(tmp_path / "sd.json"),
+                    "prometheusUrl": "http://prom:9090"}, cluster=cluster, clock=clock, run=False, probe=probe)
+    running(c, cluster, clock, without(local_plan, "mlx-3bit"))
+    c.rollout_apply("to-mac", GATED, mac_side(local_plan))
+    loop_ready(c, cluster, clock, 20)
+    st = c.rollout_status("to-mac")["to-mac"]
+    assert st["phase"] == "Succeeded", st
+    assert set(probe.asked) == set(probe.answers)
+
+
+def test_the_quality_gate_sends_the_golden_prompts_to_one_replica_of_each_side(cluster, clock, tmp_path, local_plan):
+    probe = FakeProbe()
+    c = Controller({"drainSeconds": 10.0, "prometheusSd": str(tmp_path / "sd.json")}, cluster=cluster, clock=clock,
+                   run=False, probe=probe)
+    running(c, cluster, clock, without(local_plan, "mlx-3bit"))
+    spec = {**ROLLOUT, "steps": [{"setWeight": 10}, {"analysis": {"gates": [{"metric": "quality",
+                                                                            "intervalSeconds": 1}]}}],
+            "quality": {"prompts": "builtin", "maxTokens": 8}}
+    c.rollout_apply("to-mac", spec, mac_side(local_plan), prompts=["one", "two"])
+    loop_ready(c, cluster, clock, 10)
+    st = c.rollout_status("to-mac")["to-mac"]
+    assert st["phase"] == "Succeeded", st
+    urls = {url for url, _ in probe.generated}
+    assert len(urls) == 2 and sorted({p for _, p in probe.generated}) == ["one", "two"]
