@@ -74,7 +74,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "metricsPort": CONTROLLER_METRICS_PORT, "routers": 1, "routerHost": "0.0.0.0", "routerPort": ROUTER_PORT,
     "apiKeys": None,
     "logDir": str(Path(tempfile.gettempdir()) / "moxin" / "logs"), "drainSeconds": 10.0, "graceSeconds": 15.0,
-    "prometheusSd": None, "routerLimits": {},
+    "prometheusSd": None, "routerLimits": {}, "prometheusUrl": None,
 }
 
 
@@ -336,6 +336,14 @@ class Controller:
             self._sd_written = None
         self.cluster.kv_put(KV_OPTIONS, options)
         self._write_sd()
+
+    def set_prometheus_url(self, url: str | None) -> None:
+        """Where the rollout gates query Prometheus (``moxin up`` starts one); None: from the routers' /metrics."""
+        with self._lock:
+            options = {**self.options, "prometheusUrl": url}
+        self.cluster.kv_put(KV_OPTIONS, options)
+        with self._lock:
+            self.options = options
 
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
