@@ -106,7 +106,8 @@ def up(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     port = free_port()
     try:
-        moxin(env, "up", *BASE, str(EXAMPLE / "up"), "--port", str(port), "--metrics-port", "0", "--timeout", "600",
+        files = [x for path in (*BASE, str(EXAMPLE / "up")) for x in ("-f", path)]
+        moxin(env, "up", *files, "--port", str(port), "--metrics-port", "0", "--timeout", "600",
               "--prometheus-port", str(free_port()), "--scrape-interval", "1", timeout=900)
         yield {"env": env, "home": home, "router": f"http://127.0.0.1:{port}", "tmp": tmp_path_factory.mktemp("r")}
     finally:
