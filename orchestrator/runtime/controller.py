@@ -719,7 +719,33 @@ class Controller:
             for objective, target in (("ttft_p95", slo.ttft_seconds), ("tpot_p95", slo.tpot_seconds)):
                 if target is not None:
                     m.slo_target.labels(deployment=deployment, objective=objective).set(target)
+        self._record_rollouts()
         self._write_sd()
+
+    def _record_rollouts(self) -> None:
+        """Each rollout's phase (one-hot), step, weight, wait against its deadline, and its gates' last readings."""
+        m, now = self.metrics, self.clock()
+        for g in (m.rollout_phase, m.rollout_step, m.rollout_weight, m.rollout_gate_value, m.rollout_gate_passing,
+                  m.rollout_waiting, m.rollout_deadline):
+            g.clear()
+        for name, run in self.runs.items():
+            ids = {"rollout": name, "deployment": run.spec.deployment}
+            s = run.state
+            for phase in machine.Phase:
+                m.rollout_phase.labels(**ids, phase=phase.value).set(1 if s.phase == phase else 0)
+            m.rollout_step.labels(**ids).set(s.step)
+            m.rollout_weight.labels(**ids).set(s.weight)
+            m.rollout_deadline.labels(**ids).set(s.config.deadline_s)
+            waiting = now - s.waiting_since if s.waiting_since is not None and not s.phase.terminal else 0.0
+            m.rollout_waiting.labels(**ids).set(max(0.0, waiting))
+            for gate in machine.status(run.spec, s)["gates"]:
+                if gate["outcome"] is None:
+                    continue
+                for side in ("canary", "stable", "limit"):
+                    if gate[side] is not None:
+                        m.rollout_gate_value.labels(**ids, gate=gate["metric"], side=side).set(gate[side])
+                m.rollout_gate_passing.labels(**ids, gate=gate["metric"]).set(
+                    {"pass": 1, "fail": 0}.get(gate["outcome"], -1))
 
     def _routing_table(self, desired: list[ReplicaSpec]) -> dict[str, list[dict]]:
         """Ready replicas of the plan, not draining nor stopping, running the plan's launch (under the lock)."""

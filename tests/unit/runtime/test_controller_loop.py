@@ -637,6 +637,10 @@ def test_a_gate_read_from_the_routers_metrics_that_fails_rolls_back_and_the_stat
     assert st["phase"] == "RolledBack", st
     assert any("errorRatio" in d["message"] for d in st["log"]), st["log"]
     assert c.routing_document()["splits"] == {} and routed(c) == [GPU]
+    ids = {"rollout": "to-mac", "deployment": "tiny-chat"}
+    phases = {p: c.metrics.rollout_phase.labels(**ids, phase=p)._value.get() for p in ("RolledBack", "Progressing")}
+    assert phases == {"RolledBack": 1, "Progressing": 0}
+    assert c.metrics.rollout_weight.labels(**ids)._value.get() == 0
 
 
 def test_gates_read_from_prometheus_pass_and_the_rollout_succeeds(cluster, clock, tmp_path, local_plan):
@@ -653,6 +657,9 @@ def test_gates_read_from_prometheus_pass_and_the_rollout_succeeds(cluster, clock
     st = c.rollout_status("to-mac")["to-mac"]
     assert st["phase"] == "Succeeded", st
     assert set(probe.asked) == set(probe.answers)
+    ids = {"rollout": "to-mac", "deployment": "tiny-chat"}
+    assert c.metrics.rollout_phase.labels(**ids, phase="Succeeded")._value.get() == 1
+    assert c.metrics.rollout_weight.labels(**ids)._value.get() == 100
 
 
 def test_the_quality_gate_sends_the_golden_prompts_to_one_replica_of_each_side(cluster, clock, tmp_path, local_plan):
