@@ -209,7 +209,8 @@ def _deployment_slo() -> DashboardSpec:
                             Query(q.token_rate("generation_tokens", ("deployment",), VARS),
                                   "{{deployment}} generated")), width=8),
         PanelSpec("Replica share of traffic", "Each replica's share of its deployment's requests in flight at the "
-                  "router (the router's per-replica series): an even split means balanced routing.", "percentunit",
+                  "router, averaged over the rate interval (the router's per-replica series): the split the "
+                  "weighted least-load balancing gives.", "percentunit",
                   (Query(q.in_flight_share(("deployment",), VARS), "{{deployment}} {{replica}}"),), width=8, max=1),
     ))
     plan = RowSpec("Plan against measurement", (

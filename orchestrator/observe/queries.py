@@ -169,12 +169,13 @@ def token_rate(kind: str, by: Sequence[str] = (), flt: Filter = NO_FILTER, windo
     return sum_by(by, rate(ROUTER[kind], flt, window))
 
 
-def in_flight_share(by: Sequence[str] = ("deployment",), flt: Filter = NO_FILTER) -> str:
-    """Each replica's share (0-1) of its group's in-flight requests: ``moxin_requests_in_flight`` is the router's
-    only per-replica series."""
-    metric = ROUTER["in_flight"]
-    per_replica = sum_by((*by, "replica"), series(metric, flt))
-    return f"{per_replica} / {on(by, group_left=())} ({sum_by(by, series(metric, flt))} > 0)"
+def in_flight_share(by: Sequence[str] = ("deployment",), flt: Filter = NO_FILTER, window: str = RATE_INTERVAL
+                    ) -> str:
+    """Each replica's share (0-1) of its group's in-flight requests, averaged over ``window``
+    (``moxin_requests_in_flight`` is the router's only per-replica series; at one instant short requests leave it
+    at 0 between them)."""
+    averaged = f"avg_over_time({series(ROUTER['in_flight'], flt)}[{window}])"
+    return f"{sum_by((*by, 'replica'), averaged)} / {on(by, group_left=())} ({sum_by(by, averaged)} > 0)"
 
 
 # ------------------------------------------------------------------------------------------ plan vs measured

@@ -116,6 +116,23 @@ def router_config(plan: Plan, namespace: str,
     return {"deployments": deployments}
 
 
+def with_split(config: Mapping[str, Any], deployment: str, canary: frozenset[str],
+               canary_percent: float) -> dict[str, Any]:
+    """A router configuration under a rollout: the routes named in ``canary`` (assignment ids of the new side)
+    marked ``"side": "canary"``, and ``splits[deployment]`` sending ``canary_percent`` of the deployment's
+    requests to them. The router reloads the file, so the split moves without a restart. Without a canary route
+    the configuration is returned as it is (a split with nothing on one side means nothing)."""
+    out = copy.deepcopy(dict(config))
+    rows = out.get("deployments", {}).get(deployment, [])
+    if not any(r["name"] in canary for r in rows):
+        return out
+    for r in rows:
+        if r["name"] in canary:
+            r["side"] = "canary"
+    out["splits"] = {**out.get("splits", {}), deployment: {"canaryPercent": canary_percent}}
+    return out
+
+
 # ------------------------------------------------------------------------------------------ Ray
 
 def ray_start_args(profile: HardwareProfile, devices: int) -> list[str]:

@@ -439,6 +439,16 @@ class Route(Values):
     """Share of the deployment's requests (proportional to planned capacity)."""
     labels: dict[str, str]
     """Labels of the route's metrics."""
+    side: Literal["stable", "canary"] = "stable"
+    """During a rollout, the side this route serves (the router sends it the deployment's split; absent:
+    stable)."""
+
+
+class Split(Values):
+    """A rollout's traffic split of one deployment between its stable and canary routes."""
+
+    canary_percent: float = Field(ge=0, le=100)
+    """Percent of the deployment's requests sent to its canary routes."""
 
 
 class RouterConfig(Values):
@@ -446,6 +456,8 @@ class RouterConfig(Values):
 
     deployments: dict[str, list[Route]]
     """Per deployment, its routes."""
+    splits: dict[str, Split] | None = None
+    """Per deployment under a rollout (``moxin rollout`` on Kubernetes writes it), its split; absent: none."""
 
 
 class RouterImage(Values):

@@ -90,8 +90,18 @@ def generation_from_openai(choice: Mapping[str, Any]) -> Generation:
     if not content:
         return Generation(text or "")
     tokens = tuple(str(c["token"]) for c in content)
-    top = tuple({str(t["token"]): float(t["logprob"]) for t in c.get("top_logprobs") or ()} for c in content)
+    top = tuple(_by_text(c.get("top_logprobs") or ()) for c in content)
     return Generation(text or "", tokens, top if all(top) else None)
+
+
+def _by_text(entries: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Top logprobs keyed by token text. Two token ids can decode to the same text (vLLM lists both): their
+    probabilities add up (log-sum-exp), so both sides compare distributions over the same strings."""
+    out: dict[str, float] = {}
+    for t in entries:
+        key, lp = str(t["token"]), float(t["logprob"])
+        out[key] = lp if key not in out else max(out[key], lp) + math.log1p(math.exp(-abs(out[key] - lp)))
+    return out
 
 
 def first_divergence(a: Sequence[Any], b: Sequence[Any]) -> int | None:

@@ -4,15 +4,10 @@ rules`) over made-up series: a vLLM renamed between versions, a plan without a s
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
-import pytest
-import yaml
-
 from orchestrator.observe import queries as q
 from orchestrator.observe.queries import ASSIGNMENT, NO_FILTER, Filter
 from orchestrator.spec.metrics import CONTROLLER, ROUTER, VLLM
+from tests.promtool import promql_cases
 
 
 def test_a_filter_matches_only_labels_the_series_has():
@@ -93,19 +88,6 @@ def _series(name: str, values: str, **labels: str) -> dict[str, str]:
             "values": values}
 
 
-def _promtool_test(tmp_path, input_series, cases):
-    """Evaluate each (expr, expected samples) at 10m over ``input_series`` scraped every minute."""
-    if shutil.which("promtool") is None:
-        pytest.skip("promtool is not installed (Debian: prometheus)")
-    tests = [{"expr": expr, "eval_time": "10m",
-              "exp_samples": [{"labels": labels, "value": value} for labels, value in samples]}
-             for expr, samples in cases]
-    path = tmp_path / "test.yaml"
-    path.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [
-        {"interval": "1m", "input_series": input_series, "promql_expr_test": tests}]}))
-    done = subprocess.run(["promtool", "test", "rules", str(path)], check=False, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_rename_robust_series_prefer_the_current_name_and_fall_back_to_the_old(tmp_path):
@@ -124,7 +106,7 @@ def test_rename_robust_series_prefer_the_current_name_and_fall_back_to_the_old(t
         _series("vllm:gpu_prefix_cache_queries_total", "0+60x20", deployment="d", pool="old", instance="b"),
         _series("vllm:gpu_prefix_cache_hits_total", "0+30x20", deployment="d", pool="old", instance="b"),
     ]
-    _promtool_test(tmp_path, series, [
+    promql_cases(tmp_path, series, [
         (kv, [('{pool="new"}', 0.5), ('{pool="old"}', 0.25), ('{pool="both"}', 0.75), ('{pool="escaped"}', 0.125)]),
         (q.prefix_cache_hit_ratio(by, NO_FILTER, "5m"), [('{pool="new"}', 0.25), ('{pool="old"}', 0.5)]),
     ])
@@ -143,7 +125,7 @@ def test_cost_per_million_tokens_predicted_and_actual(tmp_path):
         _series("moxin_predicted_output_tokens_per_second", "0x20", deployment="d", pool="q"),
         _series("moxin_generation_tokens_total", "0x20", deployment="d", pool="q"),
     ]
-    _promtool_test(tmp_path, series, [
+    promql_cases(tmp_path, series, [
         (q.predicted_cost_per_million_tokens(("pool",)), [('{pool="p"}', 2 / 100 / 3600 * 1_000_000)]),
         # actual: everything the pool costs over what it generated
         (q.actual_cost_per_million_tokens(("pool",), NO_FILTER, "5m"), [('{pool="p"}', 9 / 1 / 3600 * 1_000_000)]),
@@ -160,11 +142,11 @@ def test_error_ratio_capacity_used_load_and_replica_share(tmp_path):
         _series("moxin_requests_in_flight", "5x20", deployment="d", pool="p", replica="d-1"),
         _series("moxin_planned_batch", "16x20", deployment="d", pool="p"),
     ]
-    _promtool_test(tmp_path, series, [
+    promql_cases(tmp_path, series, [
         (q.error_ratio(("deployment",), NO_FILTER, "5m"), [('{deployment="d"}', 0.1), ('{deployment="e"}', 0)]),
         (q.capacity_used(ASSIGNMENT, NO_FILTER, "5m"), [('{deployment="d",variant="fp8",pool="p"}', 0.5)]),
         (q.load_vs_planned_batch(("pool", "hardware", "engine")), [('{pool="p",hardware="h100",engine="vllm"}', 0.5)]),
-        (q.in_flight_share(("deployment",)), [('{deployment="d",replica="d-0"}', 3 / 8),
+        (q.in_flight_share(("deployment",), NO_FILTER, "5m"), [('{deployment="d",replica="d-0"}', 3 / 8),
                                               ('{deployment="d",replica="d-1"}', 5 / 8)]),
     ])
 
@@ -174,6 +156,6 @@ def test_a_quantile_over_an_old_vllm_histogram(tmp_path):
     series = [_series(name, "0+60x20", deployment="d", pool="p", le="0.01"),
               _series(name, "0+60x20", deployment="d", pool="p", le="0.1"),
               _series(name, "0+60x20", deployment="d", pool="p", le="+Inf")]
-    _promtool_test(tmp_path, series, [
+    promql_cases(tmp_path, series, [
         (q.quantile(0.5, VLLM["itl"], ("deployment",), NO_FILTER, "5m"), [('{deployment="d"}', 0.005)]),
     ])

@@ -83,3 +83,17 @@ def test_router_config_is_a_routing_table_the_router_accepts(example_name):
     plan, _, _ = example(example_name)
     table = parse_table(router_config(plan, "moxin"))
     assert sum(len(rows) for rows in table.values()) == sum(1 for a in plan.spec.assignments if a.replicas)
+
+
+def test_with_split_marks_the_canary_routes_and_adds_the_split_only_when_there_are_some():
+    from orchestrator.render.helm import with_split
+
+    config = {"deployments": {"chat": [{"name": "a", "url": "http://a:8000", "requestModel": "m", "weight": 1.0,
+                                        "labels": {}},
+                                       {"name": "b", "url": "http://b:8000", "requestModel": "m", "weight": 2.0,
+                                        "labels": {}}]}}
+    split = with_split(config, "chat", frozenset({"b"}), 10)
+    assert [r.get("side") for r in split["deployments"]["chat"]] == [None, "canary"]
+    assert split["splits"] == {"chat": {"canaryPercent": 10}}
+    assert "side" not in config["deployments"]["chat"][1]  # the input is left alone
+    assert with_split(config, "chat", frozenset({"gone"}), 10) == config

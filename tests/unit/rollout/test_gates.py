@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
-import yaml
 
 from orchestrator.rollout.gates import Readings, Side, SideReading, evaluate, promql, requests_query
 from orchestrator.rollout.quality import Generation, compare
 from orchestrator.spec.rollout import Gate, Quality
+from tests.promtool import promql_cases
 
 
 def _gate(metric: str = "ttftP95", min_requests: int = 20, **threshold: float) -> Gate:
@@ -92,8 +89,6 @@ def test_label_values_are_escaped() -> None:
 def test_side_queries_as_prometheus_evaluates_them(tmp_path) -> None:
     """promtool over a canary that answers without a 5xx (error ratio 0, not "no data"), a stable side with 10% 5xx,
     and a side without a ready replica (no tokens per replica rather than +Inf)."""
-    if shutil.which("promtool") is None:
-        pytest.skip("promtool is not installed (Debian: prometheus)")
     canary, stable, idle = SIDE, Side("chat", "int4", "h100-a"), Side("chat", "bf16", "h100-a")
 
     def series(name: str, side: Side, values: str, **extra: str) -> dict[str, str]:
@@ -116,11 +111,4 @@ def test_side_queries_as_prometheus_evaluates_them(tmp_path) -> None:
              (promql("outputTokensPerSecondPerReplica", idle, 300), []),
              (promql("ttftP95", canary, 300), [0.475]),  # 95% of the way through the 0-0.5 s bucket
              (requests_query(canary, 300), [300])]
-    tests = [{"expr": expr, "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": v} for v in values]}
-             for expr, values in cases]
-    path = tmp_path / "test.yaml"
-    path.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [
-        {"interval": "1m", "input_series": input_series, "promql_expr_test": tests}]}))
-    done = subprocess.run(["promtool", "test", "rules", str(path)], check=False, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
+    promql_cases(tmp_path, input_series, [(expr, [("{}", v) for v in values]) for expr, values in cases])

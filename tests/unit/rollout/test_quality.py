@@ -122,3 +122,12 @@ def test_prompt_files_and_the_builtin_set() -> None:
     with pytest.raises(ValueError, match="no prompt"):
         parse_prompts("\n\n")
     assert len(BUILTIN_PROMPTS) == 12 and len(set(BUILTIN_PROMPTS)) == 12
+
+
+def test_two_token_ids_with_the_same_text_add_their_probabilities() -> None:
+    """vLLM can list two ids that decode to the same text among the top logprobs: ln(0.25) and ln(0.25) -> ln(0.5)."""
+    choice = {"message": {"content": "a"}, "logprobs": {"content": [{"token": "a", "top_logprobs": [
+        {"token": "a", "logprob": math.log(0.25)}, {"token": "a", "logprob": math.log(0.25)},
+        {"token": "b", "logprob": math.log(0.5)}]}]}}
+    (top,) = generation_from_openai(choice).top
+    assert top.keys() == {"a", "b"} and math.isclose(top["a"], math.log(0.5)) and math.isclose(top["b"], math.log(0.5))
