@@ -1437,33 +1437,47 @@ def rollout_status(address: str | None, name: str | None, fmt: str) -> None:
 
 
 def _rollout_command(verb: str, help_text: str) -> None:
-    @rollout.command(verb if verb != "promoteFull" else "promote-full", help=help_text)
+    @rollout.command(verb, help=help_text)
     @ADDRESS
-    @click.argument("name")
+    @click.argument("name", required=False)
     @OUTPUT
-    def command(address: str | None, name: str, fmt: str) -> None:
+    def command(address: str | None, name: str | None, fmt: str) -> None:
         from orchestrator.runtime import client
 
         addr, _ = client.resolve_address(address)
-        _show_rollouts(client.rollout(addr, "command", name, verb), fmt)
+        _show_rollouts(client.rollout(addr, "command", _running_rollout(addr, name), verb), fmt)
 
 
 @rollout.command("promote")
 @ADDRESS
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--full", is_flag=True, help="Skip the remaining steps: all traffic to the new side now.")
 @OUTPUT
-def rollout_promote(address: str | None, name: str, full: bool, fmt: str) -> None:
-    """End the current pause (or, with --full, every remaining step)."""
+def rollout_promote(address: str | None, name: str | None, full: bool, fmt: str) -> None:
+    """End the current pause (or, with --full, every remaining step). NAME: the only running rollout by default."""
     from orchestrator.runtime import client
 
     addr, _ = client.resolve_address(address)
-    _show_rollouts(client.rollout(addr, "command", name, "promoteFull" if full else "promote"), fmt)
+    _show_rollouts(client.rollout(addr, "command", _running_rollout(addr, name), "promoteFull" if full else "promote"),
+                   fmt)
 
 
-_rollout_command("pause", "Hold at the current step until resume.")
-_rollout_command("resume", "Go on from a pause (also one a gate or the spec caused).")
-_rollout_command("abort", "All traffic back to the old side; the new side is removed.")
+def _running_rollout(addr: str, name: str | None) -> str:
+    """NAME, or the one rollout still running when it is left out."""
+    if name is not None:
+        return name
+    from orchestrator.runtime import client
+
+    running = [n for n, st in client.rollout(addr, "status", None).items() if not st["finished"]]
+    if len(running) != 1:
+        raise MoxinError(f"{len(running)} rollouts are running ({', '.join(running) or 'none'}): name one")
+    return running[0]
+
+
+_rollout_command("pause", "Hold at the current step until resume (NAME: the only running rollout by default).")
+_rollout_command("resume", "Go on from a pause, also one a gate caused (NAME: the only running rollout by default).")
+_rollout_command("abort", "All traffic back to the old side; the new side is removed (NAME: the only running rollout "
+                          "by default).")
 
 
 def _show_rollouts(rollouts: dict[str, Any], fmt: str) -> None:
