@@ -91,7 +91,7 @@ def wait_phase(env: dict[str, str], name: str, phases: set[str], timeout: float)
 
 def write_rollout(path: Path, name: str, to: dict, gate: dict, steps: list | None = None) -> Path:
     doc = {"apiVersion": "moxin.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": name},
-           "spec": {"deployment": "tiny-chat", "to": to, "progressDeadlineSeconds": 300,
+           "spec": {"deployment": "tiny-chat", "to": to, "progressDeadlineSeconds": 600,
                     "steps": steps or [{"setWeight": 10}, {"analysis": {"gates": [gate]}}, {"setWeight": 50},
                                        {"setWeight": 100}]}}
     path.write_text(json.dumps(doc))
@@ -144,7 +144,7 @@ def test_a_gate_that_cannot_pass_rolls_back_with_no_failed_request(up):
                           "minRequests": 1})
     with Load(up["router"]) as load:
         moxin(env, "rollout", "apply", "-f", str(file), *CATALOG)
-        st = wait_phase(env, "back-to-bf16", {"Succeeded", "RolledBack", "Failed"}, 300)
+        st = wait_phase(env, "back-to-bf16", {"Succeeded", "RolledBack", "Failed"}, 600)
         time.sleep(3)
     assert st["phase"] == "RolledBack", json.dumps(st, indent=1)
     assert any("e2eP95" in d["message"] for d in st["log"]), st["log"]
