@@ -516,6 +516,7 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
         client.apply(address, doc, options)
         prometheus_url = _start_prometheus(with_prometheus, Path(options["prometheusSd"]), prometheus_port,
                                            scrape_interval)
+        client.set_prometheus_url(address, prometheus_url)  # rollout gates query it (None: the routers' /metrics)
         seen: dict[str, str] = {}
 
         def progress(st: dict[str, Any]) -> None:
@@ -1367,6 +1368,142 @@ def bench(ctx: click.Context, url: str, request_model: str | None, api_key_file:
         sys.stdout.write(text)
     if any(lv.succeeded == 0 for lv in result.levels):
         click.echo("warning: a level had no successful request; see ERRORS", err=True)
+
+
+@cli.group()
+def rollout() -> None:
+    """Progressive delivery on the running cluster: a canary or blue-green move of one deployment to another
+    variant or pool, with gates on latency, errors, throughput and output quality (see manifests/rollouts)."""
+
+
+@rollout.command("apply")
+@ADDRESS
+@click.option("-f", "--file", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The Rollout document.")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--model-root", default=None, help="Where the new side's checkpoints are [default: moxin up's, else "
+              f"{MODEL_ROOT}].")
+@OUTPUT
+def rollout_apply(address: str | None, file: Path, paths: tuple[Path, ...], model_root: str | None, fmt: str) -> None:
+    """Start the Rollout in FILE against the plan the cluster runs. PATHS: the fleet, models and deployments the
+    new side is planned from [default: the embedded example]. Refused, with the reasons, when the new side does not
+    fit even with the old side removed."""
+    from orchestrator.rollout import capacity, quality
+    from orchestrator.runtime import client, local
+    from orchestrator.spec.catalog import local_example_dir
+
+    addr, is_local = client.resolve_address(address)
+    catalog_paths = tuple(paths or (local_example_dir(),))
+    inside = any(file.resolve() == p.resolve() or p.resolve() in file.resolve().parents for p in catalog_paths)
+    catalog = _catalog(catalog_paths if inside else (*catalog_paths, file))
+    import yaml
+
+    names = [d["metadata"]["name"] for d in yaml.safe_load_all(file.read_text())
+             if isinstance(d, dict) and d.get("kind") == "Rollout"]
+    if len(names) != 1:
+        raise MoxinError(f"{file}: expected one Rollout, found {len(names)}")
+    doc = catalog.rollouts[names[0]]
+    plan = client.current_plan(addr)
+    if plan is None:
+        raise MoxinError("the cluster runs no plan: `moxin up` or `moxin apply` first")
+    fleet = catalog.fleets.get(plan.spec.fleet)
+    if fleet is None:
+        raise MoxinError(f"the cluster's plan runs on fleet {plan.spec.fleet!r}, which PATHS do not hold")
+    found = capacity.check(plan, fleet, catalog, doc.spec)
+    if found.mode == "none":
+        raise InfeasibleError(f"rollout {doc.metadata.name!r} does not fit", list(found.reasons))
+    root = model_root or (str(local.home() / "models") if is_local else MODEL_ROOT)
+    new_side = capacity.new_side(fleet, catalog, doc.spec, found, PlanOptions(model_root=root))
+    prompts = None
+    q = doc.spec.quality
+    if q is not None and q.prompts != "builtin":
+        prompts = quality.parse_prompts((file.parent / q.prompts).read_text())
+    st = client.rollout(addr, "apply", doc.metadata.name, doc.spec.model_dump(mode="json", by_alias=True),
+                        new_side.model_dump(mode="json", by_alias=True), list(found.fits_beside), 600.0, prompts)
+    click.echo(f"capacity: {found.mode}: {'; '.join(found.reasons)}", err=True)
+    _show_rollouts(st, fmt)
+
+
+@rollout.command("status")
+@ADDRESS
+@click.argument("name", required=False)
+@OUTPUT
+def rollout_status(address: str | None, name: str | None, fmt: str) -> None:
+    """Phase, step, weight, each side's replicas, every gate's value against its threshold, the decision log."""
+    from orchestrator.runtime import client
+
+    addr, _ = client.resolve_address(address)
+    _show_rollouts(client.rollout(addr, "status", name), fmt)
+
+
+def _rollout_command(verb: str, help_text: str) -> None:
+    @rollout.command(verb, help=help_text)
+    @ADDRESS
+    @click.argument("name", required=False)
+    @OUTPUT
+    def command(address: str | None, name: str | None, fmt: str) -> None:
+        from orchestrator.runtime import client
+
+        addr, _ = client.resolve_address(address)
+        _show_rollouts(client.rollout(addr, "command", _running_rollout(addr, name), verb), fmt)
+
+
+@rollout.command("promote")
+@ADDRESS
+@click.argument("name", required=False)
+@click.option("--full", is_flag=True, help="Skip the remaining steps: all traffic to the new side now.")
+@OUTPUT
+def rollout_promote(address: str | None, name: str | None, full: bool, fmt: str) -> None:
+    """End the current pause (or, with --full, every remaining step). NAME: the only running rollout by default."""
+    from orchestrator.runtime import client
+
+    addr, _ = client.resolve_address(address)
+    _show_rollouts(client.rollout(addr, "command", _running_rollout(addr, name), "promoteFull" if full else "promote"),
+                   fmt)
+
+
+def _running_rollout(addr: str, name: str | None) -> str:
+    """NAME, or the one rollout still running when it is left out."""
+    if name is not None:
+        return name
+    from orchestrator.runtime import client
+
+    running = [n for n, st in client.rollout(addr, "status", None).items() if not st["finished"]]
+    if len(running) != 1:
+        raise MoxinError(f"{len(running)} rollouts are running ({', '.join(running) or 'none'}): name one")
+    return running[0]
+
+
+_rollout_command("pause", "Hold at the current step until resume (NAME: the only running rollout by default).")
+_rollout_command("resume", "Go on from a pause, also one a gate caused (NAME: the only running rollout by default).")
+_rollout_command("abort", "All traffic back to the old side; the new side is removed (NAME: the only running rollout "
+                          "by default).")
+
+
+def _show_rollouts(rollouts: dict[str, Any], fmt: str) -> None:
+    from orchestrator.output import emit, table
+
+    if fmt != "table":
+        emit(rollouts, fmt)
+        return
+    if not rollouts:
+        click.echo("no rollouts")
+    for name, st in rollouts.items():
+        click.echo(f"rollout {name}: {st['deployment']} -> {st['to']['variant']} on {st['to']['pool']}: "
+                   f"{st['phase']}, step {st['step']}/{st['steps']} ({st['stepKind'] or '-'}), weight {st['weight']}%, "
+                   f"replicas new {st['replicas']['canary']} old {st['replicas']['stable']}"
+                   + (f"; paused: {st['pausedReason']}" if st["pausedReason"] else ""))
+        if st["gates"]:
+            table(["GATE", "CANARY", "STABLE", "LIMIT", "THRESHOLD", "OUTCOME", "MEASURED", "REASON"],
+                  [[g["metric"], _num(g["canary"]), _num(g["stable"]), _num(g["limit"]), g["threshold"] or "-",
+                    g["outcome"] or "-", g["measurements"], g["reason"]] for g in st["gates"]])
+        for d in st["log"][-10:]:
+            click.echo(f"  {time.strftime('%H:%M:%S', time.localtime(d['at']))} step {d['step']} {d['phase']}: "
+                       f"{d['message']}")
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def main() -> None:

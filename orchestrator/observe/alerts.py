@@ -255,11 +255,34 @@ def _controller(flt: Filter, s: AlertSettings) -> RuleGroup:
     ))
 
 
+def _rollouts(flt: Filter) -> RuleGroup:
+    phase, waiting, deadline = CONTROLLER["rollout_phase"], CONTROLLER["rollout_waiting"], CONTROLLER["rollout_deadline"]
+    ended = q.series(phase, flt.and_("phase", "=~", "RolledBack|Failed"))
+    return RuleGroup("moxin.rollouts", (
+        Alert("MoxinRolloutFailed",
+              f"{ended} == 1",
+              "0m", "warning",
+              "Rollout {{ $labels.rollout }} of {{ $labels.deployment }} is {{ $labels.phase }}",
+              "The rollout {{ $labels.rollout }} ended {{ $labels.phase }}: a gate failed, the progress deadline "
+              "passed or someone aborted it. RolledBack: all traffic is on the old side and the new side is removed; "
+              "Failed: both sides run as they were, for a person to decide. `moxin rollout status` names the gate "
+              "and its values."),
+        Alert("MoxinRolloutStuck",
+              f"{q.series(waiting, flt)} > {q.on(('namespace', 'rollout', 'deployment'))} {q.series(deadline, flt)}",
+              "5m", "warning",
+              "Rollout {{ $labels.rollout }} of {{ $labels.deployment }} is past its progress deadline",
+              "The rollout {{ $labels.rollout }} has waited {{ $value | humanizeDuration }} for its new side's "
+              "replicas at one step, longer than its progressDeadlineSeconds, and the controller has not ended it: "
+              "its replicas do not become ready, or the controller's loop does not run."),
+    ))
+
+
 def rule_groups(settings: AlertSettings | None = None, namespace: str | None = None) -> tuple[RuleGroup, ...]:
     """Every rule group; ``namespace`` restricts every series to that namespace (the chart's, on Kubernetes)."""
     s = settings or AlertSettings()
     flt = Filter.equal(namespace=namespace) if namespace else NO_FILTER
-    return (_availability(flt), _slo(flt, s), _saturation(flt, s), _capacity(flt, s), _controller(flt, s))
+    return (_availability(flt), _slo(flt, s), _saturation(flt, s), _capacity(flt, s), _controller(flt, s),
+            _rollouts(flt))
 
 
 def alerts(settings: AlertSettings | None = None, namespace: str | None = None) -> tuple[Alert, ...]:

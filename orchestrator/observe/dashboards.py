@@ -322,8 +322,9 @@ def _engines() -> DashboardSpec:
 
 # ---------------------------------------------------------------------------------------------- Controller
 
-ROLLOUTS_NOTE = ("**Reserved for rollouts.** The rollout issue adds its panels here (progress, gate results, "
-                 "rollbacks); the controller exports no rollout series yet.")
+ROLLOUTS_NOTE = ("Rollouts (`moxin rollout status` for the decision log): the new side's share of the traffic and the "
+                 "step each rollout is at, its phase, and every gate's last reading per side against the bound the "
+                 "canary is held to (side `limit`).")
 
 
 def _controller() -> DashboardSpec:
@@ -343,7 +344,21 @@ def _controller() -> DashboardSpec:
         PanelSpec("Restarts", CONTROLLER["restarts"].help, CONTROLLER["restarts"].unit,
                   (Query(q.sum_by(("deployment",), q.series(CONTROLLER["restarts"], VARS)), "{{deployment}}"),)),
     ))
-    rollouts = RowSpec("Rollouts", note=ROLLOUTS_NOTE)
+    ids = ("rollout", "deployment")
+    rollouts = RowSpec("Rollouts", (
+        PanelSpec("Canary weight", CONTROLLER["rollout_weight"].help, CONTROLLER["rollout_weight"].unit,
+                  (Query(q.sum_by(ids, q.series(CONTROLLER["rollout_weight"], VARS)), "{{rollout}} ({{deployment}})"),),
+                  width=6),
+        PanelSpec("Rollout step", CONTROLLER["rollout_step"].help, CONTROLLER["rollout_step"].unit,
+                  (Query(q.sum_by(ids, q.series(CONTROLLER["rollout_step"], VARS)), "{{rollout}} ({{deployment}})"),),
+                  width=6),
+        PanelSpec("Rollout phase", CONTROLLER["rollout_phase"].help, CONTROLLER["rollout_phase"].unit,
+                  (Query(f'{q.sum_by((*ids, "phase"), q.series(CONTROLLER["rollout_phase"], VARS))} == 1',
+                         "{{rollout}}: {{phase}}"),), width=6),
+        PanelSpec("Gate values", CONTROLLER["rollout_gate_value"].help, CONTROLLER["rollout_gate_value"].unit,
+                  (Query(q.sum_by((*ids, "gate", "side"), q.series(CONTROLLER["rollout_gate_value"], VARS)),
+                         "{{rollout}} {{gate}} {{side}}"),), width=6),
+    ), note=ROLLOUTS_NOTE)
     return DashboardSpec("moxin-controller", "moxin / Controller",
                          "The controller's reconcile loop (duration, errors, actions) and the replicas it manages.",
                          (loop, replicas, rollouts))

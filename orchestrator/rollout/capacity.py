@@ -19,7 +19,7 @@ from orchestrator.planner.candidates import Candidate, EstimateCache, candidates
 from orchestrator.planner.place import Placement, Stage, place_beside
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.fleet import Fleet, Pool
-from orchestrator.spec.plan import Assignment, Plan
+from orchestrator.spec.plan import Assignment, Plan, PlanOptions
 from orchestrator.spec.rollout import RolloutSpec
 
 CapacityMode = Literal["surge", "replace", "none"]
@@ -133,3 +133,24 @@ def _most(pool: Pool, per_node: int, kept: dict[tuple, list[Placement]], c: Cand
             break
         best = n
     return best
+
+
+def new_side(fleet: Fleet, catalog: Catalog, spec: RolloutSpec, found: CapacityCheck,
+             options: PlanOptions | None = None) -> Assignment:
+    """The new side as an assignment: the deployment planned alone on the target variant and pool, at the
+    parallelism and size ``check`` found, with its engine launch as ``moxin plan`` would write it. Placements are
+    the planner's on an empty pool: the runtime places the replicas (Ray's resources), the plan's devices are
+    advisory."""
+    from orchestrator.planner import plan as make_plan
+
+    deployment = catalog.deployments[spec.deployment]
+    size = found.canary_replicas
+    narrowed = deployment.model_copy(update={"spec": deployment.spec.model_copy(update={
+        "variants": [found.variant], "pools": [found.pool],
+        "replicas": deployment.spec.replicas.model_copy(update={"min": size, "max": size})})})
+    planned = make_plan(fleet, [narrowed], catalog, options=options)
+    ours = [a for a in planned.spec.assignments if a.deployment == spec.deployment and a.replicas > 0]
+    if not ours:
+        reasons = [r for u in planned.spec.unplaced for r in u.reasons] or ["the planner placed nothing"]
+        raise InfeasibleError(f"{found.variant} on {found.pool} cannot be planned for {spec.deployment!r}", reasons)
+    return ours[0]

@@ -5,6 +5,12 @@ A replica's load is (in-flight + 1) / weight, where weight is the plan's predict
 H100 replica planned for 40 req/s takes about eight times the concurrent requests of a Mac planned for 5 before
 the Mac is preferred. A replica whose connection failed is skipped for ``FAILED_COOLDOWN_S`` unless nothing
 else is left.
+
+A rollout splits a deployment in two sides: a row may carry ``"side": "canary"`` (absent: stable), and the
+table's ``"splits": {NAME: {"canaryPercent": W}}`` sends W% of the deployment's requests to the canary side. The
+side is chosen once per request by smooth weighted round-robin (nginx's), so any 100 consecutive requests split
+exactly W/100-W; within the side the replica is the weighted least-loaded one. A split applies only while both
+sides have rows; a side with no replica left gives its requests to the other.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class Endpoint:
     weight: float
     labels: dict[str, str] = field(default_factory=dict)
     """The metric labels (``spec.plan.METRIC_LABELS``): what a table row gives, "" for what it does not."""
+    side: str = "stable"
+    """``SIDES``: the stable side or a rollout's canary."""
     in_flight: int = 0
     failed_until: float = 0.0
 
@@ -37,13 +45,43 @@ class Endpoint:
 
 
 ROW_KEYS = ("name", "url", "requestModel", "weight")
+STABLE, CANARY = "stable", "canary"
+SIDES = (STABLE, CANARY)
+SPLIT_KEYS = ("canaryPercent",)
 
 
 def parse_table(data: Any) -> dict[str, list[dict[str, Any]]]:
-    """Check a routing-table document ({"deployments": {name: [rows]}}); ValueError says what is wrong where."""
+    """Check a routing-table document ({"deployments": {name: [rows]}, "splits"?: {name: {"canaryPercent": W}}});
+    the deployments it holds. ValueError says what is wrong where."""
+    return parse_document(data)[0]
+
+
+def parse_document(data: Any) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, float]]]:
+    """Check a routing-table document; its deployments and its splits ({} without any)."""
     if not isinstance(data, dict) or not isinstance(data.get("deployments"), dict):
         raise ValueError('expected an object with "deployments": {NAME: [replica, ...]}')
-    return check_deployments(data["deployments"])
+    unknown = sorted(set(data) - {"deployments", "splits"})
+    if unknown:
+        raise ValueError(f"unknown keys {unknown}: a routing table has deployments and splits")
+    deployments = check_deployments(data["deployments"])
+    return deployments, check_splits(data.get("splits") or {}, deployments)
+
+
+def check_splits(splits: Any, deployments: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Check the splits of a routing table ({name: {"canaryPercent": W}}, W in [0, 100]) against its
+    deployments: a split of a deployment the table does not hold is a typo, not a no-op."""
+    if not isinstance(splits, dict):
+        raise ValueError('splits: expected {NAME: {"canaryPercent": W}}')
+    for name, split in splits.items():
+        where = f"splits.{name}"
+        if name not in deployments:
+            raise ValueError(f"{where}: no deployment {name!r} in the table; deployments: {sorted(deployments)}")
+        if not isinstance(split, dict) or set(split) != set(SPLIT_KEYS):
+            raise ValueError(f'{where}: expected {{"canaryPercent": W}}, got {split!r}')
+        w = split["canaryPercent"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or not 0 <= w <= 100:
+            raise ValueError(f"{where}.canaryPercent: expected a number in [0, 100], got {w!r}")
+    return splits
 
 
 def check_deployments(deployments: Any) -> dict[str, list[dict[str, Any]]]:
@@ -81,6 +119,9 @@ def _check_row(where: str, row: Any) -> None:
     weight = row["weight"]
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
         raise ValueError(f"{where}.weight: expected a finite number > 0, got {weight!r}")
+    side = row.get("side", STABLE)
+    if side not in SIDES:
+        raise ValueError(f"{where}.side: expected one of {list(SIDES)} (absent: stable), got {side!r}")
     labels = row.get("labels")
     if labels is not None and not (isinstance(labels, dict)
                                    and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
@@ -94,10 +135,15 @@ _HTTP_URL = re.compile(r"^https?://[^/\s?#@]+(/[^\s]*)?$")
 class Balancer:
     def __init__(self, rng: random.Random | None = None) -> None:
         self.table: dict[str, list[Endpoint]] = {}
+        self.splits: dict[str, float] = {}
+        """Canary percent per split deployment."""
+        self._current: dict[str, dict[str, float]] = {}
+        """Smooth weighted round-robin's running weights per split deployment."""
         self.rng = rng or random.Random()
 
-    def update(self, table: dict[str, list[dict[str, Any]]]) -> None:
-        """Replace the routing table, keeping the counters of replicas that stay."""
+    def update(self, table: dict[str, list[dict[str, Any]]], splits: dict[str, dict[str, float]] | None = None) -> None:
+        """Replace the routing table and its splits, keeping the counters of replicas that stay and the
+        round-robin of splits that stay."""
         old = {e.name: e for eps in self.table.values() for e in eps}
         new: dict[str, list[Endpoint]] = {}
         for deployment, rows in table.items():
@@ -105,15 +151,36 @@ class Balancer:
             for r in rows:
                 given = r.get("labels") or {}
                 labels = {k: str(given.get(k, deployment if k == "deployment" else "")) for k in METRIC_LABELS}
-                e = Endpoint(r["name"], r["url"].rstrip("/"), r["requestModel"], float(r["weight"]), labels)
+                e = Endpoint(r["name"], r["url"].rstrip("/"), r["requestModel"], float(r["weight"]), labels,
+                             r.get("side", STABLE))
                 if r["name"] in old and old[r["name"]].url == e.url:
                     e.in_flight, e.failed_until = old[r["name"]].in_flight, old[r["name"]].failed_until
                 eps.append(e)
             new[deployment] = eps
         self.table = new
+        percents = {name: float(split["canaryPercent"]) for name, split in (splits or {}).items()}
+        self._current = {name: self._current[name] for name in percents
+                         if name in self._current and self.splits.get(name) == percents[name]}
+        self.splits = percents
 
-    def pick(self, deployment: str, exclude: set[str], now: float) -> Endpoint | None:
+    def side(self, deployment: str) -> str | None:
+        """The side the next request of the deployment goes to (None: no split in force); call once per request."""
+        percent = self.splits.get(deployment)
+        if percent is None or {e.side for e in self.table.get(deployment, [])} != set(SIDES):
+            return None
+        weights = {CANARY: percent, STABLE: 100.0 - percent}
+        current = self._current.setdefault(deployment, {s: 0.0 for s in SIDES})
+        for s in SIDES:
+            current[s] += weights[s]
+        chosen = max(SIDES, key=lambda s: (current[s], s == STABLE))  # a tie goes to stable
+        current[chosen] -= 100.0
+        return chosen
+
+    def pick(self, deployment: str, exclude: set[str], now: float, side: str | None = None) -> Endpoint | None:
+        """The least-loaded replica not excluded, on ``side`` while it has one left (then on the other)."""
         eps = [e for e in self.table.get(deployment, []) if e.name not in exclude]
+        if side is not None:
+            eps = [e for e in eps if e.side == side] or eps
         if not eps:
             return None
         healthy = [e for e in eps if e.failed_until <= now] or eps

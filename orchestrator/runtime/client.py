@@ -136,3 +136,22 @@ def wait_ready(address: str, timeout_s: float, progress: Callable[[dict[str, Any
             raise MoxinError(f"not every replica was ready within {timeout_s:.0f} s; see `moxin status` and "
                              "`moxin logs REPLICA`")
         time.sleep(1.0)
+
+
+def set_prometheus_url(address: str, url: str | None) -> None:
+    """Tell the controller where Prometheus answers queries (rollout gates read it)."""
+    ray = connect(address)
+    ray.get(controller(address).set_prometheus_url.remote(url), timeout=60)
+
+
+def rollout(address: str, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Call the controller's ``rollout_<method>``; its refusals (unknown rollout, one already running, ...) come
+    back as one-line MoxinErrors."""
+    ray = connect(address)
+    try:
+        return ray.get(getattr(controller(address), f"rollout_{method}").remote(*args, **kwargs), timeout=120)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, (KeyError, ValueError)):
+            raise MoxinError(str(cause).strip("'\"")) from None
+        raise

@@ -30,16 +30,18 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
 
 from orchestrator.output import write_atomic
+from orchestrator.rollout import gates, machine, measure, quality
+from orchestrator.runtime import rollouts
 from orchestrator.runtime.desired import ReplicaSpec, replica_specs
 from orchestrator.runtime.metrics import ControllerMetrics
-from orchestrator.runtime.names import KV_COUNTERS, KV_OPTIONS, KV_PLAN, ROUTER_PREFIX
+from orchestrator.runtime.names import KV_COUNTERS, KV_OPTIONS, KV_PLAN, KV_ROLLOUTS, ROUTER_PREFIX
 from orchestrator.runtime.reconcile import (
     STOP_TIMEOUT_S,
     Action,
@@ -53,7 +55,8 @@ from orchestrator.runtime.reconcile import (
 )
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ROUTER_PORT
 from orchestrator.spec.metrics import SCRAPE_JOBS
-from orchestrator.spec.plan import Plan
+from orchestrator.spec.plan import Assignment, Plan
+from orchestrator.spec.rollout import RolloutSpec
 from orchestrator.spec.router import RouterLimits
 
 if TYPE_CHECKING:
@@ -71,7 +74,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "metricsPort": CONTROLLER_METRICS_PORT, "routers": 1, "routerHost": "0.0.0.0", "routerPort": ROUTER_PORT,
     "apiKeys": None,
     "logDir": str(Path(tempfile.gettempdir()) / "moxin" / "logs"), "drainSeconds": 10.0, "graceSeconds": 15.0,
-    "prometheusSd": None, "routerLimits": {},
+    "prometheusSd": None, "routerLimits": {}, "prometheusUrl": None,
 }
 
 
@@ -152,15 +155,24 @@ class _View:
 
 class Controller:
     def __init__(self, options: dict[str, Any] | None = None, cluster: RayCluster | None = None,
-                 clock: Callable[[], float] = time.time, run: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, run: bool = True, probe: Any = None) -> None:
         """``cluster`` defaults to the Ray cluster this actor runs in. ``run``: serve metrics and start the reconcile
-        thread; without it the caller drives ``reconcile_once`` (as the unit tests do)."""
+        thread; without it the caller drives ``reconcile_once`` (as the unit tests do). ``probe``: the rollout
+        gates' reads (``rollout_probe.HttpProbe`` by default)."""
         if cluster is None:
             from orchestrator.runtime.cluster import RayCluster
 
             cluster = RayCluster()
         self.cluster = cluster
         self.clock = clock
+        if probe is None:
+            from orchestrator.runtime.rollout_probe import HttpProbe
+            from orchestrator.runtime.secrets import engine_key
+
+            probe = HttpProbe(engine_key())
+        self.probe = probe
+        self._pages: list[Any] = []
+        """Readings of the routers' /metrics while a rollout runs without Prometheus (oldest first)."""
         self.options = {**DEFAULT_OPTIONS, **(cluster.kv_get(KV_OPTIONS) or {}), **(options or {})}
         cluster.kv_put(KV_OPTIONS, self.options)
         self.metrics = ControllerMetrics()
@@ -174,12 +186,18 @@ class Controller:
         self.router_endpoints: list[dict[str, str]] = []
         self.events: list[str] = []
         self.table: dict[str, list[dict]] = {}
+        self.splits: dict[str, dict[str, float]] = {}
+        """Rollout splits of the routing table ({deployment: {"canaryPercent": W}})."""
         self.loops = 0
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._lock = threading.RLock()
         self._sd_lock = threading.Lock()  # one writer of the file_sd list at a time
+        self._runs_lock = threading.Lock()  # one writer of the rollouts (memory and GCS) at a time; before _lock
         self._sd_written: str | None = None
+        self.runs: dict[str, rollouts.Run] = {
+            name: rollouts.Run.from_json(data) for name, data in (cluster.kv_get(KV_ROLLOUTS) or {}).items()}
+        """The rollouts, as saved in GCS; replaced whole (a loop or an API call), read without the lock."""
         self.adopted = self._adopt()
         self._counters_saved: dict[str, dict[str, int]] = self._load_counters()
         self.specs: list[ReplicaSpec] = self._desired(self.plan, cluster.known_nodes())
@@ -227,8 +245,80 @@ class Controller:
                 "lastError": d.get("lastError", "") or _waiting_for(rec, spec), "log": d.get("log"),
                 "host": d.get("host"), "nodeId": d.get("nodeId")}
 
+    # -- rollouts (``moxin rollout ...``) ---------------------------------------------------------------------------
+    def rollout_apply(self, name: str, spec: dict[str, Any], canary: dict[str, Any],
+                      fits_beside: list[int] | None = None, readiness_budget_s: float = 600.0,
+                      prompts: list[str] | None = None) -> dict[str, Any]:
+        """Start a rollout of ``spec`` (a RolloutSpec document) whose new side is ``canary`` (the deployment's
+        assignment planned on the target, at full size; ``fits_beside`` from ``rollout.capacity.check``, None:
+        surge; ``prompts``: the quality gate's golden prompts, None: built-in). Saved in GCS before the loop acts on it. A rollout of the same name still running is replaced only
+        when its spec is the same (then nothing changes)."""
+        rs = RolloutSpec.model_validate(spec)
+        new_side = Assignment.model_validate(canary)
+        with self._runs_lock:
+            return self._rollout_apply(name, rs, new_side, fits_beside, readiness_budget_s, tuple(prompts or ()))
+
+    def _rollout_apply(self, name: str, rs: RolloutSpec, new_side: Assignment, fits_beside: list[int] | None,
+                       readiness_budget_s: float, prompts: tuple[str, ...]) -> dict[str, Any]:
+        with self._lock:
+            plan, runs = self.plan, dict(self.runs)
+        if plan is None:
+            raise ValueError("no plan is applied: `moxin up` or `moxin apply` first")
+        old = runs.get(name)
+        if old is not None and old.active:
+            if machine.spec_digest(rs) == old.state.digest:
+                return self.rollout_status(name)
+            raise ValueError(f"rollout {name!r} is running ({old.state.phase.value}); abort it first")
+        for other in runs.values():
+            if other.active and other.spec.deployment == rs.deployment and other.name != name:
+                raise ValueError(f"deployment {rs.deployment!r} already has rollout {other.name!r} running")
+        stable = rollouts.stable_count(plan, rs)
+        if stable == 0:
+            raise ValueError(f"deployment {rs.deployment!r} has no replica matching 'from' in the plan")
+        config = machine.config_for(rs, stable, new_side.replicas, readiness_budget_s, fits_beside)
+        run = rollouts.Run(name, rs, new_side, machine.start(name, rs, config),
+                           notes=(f"capacity: {config.mode}",), prompts=prompts)
+        self._save_runs({**runs, name: run})
+        self._event(f"rollout {name!r} applied: {rs.deployment} to {new_side.variant}/{new_side.pool} "
+                    f"({config.mode})")
+        self._wake.set()
+        return self.rollout_status(name)
+
+    def rollout_command(self, name: str, verb: str) -> dict[str, Any]:
+        """promote | promoteFull | pause | resume | abort: queued with a new id, applied once by the next loop."""
+        if verb not in ("promote", "promoteFull", "pause", "resume", "abort"):
+            raise ValueError(f"unknown command {verb!r}")
+        with self._runs_lock:
+            runs = dict(self.runs)
+            if name not in runs:
+                raise KeyError(f"no rollout {name!r}; rollouts: {sorted(runs)}")
+            runs[name] = runs[name].with_command(verb)
+            self._save_runs(runs)
+        self._wake.set()
+        return self.rollout_status(name)
+
+    def rollout_status(self, name: str | None = None) -> dict[str, Any]:
+        """Each rollout (or the named one): phase, step, weight, replicas, gates, decision log."""
+        runs = self.runs
+        if name is not None and name not in runs:
+            raise KeyError(f"no rollout {name!r}; rollouts: {sorted(runs)}")
+        return {n: {"name": n, "deployment": r.spec.deployment, "to": {"variant": r.canary.variant,
+                                                                        "pool": r.canary.pool},
+                    "finished": r.finished, **machine.status(r.spec, r.state)}
+                for n, r in sorted(runs.items()) if name is None or n == name}
+
+    def _save_runs(self, runs: dict[str, rollouts.Run]) -> None:
+        """GCS first, then memory: what the loop acts on is saved (the caller holds ``_runs_lock``)."""
+        self.cluster.kv_put(KV_ROLLOUTS, {n: r.to_json() for n, r in runs.items()})
+        self.runs = runs
+
     def routing_table(self) -> dict[str, list[dict]]:
         return self.table  # replaced whole each loop: no lock, so routers never wait on a slow loop
+
+    def routing_document(self) -> dict[str, Any]:
+        """What the routers take: {"deployments": table, "splits": {deployment: {"canaryPercent": W}}}."""
+        table, splits = self.table, self.splits  # each replaced whole: no lock
+        return {"deployments": table, "splits": {d: s for d, s in splits.items() if d in table}}
 
     def logs(self, rid: str, tail: int = 200) -> str:
         with self._lock:
@@ -246,6 +336,14 @@ class Controller:
             self._sd_written = None
         self.cluster.kv_put(KV_OPTIONS, options)
         self._write_sd()
+
+    def set_prometheus_url(self, url: str | None) -> None:
+        """Where the rollout gates query Prometheus (``moxin up`` starts one); None: from the routers' /metrics."""
+        with self._lock:
+            options = {**self.options, "prometheusUrl": url}
+        self.cluster.kv_put(KV_OPTIONS, options)
+        with self._lock:
+            self.options = options
 
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
@@ -265,6 +363,8 @@ class Controller:
             self._thread.join(SHUTDOWN_WAIT_LOOP_S)  # no loop acts while replicas are stopped here
         self.cluster.kv_del(KV_PLAN)
         self.cluster.kv_del(KV_COUNTERS)  # the next plan's replicas start from 0
+        self.cluster.kv_del(KV_ROLLOUTS)
+        self.runs = {}
         with self._lock:
             handles = {rid: r.handle for rid, r in self.records.items() if r.running}
             routers, self.routers = list(self.routers.values()), {}
@@ -300,6 +400,8 @@ class Controller:
         actions: list[Action] = []
         with self._step("ensure_routers"):
             self._ensure_routers()
+        with self._step("rollouts"):
+            self._rollouts_once(now)
         with self._step("reconcile"):
             view = self._view()
             snapshot = self._observe(view)                                     # 1. observe (reads only)
@@ -361,7 +463,131 @@ class Controller:
         return observed, failures
 
     def _desired(self, plan: Plan | None, nodes: set[str] | frozenset[str]) -> list[ReplicaSpec]:
-        return [] if plan is None else replica_specs(plan, known_nodes=set(nodes))
+        """The plan's replicas, each active rollout's sides at the sizes its state says."""
+        if plan is None:
+            return []
+        for run in self.runs.values():
+            plan = rollouts.sided_plan(plan, run)
+        return replica_specs(plan, known_nodes=set(nodes))
+
+    # -- rollouts: due -> measure -> step -> save -> act (the sides follow the state through ``_desired``) ---------
+    def _rollouts_once(self, now: float) -> None:
+        """due -> measure (no lock held) -> step -> save to GCS; the reconcile that follows acts on the saved
+        state (``_desired``, the split in ``_record``)."""
+        measured: dict[str, tuple[machine.State, dict[int, Any], int]] = {}
+        if any(r.active for r in self.runs.values()) and not self.options.get("prometheusUrl"):
+            try:
+                self._read_pages(now)
+            except (OSError, ValueError) as exc:
+                self._event(f"rollouts: the routers' /metrics not read: {exc}")
+        for name, run in self.runs.items():
+            if run.active:
+                due = machine.due(run.spec, run.state, now)
+                readings = self._measure(run, due, now) if due else {}
+                measured[name] = (run.state, readings, self._canary_ready(run))
+        if not measured:
+            return
+        with self._runs_lock:  # one writer of the rollouts; an apply or a command meanwhile is kept
+            runs = dict(self.runs)
+            for name, (seen, readings, ready) in measured.items():
+                run = runs.get(name)
+                if run is None or not run.active:
+                    continue
+                readings = readings if run.state == seen else {}  # measured for a state that has moved: next loop
+                obs = machine.Observation(now, ready, readings, run.commands)
+                state, actions = machine.step(run.spec, run.state, obs)
+                done = state.phase in (machine.Phase.SUCCEEDED, machine.Phase.ROLLED_BACK)
+                runs[name] = replace(run, state=state, finished=done,
+                                     commands=tuple(c for c in run.commands if c.id > state.last_command))
+                for action in actions:
+                    if isinstance(action, machine.Record):
+                        self._event(f"rollout {name!r}: {action.message}")
+            promoted = [r for n, r in runs.items() if r.finished and not self.runs[n].finished
+                        and r.state.phase == machine.Phase.SUCCEEDED]
+            if promoted:
+                with self._lock:
+                    plan = self.plan
+                for run in promoted:
+                    plan = None if plan is None else rollouts.promoted_plan(plan, run)
+                if plan is not None:  # the deployment's only side from now on: saved before the rollout lets go
+                    self.cluster.kv_put(KV_PLAN, plan.to_json())
+                    with self._lock:
+                        self.plan = self._saved_plan = plan
+            if runs != self.runs:
+                self._save_runs(runs)  # in GCS before this loop's reconcile acts on it
+
+    def _canary_ready(self, run: rollouts.Run) -> int:
+        """New-side replicas the router would route: ready, running the launch the plan gives them."""
+        with self._lock:
+            specs, routable = list(self.specs), self._routing_table(list(self.specs))
+        names = {row["name"] for rows in routable.values() for row in rows}
+        return sum(1 for spec in specs if spec.id in names and rollouts.is_canary(spec.labels, run))
+
+    def _measure(self, run: rollouts.Run, due: list[machine.Due], now: float) -> dict[int, Any]:
+        """The due gates' readings: from Prometheus when the controller has its URL, else from two readings of the
+        routers' /metrics the window apart; the quality gate from both sides' replicas. A gate that cannot be read
+        now is left out (it is measured at a later loop)."""
+        with self._lock:
+            plan, options, specs = self.plan, dict(self.options), list(self.specs)
+        stable_side = None
+        if plan is not None and (olds := rollouts.stable_assignments(plan, run.spec)):
+            stable_side = gates.Side(run.spec.deployment, olds[0].variant, olds[0].pool)
+        canary_side = gates.Side(run.spec.deployment, run.canary.variant, run.canary.pool)
+        out: dict[int, Any] = {}
+        for d in due:
+            try:
+                if d.gate.metric == "quality":
+                    report = self._quality(run, specs)
+                    if report is not None:
+                        out[d.index] = report
+                elif url := options.get("prometheusUrl"):
+                    out[d.index] = measure.from_prometheus(lambda q, u=url: self.probe.query(u, q), d.gate.metric,
+                                                           canary_side, stable_side, d.window_s)
+                elif (before := self._page_at(now - d.window_s)) is not None and self._pages:
+                    out[d.index] = measure.from_snapshots(before, self._pages[-1], d.gate.metric, canary_side,
+                                                          stable_side, lambda s: self._ready_of(s, specs))
+            except (OSError, ValueError) as exc:
+                self._event(f"rollout {run.name!r}: gate {d.gate.metric} not measured: {exc}")
+        return out
+
+    def _read_pages(self, now: float) -> None:
+        """One reading of the routers' /metrics (kept as long as the longest gate window needs)."""
+        urls = sorted(f"http://{r['metrics']}/metrics" for r in self.router_endpoints)
+        if not urls:
+            return
+        snap = measure.snapshot(self.probe.metrics_pages(urls), now)
+        keep_s = max([g.interval_seconds for r in self.runs.values() for a in r.spec._analyses() for g in a[1].gates]
+                     or [60.0]) + 2 * LOOP_S + OBSERVE_TIMEOUT_S
+        self._pages = [p for p in self._pages if p.time_s >= now - keep_s] + [snap]
+
+    def _page_at(self, since: float) -> Any:
+        """The latest reading taken at or before ``since`` (the window's start); None when none is that old."""
+        older = [p for p in self._pages if p.time_s <= since + 1e-6]
+        return older[-1] if older else None
+
+    def _ready_of(self, side: gates.Side, specs: list[ReplicaSpec]) -> int:
+        with self._lock:
+            table = self._routing_table(specs)
+        names = {row["name"] for rows in table.values() for row in rows}
+        return sum(1 for s in specs if s.id in names and s.labels.get("variant") == side.variant
+                   and s.labels.get("pool") == side.pool and s.deployment == side.deployment)
+
+    def _quality(self, run: rollouts.Run, specs: list[ReplicaSpec]) -> Any:
+        """The golden prompts, greedy, on one ready replica of each side, compared; None without both replicas."""
+        q = run.spec.quality
+        if q is None:
+            return None
+        with self._lock:
+            table = self._routing_table(specs)
+        rows = table.get(run.spec.deployment, [])
+        canary = next((r for r in rows if r.get("side") == "canary"), None)
+        stable = next((r for r in rows if r.get("side", "stable") == "stable"), None)
+        if canary is None or stable is None:
+            return None
+        prompts = list(run.prompts or quality.BUILTIN_PROMPTS)
+        olds = [self.probe.generate(stable["url"], stable["requestModel"], p, q) for p in prompts]
+        news = [self.probe.generate(canary["url"], canary["requestModel"], p, q) for p in prompts]
+        return quality.compare(prompts, olds, news, q)
 
     def _save_desired(self, plan: Plan | None) -> None:
         """No action on a plan that is not in GCS: a controller restarted meanwhile must act on it too. ``apply``
@@ -466,6 +692,7 @@ class Controller:
         with self._lock:
             plan, specs = self.plan, list(self.specs)
             self.table = table = self._routing_table(specs)
+            self.splits = rollouts.split(list(self.runs.values()))
             restarts = {s.id: (self.records.get(s.id) or ReplicaRecord(s.id)).restarts for s in specs}
         m = self.metrics
         for g in (m.pool_devices, m.pool_allocated, m.desired, m.ready, m.pending, m.restarts, m.capacity,
@@ -492,7 +719,33 @@ class Controller:
             for objective, target in (("ttft_p95", slo.ttft_seconds), ("tpot_p95", slo.tpot_seconds)):
                 if target is not None:
                     m.slo_target.labels(deployment=deployment, objective=objective).set(target)
+        self._record_rollouts()
         self._write_sd()
+
+    def _record_rollouts(self) -> None:
+        """Each rollout's phase (one-hot), step, weight, wait against its deadline, and its gates' last readings."""
+        m, now = self.metrics, self.clock()
+        for g in (m.rollout_phase, m.rollout_step, m.rollout_weight, m.rollout_gate_value, m.rollout_gate_passing,
+                  m.rollout_waiting, m.rollout_deadline):
+            g.clear()
+        for name, run in self.runs.items():
+            ids = {"rollout": name, "deployment": run.spec.deployment}
+            s = run.state
+            for phase in machine.Phase:
+                m.rollout_phase.labels(**ids, phase=phase.value).set(1 if s.phase == phase else 0)
+            m.rollout_step.labels(**ids).set(s.step)
+            m.rollout_weight.labels(**ids).set(s.weight)
+            m.rollout_deadline.labels(**ids).set(s.config.deadline_s)
+            waiting = now - s.waiting_since if s.waiting_since is not None and not s.phase.terminal else 0.0
+            m.rollout_waiting.labels(**ids).set(max(0.0, waiting))
+            for gate in machine.status(run.spec, s)["gates"]:
+                if gate["outcome"] is None:
+                    continue
+                for side in ("canary", "stable", "limit"):
+                    if gate[side] is not None:
+                        m.rollout_gate_value.labels(**ids, gate=gate["metric"], side=side).set(gate[side])
+                m.rollout_gate_passing.labels(**ids, gate=gate["metric"]).set(
+                    {"pass": 1, "fail": 0}.get(gate["outcome"], -1))
 
     def _routing_table(self, desired: list[ReplicaSpec]) -> dict[str, list[dict]]:
         """Ready replicas of the plan, not draining nor stopping, running the plan's launch (under the lock)."""
@@ -502,9 +755,11 @@ class Controller:
             if rec is None or not rec.running or rec.state != State.READY or rec.draining_since is not None \
                     or rec.stopping or rec.description.get("specHash") != spec.spec_hash:
                 continue
-            table[spec.deployment].append({"name": spec.id, "url": rec.description["url"],
-                                           "requestModel": spec.request_model, "weight": spec.weight,
-                                           "labels": spec.labels})
+            row = {"name": spec.id, "url": rec.description["url"], "requestModel": spec.request_model,
+                   "weight": spec.weight, "labels": spec.labels}
+            if any(run.active and rollouts.is_canary(spec.labels, run) for run in self.runs.values()):
+                row["side"] = "canary"
+            table[spec.deployment].append(row)
         return table
 
     def _sd_targets(self) -> list[dict[str, Any]]:

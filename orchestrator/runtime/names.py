@@ -15,5 +15,7 @@ KV_PLAN = b"desired-plan"
 KV_OPTIONS = b"options"
 KV_COUNTERS = b"replica-counters"
 """Per replica id, the restarts and replacements of its actors that no longer run (they survive the controller)."""
+KV_ROLLOUTS = b"rollouts"
+"""The rollouts (``runtime.rollouts.Run``) by name: spec, new side, machine state, commands."""
 HEAD = {"node:__internal_head__": 0.001}
 KV_ENGINE_KEY = b"engine-key"

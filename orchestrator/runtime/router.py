@@ -34,7 +34,8 @@ headers.
 
 The routing table comes from the controller (``RouterActor``, inside Ray) or from a JSON file
 (``moxin router --config``, e.g. a Kubernetes ConfigMap): {"deployments": {name: [{name, url, requestModel,
-weight, labels}]}}. A table that fails ``balance.check_deployments`` never replaces the one in use. Several
+weight, labels, side?}]}, "splits"?: {name: {"canaryPercent": W}}} (a rollout's canary share, see ``balance``).
+A table that fails ``balance.check_deployments``/``check_splits`` never replaces the one in use. Several
 routers can share one port (SO_REUSEPORT): the kernel spreads connections.
 """
 
@@ -61,7 +62,14 @@ from aiohttp import (
 )
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Balancer, Endpoint, check_deployments, parse_table
+from orchestrator.runtime.balance import (
+    FAILED_COOLDOWN_S,
+    Balancer,
+    Endpoint,
+    check_deployments,
+    check_splits,
+    parse_document,
+)
 from orchestrator.runtime.keys import ApiKey, KeyRing, bearer_token
 from orchestrator.runtime.metrics import RouterMetrics
 from orchestrator.runtime.request_checks import Invalid, check_request, parse_body
@@ -170,9 +178,11 @@ class Router:
         """The requests being handled: the drain waits for them, then cancels what is left."""
         self._drain_over = False
 
-    def set_table(self, table: dict[str, list[dict[str, Any]]]) -> None:
-        """Replace the routing table; ValueError (and the old table stays) when it is not a valid one."""
-        self.balancer.update(check_deployments(table))
+    def set_table(self, table: dict[str, list[dict[str, Any]]],
+                  splits: dict[str, dict[str, float]] | None = None) -> None:
+        """Replace the routing table and its rollout splits ({name: {"canaryPercent": W}}); ValueError (and the
+        old table stays) when they are not valid."""
+        self.balancer.update(check_deployments(table), check_splits(splits or {}, table))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._guard])
@@ -284,9 +294,11 @@ class Router:
     async def routes(self, request: web.Request) -> web.Response:
         """The routing table as this router holds it, read-only: the replicas of each deployment the caller's key
         may see, with their labels (``moxin bench --from-status`` reads them). Upstream URLs are left out."""
-        table = {d: [{"name": e.name, "weight": e.weight, "labels": e.labels, "inFlight": e.in_flight}
-                     for e in self.balancer.table.get(d, [])] for d in self._visible(request)}
-        return web.json_response({"deployments": table})
+        visible = self._visible(request)
+        table = {d: [{"name": e.name, "side": e.side, "weight": e.weight, "labels": e.labels,
+                      "inFlight": e.in_flight} for e in self.balancer.table.get(d, [])] for d in visible}
+        splits = {d: {"canaryPercent": w} for d, w in self.balancer.splits.items() if d in visible}
+        return web.json_response({"deployments": table, "splits": splits})
 
     async def export(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -317,9 +329,10 @@ class Router:
                 return _error(404, f"deployment {name!r} has no ready replica {_short(pinned)!r}; ready: {names}",
                               param=REPLICA_HEADER, code="replica_not_found")
             tried = set(names) - {pinned}
+        side = None if pinned is not None else self.balancer.side(name)  # once per request: retries keep it
         timed_out = False  # the last replica tried was too slow (a 504 when none is left), not refusing (503)
         while True:
-            ep = self.balancer.pick(name, tried, time.monotonic())
+            ep = self.balancer.pick(name, tried, time.monotonic(), side)
             if ep is None:
                 labels = {k: "" for k in METRIC_LABELS} | {"deployment": name}
                 status = 504 if timed_out else 503
@@ -526,8 +539,9 @@ async def serve(router: Router, host: str, port: int, reuse_port: bool = True) -
     return runner
 
 
-def read_config(path: Path) -> dict[str, list[dict[str, Any]]]:
-    return parse_table(json.loads(path.read_text()))
+def read_config(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, float]]]:
+    """The deployments and splits of a routing-table file."""
+    return parse_document(json.loads(path.read_text()))
 
 
 def run_from_config(path: Path, host: str, port: int, api_keys: Path | None = None,
@@ -544,7 +558,7 @@ def run_from_config(path: Path, host: str, port: int, api_keys: Path | None = No
     async def main() -> None:
         keys = KeyRing(api_keys) if api_keys is not None else None
         router = Router(limits=limits, keys=keys, engine_key=engine_key(), max_body_bytes=max_body_bytes)
-        router.set_table(read_config(path))
+        router.set_table(*read_config(path))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -571,7 +585,7 @@ async def reload_forever(router: Router, path: Path, every_s: float = RELOAD_S) 
             if stamp == seen:
                 continue
             seen = stamp
-            router.set_table(read_config(path))
+            router.set_table(*read_config(path))
             log.info("routing table reloaded from %s", path)
         except (OSError, ValueError) as exc:
             log.error("routing table %s not loaded, the last good one keeps serving: %s", path, exc)

@@ -1,6 +1,6 @@
 """The router inside Ray: an async actor that serves ``router.Router`` on the head node and refreshes its
 routing table from the controller every second. If the controller is away (restarting), the last table stays;
-a table the router refuses (``balance.check_deployments``) is logged and the last good one stays too.
+a table the router refuses (``balance.parse_document``: deployments and rollout splits) is logged and the last good one stays too.
 
 With ``api_keys`` (a key-file path on the head node) every /v1 request needs a key; upstream, the router sends
 the cluster's engine key (``secrets.engine_key``). ``limits`` (``spec.router.RouterLimits`` as a dict, the
@@ -21,6 +21,7 @@ from typing import Any
 import ray
 from aiohttp import web
 
+from orchestrator.runtime.balance import parse_document
 from orchestrator.runtime.keys import KeyRing
 from orchestrator.runtime.metrics import RouterMetrics
 from orchestrator.runtime.names import CONTROLLER, NAMESPACE
@@ -64,16 +65,17 @@ class RouterActor:
         while True:
             try:
                 controller = controller or ray.get_actor(CONTROLLER, namespace=NAMESPACE)
-                table = await controller.routing_table.remote()
+                table = await controller.routing_document.remote()
             except Exception:  # controller restarting: keep the last table, find it again next time
                 controller = None
             else:
                 self._take(table)
             await asyncio.sleep(REFRESH_S)
 
-    def _take(self, table: object) -> None:
+    def _take(self, document: Any) -> None:
+        """A routing-table document from the controller: {"deployments": ..., "splits": ...}."""
         try:
-            self.router.set_table(table)  # type: ignore[arg-type]  # checked there
+            self.router.set_table(*parse_document(document))
             self._refused = None
         except ValueError as exc:
             if str(exc) != self._refused:

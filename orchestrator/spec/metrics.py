@@ -127,6 +127,28 @@ CONTROLLER = {
                            ("step",), "short", "controller"),
     "actions": _m("moxin_controller_actions", "counter", "Actions the controller applied.", ("action",), "short",
                   "controller"),
+    "rollout_phase": _m("moxin_rollout_phase", "gauge",
+                        "A rollout's phase, one-hot: 1 for the phase it is in (Pending, Progressing, Paused, "
+                        "Promoting, Succeeded, RolledBack, Failed), 0 for the others.",
+                        ("rollout", "deployment", "phase"), "short", "controller"),
+    "rollout_step": _m("moxin_rollout_step", "gauge", "The step a rollout is at (0-based; steps done when equal to "
+                       "the number of steps).", ("rollout", "deployment"), "short", "controller"),
+    "rollout_weight": _m("moxin_rollout_canary_weight_percent", "gauge",
+                         "Percent of the deployment's requests the router sends to the rollout's new side.",
+                         ("rollout", "deployment"), "percent", "controller"),
+    "rollout_gate_value": _m("moxin_rollout_gate_value", "gauge",
+                             "The last measurement of a gate of the current analysis, per side (canary, stable), "
+                             "and the bound the canary was held to (side=limit).",
+                             ("rollout", "deployment", "gate", "side"), "short", "controller"),
+    "rollout_gate_passing": _m("moxin_rollout_gate_passing", "gauge",
+                               "The last outcome of a gate of the current analysis: 1 pass, 0 fail, -1 "
+                               "inconclusive.", ("rollout", "deployment", "gate"), "short", "controller"),
+    "rollout_waiting": _m("moxin_rollout_waiting_seconds", "gauge",
+                          "How long a rollout has waited for its new side's replicas at this step (0: not waiting).",
+                          ("rollout", "deployment"), "s", "controller"),
+    "rollout_deadline": _m("moxin_rollout_progress_deadline_seconds", "gauge",
+                           "A rollout's progress deadline: the longest wait for the new side at one step.",
+                           ("rollout", "deployment"), "s", "controller"),
 }
 """What the controller exports: the plan (desired, predicted, SLO targets) and the fleet's state."""
 

@@ -29,7 +29,7 @@ def test_drain_routers_closes_the_actors_port_first_and_honours_its_drain_second
             handle = rc.start_router("moxin-router-drain-test", "127.0.0.1", port, None, {"drainSeconds": 1.0})
             (endpoint,) = rc.serve_routers([handle], 60)
             url = endpoint["url"]
-            ray.get(handle._take.remote({"d": [row("a", engine.url, "static")]}))  # no controller here
+            ray.get(handle._take.remote({"deployments": {"d": [row("a", engine.url, "static")]}}))  # no controller here
             reader = StreamReader(url, tokens=50)  # 5 s of tokens
             reader.start()
             assert reader.begun.wait(30) and reader.error is None and not reader.done

@@ -121,11 +121,17 @@ def test_every_vllm_series_is_queried_under_each_of_its_names():
         assert old in exprs
 
 
-def test_the_controller_dashboard_keeps_a_place_for_rollouts():
+def test_the_controller_dashboard_ends_with_the_rollouts_row_on_the_controller_series():
     model = DASHBOARDS["moxin-controller.json"]
     rows = [p["title"] for p in model["panels"] if p["type"] == "row"]
     assert rows[-1] == "Rollouts"
-    assert model["panels"][-1]["type"] == "text" and "rollout" in model["panels"][-1]["options"]["content"]
+    start = max(i for i, p in enumerate(model["panels"]) if p["type"] == "row")
+    panels = model["panels"][start + 1:]
+    assert panels[0]["type"] == "text" and "rollout" in panels[0]["options"]["content"]
+    exprs = " ".join(t["expr"] for p in panels[1:] for t in p["targets"])
+    for series in ("moxin_rollout_canary_weight_percent", "moxin_rollout_step", "moxin_rollout_phase",
+                   "moxin_rollout_gate_value"):
+        assert series in exprs, series
 
 
 def test_rendering_twice_gives_identical_bytes():

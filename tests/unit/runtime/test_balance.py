@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Balancer, parse_table
+from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Balancer, parse_document, parse_table
 
 
 def table(weights: dict[str, float]) -> dict:
@@ -104,3 +104,104 @@ def test_a_routing_table_document_needs_deployments_and_a_good_one_passes():
     table = {"deployments": {"d": [good_row(), good_row(name="b", url="https://h.ns.svc:443/base", weight=40)],
                              "empty": []}}
     assert parse_table(table) == table["deployments"]
+
+
+# -- rollout splits --------------------------------------------------------------------------------------------
+
+def split_table(stable: dict[str, float], canary: dict[str, float]) -> dict:
+    rows = [{"name": n, "url": f"http://{n}:1/", "requestModel": "d", "weight": w} for n, w in stable.items()]
+    rows += [{"name": n, "url": f"http://{n}:1/", "requestModel": "d", "weight": w, "side": "canary"}
+             for n, w in canary.items()]
+    return {"d": rows}
+
+
+def sides(b: Balancer, n: int) -> Counter:
+    """n requests, each finished before the next: where each side's share goes."""
+    got: Counter = Counter()
+    for _ in range(n):
+        ep = b.pick("d", set(), 0.0, b.side("d"))
+        got[ep.side] += 1
+    return got
+
+
+@pytest.mark.parametrize("percent", [0, 1, 10, 33, 50, 90, 99, 100, 12.5])
+def test_a_split_sends_exactly_its_canary_percent_of_every_hundred_requests(percent):
+    b = Balancer(random.Random(0))
+    b.update(split_table({"s0": 30.0, "s1": 30.0}, {"c0": 1.0}), {"d": {"canaryPercent": percent}})
+    for _ in range(3):  # every window of 100, not only the first
+        got = sides(b, 100)
+        assert got["canary"] == math.floor(percent) or got["canary"] == math.ceil(percent)
+        assert got["canary"] + got["stable"] == 100
+    assert sides(b, 800)["canary"] == 8 * percent
+
+
+def test_a_split_of_ten_percent_is_spread_not_bunched():
+    """Smooth round-robin: one canary request in each run of ten, never two in a row."""
+    b = Balancer(random.Random(0))
+    b.update(split_table({"s": 1.0}, {"c": 1.0}), {"d": {"canaryPercent": 10}})
+    order = [b.side("d") for _ in range(30)]
+    assert [order[i:i + 10].count("canary") for i in range(0, 30, 10)] == [1, 1, 1]
+
+
+def test_within_a_side_the_choice_is_weighted_least_load():
+    b = Balancer(random.Random(0))
+    b.update(split_table({"big": 3.0, "small": 1.0}, {"c": 1.0}), {"d": {"canaryPercent": 20}})
+    got: Counter = Counter()
+    for _ in range(100):  # all stay in flight
+        ep = b.pick("d", set(), 0.0, b.side("d"))
+        ep.in_flight += 1
+        got[ep.name] += 1
+    assert got == {"c": 20, "big": 60, "small": 20}
+
+
+def test_a_side_without_replicas_left_gives_its_requests_to_the_other():
+    b = Balancer(random.Random(0))
+    b.update(split_table({"s": 1.0}, {"c": 1.0}), {"d": {"canaryPercent": 50}})
+    assert b.pick("d", {"c"}, 0.0, "canary").name == "s"    # retry after the canary failed: crosses
+    assert b.pick("d", set(), 0.0, "canary").name == "c"
+    assert b.pick("d", {"s", "c"}, 0.0, "canary") is None
+    b.update(split_table({"s": 1.0}, {}), {"d": {"canaryPercent": 50}})
+    assert {b.side("d") for _ in range(10)} == {None}         # one side only: no split in force
+    assert sides(b, 10) == {"stable": 10}
+
+
+def test_without_a_split_rows_of_both_sides_share_by_least_load():
+    b = Balancer(random.Random(0))
+    b.update(split_table({"s": 1.0}, {"c": 1.0}))
+    assert b.side("d") is None
+    assert fill(b, 10) == {"s": 5, "c": 5}
+
+
+def test_the_round_robin_survives_a_table_update_with_the_same_split_and_restarts_on_a_new_one():
+    b = Balancer(random.Random(0))
+    b.update(split_table({"s": 1.0}, {"c": 1.0}), {"d": {"canaryPercent": 10}})
+    first = sides(b, 5)
+    b.update(split_table({"s": 1.0, "s2": 1.0}, {"c": 1.0}), {"d": {"canaryPercent": 10}})
+    assert (first + sides(b, 5))["canary"] == 1                 # one per ten across the update
+    b.update(split_table({"s": 1.0}, {"c": 1.0}), {"d": {"canaryPercent": 50}})
+    assert sides(b, 10) == {"canary": 5, "stable": 5}
+
+
+@pytest.mark.parametrize("doc, where", [
+    ({"splits": {"d": {"canaryPercent": 101}}}, r"splits.d.canaryPercent: expected a number in \[0, 100\], got 101"),
+    ({"splits": {"d": {"canaryPercent": -1}}}, r"splits.d.canaryPercent: .* got -1"),
+    ({"splits": {"d": {"canaryPercent": math.nan}}}, r"splits.d.canaryPercent: .* got nan"),
+    ({"splits": {"d": {"canaryPercent": True}}}, r"splits.d.canaryPercent: .* got True"),
+    ({"splits": {"d": {"canaryPercent": "10"}}}, r"splits.d.canaryPercent: .* got '10'"),
+    ({"splits": {"d": {"weight": 10}}}, r'splits.d: expected {"canaryPercent": W}'),
+    ({"splits": {"d": 10}}, r'splits.d: expected {"canaryPercent": W}'),
+    ({"splits": {"e": {"canaryPercent": 10}}}, r"splits.e: no deployment 'e' in the table; deployments: \['d'\]"),
+    ({"splits": [10]}, r'splits: expected {NAME: {"canaryPercent": W}}'),
+    ({"split": {}}, r"unknown keys \['split'\]"),
+])
+def test_a_split_is_checked_with_the_place_of_the_problem(doc, where):
+    with pytest.raises(ValueError, match=where):
+        parse_document({"deployments": {"d": [good_row()]}, **doc})
+
+
+def test_a_row_side_is_stable_or_canary():
+    with pytest.raises(ValueError, match=r"deployments.d\[0\].side: expected one of \['stable', 'canary'\]"):
+        parse_table({"deployments": {"d": [good_row(side="blue")]}})
+    doc = {"deployments": {"d": [good_row(side="canary"), good_row(name="b", side="stable"), good_row(name="c")]},
+           "splits": {"d": {"canaryPercent": 25}}}
+    assert parse_document(doc) == (doc["deployments"], doc["splits"])

@@ -22,7 +22,7 @@ from orchestrator.planner import PlanOptions, plan
 from orchestrator.runtime import controller as controller_module
 from orchestrator.runtime.controller import Controller
 from orchestrator.runtime.desired import ReplicaSpec, replica_specs
-from orchestrator.runtime.names import KV_COUNTERS, KV_OPTIONS, KV_PLAN
+from orchestrator.runtime.names import KV_COUNTERS, KV_OPTIONS, KV_PLAN, KV_ROLLOUTS
 from orchestrator.runtime.reconcile import BACKOFF_BASE_S, Drain, Forget, Start, State, Stop
 from orchestrator.spec import load_catalog
 from orchestrator.spec.plan import Plan
@@ -478,3 +478,201 @@ def test_shutdown_drains_the_routers_before_it_stops_the_replicas(make, cluster,
     names = [call for call, _ in cluster.calls]
     assert cluster.called("drain_routers") == [(["moxin-router-0"], 7.0 + controller_module.ROUTER_DRAIN_MARGIN_S)]
     assert names.index("drain_routers") < names.index("stop_replica") < names.index("kill")
+
+
+# -- rollouts --------------------------------------------------------------------------------------------------
+
+ROLLOUT = {"deployment": "tiny-chat", "from": {"variant": "bf16"}, "to": {"variant": "mlx-3bit", "pool": "mac-emu"},
+           "steps": [{"setWeight": 10}, {"pause": {}}, {"setWeight": 50}, {"setWeight": 100}]}
+
+
+def mac_side(p: Plan) -> dict[str, Any]:
+    return next(a for a in p.spec.assignments if a.variant == "mlx-3bit").model_dump(mode="json", by_alias=True)
+
+
+def loop_ready(c: Controller, cluster: FakeCluster, clock: Clock, times: int = 1) -> None:
+    """Loops in which every replica started becomes ready."""
+    for _ in range(times):
+        c.reconcile_once()
+        for actor in cluster.actors.values():
+            if actor.state == "starting":
+                actor.state = "ready"
+        clock.now += 1
+
+
+def test_a_rollout_brings_the_new_side_up_moves_the_traffic_in_steps_and_leaves_it_alone(make, cluster, clock,
+                                                                                      local_plan):
+    """bf16-only tiny-chat -> mlx-3bit on mac-emu: the new replica starts after the rollout state is in GCS, routes
+    as the canary side at 10% (split in the routing document), holds at the pause until promoted, goes to 50 and
+    100, then the old side is drained and the saved plan serves the deployment with the new side only."""
+    base = without(local_plan, "mlx-3bit")
+    c = running(make(), cluster, clock, base)
+    status = c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))["to-mac"]
+    assert status["phase"] == "Pending" and cluster.kv_get(KV_ROLLOUTS)["to-mac"]["state"]["phase"] == "Pending"
+
+    loop_ready(c, cluster, clock)
+    assert cluster.called("start_replica")[-1] == MAC
+    starts = [i for i, call in enumerate(cluster.calls) if call == ("start_replica", MAC)]
+    saved = [i for i, call in enumerate(cluster.calls) if call == ("kv_put", KV_ROLLOUTS)]
+    assert saved and saved[-1] < starts[0]  # the state that asks for the new side is saved before it starts
+    loop_ready(c, cluster, clock, 3)
+    doc = c.routing_document()
+    assert doc["splits"] == {"tiny-chat": {"canaryPercent": 10.0}}
+    assert {r["name"]: r.get("side", "stable") for r in doc["deployments"]["tiny-chat"]} == {GPU: "stable",
+                                                                                          MAC: "canary"}
+    from orchestrator.runtime.balance import parse_document
+    parse_document(doc)  # what the routers take
+
+    loop_ready(c, cluster, clock, 3)
+    assert c.rollout_status("to-mac")["to-mac"]["phase"] == "Paused"  # pause {}: until promoted
+    c.rollout_command("to-mac", "promote")
+    loop_ready(c, cluster, clock, 3)
+    loop_ready(c, cluster, clock, 3)
+    st = c.rollout_status("to-mac")["to-mac"]
+    assert st["phase"] == "Succeeded" and st["finished"], st
+    weights = [d["message"].split(":")[1].split("%")[0].strip() for d in st["log"] if "% of traffic" in d["message"]]
+    assert weights == ["10", "50", "100"] and "promoted by the operator" in st["log"][3]["message"]
+    assert [a.variant for a in c.plan.spec.assignments] == ["mlx-3bit"]
+    assert Plan.model_validate(cluster.kv_get(KV_PLAN)) == c.plan  # a later loop does not bring bf16 back
+    clock.now += 20
+    loop_ready(c, cluster, clock, 3)
+    assert cluster.called("stop_replica") == [GPU] and routed(c) == [MAC]
+    assert c.routing_document()["splits"] == {}
+    assert cluster.called("start_replica").count(MAC) == 1
+
+
+def test_a_restarted_controller_resumes_the_rollout_at_its_step_with_the_same_replicas(make, cluster, clock,
+                                                                                      local_plan):
+    base = without(local_plan, "mlx-3bit")
+    c = running(make(), cluster, clock, base)
+    c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))
+    loop_ready(c, cluster, clock, 6)
+    before = c.rollout_status("to-mac")["to-mac"]
+    assert before["phase"] == "Paused" and before["weight"] == 10
+    starts = list(cluster.called("start_replica"))
+
+    again = make()  # the old controller is gone; the rollout and the replicas are in the cluster
+    assert again.rollout_status("to-mac")["to-mac"]["step"] == before["step"]
+    loop_ready(again, cluster, clock, 2)
+    assert cluster.called("start_replica") == starts and cluster.called("stop_replica") == []
+    assert again.routing_document()["splits"] == {"tiny-chat": {"canaryPercent": 10.0}}
+    assert sorted(routed(again)) == sorted([GPU, MAC])
+
+
+def test_an_aborted_rollout_removes_the_new_side_and_sends_all_traffic_to_the_old(make, cluster, clock, local_plan):
+    base = without(local_plan, "mlx-3bit")
+    c = running(make(), cluster, clock, base)
+    c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))
+    loop_ready(c, cluster, clock, 6)
+    c.rollout_command("to-mac", "abort")
+    loop_ready(c, cluster, clock, 2)
+    st = c.rollout_status("to-mac")["to-mac"]
+    assert st["phase"] == "RolledBack" and st["finished"]
+    assert c.routing_document()["splits"] == {} and routed(c) == [GPU]
+    clock.now += 20
+    loop_ready(c, cluster, clock, 2)
+    assert cluster.called("stop_replica") == [MAC] and c.plan == base
+
+
+def test_a_rollout_is_refused_without_an_old_side_or_beside_a_running_one(make, cluster, clock, local_plan):
+    base = without(local_plan, "mlx-3bit")
+    c = running(make(), cluster, clock, base)
+    with pytest.raises(ValueError, match="no replica matching 'from'"):
+        c.rollout_apply("x", {**ROLLOUT, "from": {"variant": "fp8"}}, mac_side(local_plan))
+    c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))
+    with pytest.raises(ValueError, match="already has rollout 'to-mac' running"):
+        c.rollout_apply("other", ROLLOUT, mac_side(local_plan))
+    assert c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))["to-mac"]["phase"] == "Pending"  # same: no-op
+    with pytest.raises(KeyError, match="no rollout 'nope'"):
+        c.rollout_command("nope", "pause")
+
+
+class FakeProbe:
+    """The rollout reads: /metrics pages built from ``requests`` ((variant, code) -> count, the test raises them),
+    Prometheus answers from ``answers`` (query -> value), generations from ``texts`` (variant -> text)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], float] = {}
+        self.answers: dict[str, float | None] = {}
+        self.asked: list[str] = []
+        self.generated: list[tuple[str, str]] = []
+
+    def metrics_pages(self, urls: list[str]) -> list[tuple[str, str]]:
+        pools = {"bf16": "gpu-emu", "mlx-3bit": "mac-emu"}
+        lines = [f'moxin_router_requests_total{{deployment="tiny-chat",variant="{v}",pool="{pools[v]}",'
+                 f'code="{code}"}} {n}' for (v, code), n in self.requests.items()]
+        return [("10.0.0.1:9500", "# TYPE moxin_router_requests counter\n" + "\n".join(lines) + "\n")]
+
+    def query(self, url: str, promql: str) -> float | None:
+        self.asked.append(promql)
+        return self.answers.get(promql)
+
+    def generate(self, url: str, request_model: str, prompt: str, quality: Any) -> Any:
+        from orchestrator.rollout.quality import Generation
+        self.generated.append((url, prompt))
+        return Generation(f"answer to {prompt}")
+
+
+GATED = {**ROLLOUT, "steps": [{"setWeight": 10},
+                              {"analysis": {"gates": [{"metric": "errorRatio", "threshold": {"max": 0.05},
+                                                       "intervalSeconds": 10, "minRequests": 5}]}},
+                              {"setWeight": 100}]}
+
+
+def test_a_gate_read_from_the_routers_metrics_that_fails_rolls_back_and_the_status_names_it(cluster, clock, tmp_path,
+                                                                                         local_plan):
+    probe = FakeProbe()
+    c = Controller({"drainSeconds": 10.0, "prometheusSd": str(tmp_path / "sd.json")}, cluster=cluster, clock=clock,
+                   run=False, probe=probe)
+    running(c, cluster, clock, without(local_plan, "mlx-3bit"))
+    c.rollout_apply("to-mac", GATED, mac_side(local_plan))
+    for _ in range(20):  # the canary answers 30 requests, 6 of them 503, over the gate's 10 s
+        probe.requests[("mlx-3bit", "200")] = probe.requests.get(("mlx-3bit", "200"), 0) + 2
+        probe.requests[("mlx-3bit", "503")] = probe.requests.get(("mlx-3bit", "503"), 0) + 0.5
+        probe.requests[("bf16", "200")] = probe.requests.get(("bf16", "200"), 0) + 20
+        loop_ready(c, cluster, clock)
+        if c.rollout_status("to-mac")["to-mac"]["phase"] == "RolledBack":
+            break
+    st = c.rollout_status("to-mac")["to-mac"]
+    assert st["phase"] == "RolledBack", st
+    assert any("errorRatio" in d["message"] for d in st["log"]), st["log"]
+    assert c.routing_document()["splits"] == {} and routed(c) == [GPU]
+    ids = {"rollout": "to-mac", "deployment": "tiny-chat"}
+    phases = {p: c.metrics.rollout_phase.labels(**ids, phase=p)._value.get() for p in ("RolledBack", "Progressing")}
+    assert phases == {"RolledBack": 1, "Progressing": 0}
+    assert c.metrics.rollout_weight.labels(**ids)._value.get() == 0
+
+
+def test_gates_read_from_prometheus_pass_and_the_rollout_succeeds(cluster, clock, tmp_path, local_plan):
+    from orchestrator.rollout.gates import Side, promql, requests_query
+    probe = FakeProbe()
+    canary, stable = Side("tiny-chat", "mlx-3bit", "mac-emu"), Side("tiny-chat", "bf16", "gpu-emu")
+    probe.answers = {requests_query(canary, 10): 50.0, promql("errorRatio", canary, 10): 0.0,
+                     requests_query(stable, 10): 500.0, promql("errorRatio", stable, 10): 0.0}
+    c = Controller({"drainSeconds": 10.0, "prometheusSd": str(tmp_path / "sd.json"),
+                    "prometheusUrl": "http://prom:9090"}, cluster=cluster, clock=clock, run=False, probe=probe)
+    running(c, cluster, clock, without(local_plan, "mlx-3bit"))
+    c.rollout_apply("to-mac", GATED, mac_side(local_plan))
+    loop_ready(c, cluster, clock, 20)
+    st = c.rollout_status("to-mac")["to-mac"]
+    assert st["phase"] == "Succeeded", st
+    assert set(probe.asked) == set(probe.answers)
+    ids = {"rollout": "to-mac", "deployment": "tiny-chat"}
+    assert c.metrics.rollout_phase.labels(**ids, phase="Succeeded")._value.get() == 1
+    assert c.metrics.rollout_weight.labels(**ids)._value.get() == 100
+
+
+def test_the_quality_gate_sends_the_golden_prompts_to_one_replica_of_each_side(cluster, clock, tmp_path, local_plan):
+    probe = FakeProbe()
+    c = Controller({"drainSeconds": 10.0, "prometheusSd": str(tmp_path / "sd.json")}, cluster=cluster, clock=clock,
+                   run=False, probe=probe)
+    running(c, cluster, clock, without(local_plan, "mlx-3bit"))
+    spec = {**ROLLOUT, "steps": [{"setWeight": 10}, {"analysis": {"gates": [{"metric": "quality",
+                                                                            "intervalSeconds": 1}]}}],
+            "quality": {"prompts": "builtin", "maxTokens": 8}}
+    c.rollout_apply("to-mac", spec, mac_side(local_plan), prompts=["one", "two"])
+    loop_ready(c, cluster, clock, 10)
+    st = c.rollout_status("to-mac")["to-mac"]
+    assert st["phase"] == "Succeeded", st
+    urls = {url for url, _ in probe.generated}
+    assert len(urls) == 2 and sorted({p for _, p in probe.generated}) == ["one", "two"]

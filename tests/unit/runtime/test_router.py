@@ -496,14 +496,16 @@ def test_the_router_actor_keeps_the_last_good_table_from_the_controller_and_logs
     actor = RouterActor("127.0.0.1", 0)  # not in Ray: no engine key, no API keys
     assert actor.router.engine_key is None and actor.router.keys is None
     good = {"d": [row("a", "http://127.0.0.1:1", "m")]}
-    actor._take(good)
+    actor._take({"deployments": good, "splits": {"d": {"canaryPercent": 20}}})
     for _ in range(3):
-        actor._take({"d": [row("a", "http://127.0.0.1:1", "m", math.nan)]})
+        actor._take({"deployments": {"d": [row("a", "http://127.0.0.1:1", "m", math.nan)]}})
+    actor._take({"deployments": good, "splits": {"d": {"canaryPercent": 120}}})
     assert [e.name for e in actor.router.balancer.table["d"]] == ["a"]
-    refused = [r for r in caplog.records if "routing table refused" in r.getMessage()]
-    assert len(refused) == 1 and "deployments.d[0].weight" in refused[0].getMessage()
-    actor._take({"e": []})
-    assert list(actor.router.balancer.table) == ["e"]
+    assert actor.router.balancer.splits == {"d": 20.0}
+    refused = [r.getMessage() for r in caplog.records if "routing table refused" in r.getMessage()]
+    assert len(refused) == 2 and "deployments.d[0].weight" in refused[0] and "canaryPercent" in refused[1]
+    actor._take({"deployments": {"e": []}})
+    assert list(actor.router.balancer.table) == ["e"] and actor.router.balancer.splits == {}
 
 
 def test_the_router_actor_takes_a_key_file_and_refuses_to_start_without_a_good_one(tmp_path):
@@ -515,3 +517,48 @@ def test_the_router_actor_takes_a_key_file_and_refuses_to_start_without_a_good_o
     path.write_text("keys: [{name: a}]")
     with pytest.raises(ValueError, match="sha256"):
         RouterActor("0.0.0.0", 0, api_keys=str(path))
+
+
+def test_a_rollout_split_sends_its_exact_share_to_the_canary_and_retries_cross_only_when_a_side_is_empty(tmp_path):
+    """100 requests at canaryPercent 10: 10 on the canary replica, 90 on stable; the router's series tell the
+    sides apart by their variant/pool labels; /moxin/routes shows sides and the split; a canary whose replica
+    refuses connections gives its requests to stable (no client sees the failure); a split read from a file."""
+    async def scenario():
+        stable, canary = Engine("m"), Engine("m")
+        router = Router()
+        async with serving(stable.app()) as stable_url, serving(canary.app()) as canary_url, \
+                serving(router.runner()) as url, ClientSession() as s:
+            rows = [row("s-0", stable_url, "m", 5.0, variant="bf16", pool="gpu"),
+                    {**row("c-0", canary_url, "m", 1.0, variant="mlx-3bit", pool="mac"), "side": "canary"}]
+            router.set_table({"d": rows}, {"d": {"canaryPercent": 10}})
+            for _ in range(100):
+                status, _, _ = await post(s, url, {"model": "d", "messages": MESSAGES})
+                assert status == 200
+            assert (len(stable.seen), len(canary.seen)) == (90, 10)
+            async with s.get(url + "/metrics") as r:
+                text = await r.text()
+            assert metric(text, "moxin_router_requests_total", variant="mlx-3bit", pool="mac", code="200") == 10
+            assert metric(text, "moxin_router_requests_total", variant="bf16", pool="gpu", code="200") == 90
+            async with s.get(url + "/moxin/routes") as r:
+                routes = await r.json()
+            assert routes["splits"] == {"d": {"canaryPercent": 10.0}}
+            assert {e["name"]: e["side"] for e in routes["deployments"]["d"]} == {"s-0": "stable", "c-0": "canary"}
+
+            rows[1]["url"] = refused_url()
+            router.set_table({"d": rows}, {"d": {"canaryPercent": 50}})
+            for _ in range(10):
+                status, _, _ = await post(s, url, {"model": "d", "messages": MESSAGES})
+                assert status == 200
+            assert len(stable.seen) == 100
+
+            with pytest.raises(ValueError, match="canaryPercent"):
+                router.set_table({"d": rows}, {"d": {"canaryPercent": 150}})
+            assert router.balancer.splits == {"d": 50.0}  # the refused table changed nothing
+
+        config = tmp_path / "router.json"
+        config.write_text(json.dumps({"deployments": {"d": rows}, "splits": {"d": {"canaryPercent": 30}}}))
+        from orchestrator.runtime.router import read_config
+        router.set_table(*read_config(config))
+        assert router.balancer.splits == {"d": 30.0}
+
+    run(scenario())

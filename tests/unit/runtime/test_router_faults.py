@@ -319,7 +319,7 @@ def test_the_router_actor_drains_like_the_standalone_router_and_serves_no_more(m
         async with serving(StaticServer(Behaviour(itl_s=0.05)).app()) as engine_url:
             port = int(refused_url().rsplit(":", 1)[1])
             actor = RouterActor("127.0.0.1", port, limits={"drainSeconds": 10.0})
-            actor._take({"d": [row("a", engine_url, "static")]})
+            actor._take({"deployments": {"d": [row("a", engine_url, "static")]}})
             url = (await actor.start())["url"]
             reader = StreamReader(url, tokens=20)
             reader.start()

@@ -1,0 +1,54 @@
+"""`moxin rollout status|promote|pause|resume|abort` against a stand-in controller (runtime.client.rollout)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+from orchestrator.runtime import client
+
+STATUS = {"name": "to-mlx", "deployment": "tiny-chat", "to": {"variant": "mlx-3bit", "pool": "mac-emu"},
+          "finished": False, "phase": "Progressing", "step": 1, "steps": 4, "stepKind": "check", "mode": "surge",
+          "weight": 10, "replicas": {"canary": 1, "stable": 1}, "pausedReason": None, "message": "",
+          "gates": [{"metric": "errorRatio", "measurements": "1/3", "failures": "0/0", "inconclusive": "0/0",
+                     "canary": 0.02, "stable": 0.0, "limit": 0.05, "threshold": "max 0.05", "outcome": "pass",
+                     "reason": "0.02 <= 0.05"}],
+          "log": [{"at": 0.0, "phase": "Progressing", "step": 0, "message": "step 0: 10% of traffic on the new side"}]}
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[tuple]:
+    seen: list[tuple] = []
+    rollouts = {"to-mlx": STATUS, "old": {**STATUS, "name": "old", "finished": True, "phase": "Succeeded"}}
+
+    def rollout(addr: str, method: str, *args: Any) -> dict:
+        seen.append((method, *args))
+        if method == "status":
+            return {n: r for n, r in rollouts.items() if args[0] in (None, n)}
+        return {args[0]: rollouts[args[0]]}
+
+    monkeypatch.setattr(client, "resolve_address", lambda address: ("ray://x", False))
+    monkeypatch.setattr(client, "rollout", rollout)
+    return seen
+
+
+def test_status_shows_phase_step_weight_gates_against_thresholds_and_the_log(calls):
+    out = CliRunner().invoke(cli, ["rollout", "status", "to-mlx"])
+    assert out.exit_code == 0, out.output
+    assert "Progressing, step 1/4 (check), weight 10%" in out.output
+    assert "errorRatio" in out.output and "max 0.05" in out.output and "10% of traffic" in out.output
+    doc = json.loads(CliRunner().invoke(cli, ["rollout", "status", "-o", "json"]).output)
+    assert set(doc) == {"to-mlx", "old"}
+
+
+@pytest.mark.parametrize("args, verb", [(["promote"], "promote"), (["promote", "--full"], "promoteFull"),
+                                        (["pause"], "pause"), (["resume", "to-mlx"], "resume"),
+                                        (["abort"], "abort")])
+def test_commands_go_to_the_named_or_the_only_running_rollout(calls, args, verb):
+    out = CliRunner().invoke(cli, ["rollout", *args])
+    assert out.exit_code == 0, out.output
+    assert calls[-1] == ("command", "to-mlx", verb)
