@@ -41,7 +41,7 @@ from orchestrator.rollout.sides import (
     resized,
     sides_plan,
     split_of,
-    stable_assignments,
+    stable_replicas,
 )
 from orchestrator.runtime.kubernetes import FIELD_MANAGER, KubernetesError, _api_errors, apply_objects
 from orchestrator.spec.catalog import Catalog
@@ -211,7 +211,7 @@ def canary_ready(api: Any, target: Target, spec: RolloutSpec) -> int:
 
 
 def _begin(target: Target, spec: RolloutSpec, name: str) -> State:
-    stable = sum(a.replicas for a in stable_assignments(target.plan, spec))
+    stable = stable_replicas(target.plan, spec)
     if not stable:
         raise KubernetesError(f"the plan runs no replica of {spec.deployment!r} matching 'from'\n"
                               "  To fix: check spec.from against `moxin plan`")

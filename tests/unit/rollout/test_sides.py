@@ -8,7 +8,15 @@ import pytest
 
 from orchestrator.planner import plan as make_plan
 from orchestrator.rollout.machine import Desired
-from orchestrator.rollout.sides import canary_name, resized, sides_plan, split_of, stable_assignments
+from orchestrator.rollout.sides import (
+    canary_name,
+    in_removal_order,
+    promoted_plan,
+    resized,
+    sides_plan,
+    split_of,
+    stable_assignments,
+)
 from orchestrator.spec import load_catalog
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -91,3 +99,25 @@ def test_a_new_side_named_like_a_kept_assignment_is_refused(world):
         update={"assignments": [*running.spec.assignments, other]})})
     with pytest.raises(ValueError, match="share its object name"):
         sides_plan(both, spec, canary, Desired(1, 1, 10))
+
+
+def test_resizing_keeps_the_first_replicas_and_the_per_replica_cost(world):
+    running, canary, _ = world
+    priced = canary.model_copy(update={"cost_usd_per_hour": 2.0 * canary.replicas})
+    assert resized(priced, canary.replicas).cost_usd_per_hour == pytest.approx(2.0 * canary.replicas)
+    none = resized(priced, 0)
+    assert (none.replicas, none.placements, none.cost_usd_per_hour) == (0, [], 0.0)
+
+
+def test_the_promoted_plan_is_the_new_side_alone_at_full_size(world):
+    running, canary, spec = world
+    assert _shape(promoted_plan(running, spec, canary)) == [("mlx-3bit", "mac-emu", canary.replicas,
+                                                             len({p.replica for p in canary.placements}))]
+
+
+def test_the_old_side_shrinks_first_on_the_new_sides_pool(world):
+    running, canary, spec = world
+    (bf16,) = running.spec.assignments
+    elsewhere = bf16.model_copy(update={"pool": "mac-emu"})
+    order = in_removal_order([bf16, elsewhere], "mac-emu")
+    assert [a.pool for a in order] == ["mac-emu", "gpu-emu"]

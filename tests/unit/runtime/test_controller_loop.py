@@ -587,6 +587,14 @@ def test_a_rollout_is_refused_without_an_old_side_or_beside_a_running_one(make, 
         c.rollout_command("nope", "pause")
 
 
+def test_a_rollout_whose_new_side_is_named_like_a_kept_assignment_is_refused(make, cluster, clock, local_plan):
+    """The plan already runs mlx-3bit on mac-emu (not matching 'from'): the new side would take its replica ids."""
+    c = running(make(), cluster, clock, local_plan)
+    with pytest.raises(ValueError, match="share its object name"):
+        c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))
+    assert "to-mac" not in c.runs
+
+
 class FakeProbe:
     """The rollout reads: /metrics pages built from ``requests`` ((variant, code) -> count, the test raises them),
     Prometheus answers from ``answers`` (query -> value), generations from ``texts`` (variant -> text)."""
