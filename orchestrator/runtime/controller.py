@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
 
+from orchestrator.errors import MoxinError
 from orchestrator.output import write_atomic
 from orchestrator.rollout import gates, machine, measure, quality, sides
 from orchestrator.runtime import rollouts
@@ -552,7 +553,7 @@ class Controller:
                 elif (before := self._page_at(now - d.window_s)) is not None and self._pages:
                     out[d.index] = measure.from_snapshots(before, self._pages[-1], d.gate.metric, canary_side,
                                                           stable_side, lambda s: self._ready_of(s, specs))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, MoxinError) as exc:  # ProbeError: a side did not answer the prompts
                 self._event(f"rollout {run.name!r}: gate {d.gate.metric} not measured: {exc}")
         return out
 
@@ -591,8 +592,8 @@ class Controller:
         if canary is None or stable is None:
             return None
         prompts = list(run.prompts or quality.BUILTIN_PROMPTS)
-        olds = [self.probe.generate(stable["url"], stable["requestModel"], p, q) for p in prompts]
-        news = [self.probe.generate(canary["url"], canary["requestModel"], p, q) for p in prompts]
+        olds = self.probe.answer_prompts(stable["url"], stable["requestModel"], prompts, q)
+        news = self.probe.answer_prompts(canary["url"], canary["requestModel"], prompts, q)
         return quality.compare(prompts, olds, news, q)
 
     def _save_desired(self, plan: Plan | None) -> None:
