@@ -102,7 +102,7 @@ def test_a_new_side_named_like_a_kept_assignment_is_refused(world):
 
 
 def test_resizing_keeps_the_first_replicas_and_the_per_replica_cost(world):
-    running, canary, _ = world
+    _, canary, _ = world
     priced = canary.model_copy(update={"cost_usd_per_hour": 2.0 * canary.replicas})
     assert resized(priced, canary.replicas).cost_usd_per_hour == pytest.approx(2.0 * canary.replicas)
     none = resized(priced, 0)
@@ -116,7 +116,7 @@ def test_the_promoted_plan_is_the_new_side_alone_at_full_size(world):
 
 
 def test_the_old_side_shrinks_first_on_the_new_sides_pool(world):
-    running, canary, spec = world
+    running, _, _ = world
     (bf16,) = running.spec.assignments
     elsewhere = bf16.model_copy(update={"pool": "mac-emu"})
     order = in_removal_order([bf16, elsewhere], "mac-emu")
