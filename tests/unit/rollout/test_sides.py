@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from orchestrator.planner import plan as make_plan
@@ -17,21 +15,9 @@ from orchestrator.rollout.sides import (
     split_of,
     stable_assignments,
 )
-from orchestrator.spec import load_catalog
+from tests.unit.rollout.rollout_support import tiny_catalog
 
-ROOT = Path(__file__).resolve().parents[3]
-DOCS = """\
-apiVersion: moxin.dev/v1alpha1
-kind: ModelDeployment
-metadata: {name: tiny-chat}
-spec:
-  model: tiny-llama
-  variants: [bf16, mlx-3bit]
-  contextTokens: 2048
-  traffic: {requestsPerSecond: 0.5, promptTokens: 200, outputTokens: 64}
-  slo: {ttftSeconds: 2, tpotSeconds: 0.1}
-  replicas: {min: 1, max: 4}
----
+ROLLOUTS = """\
 apiVersion: moxin.dev/v1alpha1
 kind: Rollout
 metadata: {name: r}
@@ -46,9 +32,7 @@ spec:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("sides")
-    (d / "docs.yaml").write_text(DOCS)
-    catalog = load_catalog([ROOT / "manifests/local/fleet.yaml", ROOT / "manifests/local/tiny-llama.yaml",
-                            d / "docs.yaml"])
+    catalog = tiny_catalog(d, ROLLOUTS, max_replicas=4)
     fleet = catalog.fleets["local"]
     dep = catalog.deployments["tiny-chat"]
 
