@@ -1388,8 +1388,9 @@ def rollout_apply(address: str | None, file: Path, paths: tuple[Path, ...], mode
     """Start the Rollout in FILE against the plan the cluster runs. PATHS: the fleet, models and deployments the
     new side is planned from [default: the embedded example]. Refused, with the reasons, when the new side does not
     fit even with the old side removed."""
-    from orchestrator.rollout import capacity, quality
+    from orchestrator.rollout import capacity
     from orchestrator.runtime import client, local
+    from orchestrator.runtime.quality_probe import load_prompts
     from orchestrator.spec.catalog import local_example_dir
 
     addr, is_local = client.resolve_address(address)
@@ -1414,10 +1415,8 @@ def rollout_apply(address: str | None, file: Path, paths: tuple[Path, ...], mode
         raise InfeasibleError(f"rollout {doc.metadata.name!r} does not fit", list(found.reasons))
     root = model_root or (str(local.home() / "models") if is_local else MODEL_ROOT)
     new_side = capacity.new_side(fleet, catalog, doc.spec, found, PlanOptions(model_root=root))
-    prompts = None
     q = doc.spec.quality
-    if q is not None and q.prompts != "builtin":
-        prompts = quality.parse_prompts((file.parent / q.prompts).read_text())
+    prompts = None if q is None or q.prompts == "builtin" else load_prompts(q, file.parent)
     st = client.rollout(addr, "apply", doc.metadata.name, doc.spec.model_dump(mode="json", by_alias=True),
                         new_side.model_dump(mode="json", by_alias=True), list(found.fits_beside), 600.0, prompts)
     click.echo(f"capacity: {found.mode}: {'; '.join(found.reasons)}", err=True)

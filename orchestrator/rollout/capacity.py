@@ -17,6 +17,7 @@ from orchestrator.errors import InfeasibleError
 from orchestrator.estimate.fit import fit_benchmarks
 from orchestrator.planner.candidates import Candidate, EstimateCache, candidates_for, replicas_needed
 from orchestrator.planner.place import Placement, Stage, place_beside
+from orchestrator.rollout.sides import in_removal_order, stable_assignments
 from orchestrator.spec.catalog import Catalog
 from orchestrator.spec.fleet import Fleet, Pool
 from orchestrator.spec.plan import Assignment, Plan, PlanOptions
@@ -44,12 +45,6 @@ class CapacityCheck:
     reasons: tuple[str, ...]
 
 
-def _stable(plan: Plan, spec: RolloutSpec) -> list[Assignment]:
-    return [a for a in plan.spec.assignments if a.deployment == spec.deployment and a.replicas > 0
-            and (spec.from_.variant is None or a.variant == spec.from_.variant)
-            and (spec.from_.pool is None or a.pool == spec.from_.pool)]
-
-
 def _one(values: set[str], field: str) -> str:
     if len(values) != 1:
         raise InfeasibleError(f"the old side runs on {len(values)} {field}s ({', '.join(sorted(values))}): the "
@@ -68,7 +63,7 @@ def _best(candidates: list[Candidate], demand: float, low: int) -> Candidate:
 def check(plan: Plan, fleet: Fleet, catalog: Catalog, spec: RolloutSpec) -> CapacityCheck:
     """Whether the rollout's new side fits beside the old one in ``plan`` (see the module docstring)."""
     deployment = catalog.deployments[spec.deployment]
-    stable = _stable(plan, spec)
+    stable = stable_assignments(plan, spec)
     if not stable:
         raise InfeasibleError(f"the plan runs no replica of {spec.deployment!r} matching 'from'",
                               ["check spec.from against `moxin plan`"])
@@ -95,7 +90,7 @@ def check(plan: Plan, fleet: Fleet, catalog: Catalog, spec: RolloutSpec) -> Capa
 
     per_node = next(p.devices_per_node for p in plan.spec.pools if p.name == pool_name)
     on_pool = [a for a in plan.spec.assignments if a.pool == pool_name and a.replicas > 0]
-    removal = [(a, p) for a in sorted(stable, key=lambda a: (a.pool != pool_name, a.key))
+    removal = [(a, p) for a in in_removal_order(stable, pool_name)
                for p in reversed(_placements(a))]
     fits_beside = []
     for k in range(len(removal) + 1):

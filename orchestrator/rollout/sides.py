@@ -1,8 +1,11 @@
 """The two sides of a rollout as one plan: the old side scaled, the new side's assignment added. Pure.
 
-Where it sits: a runtime that runs workloads from a plan (the Kubernetes driver, ``runtime/k8s_rollout.py``)
-turns ``machine.desired(state)`` into the plan of that moment with ``sides_plan`` and renders it with the split
-(``Split``) of the router's table.
+Where it sits: each runtime turns ``machine.desired(state)`` into the plan of that moment with ``sides_plan``: the
+Kubernetes driver (``runtime/k8s_rollout.py``) renders it with the split (``Split``) of the router's table, the Ray
+controller (``runtime/controller.py``) reconciles its replicas. Resizing keeps an assignment's first replicas, so
+replica ids (``<deployment>-<variant>-<pool>-<i>``) stay stable and a restarted controller adopts the same ones.
+The old side shrinks in ``capacity.check``'s removal order (``in_removal_order``), the order its ``fits_beside``
+counts were computed in.
 """
 
 from __future__ import annotations
@@ -38,11 +41,24 @@ def stable_assignments(plan: Plan, spec: RolloutSpec) -> list[Assignment]:
             and (spec.from_.pool is None or a.pool == spec.from_.pool)]
 
 
+def stable_replicas(plan: Plan, spec: RolloutSpec) -> int:
+    """The old side's replicas in ``plan``."""
+    return sum(a.replicas for a in stable_assignments(plan, spec))
+
+
+def in_removal_order(stable: list[Assignment], pool: str) -> list[Assignment]:
+    """The old side's assignments in the order replace mode shrinks them: first those on the new side's ``pool``
+    (where removing frees room for it), then by key; within one, the highest replica index goes first."""
+    return sorted(stable, key=lambda a: (a.pool != pool, a.key))
+
+
 def resized(a: Assignment, replicas: int) -> Assignment:
-    """``a`` with its first ``replicas`` replicas (never more than it has placements for)."""
+    """``a`` with its first ``replicas`` replicas (never more than it has placements for), its cost scaled to
+    them (the per-replica cost stays)."""
     if replicas > a.replicas:
         raise ValueError(f"{a.label} has {a.replicas} replicas placed, not {replicas}")
-    return a.model_copy(update={"replicas": replicas,
+    cost = None if a.cost_usd_per_hour is None else a.cost_usd_per_hour * replicas / max(1, a.replicas)
+    return a.model_copy(update={"replicas": replicas, "cost_usd_per_hour": cost,
                                 "placements": [p for p in a.placements if p.replica < replicas]})
 
 
@@ -59,7 +75,7 @@ def sides_plan(plan: Plan, spec: RolloutSpec, canary: Assignment, want: Desired)
     stable = stable_assignments(plan, spec)
     gone = max(0, sum(a.replicas for a in stable) - want.stable_replicas)
     sizes: dict[int, int] = {}
-    for a in sorted(stable, key=lambda a: (a.pool != canary.pool, a.key)):
+    for a in in_removal_order(stable, canary.pool):
         cut = min(a.replicas, gone)
         sizes[id(a)] = a.replicas - cut
         gone -= cut
@@ -77,6 +93,11 @@ def sides_plan(plan: Plan, spec: RolloutSpec, canary: Assignment, want: Desired)
                          "keeps: roll out to another variant or pool, or plan the deployment without that "
                          "assignment first")
     return plan.model_copy(update={"spec": plan.spec.model_copy(update={"assignments": out})})
+
+
+def promoted_plan(plan: Plan, spec: RolloutSpec, canary: Assignment) -> Plan:
+    """The deployment served by the new side alone, at full size: the plan a succeeded rollout leaves."""
+    return sides_plan(plan, spec, canary, Desired(canary.replicas, 0, 100))
 
 
 def canary_name(plan: Plan, spec: RolloutSpec, canary: Assignment) -> str:

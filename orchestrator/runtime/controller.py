@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
 
+from orchestrator.errors import MoxinError
 from orchestrator.output import write_atomic
-from orchestrator.rollout import gates, machine, measure, quality
+from orchestrator.rollout import gates, machine, measure, quality, sides
 from orchestrator.runtime import rollouts
 from orchestrator.runtime.desired import ReplicaSpec, replica_specs
 from orchestrator.runtime.metrics import ControllerMetrics
@@ -272,9 +273,10 @@ class Controller:
         for other in runs.values():
             if other.active and other.spec.deployment == rs.deployment and other.name != name:
                 raise ValueError(f"deployment {rs.deployment!r} already has rollout {other.name!r} running")
-        stable = rollouts.stable_count(plan, rs)
+        stable = sides.stable_replicas(plan, rs)
         if stable == 0:
             raise ValueError(f"deployment {rs.deployment!r} has no replica matching 'from' in the plan")
+        sides.canary_name(plan, rs, new_side)  # ValueError: the new side would share a kept assignment's name
         config = machine.config_for(rs, stable, new_side.replicas, readiness_budget_s, fits_beside)
         run = rollouts.Run(name, rs, new_side, machine.start(name, rs, config),
                            notes=(f"capacity: {config.mode}",), prompts=prompts)
@@ -467,7 +469,12 @@ class Controller:
         if plan is None:
             return []
         for run in self.runs.values():
-            plan = rollouts.sided_plan(plan, run)
+            if not run.active:
+                continue
+            try:
+                plan = sides.sides_plan(plan, run.spec, run.canary, machine.desired(run.state))
+            except ValueError as exc:  # the plan changed under the rollout: its sides wait for a plan that fits
+                self._event(f"rollout {run.name!r}: sides not planned: {exc}")
         return replica_specs(plan, known_nodes=set(nodes))
 
     # -- rollouts: due -> measure -> step -> save -> act (the sides follow the state through ``_desired``) ---------
@@ -508,7 +515,7 @@ class Controller:
                 with self._lock:
                     plan = self.plan
                 for run in promoted:
-                    plan = None if plan is None else rollouts.promoted_plan(plan, run)
+                    plan = None if plan is None else sides.promoted_plan(plan, run.spec, run.canary)
                 if plan is not None:  # the deployment's only side from now on: saved before the rollout lets go
                     self.cluster.kv_put(KV_PLAN, plan.to_json())
                     with self._lock:
@@ -530,7 +537,7 @@ class Controller:
         with self._lock:
             plan, options, specs = self.plan, dict(self.options), list(self.specs)
         stable_side = None
-        if plan is not None and (olds := rollouts.stable_assignments(plan, run.spec)):
+        if plan is not None and (olds := sides.stable_assignments(plan, run.spec)):
             stable_side = gates.Side(run.spec.deployment, olds[0].variant, olds[0].pool)
         canary_side = gates.Side(run.spec.deployment, run.canary.variant, run.canary.pool)
         out: dict[int, Any] = {}
@@ -546,7 +553,7 @@ class Controller:
                 elif (before := self._page_at(now - d.window_s)) is not None and self._pages:
                     out[d.index] = measure.from_snapshots(before, self._pages[-1], d.gate.metric, canary_side,
                                                           stable_side, lambda s: self._ready_of(s, specs))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, MoxinError) as exc:  # ProbeError: a side did not answer the prompts
                 self._event(f"rollout {run.name!r}: gate {d.gate.metric} not measured: {exc}")
         return out
 
@@ -585,8 +592,8 @@ class Controller:
         if canary is None or stable is None:
             return None
         prompts = list(run.prompts or quality.BUILTIN_PROMPTS)
-        olds = [self.probe.generate(stable["url"], stable["requestModel"], p, q) for p in prompts]
-        news = [self.probe.generate(canary["url"], canary["requestModel"], p, q) for p in prompts]
+        olds = self.probe.answer_prompts(stable["url"], stable["requestModel"], prompts, q)
+        news = self.probe.answer_prompts(canary["url"], canary["requestModel"], prompts, q)
         return quality.compare(prompts, olds, news, q)
 
     def _save_desired(self, plan: Plan | None) -> None:

@@ -30,18 +30,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.planner import plan as make_plan
+from orchestrator.errors import InfeasibleError
 from orchestrator.rollout import machine
-from orchestrator.rollout.capacity import CapacityCheck, check
+from orchestrator.rollout.capacity import CapacityCheck, check, new_side
 from orchestrator.rollout.gates import Reading
 from orchestrator.rollout.machine import Command, Due, Observation, State, Verb
 from orchestrator.rollout.sides import (
     Renderer,
     canary_name,
-    resized,
     sides_plan,
     split_of,
-    stable_assignments,
+    stable_replicas,
 )
 from orchestrator.runtime.kubernetes import FIELD_MANAGER, KubernetesError, _api_errors, apply_objects
 from orchestrator.spec.catalog import Catalog
@@ -100,19 +99,15 @@ def make_target(namespace: str, release: str, plan: Plan, fleet: Fleet, catalog:
 
 def canary_assignment(plan: Plan, fleet: Fleet, catalog: Catalog, spec: RolloutSpec,
                       fit: CapacityCheck | None = None) -> Assignment:
-    """The new side at full size: the planner's own assignment of the deployment kept to the target variant and
-    pool (the capacity check's count of replicas). On Kubernetes the scheduler places the pods, so the plan's node
-    names for it do not matter."""
+    """The new side at full size: ``capacity.new_side``, the planner's own assignment of the deployment kept to the
+    target variant and pool at the capacity check's count of replicas (the one the Ray controller is given). On
+    Kubernetes the scheduler places the pods, so the plan's node names for it do not matter."""
     fit = fit or check(plan, fleet, catalog, spec)
-    deployment = catalog.deployments[spec.deployment]
-    narrowed = deployment.model_copy(update={"spec": deployment.spec.model_copy(
-        update={"variants": [fit.variant], "pools": [fit.pool]})})
-    made = make_plan(fleet, [narrowed], catalog)
-    found = [a for a in made.spec.assignments if a.deployment == spec.deployment and a.replicas > 0]
-    if len(found) != 1:
-        raise KubernetesError(f"the planner gives {len(found)} assignments for {spec.deployment} on "
-                              f"{fit.variant}/{fit.pool}, not one\n  To fix: check `moxin plan` for that target")
-    return resized(found[0], min(found[0].replicas, fit.canary_replicas))
+    try:
+        return new_side(fleet, catalog, spec, fit)
+    except InfeasibleError as exc:
+        raise KubernetesError(f"{exc}: {'; '.join(exc.reasons)}\n"
+                              "  To fix: check `moxin plan` for that target") from None
 
 
 def objects_for(target: Target, spec: RolloutSpec, state: State) -> list[dict[str, Any]]:
@@ -211,7 +206,7 @@ def canary_ready(api: Any, target: Target, spec: RolloutSpec) -> int:
 
 
 def _begin(target: Target, spec: RolloutSpec, name: str) -> State:
-    stable = sum(a.replicas for a in stable_assignments(target.plan, spec))
+    stable = stable_replicas(target.plan, spec)
     if not stable:
         raise KubernetesError(f"the plan runs no replica of {spec.deployment!r} matching 'from'\n"
                               "  To fix: check spec.from against `moxin plan`")

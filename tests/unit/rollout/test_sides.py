@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from orchestrator.planner import plan as make_plan
 from orchestrator.rollout.machine import Desired
-from orchestrator.rollout.sides import canary_name, resized, sides_plan, split_of, stable_assignments
-from orchestrator.spec import load_catalog
+from orchestrator.rollout.sides import (
+    canary_name,
+    in_removal_order,
+    promoted_plan,
+    resized,
+    sides_plan,
+    split_of,
+    stable_assignments,
+)
+from tests.unit.rollout.rollout_support import tiny_catalog
 
-ROOT = Path(__file__).resolve().parents[3]
-DOCS = """\
-apiVersion: moxin.dev/v1alpha1
-kind: ModelDeployment
-metadata: {name: tiny-chat}
-spec:
-  model: tiny-llama
-  variants: [bf16, mlx-3bit]
-  contextTokens: 2048
-  traffic: {requestsPerSecond: 0.5, promptTokens: 200, outputTokens: 64}
-  slo: {ttftSeconds: 2, tpotSeconds: 0.1}
-  replicas: {min: 1, max: 4}
----
+ROLLOUTS = """\
 apiVersion: moxin.dev/v1alpha1
 kind: Rollout
 metadata: {name: r}
@@ -38,9 +32,7 @@ spec:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("sides")
-    (d / "docs.yaml").write_text(DOCS)
-    catalog = load_catalog([ROOT / "manifests/local/fleet.yaml", ROOT / "manifests/local/tiny-llama.yaml",
-                            d / "docs.yaml"])
+    catalog = tiny_catalog(d, ROLLOUTS, max_replicas=4)
     fleet = catalog.fleets["local"]
     dep = catalog.deployments["tiny-chat"]
 
@@ -91,3 +83,25 @@ def test_a_new_side_named_like_a_kept_assignment_is_refused(world):
         update={"assignments": [*running.spec.assignments, other]})})
     with pytest.raises(ValueError, match="share its object name"):
         sides_plan(both, spec, canary, Desired(1, 1, 10))
+
+
+def test_resizing_keeps_the_first_replicas_and_the_per_replica_cost(world):
+    _, canary, _ = world
+    priced = canary.model_copy(update={"cost_usd_per_hour": 2.0 * canary.replicas})
+    assert resized(priced, canary.replicas).cost_usd_per_hour == pytest.approx(2.0 * canary.replicas)
+    none = resized(priced, 0)
+    assert (none.replicas, none.placements, none.cost_usd_per_hour) == (0, [], 0.0)
+
+
+def test_the_promoted_plan_is_the_new_side_alone_at_full_size(world):
+    running, canary, spec = world
+    assert _shape(promoted_plan(running, spec, canary)) == [("mlx-3bit", "mac-emu", canary.replicas,
+                                                             len({p.replica for p in canary.placements}))]
+
+
+def test_the_old_side_shrinks_first_on_the_new_sides_pool(world):
+    running, _, _ = world
+    (bf16,) = running.spec.assignments
+    elsewhere = bf16.model_copy(update={"pool": "mac-emu"})
+    order = in_removal_order([bf16, elsewhere], "mac-emu")
+    assert [a.pool for a in order] == ["mac-emu", "gpu-emu"]

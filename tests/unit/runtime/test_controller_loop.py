@@ -587,6 +587,14 @@ def test_a_rollout_is_refused_without_an_old_side_or_beside_a_running_one(make, 
         c.rollout_command("nope", "pause")
 
 
+def test_a_rollout_whose_new_side_is_named_like_a_kept_assignment_is_refused(make, cluster, clock, local_plan):
+    """The plan already runs mlx-3bit on mac-emu (not matching 'from'): the new side would take its replica ids."""
+    c = running(make(), cluster, clock, local_plan)
+    with pytest.raises(ValueError, match="share its object name"):
+        c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))
+    assert "to-mac" not in c.runs
+
+
 class FakeProbe:
     """The rollout reads: /metrics pages built from ``requests`` ((variant, code) -> count, the test raises them),
     Prometheus answers from ``answers`` (query -> value), generations from ``texts`` (variant -> text)."""
@@ -607,10 +615,10 @@ class FakeProbe:
         self.asked.append(promql)
         return self.answers.get(promql)
 
-    def generate(self, url: str, request_model: str, prompt: str, quality: Any) -> Any:
+    def answer_prompts(self, url: str, request_model: str, prompts: list[str], quality: Any) -> Any:
         from orchestrator.rollout.quality import Generation
-        self.generated.append((url, prompt))
-        return Generation(f"answer to {prompt}")
+        self.generated += [(url, p) for p in prompts]
+        return [Generation(f"answer to {p}") for p in prompts]
 
 
 GATED = {**ROLLOUT, "steps": [{"setWeight": 10},
@@ -676,3 +684,24 @@ def test_the_quality_gate_sends_the_golden_prompts_to_one_replica_of_each_side(c
     assert st["phase"] == "Succeeded", st
     urls = {url for url, _ in probe.generated}
     assert len(urls) == 2 and sorted({p for _, p in probe.generated}) == ["one", "two"]
+
+
+def test_a_side_that_does_not_answer_the_golden_prompts_leaves_the_quality_gate_unmeasured(cluster, clock, tmp_path,
+                                                                                           local_plan):
+    """A ProbeError is a failed measurement, not a failed gate: the rollout waits at the gate and says why."""
+    from orchestrator.runtime.quality_probe import ProbeError
+
+    class Silent(FakeProbe):
+        def answer_prompts(self, url: str, request_model: str, prompts: list[str], quality: Any) -> Any:
+            raise ProbeError(f"{url}: ClientConnectorError: refused")
+
+    c = Controller({"drainSeconds": 10.0, "prometheusSd": str(tmp_path / "sd.json")}, cluster=cluster, clock=clock,
+                   run=False, probe=Silent())
+    running(c, cluster, clock, without(local_plan, "mlx-3bit"))
+    spec = {**ROLLOUT, "steps": [{"setWeight": 10}, {"analysis": {"gates": [{"metric": "quality",
+                                                                            "intervalSeconds": 1}]}}],
+            "quality": {"prompts": "builtin", "maxTokens": 8}}
+    c.rollout_apply("to-mac", spec, mac_side(local_plan))
+    loop_ready(c, cluster, clock, 10)
+    assert c.rollout_status("to-mac")["to-mac"]["phase"] == "Progressing"
+    assert any("gate quality not measured" in e and "refused" in e for e in c.events)

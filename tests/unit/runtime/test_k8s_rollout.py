@@ -7,7 +7,6 @@ Every object sent is validated strictly (kubernetes-validate, Kubernetes 1.33; C
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,25 +23,13 @@ from orchestrator.rollout.quality import Generation, compare
 from orchestrator.runtime import k8s_rollout
 from orchestrator.runtime.k8s_rollout import Target, make_target, run_once, send_command
 from orchestrator.runtime.kubernetes import KubernetesError, apply_objects
-from orchestrator.spec import load_catalog
 from tests.unit.render.k8s_support import validate
+from tests.unit.rollout.rollout_support import tiny_catalog
 
-ROOT = Path(__file__).resolve().parents[3]
 NS = "serving"
 STABLE, CANARY = "tiny-chat-bf16-gpu-emu", "tiny-chat-mlx-3bit-mac-emu"
 STATE = "moxin-rollout-tiny-to-mlx"
-DOCS = """\
-apiVersion: moxin.dev/v1alpha1
-kind: ModelDeployment
-metadata: {name: tiny-chat}
-spec:
-  model: tiny-llama
-  variants: [bf16, mlx-3bit]
-  contextTokens: 2048
-  traffic: {requestsPerSecond: 0.5, promptTokens: 200, outputTokens: 64}
-  slo: {ttftSeconds: 2, tpotSeconds: 0.1}
-  replicas: {min: 1, max: 2}
----
+ROLLOUTS = """\
 apiVersion: moxin.dev/v1alpha1
 kind: Rollout
 metadata: {name: tiny-to-mlx}
@@ -138,9 +125,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("rollout")
-    (d / "docs.yaml").write_text(DOCS)
-    catalog = load_catalog([ROOT / "manifests/local/fleet.yaml", ROOT / "manifests/local/tiny-llama.yaml",
-                            d / "docs.yaml"])
+    catalog = tiny_catalog(d, ROLLOUTS, max_replicas=2)
     fleet = catalog.fleets["local"]
     dep = catalog.deployments["tiny-chat"]
     only_bf16 = dep.model_copy(update={"spec": dep.spec.model_copy(update={"variants": ["bf16"],

@@ -1,4 +1,5 @@
-"""quality_probe.probe against a small OpenAI stand-in: the request it sends, the logprobs fallback, errors."""
+"""quality_probe.probe against a small OpenAI stand-in: the request it sends, the logprobs fallback, errors; and
+the Ray controller's HttpProbe.answer_prompts, which sends through it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from orchestrator.rollout.quality import compare
 from orchestrator.runtime.quality_probe import ProbeError, load_prompts, probe, probe_headers
+from orchestrator.runtime.rollout_probe import HttpProbe
 from orchestrator.spec.defaults import REPLICA_HEADER
 from orchestrator.spec.rollout import Quality
 from tests.unit.runtime.router_support import refused_url, serving
@@ -133,3 +135,18 @@ def test_prompts_builtin_or_from_a_file_next_to_the_rollout(tmp_path):
     (tmp_path / "bad.jsonl").write_text("{oops\n")
     with pytest.raises(ProbeError, match="line 1"):
         load_prompts(Quality(prompts="bad.jsonl"), tmp_path)
+
+
+def test_the_controllers_probe_sends_the_golden_prompts_with_its_engine_key():
+    """``rollout_probe.HttpProbe.answer_prompts`` (the Ray controller's quality gate) is ``probe`` with the engine
+    key."""
+    engine = OpenAI()
+
+    async def go():
+        async with serving(engine.app()) as url:
+            return await asyncio.to_thread(HttpProbe("k2").answer_prompts, url, "tiny", PROMPTS, QUALITY)
+
+    answers = _run(go())
+    assert [g.text for g in answers] == ["c b a", "four three two one", "y x"]
+    assert {h["Authorization"] for h in engine.headers} == {"Bearer k2"}
+    assert all(b["logprobs"] and b["temperature"] == 0 for b in engine.bodies)
