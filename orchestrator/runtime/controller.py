@@ -225,7 +225,7 @@ class Controller:
                 "url": d.get("url"), "enginePid": d.get("enginePid"), "restarts": rec.restarts,
                 "replacements": rec.replacements,
                 "lastError": d.get("lastError", "") or _waiting_for(rec, spec), "log": d.get("log"),
-                "host": d.get("host"), "nodeId": d.get("nodeId")}
+                "host": d.get("host"), "nodeId": d.get("nodeId"), "stages": d.get("stages") or []}
 
     def routing_table(self) -> dict[str, list[dict]]:
         return self.table  # replaced whole each loop: no lock, so routers never wait on a slow loop
