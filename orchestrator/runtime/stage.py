@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.runtime.guard import alive
-from orchestrator.runtime.replica import _node_id, _raylet_pid, granted_devices, kill_guarded, node_ip, start_guarded
+from orchestrator.runtime.replica import (
+    _node_id,
+    _raylet_pid,
+    granted_devices,
+    kill_guarded,
+    node_ip,
+    start_guarded,
+)
 
 FENCE_EVERY_S = 1.0
 

