@@ -147,3 +147,13 @@ def test_validate_refuses_a_kubernetes_injection_at_its_line() -> None:
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"{bad}:36: spec.kubernetes.runtimeClassName: must be a DNS-1123 subdomain" in result.output
     assert r"(got 'nvidia\nhostPID: true')" in result.output
+
+
+def test_status_lists_every_node_of_a_multi_node_replica():
+    from orchestrator.cli import _stage_lines
+
+    rows = [{"id": "one", "stages": [{"nodeRank": 0, "node": "a"}]},
+            {"id": "pp", "stages": [{"nodeRank": 0, "node": "n-0", "host": "10.0.0.1", "devices": [0], "enginePid": 7},
+                                    {"nodeRank": 1, "node": "n-1", "host": "10.0.0.2", "devices": [1], "enginePid": 9}]}]
+    assert _stage_lines(rows) == ["pp: 2 nodes", "  node rank 0: n-0 (host 10.0.0.1, devices 0, pid 7)",
+                                  "  node rank 1: n-1 (host 10.0.0.2, devices 1, pid 9)"]
