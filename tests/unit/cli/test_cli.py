@@ -24,8 +24,9 @@ def run(*args: str):
 def test_validate_the_shipped_catalog_and_examples() -> None:
     result = run("validate", str(ROOT / "hardware_profiles"), str(ROOT / "manifests"))
     assert result.exit_code == 0, result.output
-    # the built-in profiles and the examples' own (manifests/examples/cambricon: an overlay of the MLU590)
-    assert "22 HardwareProfile" in result.output and "9 Model" in result.output and "3 Fleet" in result.output
+    # the built-in profiles and the examples' own (manifests/examples/cambricon: an overlay of the MLU590;
+    # manifests/examples/pipeline-local: a made-up small device)
+    assert "23 HardwareProfile" in result.output and "9 Model" in result.output and "4 Fleet" in result.output
     assert "1 Rollout" in result.output  # manifests/rollouts
 
 

@@ -87,7 +87,7 @@ def test_two_assignments_of_one_variant_on_one_pool_get_distinct_replica_ids(loc
 
 @pytest.fixture(scope="module")
 def pipeline_plan():
-    catalog = load_catalog([ROOT / "manifests" / "examples" / "pipeline-local"])
+    catalog = load_catalog([ROOT / "manifests" / "examples" / "pipeline-local", ROOT / "manifests" / "local" / "tiny-llama.yaml"])
     return plan(catalog.fleets["pipeline-local"], list(catalog.deployments.values()), catalog,
                 options=PlanOptions(model_root="/cache/models"))
 
