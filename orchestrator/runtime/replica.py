@@ -36,6 +36,9 @@ HEALTH_EVERY_S = 2.0
 HEALTH_FAILURES_TO_RESTART = 3
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30, 60)
 GIVE_UP_AFTER = 5
+FAILED_GRACE_S = 2.0
+"""Grace of a multi-node replica's processes once one of them is lost: the pipeline cannot finish a request any more,
+so there is nothing to wait for; the sooner its devices are free, the sooner its replacement starts."""
 """Consecutive failed starts after which the replica reports FAILED and the controller replaces it."""
 KEY_CHECKING_ENGINES = frozenset({"vllm", "vllm-metal"})
 """Engines that check the engine key themselves, given ``VLLM_API_KEY`` in their environment (never in argv, which
@@ -345,7 +348,7 @@ class Replica:
         import ray
 
         try:
-            ray.get([h.stop.remote() for h in self.followers], timeout=grace_s + 10)
+            ray.get([h.stop.remote(grace_s) for h in self.followers], timeout=grace_s + 10)
         except Exception:  # gone already: its guard stopped the process with it (owner gone)
             pass
 
@@ -353,7 +356,7 @@ class Replica:
         """Stop the replica's processes on every node, the stage actors too, and report FAILED: a multi-node
         replica is not restarted in place (the controller replaces it, placement group and all)."""
         reason = self.last_error or "a process of the replica exited"
-        self._kill_engine(self.grace_s)
+        self._kill_engine(FAILED_GRACE_S)
         import ray
 
         for h in self.followers:

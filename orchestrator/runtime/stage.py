@@ -59,10 +59,10 @@ class Stage:
                 "guardPid": self.guard_pid, "enginePid": self.engine_pid, "actorPid": os.getpid(),
                 "alive": self.guard_pid is not None and alive(self.guard_pid), "log": str(self.log_path)}
 
-    def stop(self) -> bool:
+    def stop(self, grace_s: float | None = None) -> bool:
         with self._lock:
             guard, engine, self.guard_pid, self.engine_pid = self.guard_pid, self.engine_pid, None, None
-        kill_guarded(guard, engine, self.grace_s)
+        kill_guarded(guard, engine, self.grace_s if grace_s is None else grace_s)
         return True
 
     def _fence(self) -> None:
