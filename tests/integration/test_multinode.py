@@ -126,18 +126,28 @@ def test_a_pipeline_over_two_nodes_serves_and_a_dead_stage_replaces_the_whole_re
     left = sorted(p for p in leader_tree | follower_tree if alive(p))
     assert gone_s is not None, f"processes of the old replica still alive 60 s after: {left}"
 
-    new = None
-    deadline = t0 + start_s + REPLACE_MARGIN_S
-    while time.monotonic() < deadline + 60:  # watched past the deadline, to say how late it was
-        new = _ready(env)
-        if new and new["stages"] and new["stages"][0]["enginePid"] not in leader_tree:
-            break
-        new = None
-        time.sleep(1)
-    served_s = time.monotonic() - t0
-    assert new is not None, f"no new replica ready {start_s + REPLACE_MARGIN_S + 60:.0f} s after the kill"
-    assert chat(pp_up["router"])["choices"], "the new replica answers through the router"
-    print(f"engine start {start_s:.1f} s; old replica gone on both nodes {gone_s:.1f} s after stage 2's worker was "
-          f"killed; a new one served after {served_s:.1f} s (budget {start_s + REPLACE_MARGIN_S:.1f} s)")
+    served_s = None
+    while time.monotonic() - t0 < start_s + REPLACE_MARGIN_S + 60:  # watched past the budget, to say how late
+        try:
+            if chat(pp_up["router"])["choices"]:
+                served_s = time.monotonic() - t0
+                break
+        except OSError:  # 503 while no replica serves, or a connection refused
+            pass
+        time.sleep(0.5)
+    assert served_s is not None, f"no new replica served {start_s + REPLACE_MARGIN_S + 60:.0f} s after the kill"
+    new = _ready(env)
+    assert new is not None and new["stages"][0]["enginePid"] not in leader_tree
     assert [s["node"] for s in new["stages"]] == ["pipe-emu-0", "pipe-emu-1"]
-    assert served_s <= start_s + REPLACE_MARGIN_S, f"replaced after {served_s:.1f} s, start {start_s:.1f} s"
+    ray.init(address=info["address"], log_to_driver=False, logging_level="ERROR")
+    try:
+        described = ray.get(ray.get_actor("moxin-replica:" + new["id"], namespace="moxin").describe.remote())
+        new_start_s = described["readyAt"] - described["startedAt"]
+    finally:
+        ray.shutdown()
+    # The engine's start time: the new replica's own (from its actor's start to ready); what moxin adds to it
+    # (noticing the lost process, stopping the rest, the controller's retry, placement, the actor) is the margin.
+    print(f"engine start {start_s:.1f} s (first), {new_start_s:.1f} s (replacement); old replica gone on both nodes "
+          f"{gone_s:.1f} s after stage 2's worker was killed; the router served again after {served_s:.1f} s "
+          f"(moxin's part {served_s - new_start_s:.1f} s)")
+    assert served_s <= new_start_s + REPLACE_MARGIN_S, f"served after {served_s:.1f} s, start {new_start_s:.1f} s"
