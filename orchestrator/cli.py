@@ -645,6 +645,8 @@ def status(address: str | None, sd_file: Path | None, fmt: str) -> None:
     table(["REPLICA", "STATE", "DEPLOYMENT", "VARIANT", "POOL", "ENGINE", "NODE", "ENDPOINT", "PID", "RESTARTS"], rows,
           title=f"plan {st['plan']}")
     click.echo(f"router: {', '.join(st['routers']) or 'not started'}; controller metrics: {st['metricsUrl']}")
+    for line in _stage_lines(st["replicas"]):
+        click.echo(line)
     for r in st["replicas"]:
         if r["lastError"]:
             click.echo(f"{r['id']}: {r['lastError']}")
@@ -652,6 +654,21 @@ def status(address: str | None, sd_file: Path | None, fmt: str) -> None:
         click.echo(f"Prometheus file_sd: {st['prometheusSd']}")
     if st["prometheus"]:
         click.echo(f"Prometheus: {st['prometheus']['url']} (moxin top reads it)")
+
+
+def _stage_lines(replicas: list[dict[str, Any]]) -> list[str]:
+    """Where each node of a multi-node replica runs: node rank, the plan's node, host, devices, process."""
+    out = []
+    for r in replicas:
+        stages = r.get("stages") or []
+        if len(stages) < 2:
+            continue
+        out.append(f"{r['id']}: {len(stages)} nodes")
+        for s in stages:
+            devices = ",".join(str(d) for d in s.get("devices") or []) or "-"
+            out.append(f"  node rank {s['nodeRank']}: {s.get('node') or '-'} (host {s.get('host') or '-'}, "
+                       f"devices {devices}, pid {s.get('enginePid') or '-'})")
+    return out
 
 
 def _local_prometheus(is_local: bool) -> dict[str, Any] | None:

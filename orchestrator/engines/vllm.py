@@ -62,8 +62,8 @@ def server_argv(support: EngineSupport, profile: HardwareProfile, variant: Varia
             "--max-num-seqs", str(concurrency), "--max-num-batched-tokens", str(settings.max_num_batched_tokens)]
     if ep:
         argv.append("--enable-expert-parallel")
-    if multi_node:
-        argv += ["--distributed-executor-backend", "ray"]
+    if multi_node:  # one process per node, started by moxin (Ray: a stage actor per bundle; Kubernetes: LWS pods)
+        argv += ["--distributed-executor-backend", "mp"]
     env = plugin_env(support)
     if support.platform == "cpu":
         space = cpu_kv_space_gib(est)
@@ -84,3 +84,35 @@ def server_argv(support: EngineSupport, profile: HardwareProfile, variant: Varia
         argv += ["--dtype", "float16"]
         notes.append(f"{profile.name} has no BF16 arithmetic: weights run in FP16")
     return argv, env, notes
+
+
+# ------------------------------------------------------------------------------ multi-node replicas
+# A replica whose stages sit on several nodes runs in vLLM's multiprocessing multi-node mode
+# (vllm/engine/arg_utils.py: --nnodes/--node-rank/--master-addr/--master-port; ranks node_rank*local_world_size..
+# are that node's): node rank 0 runs the API server and the engine core, every other node one headless process
+# whose workers join over torch.distributed. One process per node is what moxin supervises (a guard each) and what
+# a LeaderWorkerSet runs (leader and worker pods); vLLM's Ray executor would place its workers from a subprocess that
+# loses the caller's placement group (vllm-project/vllm#30016).
+HEADLESS_MODULE = "orchestrator.engines.vllm_headless"
+MASTER_PORT = 29500
+"""torch.distributed rendezvous port on node rank 0 (Kubernetes; the Ray runtime picks a free one)."""
+CPU_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def stage_argv(argv: list[str], *, node_rank: int | str, nnodes: int, master_addr: str,
+               master_port: int | str = MASTER_PORT) -> list[str]:
+    """The argv of one node of a multi-node replica, from the replica's planned argv (``server_argv`` with
+    ``multi_node``): rank 0 serves the API, the others run headless. ``node_rank`` and ``master_addr`` may be shell
+    references (a LeaderWorkerSet pod reads them from its environment)."""
+    flags = ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--master-addr", master_addr,
+             "--master-port", str(master_port)]
+    if str(node_rank) == "0":
+        return [*argv, *flags]
+    module = argv.index("-m")
+    return [*argv[:module], "-m", HEADLESS_MODULE, *argv[module + 2:], *flags]
+
+
+def cpu_bind(stage: int, cores: int) -> dict[str, str]:
+    """Emulated nodes share one machine's cores: each stage's workers get their own core, else vLLM refuses to
+    start two CPU workers ("Not enough allowed NUMA nodes", facts/engines.md)."""
+    return {CPU_BIND_ENV: str(stage % max(1, cores))}

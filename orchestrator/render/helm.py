@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import __version__
+from orchestrator.engines import vllm
 from orchestrator.errors import MoxinError
 from orchestrator.spec.base import DNS1123_SUBDOMAIN
 from orchestrator.spec.catalog import Catalog
@@ -145,17 +146,28 @@ def ray_start_args(profile: HardwareProfile, devices: int) -> list[str]:
     return args
 
 
-def leader_script(ray_args: list[str]) -> str:
-    """Leader of a multi-node replica: start the Ray head, then exec the engine argv (the container's
-    args, reached as "$0" "$@" so no argument is ever re-split by the shell)."""
-    return shlex.join(["ray", "start", "--head", f"--port={RAY_GCS_PORT}", "--disable-usage-stats", *ray_args]) \
-        + ' && exec "$0" "$@"'
+LWS_RANK = "$LWS_WORKER_INDEX"
+LWS_LEADER = "$LWS_LEADER_ADDRESS"
+"""What LeaderWorkerSet sets in every pod of a group: the pod's index (0 on the leader) and the leader's address."""
 
 
-def worker_script(ray_args: list[str]) -> str:
-    """Worker of a multi-node replica: join the leader's Ray head (LWS sets LWS_LEADER_ADDRESS) and block."""
-    return ('exec ray start --address="$LWS_LEADER_ADDRESS:' + str(RAY_GCS_PORT) + '" --block '
-            + shlex.join(["--disable-usage-stats", *ray_args]))
+def _shell_word(word: str) -> str:
+    """One argv word for ``sh -c``: a reference to LWS's environment expanded (in double quotes), the rest quoted."""
+    return f'"{word}"' if word in (LWS_RANK, LWS_LEADER) else shlex.quote(word)
+
+
+def leader_script(nnodes: int) -> str:
+    """Leader of a multi-node replica (node rank 0 of vLLM's multi-node mode): exec the engine argv (the container's
+    args, reached as "$0" "$@" so no argument is ever re-split by the shell) with the multi-node flags."""
+    flags = vllm.stage_argv([], node_rank=0, nnodes=nnodes, master_addr=LWS_LEADER)
+    return 'exec "$0" "$@" ' + " ".join(_shell_word(w) for w in flags)
+
+
+def worker_script(argv: list[str], nnodes: int) -> str:
+    """Worker of a multi-node replica: the same argv, headless, at node rank LWS_WORKER_INDEX, joining the leader's
+    rendezvous (engines/vllm.stage_argv: what the Ray runtime's stage actors run)."""
+    words = vllm.stage_argv(argv, node_rank=LWS_RANK, nnodes=nnodes, master_addr=LWS_LEADER)
+    return "exec " + " ".join(_shell_word(w) for w in words)
 
 
 # ------------------------------------------------------------------------------------ assignments
@@ -226,9 +238,8 @@ def engine_assignment(a: Assignment, name: str, profile: HardwareProfile, pool: 
     if a.emulated:
         out["sharedMemorySize"] = EMULATED_SHM
     if group > 1:
-        ray_args = ray_start_args(profile, devices)
-        out["leaderScript"] = leader_script(ray_args)
-        out["workerScript"] = worker_script(ray_args)
+        out["leaderScript"] = leader_script(group)
+        out["workerScript"] = worker_script(list(launch.argv), group)
     return out
 
 

@@ -244,7 +244,7 @@ class Controller:
                 "url": d.get("url"), "enginePid": d.get("enginePid"), "restarts": rec.restarts,
                 "replacements": rec.replacements,
                 "lastError": d.get("lastError", "") or _waiting_for(rec, spec), "log": d.get("log"),
-                "host": d.get("host"), "nodeId": d.get("nodeId")}
+                "host": d.get("host"), "nodeId": d.get("nodeId"), "stages": d.get("stages") or []}
 
     # -- rollouts (``moxin rollout ...``) ---------------------------------------------------------------------------
     def rollout_apply(self, name: str, spec: dict[str, Any], canary: dict[str, Any],

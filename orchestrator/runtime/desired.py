@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from orchestrator.engines import vllm
 from orchestrator.spec.names import slug
 from orchestrator.spec.plan import EngineLaunch, Plan, assignment_names
 
@@ -42,9 +43,25 @@ class ReplicaSpec:
     output_tokens_per_second: float = 0.0
     """Planned decode throughput of this replica (batch x per-sequence decode tokens/s); 0 without a speed."""
 
+    node_devices: list[list[int]] = field(default_factory=list)
+    """Device indices on each node of the replica, in bundle order (node rank i runs on bundle i)."""
+
     @property
     def request_model(self) -> str:
         return self.launch.request_model
+
+    @property
+    def node_count(self) -> int:
+        return len(self.bundles)
+
+    def node_argv(self, argv: list[str], node_rank: int, master_addr: str, master_port: int) -> list[str]:
+        """The argv node ``node_rank`` of this replica runs (``argv``: the launch's, as this node resolves it): the
+        launch itself on one node; vLLM's multi-node mode across several (engines/vllm.stage_argv, which the
+        LeaderWorkerSet rendering uses too)."""
+        if self.node_count == 1:
+            return list(argv)
+        return vllm.stage_argv(argv, node_rank=node_rank, nnodes=self.node_count, master_addr=master_addr,
+                               master_port=master_port)
 
 
 def replica_id(assignment_name: str, index: int) -> str:
@@ -75,8 +92,10 @@ def replica_specs(plan: Plan, known_nodes: set[str] | None = None) -> list[Repli
             nodes = [s.node for s in stages]
             # Stages on the same node share one bundle; a pipeline across nodes gets one bundle per node.
             per_node: dict[str, int] = {}
+            node_devices: dict[str, list[int]] = {}
             for s in stages:
                 per_node[s.node] = per_node.get(s.node, 0) + len(s.devices)
+                node_devices.setdefault(s.node, []).extend(s.devices)
             bundles = [ray.bundle(n, node if known_nodes is not None and node in known_nodes else None)
                        for node, n in per_node.items()]
             strategy = "STRICT_PACK" if len(per_node) == 1 else "STRICT_SPREAD"
@@ -86,5 +105,6 @@ def replica_specs(plan: Plan, known_nodes: set[str] | None = None) -> list[Repli
                 devices=list(stages[0].devices), weight=float(a.predicted.capacity_requests_per_second or 1.0),
                 cost_usd_per_hour=per_replica_cost, spec_hash=_hash(a.launch, bundles, strategy),
                 batch=a.predicted.batch,
-                output_tokens_per_second=a.predicted.batch * (a.predicted.decode_tokens_per_second or 0.0)))
+                output_tokens_per_second=a.predicted.batch * (a.predicted.decode_tokens_per_second or 0.0),
+                node_devices=list(node_devices.values())))
     return out

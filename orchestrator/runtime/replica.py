@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from orchestrator.engines import vllm
 from orchestrator.runtime import vllm_auth
 from orchestrator.runtime.desired import ReplicaSpec
 from orchestrator.runtime.engine_proxy import RunningProxy, serve_in_thread
@@ -35,6 +36,9 @@ HEALTH_EVERY_S = 2.0
 HEALTH_FAILURES_TO_RESTART = 3
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30, 60)
 GIVE_UP_AFTER = 5
+FAILED_GRACE_S = 2.0
+"""Grace of a multi-node replica's processes once one of them is lost: the pipeline cannot finish a request any more,
+so there is nothing to wait for; the sooner its devices are free, the sooner its replacement starts."""
 """Consecutive failed starts after which the replica reports FAILED and the controller replaces it."""
 KEY_CHECKING_ENGINES = frozenset({"vllm", "vllm-metal"})
 """Engines that check the engine key themselves, given ``VLLM_API_KEY`` in their environment (never in argv, which
@@ -82,6 +86,42 @@ def engine_argv(launch: EngineLaunch, python: str = sys.executable) -> list[str]
     return argv
 
 
+def start_guarded(argv: list[str], env: dict[str, str], log_path: Path, grace_s: float, raylet_pid: int | None,
+                  what: str) -> dict[str, int]:
+    """Start ``argv`` under a detached guard owned by this process (and fenced by the node's raylet, when there is
+    one); returns the guard's and the engine's pids (empty when the guard did not say in time)."""
+    pidfile = log_path.with_suffix(".pid")
+    pidfile.unlink(missing_ok=True)
+    watch = ["--watch-pid", str(raylet_pid)] if raylet_pid else []
+    guard = [sys.executable, "-m", "orchestrator.runtime.guard", "--detach", "--owner-pid", str(os.getpid()),
+             *watch, "--grace", str(grace_s), "--pidfile", str(pidfile), "--", *argv]
+    with open(log_path, "ab") as log:
+        log.write(f"\n==== moxin: {what} at {time.ctime()}\n".encode())
+        log.flush()
+        # The guard detaches (see guard.py): this process only waits for the first fork to return.
+        subprocess.run(guard, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=30)
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return json.loads(pidfile.read_text()) if pidfile.exists() else {}
+
+
+def kill_guarded(guard: int | None, engine: int | None, grace_s: float) -> None:
+    """SIGTERM the guard (it stops the engine's group: SIGTERM, grace, SIGKILL), SIGKILL it if it outlives that, then
+    make sure nothing of the engine's group is left."""
+    if guard is None:
+        return
+    if alive(guard):
+        _signal(guard, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s + 5
+        while alive(guard) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if alive(guard):
+            _signal(guard, signal.SIGKILL)
+    if engine:
+        stop_group(engine, 0.0)
+
+
 class Replica:
     def __init__(self, spec: ReplicaSpec, log_dir: str, grace_s: float = 15.0) -> None:
         self.spec = spec
@@ -104,6 +144,9 @@ class Replica:
         """This node's raylet, when the replica runs in a Ray worker: its loss fences the engine."""
         self.key = engine_key()  # None outside Ray without MOXIN_ENGINE_KEY: engines run unauthenticated
         self.proxy: RunningProxy | None = None
+        self.followers: list[Any] = []
+        """Stage actors of nodes 1.. of a multi-node replica (bundle i, node rank i), created at the first start."""
+        self.follower_info: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name=f"replica-{spec.id}", daemon=True)
@@ -127,7 +170,7 @@ class Replica:
                 "enginePid": self.engine_pid, "guardPid": self.guard_pid,
                 "restarts": self.restarts, "lastError": self.last_error, "startedAt": self.started_at,
                 "readyAt": self.ready_at, "log": str(self.log_path), "actorPid": os.getpid(),
-                "nodeId": self.node_id}
+                "nodeId": self.node_id, "stages": self._stages()}
 
     def logs(self, tail: int = 200) -> str:
         try:
@@ -203,8 +246,14 @@ class Replica:
                 self._watch()
                 if self._stop.is_set():
                     return
+                if self.multi_node:  # a lost process on any node: stopped everywhere, the controller replaces it
+                    self._fail_everywhere()
+                    return
             else:
                 failures += 1
+                if self.multi_node:
+                    self._fail_everywhere()
+                    return
                 if failures >= GIVE_UP_AFTER:
                     self.state = State.FAILED
                     return
@@ -220,35 +269,117 @@ class Replica:
             self._ensure_proxy(f"http://127.0.0.1:{self.engine_port}")
         else:
             self.port = self.engine_port
-        pidfile = self.log_path.with_suffix(".pid")
-        pidfile.unlink(missing_ok=True)
         with self._lock:  # the last engine's pids: gone, and possibly reused by now
             self.guard_pid = self.engine_pid = None
-        watch = ["--watch-pid", str(self.raylet_pid)] if self.raylet_pid else []
-        argv = [sys.executable, "-m", "orchestrator.runtime.guard", "--detach", "--owner-pid", str(os.getpid()),
-                *watch, "--grace", str(self.grace_s), "--pidfile", str(pidfile), "--", *engine_argv(launch),
-                *self._auth_argv()]
-        env = {**os.environ, **launch.env_for(_device_ids(self.spec)), **self._auth_env()}
+        argv, env = engine_argv(launch), {**os.environ, **launch.env_for(_device_ids(self.spec)), **self._auth_env()}
+        if self.multi_node:  # the followers first: vLLM's rank 0 waits for them at its rendezvous
+            master_port = free_port()
+            env.update(self._stage_env(0))
+            self._start_followers(argv, master_port)
+            argv = self.spec.node_argv(argv, 0, self.host, master_port)
         if launch.engine == "mlx-lm":  # mlx-lm's /v1/models lists the hub cache, which must exist
             cache = Path(env.setdefault("HF_HUB_CACHE", str(self.log_path.parent / "hf-cache")))
             cache.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            via = f" behind the key-checking proxy on port {self.port}" if self.proxied else ""
-            log.write(f"\n==== moxin: starting {self.spec.id} on port {self.engine_port}{via} at {time.ctime()}\n"
-                      .encode())
-            log.flush()
-            # The guard detaches (see guard.py): this process only waits for the first fork to return.
-            subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=30)
-        deadline = time.monotonic() + 10
-        while not pidfile.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        pids = json.loads(pidfile.read_text()) if pidfile.exists() else {}
+        via = f" behind the key-checking proxy on port {self.port}" if self.proxied else ""
+        pids = start_guarded([*argv, *self._auth_argv()], env, self.log_path, self.grace_s, self.raylet_pid,
+                             f"starting {self.spec.id} on port {self.engine_port}{via}")
         with self._lock:
             self.guard_pid, self.engine_pid = pids.get("guard"), pids.get("engine")
         self.state = State.STARTING
 
-    def _engine_alive(self) -> bool:
+    def _leader_alive(self) -> bool:
         return self.guard_pid is not None and alive(self.guard_pid)
+
+    def _engine_alive(self) -> bool:
+        return self._leader_alive() and self._followers_alive()
+
+    # -- multi-node replicas -------------------------------------------------------------------------------------
+    @property
+    def multi_node(self) -> bool:
+        """The replica's stages span nodes: one bundle per node, node rank i on bundle i."""
+        return len(self.spec.bundles) > 1
+
+    def _stage_env(self, node_rank: int) -> dict[str, str]:
+        """Emulated CPU nodes share this machine's cores: each node's workers get their own."""
+        if self.spec.launch.platform == "cpu" and self.spec.labels.get("emulated") == "true":
+            return vllm.cpu_bind(node_rank, os.cpu_count() or 1)
+        return {}
+
+    def _start_followers(self, argv: list[str], master_port: int) -> None:
+        """Start the headless process of every other node, each through its stage actor on its own bundle."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from orchestrator.runtime.cluster import actor_resources
+        from orchestrator.runtime.stage import Stage
+
+        if not self.followers:
+            pg = ray.util.get_current_placement_group()
+            self.followers = [ray.remote(Stage).options(
+                max_restarts=0, max_concurrency=4, **actor_resources(self.spec.bundles[r]),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r),
+            ).remote(self.spec.id, r, next(iter(self.spec.bundles[r])), str(self.log_path.parent), self.grace_s)
+                for r in range(1, len(self.spec.bundles))]
+        launch = self.spec.launch
+        env = {**launch.env, **self._auth_env()}
+        self.follower_info = ray.get([h.start.remote(
+            self.spec.node_argv(argv, r, self.host, master_port), {**env, **self._stage_env(r)},
+            launch.visibility_env) for r, h in enumerate(self.followers, 1)], timeout=60)
+
+    def _followers_alive(self) -> bool:
+        """Every other node's process lives (a stage actor gone, with its node or killed, counts as dead)."""
+        if not self.followers:
+            return True
+        import ray
+
+        try:
+            self.follower_info = ray.get([h.describe.remote() for h in self.followers], timeout=10)
+        except Exception as e:  # an actor lost with its node, or its raylet
+            self.last_error = f"a stage of the replica is gone: {type(e).__name__}"
+            return False
+        dead = [i["nodeRank"] for i in self.follower_info if not i["alive"]]
+        if dead:
+            self.last_error = f"the process of node rank {dead[0]} exited (see {self.follower_info[dead[0] - 1]['log']})"
+        return not dead
+
+    def _stop_followers(self, grace_s: float) -> None:
+        if not self.followers:
+            return
+        import ray
+
+        try:
+            ray.get([h.stop.remote(grace_s) for h in self.followers], timeout=grace_s + 10)
+        except Exception:  # gone already: its guard stopped the process with it (owner gone)
+            pass
+
+    def _fail_everywhere(self) -> None:
+        """Stop the replica's processes on every node, the stage actors too, and report FAILED: a multi-node
+        replica is not restarted in place (the controller replaces it, placement group and all)."""
+        reason = self.last_error or "a process of the replica exited"
+        self._kill_engine(FAILED_GRACE_S)
+        import ray
+
+        for h in self.followers:
+            try:
+                ray.kill(h, no_restart=True)
+            except Exception:
+                pass
+        self.last_error = f"{reason}: stopped on every node"
+        self.state = State.FAILED
+
+    def _stages(self) -> list[dict[str, Any]]:
+        """Where each node of the replica runs: node rank 0 is this actor; the others as their stage actors said."""
+        nodes = list(dict.fromkeys(self.spec.nodes))
+        plan_devices = self.spec.node_devices
+
+        def planned(rank: int) -> dict[str, Any]:
+            return {"node": nodes[rank] if rank < len(nodes) else None,
+                    "planDevices": plan_devices[rank] if rank < len(plan_devices) else None}
+
+        own = {"nodeRank": 0, **planned(0), "host": self.host, "nodeId": self.node_id,
+               "devices": _device_ids(self.spec), "enginePid": self.engine_pid}
+        rest = [{**i, **planned(i["nodeRank"])} for i in self.follower_info]
+        return [own, *rest]
 
     def _exit_reason(self) -> str:
         """The guard's last word in the log: the engine's exit status."""
@@ -263,7 +394,8 @@ class Replica:
         deadline = time.monotonic() + launch.readiness_timeout_seconds
         while time.monotonic() < deadline and not self._stop.is_set():
             if not self._engine_alive():
-                self.last_error = f"{self._exit_reason()} while starting (see moxin logs {self.spec.id})"
+                if not self._leader_alive():
+                    self.last_error = f"{self._exit_reason()} while starting (see moxin logs {self.spec.id})"
                 return False
             try:
                 if _get(base + launch.health_path, 2, auth) == 200 and _post(
@@ -287,7 +419,8 @@ class Replica:
             if self._node_lost():
                 return
             if not self._engine_alive():
-                self.last_error = self._exit_reason()
+                if not self._leader_alive():
+                    self.last_error = self._exit_reason()
                 return
             try:
                 misses = 0 if _get(url, 5, auth) == 200 else misses + 1
@@ -308,25 +441,17 @@ class Replica:
         self.state = State.FAILED
         with open(self.log_path, "ab") as log:
             log.write(f"==== moxin: {self.last_error} at {time.ctime()}\n".encode())
-        self._kill_engine(self.grace_s)
+        # Not the other nodes' stages through Ray (this node is cut off): they are owned by this worker and die
+        # with it, and their guards stop their processes when their owner is gone.
+        kill_guarded(self.guard_pid, self.engine_pid, self.grace_s)
         self._stop_proxy()
         os._exit(1)  # a worker whose raylet is gone is orphaned: Ray would leave it running for minutes
 
     def _kill_engine(self, grace_s: float) -> None:
         with self._lock:
             guard, engine = self.guard_pid, self.engine_pid
-        if guard is None:
-            return
-        if alive(guard):
-            _signal(guard, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s + 5
-            while alive(guard) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if alive(guard):
-                _signal(guard, signal.SIGKILL)
-        if engine:  # the guard is gone; make sure nothing of the engine's group is left
-            stop_group(engine, 0.0)
-
+        kill_guarded(guard, engine, grace_s)
+        self._stop_followers(grace_s)
 
 def _signal(pid: int, signum: int) -> None:
     """Signal a process that was alive a moment ago; one that has exited since needs nothing more."""
@@ -365,18 +490,20 @@ def _node_id() -> str | None:
         return None
 
 
-def _device_ids(spec: ReplicaSpec) -> list[int]:
-    """The devices Ray granted this actor for the profile's resource, else the plan's choice."""
+def granted_devices(resource: str) -> list[int] | None:
+    """The devices Ray granted this actor for ``resource`` (the profile's: GPU, NPU, a custom one); None outside Ray
+    or when Ray tracks no ids for it."""
     try:
         import ray
 
-        if not ray.is_initialized():  # not in a Ray worker (unit use): the plan's choice
-            return list(spec.devices)
-        ids = ray.get_runtime_context().get_accelerator_ids()
-        resource = next(iter(spec.bundles[0]))
-        granted = ids.get(resource) or []
-        if granted:
-            return [int(i) for i in granted]
+        if not ray.is_initialized():  # not in a Ray worker (unit use)
+            return None
+        granted = ray.get_runtime_context().get_accelerator_ids().get(resource) or []
+        return [int(i) for i in granted] or None
     except Exception:
-        pass
-    return list(spec.devices)
+        return None
+
+
+def _device_ids(spec: ReplicaSpec) -> list[int]:
+    """The devices Ray granted this actor for the profile's resource, else the plan's choice."""
+    return granted_devices(next(iter(spec.bundles[0]))) or list(spec.devices)

@@ -24,8 +24,9 @@ def run(*args: str):
 def test_validate_the_shipped_catalog_and_examples() -> None:
     result = run("validate", str(ROOT / "hardware_profiles"), str(ROOT / "manifests"))
     assert result.exit_code == 0, result.output
-    # the built-in profiles and the examples' own (manifests/examples/cambricon: an overlay of the MLU590)
-    assert "22 HardwareProfile" in result.output and "9 Model" in result.output and "3 Fleet" in result.output
+    # the built-in profiles and the examples' own (manifests/examples/cambricon: an overlay of the MLU590;
+    # manifests/examples/pipeline-local: a made-up small device)
+    assert "23 HardwareProfile" in result.output and "9 Model" in result.output and "4 Fleet" in result.output
     assert "1 Rollout" in result.output  # manifests/rollouts
 
 
@@ -147,3 +148,13 @@ def test_validate_refuses_a_kubernetes_injection_at_its_line() -> None:
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"{bad}:36: spec.kubernetes.runtimeClassName: must be a DNS-1123 subdomain" in result.output
     assert r"(got 'nvidia\nhostPID: true')" in result.output
+
+
+def test_status_lists_every_node_of_a_multi_node_replica():
+    from orchestrator.cli import _stage_lines
+
+    rows = [{"id": "one", "stages": [{"nodeRank": 0, "node": "a"}]},
+            {"id": "pp", "stages": [{"nodeRank": 0, "node": "n-0", "host": "10.0.0.1", "devices": [0], "enginePid": 7},
+                                    {"nodeRank": 1, "node": "n-1", "host": "10.0.0.2", "devices": [1], "enginePid": 9}]}]
+    assert _stage_lines(rows) == ["pp: 2 nodes", "  node rank 0: n-0 (host 10.0.0.1, devices 0, pid 7)",
+                                  "  node rank 1: n-1 (host 10.0.0.2, devices 1, pid 9)"]

@@ -73,3 +73,17 @@ def test_builtin_cuda_methods_exist_in_the_installed_vllm(catalog) -> None:
         for e in profile.spec.engines:
             if e.engine == "vllm" and e.plugin is None and e.engine_version == "0.32.0":
                 assert set(e.quantization_methods) <= set(QUANTIZATION_METHODS), profile.name
+
+
+def test_every_node_argv_of_a_multi_node_replica_parses(parser):
+    """Node rank 0 (the API server) and the headless followers take vLLM's multi-node flags as vLLM 0.32 reads
+    them (--nnodes/--node-rank/--master-addr/--master-port, arg_utils.py)."""
+    from orchestrator.engines import vllm
+
+    argv = ["python3", "-m", vllm.NEW_MODULE, "--model", "/m", "--pipeline-parallel-size", "2",
+            "--distributed-executor-backend", "mp"]
+    for rank in (0, 1):
+        node = vllm.stage_argv(argv, node_rank=rank, nnodes=2, master_addr="10.0.0.1")
+        args = parser.parse_args(node[3:])
+        assert (args.nnodes, args.node_rank, args.master_addr, args.master_port) == (2, rank, "10.0.0.1", 29500)
+        assert args.distributed_executor_backend == "mp" and args.pipeline_parallel_size == 2

@@ -27,6 +27,8 @@ EXAMPLES = {
     "local": ([ROOT / "manifests" / "local"], "local"),
     "multinode": ([HERE / "data" / "multinode.yaml"], "multinode"),
     "vendors": ([HERE / "data" / "vendors.yaml"], "vendors"),
+    "pipeline-local": ([ROOT / "manifests" / "examples" / "pipeline-local", ROOT / "manifests" / "local" / "tiny-llama.yaml"],
+                       "pipeline-local"),
 }
 # Vendor platforms whose profiles name no image: the operator passes one (--image).
 VENDOR_IMAGES = {"vllm/mlu": "registry.example.com/vllm-mlu:0.9", "vllm/musa": "registry.example.com/vllm-musa:0.9"}

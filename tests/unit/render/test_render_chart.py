@@ -129,14 +129,15 @@ def test_workloads_agree_with_the_plan(example_name):
                 assert profile.spec.kubernetes.node_selector.items() <= pod["nodeSelector"].items()
             assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
             if role == "worker":
-                assert "LWS_LEADER_ADDRESS" in c["command"][2] and "--block" in c["command"][2]
+                assert '"$LWS_LEADER_ADDRESS"' in c["command"][2] and "--headless" not in c["command"][2]
+                assert "orchestrator.engines.vllm_headless" in c["command"][2]
                 continue
             if role == "pod":
                 assert c["command"] == launch.argv
             else:
-                assert c["command"][:2] == ["/bin/sh", "-c"] and "ray start --head" in c["command"][2]
+                assert c["command"][:2] == ["/bin/sh", "-c"] and "--node-rank 0" in c["command"][2]
                 assert c["args"] == launch.argv
-                assert "--distributed-executor-backend" in launch.argv
+                assert launch.argv[launch.argv.index("--distributed-executor-backend") + 1] == "mp"
             assert c["ports"][0]["containerPort"] == launch.port
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert c[probe]["httpGet"]["path"] == launch.health_path

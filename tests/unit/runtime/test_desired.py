@@ -83,3 +83,27 @@ def test_two_assignments_of_one_variant_on_one_pool_get_distinct_replica_ids(loc
     ids = [s.id for s in replica_specs(plan)]
     assert len(ids) == len(set(ids)) == 2 * a.replicas
     assert ids[0].endswith("-tp1-pp1-0") and ids[-1].endswith("-tp2-pp1-0")
+
+
+@pytest.fixture(scope="module")
+def pipeline_plan():
+    catalog = load_catalog([ROOT / "manifests" / "examples" / "pipeline-local", ROOT / "manifests" / "local" / "tiny-llama.yaml"])
+    return plan(catalog.fleets["pipeline-local"], list(catalog.deployments.values()), catalog,
+                options=PlanOptions(model_root="/cache/models"))
+
+
+def test_a_pipeline_over_two_nodes_is_one_bundle_per_node_spread_with_each_nodes_devices(pipeline_plan):
+    (spec,) = replica_specs(pipeline_plan, known_nodes={"pipe-emu-0", "pipe-emu-1"})
+    assert spec.strategy == "STRICT_SPREAD" and spec.node_count == 2
+    assert spec.nodes == ["pipe-emu-0", "pipe-emu-1"] and spec.node_devices == [[0], [0]]
+    assert [b.get(f"moxin-node-{n}") for b, n in zip(spec.bundles, spec.nodes, strict=True)] == [0.001, 0.001]
+    argv = list(spec.launch.argv)
+    leader, follower = spec.node_argv(argv, 0, "10.0.0.1", 4000), spec.node_argv(argv, 1, "10.0.0.1", 4000)
+    assert leader[:len(argv)] == argv and leader[leader.index("--node-rank") + 1] == "0"
+    assert follower[2] == "orchestrator.engines.vllm_headless" and follower[follower.index("--node-rank") + 1] == "1"
+    assert follower[follower.index("--master-port") + 1] == leader[leader.index("--master-port") + 1] == "4000"
+
+
+def test_a_replica_on_one_node_runs_its_launch_unchanged(local_plan):
+    for spec in replica_specs(local_plan):
+        assert spec.node_count == 1 and spec.node_argv(list(spec.launch.argv), 0, "x", 1) == spec.launch.argv
