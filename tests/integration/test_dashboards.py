@@ -59,6 +59,16 @@ def _fleet() -> tuple[RouterMetrics, ControllerMetrics]:
     controller.reconcile.observe(0.02)
     controller.reconcile_errors.labels(step="act").inc()
     controller.actions.labels(action="start").inc()
+    rollout = {"rollout": "to-mlx", "deployment": "chat"}
+    for phase in ("Pending", "Progressing", "Paused", "Promoting", "Succeeded", "RolledBack", "Failed"):
+        controller.rollout_phase.labels(**rollout, phase=phase).set(1 if phase == "Progressing" else 0)
+    controller.rollout_step.labels(**rollout).set(1)
+    controller.rollout_weight.labels(**rollout).set(10)
+    for side, value in (("canary", 0.3), ("stable", 0.25), ("limit", 0.3)):
+        controller.rollout_gate_value.labels(**rollout, gate="ttftP95", side=side).set(value)
+    controller.rollout_gate_passing.labels(**rollout, gate="ttftP95").set(1)
+    controller.rollout_waiting.labels(**rollout).set(0)
+    controller.rollout_deadline.labels(**rollout).set(900)
     return router, controller
 
 

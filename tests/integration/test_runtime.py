@@ -32,6 +32,7 @@ aiohttp = pytest.importorskip("aiohttp")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from orchestrator.runtime.guard import alive  # noqa: E402
+from orchestrator.spec.metrics import CONTROLLER  # noqa: E402
 from tests.integration.engines import free_port
 from tests.integration.moxin_cli import MOXIN, moxin, status  # noqa: E402
 
@@ -303,6 +304,8 @@ NO_DATA_HERE = {
     "preemptions": "vLLM preempts only under KV-cache pressure; the tiny model's requests never fill the cache",
     "moxin_router_key_requests_total": "moxin up runs without API keys here",
     "moxin_router_retries_total": "no replica failed before this test (the retry tests come later)",
+    **dict.fromkeys((m.series for key, m in CONTROLLER.items() if key.startswith("rollout")),
+                    "no rollout runs on this module's cluster (tests/integration/test_rollout.py runs them)"),
 }
 EMPTY_PANELS_HERE = {
     ("Fleet", "Devices allocated per pool", "A"): "every pool of the embedded default is emulated (query B draws "
