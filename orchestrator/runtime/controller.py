@@ -52,6 +52,7 @@ from orchestrator.runtime.reconcile import (
     Start,
     State,
     Stop,
+    Undrain,
     decide,
 )
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ROUTER_PORT
@@ -624,6 +625,10 @@ class Controller:
             with self._lock:
                 self.records[action.id].draining_since = now
             self._event(f"drain {action.id} ({action.reason})")
+        elif isinstance(action, Undrain):
+            with self._lock:
+                self.records[action.id].draining_since = None
+            self._event(f"undrain {action.id} ({action.reason})")
         elif isinstance(action, Stop):
             ref = self.cluster.stop_replica(self.records[action.id].handle)
             with self._lock:

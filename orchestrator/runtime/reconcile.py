@@ -68,13 +68,21 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Undrain:
+    """A draining replica the plan wants again, unchanged (a rollout's new side with the id of a side just
+    removed): it goes back into the routing tables instead of staying out of them, drained, forever."""
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Forget:
     """The replica's stop finished (or ran past ``STOP_TIMEOUT_S``): kill its actor, remove its placement group."""
     id: str
     reason: str
 
 
-Action = Start | Drain | Stop | Forget
+Action = Start | Drain | Undrain | Stop | Forget
 
 
 def backoff_s(failures: int) -> float:
@@ -111,6 +119,8 @@ def decide(desired: list[ReplicaSpec], observed: dict[str, Observed], failures: 
                 actions.append(Drain(rid, why))
             elif now - obs.draining_since >= drain_s:
                 actions.append(Stop(rid, why))
+        elif obs.draining_since is not None:
+            actions.append(Undrain(rid, "wanted again by the plan, unchanged"))
         elif obs.state in (State.STARTING, State.RESTARTING) and obs.since is not None:
             budget = readiness_budget_s(spec)
             if now - obs.since > budget:  # its supervisor is stuck or gone: it would never be READY nor FAILED

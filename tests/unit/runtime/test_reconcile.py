@@ -14,6 +14,7 @@ from orchestrator.runtime.reconcile import (
     Start,
     State,
     Stop,
+    Undrain,
     backoff_s,
     decide,
     readiness_budget_s,
@@ -48,6 +49,14 @@ def test_extra_ready_replicas_drain_first_and_stop_after_the_drain_period():
     assert decide([], {"x": obs("x")}, {}, now=100.0) == [Drain("x", "not in the plan")]
     assert decide([], {"x": obs("x", draining=95.0)}, {}, now=100.0, drain_s=10) == []
     assert decide([], {"x": obs("x", draining=85.0)}, {}, now=100.0, drain_s=10) == [Stop("x", "not in the plan")]
+
+
+def test_a_draining_replica_the_plan_wants_again_unchanged_is_routed_again():
+    """A rollout's new side can take the id of a side just removed, inside its drain period: without Undrain the
+    replica stayed drained (out of every routing table) and was never stopped nor routed again."""
+    assert decide([spec("x")], {"x": obs("x", draining=95.0)}, {}, now=100.0, drain_s=10) == [
+        Undrain("x", "wanted again by the plan, unchanged")]
+    assert decide([spec("x", spec_hash="h2")], {"x": obs("x", draining=95.0)}, {}, now=100.0, drain_s=10) == []
 
 
 def test_extra_replicas_that_serve_nothing_stop_at_once():
