@@ -33,9 +33,6 @@ class _Collectors:
         for attr, m in self.TABLE.items():
             setattr(self, attr, _collector(m, self.registry))
 
-    def __getattr__(self, name: str) -> Any:  # typed access for linters; real attributes are set above
-        raise AttributeError(name)
-
 
 class RouterMetrics(_Collectors):
     TABLE = schema.ROUTER

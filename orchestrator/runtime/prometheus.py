@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -171,6 +172,17 @@ def start(sd_file: Path, port: int | None = None, scrape_interval_s: float = SCR
             "config": str(layout.config)}
     write_atomic(layout.state, json.dumps(info) + "\n")
     return info
+
+
+def instant_query(url: str, promql: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """``data`` of Prometheus's instant-query answer (``resultType`` and ``result``) for ``promql`` at ``url``.
+    OSError when Prometheus cannot be reached; ValueError when it refuses the query."""
+    query = f"{url.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(query, timeout=timeout_s) as r:
+        body = json.loads(r.read())
+    if body.get("status") != "success":
+        raise ValueError(f"Prometheus at {url} refused {promql!r}: {body.get('error', body)}")
+    return body["data"]
 
 
 def _ready(url: str) -> bool:

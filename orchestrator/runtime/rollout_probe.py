@@ -7,11 +7,11 @@ the same three methods.
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.parse
 import urllib.request
 
 from orchestrator.rollout.quality import Generation
+from orchestrator.runtime.prometheus import instant_query
 from orchestrator.spec.rollout import Quality
 
 HTTP_TIMEOUT_S = 10.0
@@ -23,13 +23,9 @@ class HttpProbe:
 
     def query(self, prometheus_url: str, promql: str) -> float | None:
         """The value of the query's single sample; None without one. OSError/ValueError when Prometheus fails."""
-        url = f"{prometheus_url.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as r:
-            body = json.loads(r.read())
-        if body.get("status") != "success":
-            raise ValueError(f"Prometheus refused {promql!r}: {body.get('error', body)}")
-        result = body["data"]["result"]
-        if body["data"]["resultType"] == "scalar":
+        data = instant_query(prometheus_url, promql, HTTP_TIMEOUT_S)
+        result = data["result"]
+        if data["resultType"] == "scalar":
             return float(result[1])
         return float(result[0]["value"][1]) if result else None
 

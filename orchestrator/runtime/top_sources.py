@@ -4,7 +4,6 @@ controller's /metrics read twice. Effects only (HTTP); the numbers come from ``o
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.parse
@@ -14,6 +13,7 @@ from typing import Any
 
 from orchestrator.errors import MoxinError
 from orchestrator.observe import top
+from orchestrator.runtime.prometheus import instant_query
 
 HTTP_TIMEOUT_S = 10.0
 
@@ -39,10 +39,13 @@ class PrometheusSource:
     def frame(self) -> list[top.DeploymentView]:
         counters, gauges = [], []
         for name, promql in top.prometheus_queries(self.window_s).items():
-            body = json.loads(_get(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})))
-            if body.get("status") != "success" or body["data"]["resultType"] != "vector":
-                raise MoxinError(f"Prometheus at {self.url} refused {promql!r}: {body.get('error', body)}")
-            (counters if name else gauges).extend(top.from_query(name, body["data"]["result"]))
+            try:
+                data = instant_query(self.url, promql, HTTP_TIMEOUT_S)
+            except (OSError, ValueError) as exc:
+                raise MoxinError(f"cannot read {self.url}: {exc}") from None
+            if data["resultType"] != "vector":
+                raise MoxinError(f"Prometheus at {self.url} answered {promql!r} with a {data['resultType']}")
+            (counters if name else gauges).extend(top.from_query(name, data["result"]))
         return top.top(gauges, counters)
 
 
