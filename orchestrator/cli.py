@@ -1478,6 +1478,23 @@ def rollout_promote(address: str | None, name: str | None, full: bool, fmt: str)
                    fmt)
 
 
+@rollout.command("delete")
+@ADDRESS
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Delete a rollout that has not finished: it is aborted first (all traffic "
+              "back to the old side, the new side removed).")
+@OUTPUT
+def rollout_delete(address: str | None, name: str, force: bool, fmt: str) -> None:
+    """Forget a finished rollout: its status and its metrics go, so MoxinRolloutFailed stops firing once it has been
+    read. One still running (or Failed, both sides up) is refused unless --force. Shows the rollouts left."""
+    from orchestrator.runtime import client
+
+    addr, _ = client.resolve_address(address)
+    left = client.rollout(addr, "delete", name, force)
+    click.echo(f"deleted rollout {name}", err=True)
+    _show_rollouts(left, fmt)
+
+
 def _running_rollout(addr: str, name: str | None) -> str:
     """NAME, or the one rollout still running when it is left out."""
     if name is not None:

@@ -1,4 +1,4 @@
-"""`moxin rollout status|promote|pause|resume|abort` against a stand-in controller (runtime.client.rollout)."""
+"""`moxin rollout status|promote|pause|resume|abort|delete` against a stand-in controller (runtime.client.rollout)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
+from orchestrator.errors import MoxinError
 from orchestrator.runtime import client
 
 STATUS = {"name": "to-mlx", "deployment": "tiny-chat", "to": {"variant": "mlx-3bit", "pool": "mac-emu"},
@@ -29,6 +30,10 @@ def calls(monkeypatch) -> list[tuple]:
         seen.append((method, *args))
         if method == "status":
             return {n: r for n, r in rollouts.items() if args[0] in (None, n)}
+        if method == "delete":
+            if not rollouts[args[0]]["finished"] and not args[1]:
+                raise MoxinError(f"rollout {args[0]!r} is not finished: abort it first, or --force")
+            return {n: r for n, r in rollouts.items() if n != args[0]}
         return {args[0]: rollouts[args[0]]}
 
     monkeypatch.setattr(client, "resolve_address", lambda address: ("ray://x", False))
@@ -52,3 +57,15 @@ def test_commands_go_to_the_named_or_the_only_running_rollout(calls, args, verb)
     out = CliRunner().invoke(cli, ["rollout", *args])
     assert out.exit_code == 0, out.output
     assert calls[-1] == ("command", "to-mlx", verb)
+
+
+def test_delete_names_the_rollout_and_forces_only_when_asked(calls):
+    out = CliRunner().invoke(cli, ["rollout", "delete", "old"])
+    assert out.exit_code == 0, out.output
+    assert calls[-1] == ("delete", "old", False)
+    assert "deleted rollout old" in out.output and "rollout to-mlx:" in out.output  # the rollouts left
+    refused = CliRunner().invoke(cli, ["rollout", "delete", "to-mlx"])
+    assert refused.exit_code != 0 and "--force" in refused.output
+    assert CliRunner().invoke(cli, ["rollout", "delete", "to-mlx", "--force"]).exit_code == 0
+    assert calls[-1] == ("delete", "to-mlx", True)
+    assert CliRunner().invoke(cli, ["rollout", "delete"]).exit_code != 0  # NAME is required: no default here
