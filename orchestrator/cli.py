@@ -1435,7 +1435,8 @@ def rollout_apply(address: str | None, file: Path, paths: tuple[Path, ...], mode
     q = doc.spec.quality
     prompts = None if q is None or q.prompts == "builtin" else load_prompts(q, file.parent)
     st = client.rollout(addr, "apply", doc.metadata.name, doc.spec.model_dump(mode="json", by_alias=True),
-                        new_side.model_dump(mode="json", by_alias=True), list(found.fits_beside), 600.0, prompts)
+                        new_side.model_dump(mode="json", by_alias=True), list(found.fits_beside),
+                        float(new_side.launch.readiness_timeout_seconds), prompts)
     click.echo(f"capacity: {found.mode}: {'; '.join(found.reasons)}", err=True)
     _show_rollouts(st, fmt)
 
