@@ -1450,6 +1450,9 @@ def rollout_apply(address: str | None, file: Path, paths: tuple[Path, ...], mode
     if len(names) != 1:
         raise MoxinError(f"{file}: expected one Rollout, found {len(names)}")
     doc = catalog.rollouts[names[0]]
+    if not kubernetes and (running_paths or prometheus_url or images):
+        raise MoxinError("--running, --prometheus and --image go with --kubernetes (on Ray the controller knows the "
+                         "plan and its Prometheus)")
     if kubernetes:
         _rollout_apply_kubernetes(doc, catalog, running_paths, namespace, release, prometheus_url,
                                   _parse_images(images), model_root or MODEL_ROOT, interval_s, fmt)

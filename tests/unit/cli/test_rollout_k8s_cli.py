@@ -101,6 +101,9 @@ def test_gates_without_prometheus_and_a_quality_gate_are_refused_before_anything
     out = CliRunner().invoke(cli, [*APPLY[:3], str(quality), *APPLY[4:], "--prometheus", "http://prom:9090"])
     assert out.exit_code != 0 and "quality gate" in out.output
     assert cluster.live == {}
+    ray = [a for a in APPLY if a not in ("--kubernetes", "--namespace", "serving")]
+    out = CliRunner().invoke(cli, ray)
+    assert out.exit_code != 0 and "go with --kubernetes" in out.output
 
 
 def test_commands_go_into_the_rollouts_configmap_and_an_unknown_rollout_is_refused(cluster, monkeypatch):
