@@ -1393,6 +1393,26 @@ def rollout() -> None:
     variant or pool, with gates on latency, errors, throughput and output quality (see manifests/rollouts)."""
 
 
+def _kubernetes_rollout(f: Any) -> Any:
+    """--kubernetes, --namespace, --release: the rollout's ConfigMap (``<release>-rollout-<name>``) and workloads."""
+    from orchestrator.render.kubernetes import RELEASE
+
+    f = click.option("--release", default=RELEASE, show_default=True,
+                     help="With --kubernetes: the chart's release the plan was applied as.")(f)
+    f = click.option("--namespace", default="moxin", show_default=True, help="With --kubernetes: its namespace.")(f)
+    return click.option("--kubernetes", is_flag=True,
+                        help="The rollout on the Kubernetes cluster of $KUBECONFIG instead of Ray.")(f)
+
+
+def _kubernetes_api() -> Any:
+    from orchestrator.runtime.kubernetes import KubernetesError, _client
+
+    api = _client()
+    if api is None:
+        raise KubernetesError("no Kubernetes configuration: set $KUBECONFIG (or run inside a pod)")
+    return api
+
+
 @rollout.command("apply")
 @ADDRESS
 @click.option("-f", "--file", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -1400,17 +1420,26 @@ def rollout() -> None:
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--model-root", default=None, help="Where the new side's checkpoints are [default: moxin up's, else "
               f"{MODEL_ROOT}].")
+@_kubernetes_rollout
+@click.option("--running", "running_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="With --kubernetes: what the cluster runs now, as `moxin apply --kubernetes -f` was given it "
+                   "(fleet + deployments, or one Plan document).")
+@click.option("--prometheus", "prometheus_url", default=None, metavar="URL",
+              help="With --kubernetes: the Prometheus the gates query (their PromQL on the routers' series).")
+@click.option("--image", "images", multiple=True, metavar="KEY=IMAGE",
+              help="With --kubernetes: engine image where the profile names none (KEY: ENGINE/PLATFORM).")
+@click.option("--interval", "interval_s", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="With --kubernetes: seconds between passes.")
 @OUTPUT
-def rollout_apply(address: str | None, file: Path, paths: tuple[Path, ...], model_root: str | None, fmt: str) -> None:
+def rollout_apply(address: str | None, file: Path, paths: tuple[Path, ...], model_root: str | None, kubernetes: bool,
+                  namespace: str, release: str, running_paths: tuple[Path, ...], prometheus_url: str | None,
+                  images: tuple[str, ...], interval_s: float, fmt: str) -> None:
     """Start the Rollout in FILE against the plan the cluster runs. PATHS: the fleet, models and deployments the
     new side is planned from [default: the embedded example]. Refused, with the reasons, when the new side does not
-    fit even with the old side removed."""
-    from orchestrator.rollout import capacity
-    from orchestrator.runtime import client, local
-    from orchestrator.runtime.quality_probe import load_prompts
+    fit even with the old side removed. On Ray the controller runs it; with --kubernetes this command runs it, a
+    pass every --interval until it ends (interrupted, run it again: it goes on from its ConfigMap)."""
     from orchestrator.spec.catalog import local_example_dir
 
-    addr, is_local = client.resolve_address(address)
     catalog_paths = tuple(paths or (local_example_dir(),))
     inside = any(file.resolve() == p.resolve() or p.resolve() in file.resolve().parents for p in catalog_paths)
     catalog = _catalog(catalog_paths if inside else (*catalog_paths, file))
@@ -1421,6 +1450,68 @@ def rollout_apply(address: str | None, file: Path, paths: tuple[Path, ...], mode
     if len(names) != 1:
         raise MoxinError(f"{file}: expected one Rollout, found {len(names)}")
     doc = catalog.rollouts[names[0]]
+    if not kubernetes and (running_paths or prometheus_url or images):
+        raise MoxinError("--running, --prometheus and --image go with --kubernetes (on Ray the controller knows the "
+                         "plan and its Prometheus)")
+    if kubernetes:
+        _rollout_apply_kubernetes(doc, catalog, running_paths, namespace, release, prometheus_url,
+                                  _parse_images(images), model_root or MODEL_ROOT, interval_s, fmt)
+        return
+    _rollout_apply_ray(address, file, doc, catalog, model_root, fmt)
+
+
+def _rollout_apply_kubernetes(doc: Any, catalog: Any, running_paths: tuple[Path, ...], namespace: str, release: str,
+                              prometheus_url: str | None, images: dict[str, str], model_root: str, interval_s: float,
+                              fmt: str) -> None:
+    """The running plan from --running, the new side beside it (``k8s_rollout.make_target``), then passes until the
+    rollout ends; its gates read from --prometheus."""
+    from orchestrator.render.rollout import renderer
+    from orchestrator.rollout.machine import Phase
+    from orchestrator.runtime import k8s_rollout
+    from orchestrator.runtime.rollout_probe import HttpProbe
+
+    _check_namespace(namespace)
+    spec = doc.spec
+    metrics = {g.metric for _, analysis in spec._analyses() for g in analysis.gates}
+    if "quality" in metrics:
+        raise MoxinError(f"rollout {doc.name!r} has a quality gate, which `moxin rollout apply --kubernetes` cannot "
+                         "measure yet (it needs both sides' engines)\n  To fix: gate on latency and errors here, or "
+                         "run the rollout on Ray")
+    if metrics and prometheus_url is None:
+        raise MoxinError(f"rollout {doc.name!r} gates on {', '.join(sorted(metrics))}: pass --prometheus URL (the "
+                         "Prometheus that scrapes the routers)")
+    if not running_paths:
+        raise MoxinError("--kubernetes needs --running FILE...: what `moxin apply --kubernetes -f` applied (the "
+                         "plan the new side is rolled out beside)")
+    inputs = _plan_inputs(running_paths, None, model_root)
+    fleet = catalog.fleets.get(inputs.plan.spec.fleet)
+    if fleet is None:
+        raise MoxinError(f"the running plan is for fleet {inputs.plan.spec.fleet!r}, which PATHS do not hold")
+    api = _kubernetes_api()
+    target = k8s_rollout.make_target(namespace, release, inputs.plan, fleet, catalog, spec,
+                                     renderer(inputs.plan, catalog, namespace=namespace, fleet=fleet, images=images,
+                                              release=release))
+    probe = HttpProbe()
+    measure = None if prometheus_url is None else k8s_rollout.prometheus_measure(
+        lambda q: probe.query(prometheus_url, q), spec, target)
+
+    def show(done: Any) -> None:
+        for line in done.lines:
+            click.echo(line, err=True)
+
+    done = k8s_rollout.drive(api, doc, target, measure=measure, interval_s=interval_s, on_pass=show)
+    _show_rollouts({doc.name: k8s_rollout.read_status(api, target, doc.name)}, fmt)
+    if done.state.phase != Phase.SUCCEEDED:  # a script (CI) learns that the rollout did not go through
+        raise MoxinError(f"rollout {doc.name!r} ended {done.state.phase.value}: {done.state.message}")
+
+
+def _rollout_apply_ray(address: str | None, file: Path, doc: Any, catalog: Any, model_root: str | None,
+                       fmt: str) -> None:
+    from orchestrator.rollout import capacity
+    from orchestrator.runtime import client, local
+    from orchestrator.runtime.quality_probe import load_prompts
+
+    addr, is_local = client.resolve_address(address)
     plan = client.current_plan(addr)
     if plan is None:
         raise MoxinError("the cluster runs no plan: `moxin up` or `moxin apply` first")
@@ -1435,7 +1526,8 @@ def rollout_apply(address: str | None, file: Path, paths: tuple[Path, ...], mode
     q = doc.spec.quality
     prompts = None if q is None or q.prompts == "builtin" else load_prompts(q, file.parent)
     st = client.rollout(addr, "apply", doc.metadata.name, doc.spec.model_dump(mode="json", by_alias=True),
-                        new_side.model_dump(mode="json", by_alias=True), list(found.fits_beside), 600.0, prompts)
+                        new_side.model_dump(mode="json", by_alias=True), list(found.fits_beside),
+                        float(new_side.launch.readiness_timeout_seconds), prompts)
     click.echo(f"capacity: {found.mode}: {'; '.join(found.reasons)}", err=True)
     _show_rollouts(st, fmt)
 
@@ -1443,39 +1535,88 @@ def rollout_apply(address: str | None, file: Path, paths: tuple[Path, ...], mode
 @rollout.command("status")
 @ADDRESS
 @click.argument("name", required=False)
+@_kubernetes_rollout
 @OUTPUT
-def rollout_status(address: str | None, name: str | None, fmt: str) -> None:
-    """Phase, step, weight, each side's replicas, every gate's value against its threshold, the decision log."""
+def rollout_status(address: str | None, name: str | None, kubernetes: bool, namespace: str, release: str,
+                   fmt: str) -> None:
+    """Phase, step, weight, each side's replicas, every gate's value against its threshold, the decision log
+    (NAME is needed with --kubernetes)."""
+    if kubernetes:
+        from orchestrator.runtime import k8s_rollout
+
+        where = k8s_rollout.Where(namespace, release)
+        _show_rollouts({name: k8s_rollout.read_status(_kubernetes_api(), where, _named(name))}, fmt)
+        return
     from orchestrator.runtime import client
 
     addr, _ = client.resolve_address(address)
     _show_rollouts(client.rollout(addr, "status", name), fmt)
 
 
+def _named(name: str | None) -> str:
+    if name is None:
+        raise MoxinError("name the rollout: with --kubernetes NAME is not taken from the running one")
+    return name
+
+
+def _send(address: str | None, name: str | None, verb: str, kubernetes: bool, namespace: str, release: str,
+          fmt: str) -> None:
+    """An operator's command: to the Ray controller, or into the rollout's ConfigMap for the next pass of
+    `moxin rollout apply --kubernetes`."""
+    if kubernetes:
+        from orchestrator.runtime import k8s_rollout
+
+        api, where = _kubernetes_api(), k8s_rollout.Where(namespace, release)
+        k8s_rollout.read_status(api, where, _named(name))  # an unknown rollout is refused, not given a ConfigMap
+        number = k8s_rollout.send_command(api, where, _named(name), verb)  # type: ignore[arg-type]
+        click.echo(f"sent {verb} (command {number}) to rollout {name}: the next pass applies it", err=True)
+        _show_rollouts({name: k8s_rollout.read_status(api, where, _named(name))}, fmt)
+        return
+    from orchestrator.runtime import client
+
+    addr, _ = client.resolve_address(address)
+    _show_rollouts(client.rollout(addr, "command", _running_rollout(addr, name), verb), fmt)
+
+
 def _rollout_command(verb: str, help_text: str) -> None:
     @rollout.command(verb, help=help_text)
     @ADDRESS
     @click.argument("name", required=False)
+    @_kubernetes_rollout
     @OUTPUT
-    def command(address: str | None, name: str | None, fmt: str) -> None:
-        from orchestrator.runtime import client
-
-        addr, _ = client.resolve_address(address)
-        _show_rollouts(client.rollout(addr, "command", _running_rollout(addr, name), verb), fmt)
+    def command(address: str | None, name: str | None, kubernetes: bool, namespace: str, release: str,
+                fmt: str) -> None:
+        _send(address, name, verb, kubernetes, namespace, release, fmt)
 
 
 @rollout.command("promote")
 @ADDRESS
 @click.argument("name", required=False)
 @click.option("--full", is_flag=True, help="Skip the remaining steps: all traffic to the new side now.")
+@_kubernetes_rollout
 @OUTPUT
-def rollout_promote(address: str | None, name: str | None, full: bool, fmt: str) -> None:
-    """End the current pause (or, with --full, every remaining step). NAME: the only running rollout by default."""
+def rollout_promote(address: str | None, name: str | None, full: bool, kubernetes: bool, namespace: str,
+                    release: str, fmt: str) -> None:
+    """End the current pause (or, with --full, every remaining step). NAME: the only running rollout by default
+    (on Ray)."""
+    _send(address, name, "promoteFull" if full else "promote", kubernetes, namespace, release, fmt)
+
+
+@rollout.command("delete")
+@ADDRESS
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Delete a rollout that has not finished: it is aborted first (all traffic "
+              "back to the old side, the new side removed).")
+@OUTPUT
+def rollout_delete(address: str | None, name: str, force: bool, fmt: str) -> None:
+    """Forget a finished rollout: its status and its metrics go, so MoxinRolloutFailed stops firing once it has been
+    read. One still running (or Failed, both sides up) is refused unless --force. Shows the rollouts left."""
     from orchestrator.runtime import client
 
     addr, _ = client.resolve_address(address)
-    _show_rollouts(client.rollout(addr, "command", _running_rollout(addr, name), "promoteFull" if full else "promote"),
-                   fmt)
+    left = client.rollout(addr, "delete", name, force)
+    click.echo(f"deleted rollout {name}", err=True)
+    _show_rollouts(left, fmt)
 
 
 def _running_rollout(addr: str, name: str | None) -> str:

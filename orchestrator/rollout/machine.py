@@ -367,7 +367,8 @@ class _Step:
             if cmd.id <= self.s.last_command:
                 continue
             self.set(last_command=cmd.id)
-            if self.s.phase.terminal:
+            decided = self.s.phase == Phase.FAILED and cmd.verb in ("abort", "promoteFull")  # what Failed waits for
+            if self.s.phase.terminal and not decided:
                 self.log(f"{cmd.verb} ignored: the rollout is {self.s.phase.value}")
             elif cmd.verb == "abort":
                 self.roll_back("aborted by the operator")
@@ -562,8 +563,9 @@ def due(spec: RolloutSpec, state: State, now: float) -> list[Due]:
 
 
 def step(spec: RolloutSpec, state: State, obs: Observation) -> tuple[State, list[Action]]:
-    """The next state and the actions that bring the sides to it. Terminal states only answer commands."""
-    if state.phase.terminal:
+    """The next state and the actions that bring the sides to it. Succeeded and RolledBack only answer commands;
+    Failed waits for abort or promoteFull, then goes on from there in the same call."""
+    if state.phase in (Phase.SUCCEEDED, Phase.ROLLED_BACK):
         run = _Step(spec, state, obs)
         run.commands()
         return run.s, run.actions

@@ -300,6 +300,25 @@ class Controller:
         self._wake.set()
         return self.rollout_status(name)
 
+    def rollout_delete(self, name: str, force: bool = False) -> dict[str, Any]:
+        """Forget a finished rollout: its status and its metrics go (so MoxinRolloutFailed stops once an operator
+        has read it). One not finished (running, paused, or Failed with both sides up) is refused unless ``force``;
+        then it ends as an abort would: the plan is still the one without its new side, so that side is removed and
+        all traffic goes back to the old side. Returns the rollouts left."""
+        with self._runs_lock:
+            runs = dict(self.runs)
+            run = runs.pop(name, None)
+            if run is None:
+                raise KeyError(f"no rollout {name!r}; rollouts: {sorted(self.runs)}")
+            if run.active and not force:
+                raise ValueError(f"rollout {name!r} is not finished ({run.state.phase.value}): `moxin rollout abort "
+                                 f"{name}` first, or delete it with --force (which aborts it)")
+            self._save_runs(runs)  # in GCS first: a restarted controller does not bring it back
+        self._event(f"rollout {name!r} deleted" + (f" while {run.state.phase.value}: aborted, its new side is "
+                                                   "removed and all traffic is on the old side" if run.active else ""))
+        self._wake.set()
+        return self.rollout_status()
+
     def rollout_status(self, name: str | None = None) -> dict[str, Any]:
         """Each rollout (or the named one): phase, step, weight, replicas, gates, decision log."""
         runs = self.runs

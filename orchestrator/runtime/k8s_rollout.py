@@ -33,13 +33,15 @@ from typing import Any
 from orchestrator.errors import InfeasibleError
 from orchestrator.rollout import machine
 from orchestrator.rollout.capacity import CapacityCheck, check, new_side
-from orchestrator.rollout.gates import Reading
+from orchestrator.rollout.gates import Reading, Side
 from orchestrator.rollout.machine import Command, Due, Observation, State, Verb
+from orchestrator.rollout.measure import Query, from_prometheus
 from orchestrator.rollout.sides import (
     Renderer,
     canary_name,
     sides_plan,
     split_of,
+    stable_assignments,
     stable_replicas,
 )
 from orchestrator.runtime.kubernetes import FIELD_MANAGER, KubernetesError, _api_errors, apply_objects
@@ -50,6 +52,8 @@ from orchestrator.spec.plan import Assignment, Plan
 from orchestrator.spec.rollout import Rollout, RolloutSpec
 
 STATE_KEY = "state.json"
+SPEC_KEY = "spec.json"
+"""The Rollout's spec beside its State (``status`` reads both; the State alone does not name its gates)."""
 COMMANDS_KEY = "commands.json"
 STATE_MANAGER = f"{FIELD_MANAGER}-rollout"
 """Field manager of the State key: apart from the commands', so neither apply removes the other's key."""
@@ -74,6 +78,14 @@ class Target:
     render: Renderer
     fits_beside: tuple[int, ...] | None = None
     """``capacity.check``'s room for the new side as the old one shrinks (None: surge, the new side fits beside)."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a rollout's ConfigMap is, for the commands that need no plan (status, promote, pause, ...)."""
+
+    namespace: str
+    release: str
 
 
 @dataclass(frozen=True)
@@ -137,7 +149,7 @@ def _not_found(exc: BaseException) -> bool:
     return getattr(exc, "status", None) == 404 or isinstance(exc, KeyError)
 
 
-def read_saved(api: Any, target: Target, rollout: str) -> tuple[State | None, tuple[Command, ...]]:
+def read_saved(api: Any, target: Target | Where, rollout: str) -> tuple[State | None, tuple[Command, ...]]:
     """The State saved in the cluster (None before the first pass) and the commands sent so far."""
     try:
         live = _config_map(api).get(name=state_name(target.release, rollout), namespace=target.namespace).to_dict()
@@ -155,13 +167,13 @@ def read_saved(api: Any, target: Target, rollout: str) -> tuple[State | None, tu
     return state, commands
 
 
-def _apply_key(api: Any, target: Target, rollout: str, key: str, text: str, manager: str) -> None:
+def _apply_keys(api: Any, target: Target | Where, rollout: str, data: dict[str, str], manager: str) -> None:
     name = state_name(target.release, rollout)
     body = {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": target.namespace,
                          "labels": {ROLLOUT_LABEL: label_value(rollout),
                                     "app.kubernetes.io/managed-by": "moxin"}},
-            "data": {key: text}}
+            "data": data}
     try:
         _config_map(api).server_side_apply(body=body, name=name, namespace=target.namespace, field_manager=manager,
                                            force_conflicts=True)
@@ -169,17 +181,38 @@ def _apply_key(api: Any, target: Target, rollout: str, key: str, text: str, mana
         raise KubernetesError(f"saving ConfigMap/{name}: {exc}") from None
 
 
-def save_state(api: Any, target: Target, rollout: str, state: State) -> None:
-    _apply_key(api, target, rollout, STATE_KEY, json.dumps(state.to_json(), sort_keys=True), STATE_MANAGER)
+def save_state(api: Any, target: Target, rollout: str, state: State, spec: RolloutSpec) -> None:
+    """The State and its spec, in one apply (the keys this field manager owns)."""
+    _apply_keys(api, target, rollout, {STATE_KEY: json.dumps(state.to_json(), sort_keys=True),
+                                       SPEC_KEY: json.dumps(spec.model_dump(mode="json", by_alias=True),
+                                                            sort_keys=True)}, STATE_MANAGER)
 
 
-def send_command(api: Any, target: Target, rollout: str, verb: Verb) -> int:
+def read_status(api: Any, where: Target | Where, rollout: str) -> dict[str, Any]:
+    """What `moxin rollout status NAME --kubernetes` shows: ``machine.status`` of the saved State and spec."""
+    saved, _ = read_saved(api, where, rollout)
+    name = state_name(where.release, rollout)
+    if saved is None:
+        raise KubernetesError(f"no rollout {rollout!r} in namespace {where.namespace} (no ConfigMap {name})\n"
+                              "  To fix: check NAME, --namespace and --release")
+    try:
+        live = _config_map(api).get(name=name, namespace=where.namespace).to_dict()
+        spec = RolloutSpec.model_validate(json.loads((live.get("data") or {})[SPEC_KEY]))
+    except (*_api_errors(), KeyError, ValueError) as exc:
+        raise KubernetesError(f"ConfigMap {name} holds no rollout spec ({exc})") from None
+    return {"name": rollout, "deployment": spec.deployment,
+            "to": {"variant": spec.to.variant, "pool": spec.to.pool},
+            "finished": saved.phase in (machine.Phase.SUCCEEDED, machine.Phase.ROLLED_BACK),
+            **machine.status(spec, saved)}
+
+
+def send_command(api: Any, target: Target | Where, rollout: str, verb: Verb) -> int:
     """Queue an operator's command (`moxin rollout promote|pause|resume|abort` on Kubernetes) for the next pass;
     its id."""
     _, commands = read_saved(api, target, rollout)
     number = max((c.id for c in commands), default=0) + 1
     listed = [{"id": c.id, "verb": c.verb} for c in commands] + [{"id": number, "verb": verb}]
-    _apply_key(api, target, rollout, COMMANDS_KEY, json.dumps(listed), COMMANDS_MANAGER)
+    _apply_keys(api, target, rollout, {COMMANDS_KEY: json.dumps(listed)}, COMMANDS_MANAGER)
     return number
 
 
@@ -223,14 +256,43 @@ def run_once(api: Any, rollout: Rollout, target: Target, *, measure: Measure | N
     saved, commands = read_saved(api, target, name)
     state = saved if saved is not None else _begin(target, spec, name)
     if saved is None:
-        save_state(api, target, name, state)
+        save_state(api, target, name, state, spec)
     due = machine.due(spec, state, now)
     readings = dict(measure(due)) if due and measure is not None else {}
     observation = Observation(now, canary_ready(api, target, spec), readings, commands, machine.spec_digest(spec))
     state, actions = machine.step(spec, state, observation)
-    save_state(api, target, name, state)
+    save_state(api, target, name, state, spec)
     objects = objects_for(target, spec, state)
     lines = [a.message if isinstance(a, machine.Record) else f"{type(a).__name__}: {a.reason}" for a in actions]
     lines += apply_objects(objects, namespace=target.namespace, plan_name=target.plan.name, dry_run=False,
                            wait_s=wait_s, client=api)
     return Pass(state, tuple(actions), tuple(lines))
+
+
+# --- the loop `moxin rollout apply --kubernetes` runs ---------------------------------------------------------------
+
+def prometheus_measure(query: Query, spec: RolloutSpec, target: Target) -> Measure:
+    """Gate readings from Prometheus by the gates' own PromQL (``rollout.measure.from_prometheus``): each side is the
+    deployment's pods of that variant and pool. The quality gate is not read here (it needs both sides' engines)."""
+    olds = stable_assignments(target.plan, spec)
+    stable = Side(spec.deployment, olds[0].variant, olds[0].pool) if olds else None
+    canary = Side(spec.deployment, target.canary.variant, target.canary.pool)
+
+    def read(due: Sequence[Due]) -> Mapping[int, Reading]:
+        return {d.index: from_prometheus(query, d.gate.metric, canary, stable, d.window_s)
+                for d in due if d.gate.metric != "quality"}
+    return read
+
+
+def drive(api: Any, rollout: Rollout, target: Target, *, measure: Measure | None, interval_s: float = 5.0,
+          clock: Callable[[], float] | None = None, sleep: Callable[[float], None] | None = None,
+          on_pass: Callable[[Pass], None] = lambda _: None) -> Pass:
+    """``run_once`` every ``interval_s`` until the rollout ends (Succeeded, RolledBack or Failed); the last pass.
+    Interrupted, it is started again and goes on from the ConfigMap. ``clock``/``sleep``: ``time``'s by default."""
+    clock, sleep = clock or time.time, sleep or time.sleep
+    while True:
+        done = run_once(api, rollout, target, measure=measure, now=clock())
+        on_pass(done)
+        if done.state.phase.terminal:
+            return done
+        sleep(interval_s)

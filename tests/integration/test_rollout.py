@@ -1,8 +1,9 @@
 """Rollouts on the Ray runtime, for real: `moxin up` with tiny-chat served by bf16 alone on gpu-emu
 (tests/data/rollout-local/up), then `moxin rollout` moves it to mlx-3bit on mac-emu under steady load
 through the router: 10% -> gate -> 50% -> 100% -> Succeeded with the old side gone; a rollout whose gate cannot
-pass rolls back; a killed controller resumes the rollout at its step with the same replicas. No client request
-fails in any of them.
+pass rolls back; a killed controller resumes the rollout at its step with the same replicas; a blue-green switches
+all traffic at once after its pre-promotion analysis; a quality gate rolls back a new side whose weights come from
+another seed. No client request fails in any of them.
 
 One cluster for the module, tests in file order (each starts from where the previous left the deployment).
 Run under `flock /tmp/moxin-ray.lock`.
@@ -89,11 +90,13 @@ def wait_phase(env: dict[str, str], name: str, phases: set[str], timeout: float)
     raise AssertionError(f"rollout {name} not in {phases} after {timeout} s: {json.dumps(st, indent=1)}")
 
 
-def write_rollout(path: Path, name: str, to: dict, gate: dict, steps: list | None = None) -> Path:
+def write_rollout(path: Path, name: str, to: dict, gate: dict, steps: list | None = None, **spec: object) -> Path:
+    """A Rollout of tiny-chat to ``to``: 10% -> ``gate`` -> 50% -> 100% unless ``steps``; ``spec``: more fields."""
     doc = {"apiVersion": "moxin.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": name},
            "spec": {"deployment": "tiny-chat", "to": to, "progressDeadlineSeconds": 600,
-                    "steps": steps or [{"setWeight": 10}, {"analysis": {"gates": [gate]}}, {"setWeight": 50},
-                                       {"setWeight": 100}]}}
+                    "steps": steps if steps is not None else [
+                        {"setWeight": 10}, {"analysis": {"gates": [gate]}}, {"setWeight": 50}, {"setWeight": 100}],
+                    **spec}}
     path.write_text(json.dumps(doc))
     return path
 
@@ -115,6 +118,33 @@ def up(tmp_path_factory):
 
 def desired(env: dict[str, str]) -> dict[str, str]:
     return {r["id"]: r["state"] for r in status(env)["replicas"] if r["desired"]}
+
+
+def other_side(env: dict[str, str]) -> dict[str, str]:
+    """The side tiny-chat does not run now (each test starts where the previous one left it)."""
+    serving = list(desired(env))
+    assert len(serving) == 1, serving
+    return {"variant": "bf16", "pool": "gpu-emu"} if "mlx-3bit" in serving[0] else {"variant": "mlx-3bit",
+                                                                                     "pool": "mac-emu"}
+
+
+@pytest.fixture(scope="module")
+def other_seed(tmp_path_factory) -> Path:
+    """A model root holding tiny-llama generated from another seed (here, never downloaded), as
+    ``local.prepare_checkpoints`` lays it out: the bf16 checkpoint and its mlx-3bit conversion."""
+    from orchestrator.devtools import tiny_model as tm
+    from orchestrator.spec import load_catalog
+    from orchestrator.spec.formats import FORMATS
+
+    model = load_catalog([Path(p) for p in BASE]).model("tiny-llama")
+    arch, root = model.spec.architecture, tmp_path_factory.mktemp("seed-1-models")
+    base = root / model.name
+    tm.generate(arch.family, base / "bf16", layers=arch.layers, hidden=arch.hidden_size, heads=arch.attention_heads,
+                kv_heads=arch.kv_heads, head_dim=arch.head_dim, intermediate=arch.intermediate_size,
+                vocab=arch.vocab_size, max_position=arch.max_position_embeddings, seed=1)
+    mlx = FORMATS[next(v for v in model.spec.variants if v.name == "mlx-3bit").formats["default"]]
+    tm.convert_mlx(base / "bf16", base / "mlx-3bit", mlx.bits, mlx.group_size or 64)
+    return root
 
 
 def test_a_canary_to_mlx_under_load_passes_its_gate_and_leaves_the_new_side_alone(up):
@@ -201,3 +231,68 @@ def test_a_killed_controller_resumes_at_its_step_with_the_same_replicas_then_pau
         time.sleep(3)
     assert list(desired(env)) == before
     assert load.codes and not load.failed(), (load.failed()[:5], load.errors[:3])
+
+
+def test_a_blue_green_switches_all_traffic_at_once_after_its_pre_promotion_analysis(up):
+    """blueGreen: the new side comes up at full size with no traffic, its pre-promotion analysis (both sides
+    answer the golden prompts; minExactMatch 0: a weight-0 side has no traffic to gate on) passes, then all traffic
+    moves at once: the weight is only ever 0 or 100, the log has no intermediate weight, no request fails."""
+    env = up["env"]
+    to = other_side(env)
+    file = write_rollout(up["tmp"] / "bg.yaml", "blue-green", to, {}, steps=[], strategy="blueGreen",
+                         blueGreen={"prePromotionAnalysis": {"gates": [{"metric": "quality", "intervalSeconds": 2}]},
+                                    "scaleDownDelaySeconds": 5},
+                         quality={"prompts": "builtin", "maxTokens": 8, "minExactMatch": 0})
+    weights: set[int] = set()
+    with Load(up["router"]) as load:
+        t0 = time.monotonic()
+        moxin(env, "rollout", "apply", "-f", str(file), *CATALOG)
+        deadline = time.monotonic() + 300
+        while (st := rollout_status(env, "blue-green"))["phase"] not in {"Succeeded", "RolledBack", "Failed",
+                                                                          "Paused"}:
+            weights.add(st["weight"])
+            assert time.monotonic() < deadline, json.dumps(st, indent=1)
+            time.sleep(1)
+        took = time.monotonic() - t0
+        time.sleep(3)
+    assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
+    assert weights <= {0, 100} and st["weight"] == 100, weights
+    messages = [d["message"] for d in st["log"]]
+    assert [m.split(":")[1].split("%")[0].strip() for m in messages if "% of traffic" in m] == ["0"], messages
+    passed = next(i for i, m in enumerate(messages) if "prePromotionAnalysis) passed" in m)
+    assert any("all traffic on the new side" in m for m in messages[passed:]), messages
+    deadline = time.monotonic() + 60
+    while list(desired(env)) != [f"tiny-chat-{to['variant']}-{to['pool']}-0"] and time.monotonic() < deadline:
+        time.sleep(2)
+    assert list(desired(env)) == [f"tiny-chat-{to['variant']}-{to['pool']}-0"]
+    assert load.codes and not load.failed(), (load.failed()[:5], load.errors[:3])
+    print(f"blue-green succeeded in {took:.0f} s over {len(load.codes)} requests")
+
+
+def test_a_quality_gate_rolls_back_a_new_side_whose_weights_come_from_another_seed(up, other_seed):
+    """The new side's checkpoints are tiny-llama from seed 1 (--model-root): its greedy answers to the golden
+    prompts differ from the old side's, so the quality gate fails at 10% and the rollout rolls back; status names
+    the gate with its exact-match rate against minExactMatch."""
+    env = up["env"]
+    before = list(desired(env))
+    file = write_rollout(up["tmp"] / "seed.yaml", "other-seed", other_side(env),
+                         {"metric": "quality", "intervalSeconds": 2},
+                         quality={"prompts": "builtin", "maxTokens": 16, "minExactMatch": 0.9})
+    with Load(up["router"]) as load:
+        t0 = time.monotonic()
+        moxin(env, "rollout", "apply", "-f", str(file), *CATALOG, "--model-root", str(other_seed))
+        st = wait_phase(env, "other-seed", {"Succeeded", "RolledBack", "Failed", "Paused"}, 300)
+        took = time.monotonic() - t0
+        time.sleep(3)
+    assert st["phase"] == "RolledBack", json.dumps(st, indent=1)
+    gate = next(g for g in st["gates"] if g["metric"] == "quality")
+    assert gate["outcome"] == "fail" and gate["canary"] < gate["limit"] == 0.9, gate
+    assert any("gate quality failed" in d["message"] for d in st["log"]), st["log"]
+    text = moxin(env, "rollout", "status", "other-seed").stdout
+    assert "quality" in text and "minExactMatch 0.9" in text, text
+    deadline = time.monotonic() + 60
+    while list(desired(env)) != before and time.monotonic() < deadline:
+        time.sleep(2)
+    assert list(desired(env)) == before
+    assert load.codes and not load.failed(), (load.failed()[:5], load.errors[:3])
+    print(f"quality rollback in {took:.0f} s (exact match {gate['canary']:.2f}): {gate['reason']}")

@@ -113,6 +113,35 @@ def test_failure_limit_tolerates_failures_and_without_rollback_the_rollout_is_le
     assert s.phase == Phase.FAILED and acts == [] and desired(s) == Desired(1, 2, 10)
 
 
+def _failed() -> tuple[RolloutSpec, State]:
+    """A rollout left Failed at 10% (rollbackOnFailure false): both sides up, for a person to decide."""
+    spec = _spec([{"setWeight": 10}, {"analysis": {"gates": [{**TTFT, "count": 1}]}}, {"setWeight": 100}],
+                 rollbackOnFailure=False)
+    s = start("r", spec, Config(2, 2))
+    s, _ = _go(spec, s, 0, ready=1)
+    s, _ = _go(spec, s, 60, ready=1, readings={0: _ttft(2)})
+    assert s.phase == Phase.FAILED and desired(s) == Desired(1, 2, 10)
+    return spec, s
+
+
+def test_a_failed_rollout_takes_abort_back_to_the_old_side_and_ignores_pause() -> None:
+    spec, s = _failed()
+    s, acts = _go(spec, s, 70, ready=1, commands=(Command(1, "pause"),))
+    assert s.phase == Phase.FAILED and acts == [] and "pause ignored" in s.message
+    s, acts = _go(spec, s, 80, ready=1, commands=(Command(2, "abort"),))
+    assert s.phase == Phase.ROLLED_BACK and desired(s) == Desired(0, 2, 0)
+    assert RemoveSide("canary", "aborted by the operator") in acts
+
+
+def test_a_failed_rollout_takes_promote_full_to_the_new_side() -> None:
+    spec, s = _failed()
+    s, _ = _go(spec, s, 70, ready=1, commands=(Command(1, "promoteFull"),))
+    assert s.phase == Phase.PROMOTING
+    for now in (80, 90, 200):
+        s, _ = _go(spec, s, now, ready=2)
+    assert s.phase == Phase.SUCCEEDED and desired(s) == Desired(2, 0, 100)
+
+
 def test_too_little_traffic_pauses_resume_measures_again_and_fail_mode_rolls_back() -> None:
     gates = [{**TTFT, "count": 1, "inconclusiveLimit": 1}]
     spec = _spec([{"setWeight": 10}, {"analysis": {"gates": gates}}])

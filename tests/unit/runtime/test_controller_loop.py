@@ -574,6 +574,52 @@ def test_an_aborted_rollout_removes_the_new_side_and_sends_all_traffic_to_the_ol
     assert cluster.called("stop_replica") == [MAC] and c.plan == base
 
 
+def rollout_series(c: Controller) -> set[str]:
+    """The rollouts the controller's rollout gauges export (what MoxinRolloutFailed reads)."""
+    return {s.labels["rollout"] for g in (c.metrics.rollout_phase, c.metrics.rollout_weight)
+            for metric in g.collect() for s in metric.samples}
+
+
+def test_a_deleted_finished_rollout_leaves_status_gcs_and_the_metrics(make, cluster, clock, local_plan):
+    """A rolled-back rollout keeps phase RolledBack = 1 (the alert fires) until deleted; deleted, it is gone from
+    status, from GCS (a restarted controller does not bring it back) and from the next loop's gauges."""
+    base = without(local_plan, "mlx-3bit")
+    c = running(make(), cluster, clock, base)
+    c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))
+    loop_ready(c, cluster, clock, 6)
+    c.rollout_command("to-mac", "abort")
+    loop_ready(c, cluster, clock, 2)
+    assert rollout_series(c) == {"to-mac"}
+    assert c.metrics.rollout_phase.labels(rollout="to-mac", deployment="tiny-chat",
+                                          phase="RolledBack")._value.get() == 1
+
+    assert c.rollout_delete("to-mac") == {}
+    assert "to-mac" not in cluster.kv_get(KV_ROLLOUTS)
+    loop_ready(c, cluster, clock)
+    assert rollout_series(c) == set() and c.plan == base and routed(c) == [GPU]
+    assert make().rollout_status() == {}
+    with pytest.raises(KeyError, match="no rollout 'to-mac'"):
+        c.rollout_delete("to-mac")
+
+
+def test_a_running_rollout_is_deleted_only_with_force_which_ends_it_as_an_abort(make, cluster, clock, local_plan):
+    base = without(local_plan, "mlx-3bit")
+    c = running(make(), cluster, clock, base)
+    c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))
+    loop_ready(c, cluster, clock, 6)
+    assert c.routing_document()["splits"] == {"tiny-chat": {"canaryPercent": 10.0}}
+    with pytest.raises(ValueError, match=r"not finished \(Paused\).*--force"):
+        c.rollout_delete("to-mac")
+    assert c.rollout_status("to-mac")["to-mac"]["phase"] == "Paused"
+
+    assert c.rollout_delete("to-mac", force=True) == {}
+    loop_ready(c, cluster, clock, 2)
+    assert c.routing_document()["splits"] == {} and routed(c) == [GPU]
+    clock.now += 20
+    loop_ready(c, cluster, clock, 2)
+    assert cluster.called("stop_replica") == [MAC] and c.plan == base and rollout_series(c) == set()
+
+
 def test_a_rollout_is_refused_without_an_old_side_or_beside_a_running_one(make, cluster, clock, local_plan):
     base = without(local_plan, "mlx-3bit")
     c = running(make(), cluster, clock, base)
