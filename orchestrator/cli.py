@@ -1606,11 +1606,23 @@ def rollout_promote(address: str | None, name: str | None, full: bool, kubernete
 @ADDRESS
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Delete a rollout that has not finished: it is aborted first (all traffic "
-              "back to the old side, the new side removed).")
+              "back to the old side, the new side removed). Ray only.")
+@_kubernetes_rollout
 @OUTPUT
-def rollout_delete(address: str | None, name: str, force: bool, fmt: str) -> None:
+def rollout_delete(address: str | None, name: str, force: bool, kubernetes: bool, namespace: str, release: str,
+                   fmt: str) -> None:
     """Forget a finished rollout: its status and its metrics go, so MoxinRolloutFailed stops firing once it has been
-    read. One still running (or Failed, both sides up) is refused unless --force. Shows the rollouts left."""
+    read. One still running (or Failed, both sides up) is refused unless --force. Shows the rollouts left. With
+    --kubernetes: its ConfigMap is deleted; one not finished is refused (abort it through the driver first)."""
+    if kubernetes:
+        from orchestrator.runtime import k8s_rollout
+
+        if force:
+            raise click.UsageError("--force is Ray's: on Kubernetes the abort is the driver's pass (`moxin rollout abort "
+                             "NAME --kubernetes`, then `moxin rollout apply ... --kubernetes` until RolledBack)")
+        k8s_rollout.delete(_kubernetes_api(), k8s_rollout.Where(namespace, release), name)
+        click.echo(f"deleted rollout {name} (ConfigMap {k8s_rollout.state_name(release, name)})", err=True)
+        return
     from orchestrator.runtime import client
 
     addr, _ = client.resolve_address(address)

@@ -206,6 +206,23 @@ def read_status(api: Any, where: Target | Where, rollout: str) -> dict[str, Any]
             **machine.status(spec, saved)}
 
 
+def delete(api: Any, where: Where, rollout: str) -> None:
+    """Forget a finished rollout (`moxin rollout delete NAME --kubernetes`): its ConfigMap goes. One that has not
+    finished (Failed included: both sides still up) is refused: on Kubernetes only the driver's pass can abort it."""
+    status = read_status(api, where, rollout)  # an unknown rollout is refused here
+    if not status["finished"]:
+        raise KubernetesError(
+            f"rollout {rollout!r} is {status['phase']}, not finished: deleting its state would leave both sides and "
+            f"the router's split as they are\n  To fix: `moxin rollout abort {rollout} --kubernetes` and let `moxin "
+            "rollout apply --kubernetes` run it to RolledBack (or promote it to the end), then delete it")
+    name = state_name(where.release, rollout)
+    try:
+        _config_map(api).delete(name=name, namespace=where.namespace, body={})
+    except (*_api_errors(), KeyError) as exc:
+        if not _not_found(exc):
+            raise KubernetesError(f"deleting ConfigMap/{name}: {exc}") from None
+
+
 def send_command(api: Any, target: Target | Where, rollout: str, verb: Verb) -> int:
     """Queue an operator's command (`moxin rollout promote|pause|resume|abort` on Kubernetes) for the next pass;
     its id."""

@@ -119,3 +119,24 @@ def test_commands_go_into_the_rollouts_configmap_and_an_unknown_rollout_is_refus
     assert missing.exit_code != 0 and "no rollout 'nope'" in missing.output
     assert ("v1", "ConfigMap", "moxin-rollout-nope") not in cluster.live
     assert CliRunner().invoke(cli, ["rollout", "pause", *where]).exit_code != 0  # NAME is needed here
+
+
+def test_delete_forgets_a_finished_rollout_and_refuses_one_not_finished(cluster, monkeypatch):
+    prometheus(monkeypatch, canary_errors=0.0)
+    assert CliRunner().invoke(cli, [*APPLY, "--prometheus", "http://prom:9090"]).exit_code == 0
+    where = ["--kubernetes", "--namespace", "serving"]
+    data = cluster.live[("v1", "ConfigMap", STATE)]["data"]
+    succeeded = data[k8s_rollout.STATE_KEY]
+    data[k8s_rollout.STATE_KEY] = json.dumps({**json.loads(succeeded), "phase": "Paused"})  # as if interrupted
+    out = CliRunner().invoke(cli, ["rollout", "delete", NAME, *where])
+    assert out.exit_code == 2 and "is Paused, not finished" in out.output and "Traceback" not in out.output
+    assert CliRunner().invoke(cli, ["rollout", "delete", NAME, "--force", *where]).exit_code == 2
+    assert ("v1", "ConfigMap", STATE) in cluster.live
+
+    data[k8s_rollout.STATE_KEY] = succeeded
+    out = CliRunner().invoke(cli, ["rollout", "delete", NAME, *where])
+    assert out.exit_code == 0, out.output
+    assert ("v1", "ConfigMap", STATE) not in cluster.live and ("ConfigMap", STATE) in cluster.deleted
+    assert cluster.names("Deployment") == ["moxin-router", "tiny-chat-mlx-3bit-mac-emu"]  # workloads untouched
+    gone = CliRunner().invoke(cli, ["rollout", "status", NAME, *where])
+    assert gone.exit_code != 0 and f"no rollout {NAME!r}" in gone.output
