@@ -559,13 +559,19 @@ def test_a_restarted_controller_resumes_the_rollout_at_its_step_with_the_same_re
     assert sorted(routed(again)) == sorted([GPU, MAC])
 
 
-def test_an_aborted_rollout_removes_the_new_side_and_sends_all_traffic_to_the_old(make, cluster, clock, local_plan):
+def aborted(make, cluster, clock, local_plan) -> tuple[Controller, Plan]:
+    """A controller running tiny-chat on bf16 whose rollout "to-mac" was aborted at 10%; the plan before it."""
     base = without(local_plan, "mlx-3bit")
     c = running(make(), cluster, clock, base)
     c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))
     loop_ready(c, cluster, clock, 6)
     c.rollout_command("to-mac", "abort")
     loop_ready(c, cluster, clock, 2)
+    return c, base
+
+
+def test_an_aborted_rollout_removes_the_new_side_and_sends_all_traffic_to_the_old(make, cluster, clock, local_plan):
+    c, base = aborted(make, cluster, clock, local_plan)
     st = c.rollout_status("to-mac")["to-mac"]
     assert st["phase"] == "RolledBack" and st["finished"]
     assert c.routing_document()["splits"] == {} and routed(c) == [GPU]
@@ -583,12 +589,7 @@ def rollout_series(c: Controller) -> set[str]:
 def test_a_deleted_finished_rollout_leaves_status_gcs_and_the_metrics(make, cluster, clock, local_plan):
     """A rolled-back rollout keeps phase RolledBack = 1 (the alert fires) until deleted; deleted, it is gone from
     status, from GCS (a restarted controller does not bring it back) and from the next loop's gauges."""
-    base = without(local_plan, "mlx-3bit")
-    c = running(make(), cluster, clock, base)
-    c.rollout_apply("to-mac", ROLLOUT, mac_side(local_plan))
-    loop_ready(c, cluster, clock, 6)
-    c.rollout_command("to-mac", "abort")
-    loop_ready(c, cluster, clock, 2)
+    c, base = aborted(make, cluster, clock, local_plan)
     assert rollout_series(c) == {"to-mac"}
     assert c.metrics.rollout_phase.labels(rollout="to-mac", deployment="tiny-chat",
                                           phase="RolledBack")._value.get() == 1
