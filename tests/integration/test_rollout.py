@@ -1,9 +1,10 @@
 """Rollouts on the Ray runtime, for real: `moxin up` with tiny-chat served by bf16 alone on gpu-emu
 (tests/data/rollout-local/up), then `moxin rollout` moves it to mlx-3bit on mac-emu under steady load
 through the router: 10% -> gate -> 50% -> 100% -> Succeeded with the old side gone; a rollout whose gate cannot
-pass rolls back; a killed controller resumes the rollout at its step with the same replicas; a blue-green switches
-all traffic at once after its pre-promotion analysis; a quality gate rolls back a new side whose weights come from
-another seed. No client request fails in any of them.
+pass rolls back; a killed controller resumes the rollout at its step with the same replicas; a quality gate passes a
+new side serving the same weights (mlx-3bit on a second Mac pool); a blue-green switches all traffic at once after
+its pre-promotion analysis; a quality gate rolls back a new side whose weights come from another seed. No client
+request fails in any of them. The fleet is the embedded default's plus that second Mac (tests/data/rollout-local).
 
 One cluster for the module, tests in file order (each starts from where the previous left the deployment).
 Run under `flock /tmp/moxin-ray.lock`.
@@ -31,8 +32,8 @@ from tests.integration.moxin_cli import moxin, status
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "tests" / "data" / "rollout-local"
-BASE = [str(ROOT / "manifests" / "local" / "fleet.yaml"), str(ROOT / "manifests" / "local" / "tiny-llama.yaml")]
-CATALOG = [*BASE, str(EXAMPLE / "rollout")]
+BASE = [str(EXAMPLE / "fleet.yaml"), str(ROOT / "manifests" / "local" / "tiny-llama.yaml")]  # + a second Mac pool
+CATALOG = [*BASE, str(EXAMPLE / "rollout" / "deployment.yaml")]
 
 
 class Load:
@@ -88,6 +89,21 @@ def wait_phase(env: dict[str, str], name: str, phases: set[str], timeout: float)
             return st
         time.sleep(2)
     raise AssertionError(f"rollout {name} not in {phases} after {timeout} s: {json.dumps(st, indent=1)}")
+
+
+ENDED = {"Succeeded", "RolledBack", "Failed", "Paused"}
+
+
+def run_under_load(up: dict, file: Path, name: str, timeout: float, *args: str) -> tuple[dict, Load, float]:
+    """``moxin rollout apply -f file`` under steady load until the rollout ends or pauses: its status, the load
+    (every answer's code) and the seconds it took."""
+    with Load(up["router"]) as load:
+        t0 = time.monotonic()
+        moxin(up["env"], "rollout", "apply", "-f", str(file), *CATALOG, *args)
+        st = wait_phase(up["env"], name, ENDED, timeout)
+        took = time.monotonic() - t0
+        time.sleep(3)
+    return st, load, took
 
 
 def write_rollout(path: Path, name: str, to: dict, gate: dict, steps: list | None = None, **spec: object) -> Path:
@@ -150,13 +166,11 @@ def other_seed(tmp_path_factory) -> Path:
 def test_a_canary_to_mlx_under_load_passes_its_gate_and_leaves_the_new_side_alone(up):
     env = up["env"]
     assert list(desired(env)) == ["tiny-chat-bf16-gpu-emu-0"]
-    file = EXAMPLE / "rollout" / "rollout.yaml"
-    with Load(up["router"]) as load:
-        t0 = time.monotonic()
-        moxin(env, "rollout", "apply", "-f", str(file), *CATALOG)
-        st = wait_phase(env, "tiny-chat-to-mlx", {"Succeeded", "RolledBack", "Failed", "Paused"}, 420)
-        took = time.monotonic() - t0
-        time.sleep(3)
+    example = (EXAMPLE / "rollout" / "rollout.yaml").read_text()
+    assert "intervalSeconds: 10," in example
+    file = up["tmp"] / "rollout.yaml"  # the example's gate over 30 s: 5 canary requests at 10% even on a busy CPU
+    file.write_text(example.replace("intervalSeconds: 10,", "intervalSeconds: 30,"))
+    st, load, took = run_under_load(up, file, "tiny-chat-to-mlx", 420)
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
     weights = [d["message"] for d in st["log"] if "% of traffic" in d["message"]]
     assert [w.split(":")[1].split("%")[0].strip() for w in weights] == ["10", "50", "100"], st["log"]
@@ -172,10 +186,7 @@ def test_a_gate_that_cannot_pass_rolls_back_with_no_failed_request(up):
     file = write_rollout(up["tmp"] / "back.yaml", "back-to-bf16", {"variant": "bf16", "pool": "gpu-emu"},
                          {"metric": "e2eP95", "threshold": {"max": 0.000001}, "intervalSeconds": 5,
                           "minRequests": 1})
-    with Load(up["router"]) as load:
-        moxin(env, "rollout", "apply", "-f", str(file), *CATALOG)
-        st = wait_phase(env, "back-to-bf16", {"Succeeded", "RolledBack", "Failed"}, 600)
-        time.sleep(3)
+    st, load, _ = run_under_load(up, file, "back-to-bf16", 600)
     assert st["phase"] == "RolledBack", json.dumps(st, indent=1)
     assert any("e2eP95" in d["message"] for d in st["log"]), st["log"]
     text = moxin(env, "rollout", "status", "back-to-bf16").stdout
@@ -233,6 +244,23 @@ def test_a_killed_controller_resumes_at_its_step_with_the_same_replicas_then_pau
     assert load.codes and not load.failed(), (load.failed()[:5], load.errors[:3])
 
 
+def test_a_quality_gate_passes_a_new_side_that_serves_the_same_weights(up):
+    """mlx-3bit on mac-emu -> mlx-3bit on mac-emu-b: the same checkpoint on the same engine answers the golden
+    prompts alike, so a quality gate demanding exact match 1.0 passes (its reading is 1.0, first divergence none)
+    and the rollout ends Succeeded on mac-emu-b with no failed request."""
+    env = up["env"]
+    assert list(desired(env)) == ["tiny-chat-mlx-3bit-mac-emu-0"]
+    file = write_rollout(up["tmp"] / "same.yaml", "same-weights", {"variant": "mlx-3bit", "pool": "mac-emu-b"},
+                         {"metric": "quality", "intervalSeconds": 2},
+                         quality={"prompts": "builtin", "maxTokens": 16, "minExactMatch": 1.0})
+    st, load, took = run_under_load(up, file, "same-weights", 300)
+    assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
+    assert any("passed: quality 1/1" in d["message"] for d in st["log"]), st["log"]
+    assert list(desired(env)) == ["tiny-chat-mlx-3bit-mac-emu-b-0"]
+    assert load.codes and not load.failed(), (load.failed()[:5], load.errors[:3])
+    print(f"same-weights quality gate passed; rollout succeeded in {took:.0f} s over {len(load.codes)} requests")
+
+
 def test_a_blue_green_switches_all_traffic_at_once_after_its_pre_promotion_analysis(up):
     """blueGreen: the new side comes up at full size with no traffic, its pre-promotion analysis (both sides
     answer the golden prompts; minExactMatch 0: a weight-0 side has no traffic to gate on) passes, then all traffic
@@ -248,8 +276,7 @@ def test_a_blue_green_switches_all_traffic_at_once_after_its_pre_promotion_analy
         t0 = time.monotonic()
         moxin(env, "rollout", "apply", "-f", str(file), *CATALOG)
         deadline = time.monotonic() + 300
-        while (st := rollout_status(env, "blue-green"))["phase"] not in {"Succeeded", "RolledBack", "Failed",
-                                                                          "Paused"}:
+        while (st := rollout_status(env, "blue-green"))["phase"] not in ENDED:
             weights.add(st["weight"])
             assert time.monotonic() < deadline, json.dumps(st, indent=1)
             time.sleep(1)
@@ -278,12 +305,7 @@ def test_a_quality_gate_rolls_back_a_new_side_whose_weights_come_from_another_se
     file = write_rollout(up["tmp"] / "seed.yaml", "other-seed", other_side(env),
                          {"metric": "quality", "intervalSeconds": 2},
                          quality={"prompts": "builtin", "maxTokens": 16, "minExactMatch": 0.9})
-    with Load(up["router"]) as load:
-        t0 = time.monotonic()
-        moxin(env, "rollout", "apply", "-f", str(file), *CATALOG, "--model-root", str(other_seed))
-        st = wait_phase(env, "other-seed", {"Succeeded", "RolledBack", "Failed", "Paused"}, 300)
-        took = time.monotonic() - t0
-        time.sleep(3)
+    st, load, took = run_under_load(up, file, "other-seed", 300, "--model-root", str(other_seed))
     assert st["phase"] == "RolledBack", json.dumps(st, indent=1)
     gate = next(g for g in st["gates"] if g["metric"] == "quality")
     assert gate["outcome"] == "fail" and gate["canary"] < gate["limit"] == 0.9, gate
