@@ -5,10 +5,19 @@ Model name = deployment name. Each request goes to one replica chosen by ``balan
 router keeps the limits of ``spec.router.RouterLimits``:
 
 - a request that fails before any byte of the answer came back (connection refused or not made within the
-  connect timeout, a 502/503, no first byte within the first-byte timeout) is retried on another replica; when
-  none is left the client gets a 503 (``service_unavailable``), or a 504 (``gateway_timeout``) when the last
-  replica tried was too slow, with a JSON body in the OpenAI error shape;
-- a stream is relayed only once its first line has come, so that a retry is still possible until then; once it
+  connect timeout, a 429 or 5xx, no first byte within the first-byte timeout) is retried on another replica, up
+  to ``retry_attempts`` tries with a jittered exponential backoff between them; when no try is left the client
+  gets the last replica's own 429/5xx, or, when no replica answered, a 503 (``service_unavailable``) or a 504
+  (``gateway_timeout``, the last replica tried was too slow), with a JSON body in the OpenAI error shape;
+- consecutive failures of a replica open its circuit (``gateway.Breakers``): it gets nothing for a cooldown, then
+  one probe request; outside Ray the router also GETs each replica's /health (``check_health``);
+- at most ``max_concurrent_requests`` completions at once, ``max_queued_requests`` waiting (past them: a 503 with
+  Retry-After); with API keys, ``key_requests_per_second`` per key (past it: a 429 with Retry-After);
+- every request has an id: the client's X-Request-Id or a new one, sent to the engine as X-Request-Id, returned
+  to the client, and named in the router's log lines about the request;
+- a stream is relayed a block of whole lines at a time, in one write per block the replica sent (``relay``
+  rewrites the model name and finds the usage by byte search), and only once its first line has come, so that a
+  retry is still possible until then; once it
   has begun, a replica that breaks off or stays silent past the idle timeout ends the client's stream with an
   SSE error event (``{"error": {..., "code": "upstream_stream_cut" | "upstream_idle_timeout"}}``) and no
   ``data: [DONE]``: what the openai SDK raises as an APIError, and what any client can tell from a finished
