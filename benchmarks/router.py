@@ -1,6 +1,7 @@
 """Benchmark: the router's added latency and its ceiling; time from `moxin up` to the first token.
 
     python benchmarks/router.py [--levels 1,16,64] [--requests 64] [--skip-up]
+    python benchmarks/router.py --peer [--peer-levels 1,16,64,256] [--peer-requests 2000] [--repeat 3]
 
 1. `moxin up` (the embedded default, cold Ray cluster, cached tiny model) timed until the first streamed token
    comes back through the router. Skipped with --skip-up when a cluster is already up.
@@ -10,6 +11,12 @@
 3. Ceiling: requests/s the router sustains when the upstream costs nothing: a static SSE server in this script
    (labelled as such), 64 concurrent streams.
 Prints tables and the machine. Medians and percentiles over all requests of a level; these machines are noisy.
+
+--peer: moxin's router side by side with vllm-router (the Rust router, ``pip install vllm-router``), nothing
+else. Each router is pinned to core 0 (taskset); the static SSE upstream (a subprocess) and this script's load
+generator share core 1. At each level of concurrent streams: added TTFT and end-to-end p50/p99 against the
+upstream straight, requests/s, and the router's CPU seconds (utime+stime of /proc/PID/stat, all its threads) per
+1,000 requests; the three paths alternate, ``--repeat`` times, and each figure is the median of the repeats.
 """
 
 from __future__ import annotations
@@ -130,21 +137,140 @@ async def static_upstream(port: int) -> web.AppRunner:
         await out.write_eof()
         return out
 
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def models(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "tiny-chat", "object": "model"}]})
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner
 
 
+# -- --peer: moxin's router and vllm-router side by side ------------------------------------------------------
+
+ROUTER_CORE, LOAD_CORE = 0, 1
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads, in seconds (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_http(url: str, timeout_s: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {timeout_s} s") from None
+            time.sleep(0.2)
+
+
+def serve_static(port: int) -> None:
+    """--serve-static PORT: the static upstream alone, in its own process (the peer section pins it)."""
+
+    async def run() -> None:
+        runner = await static_upstream(port)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+
+
+def start_pinned(cmd: list[str], core: int) -> subprocess.Popen:
+    return subprocess.Popen(["taskset", "-c", str(core), *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def peer(levels: list[int], requests: int, repeat: int, tmp: Path) -> None:
+    import shutil
+
+    vllm_router = shutil.which("vllm-router") or str(Path(sys.executable).parent / "vllm-router")
+    if not Path(vllm_router).exists():
+        raise SystemExit("vllm-router is not installed: pip install vllm-router")
+    os.sched_setaffinity(0, {LOAD_CORE})
+    up_port, moxin_port, peer_port = free_port(), free_port(), free_port()
+    upstream = start_pinned([sys.executable, __file__, "--serve-static", str(up_port)], LOAD_CORE)
+    procs = [upstream]
+    try:
+        wait_http(f"http://127.0.0.1:{up_port}/health")
+        config = tmp / "peer-router.json"
+        config.write_text(json.dumps({"deployments": {"tiny-chat": [
+            {"name": "static", "url": f"http://127.0.0.1:{up_port}", "requestModel": "tiny-chat", "weight": 1}]}}))
+        moxin = start_pinned([*MOXIN, "router", "--config", str(config), "--host", "127.0.0.1",
+                              "--port", str(moxin_port)], ROUTER_CORE)
+        procs.append(moxin)
+        vr = start_pinned([vllm_router, "--worker-urls", f"http://127.0.0.1:{up_port}", "--host", "127.0.0.1",
+                           "--port", str(peer_port), "--policy", "round_robin", "--log-level", "warning"], ROUTER_CORE)
+        procs.append(vr)
+        wait_http(f"http://127.0.0.1:{moxin_port}/health")
+        wait_http(f"http://127.0.0.1:{peer_port}/health")
+        paths = {"direct": (f"http://127.0.0.1:{up_port}", None), "moxin": (f"http://127.0.0.1:{moxin_port}", moxin),
+                 "vllm-router": (f"http://127.0.0.1:{peer_port}", vr)}
+        print(f"\nside by side: static SSE upstream (17 chunks + [DONE]), each router pinned to core {ROUTER_CORE}, "
+              f"upstream and load generator on core {LOAD_CORE}; medians of {repeat} alternating runs")
+        print(f"{'streams':>7} {'path':>12} {'TTFT p50':>9} {'TTFT p99':>9} {'e2e p50':>9} {'e2e p99':>9} "
+              f"{'+e2e p50':>9} {'+e2e p99':>9} {'req/s':>7} {'CPU s/1k':>9}")
+        for c in levels:
+            n = max(requests if c > 1 else min(requests, 500), c)
+            runs: dict[str, list[tuple[float, ...]]] = {k: [] for k in paths}
+            for _ in range(repeat):
+                for name, (url, proc) in paths.items():
+                    before = cpu_seconds(proc.pid) if proc else 0.0
+                    ttft, e2e, wall = asyncio.run(level(url, c, n, BODY))
+                    cpu = (cpu_seconds(proc.pid) - before) if proc else float("nan")
+                    runs[name].append((statistics.median(ttft), pct(ttft, .99), statistics.median(e2e), pct(e2e, .99),
+                                       n / wall, 1000 * cpu / (n + 1)))
+            med = {k: [statistics.median(r[i] for r in v) for i in range(6)] for k, v in runs.items()}
+            for name, m in med.items():
+                base = med["direct"]
+                added = " " * 19 if name == "direct" else f"{1e3 * (m[2] - base[2]):9.2f} {1e3 * (m[3] - base[3]):9.2f}"
+                cpu = "" if name == "direct" else f"{m[5]:9.3f}"
+                print(f"{c:>7} {name:>12} {1e3 * m[0]:9.2f} {1e3 * m[1]:9.2f} {1e3 * m[2]:9.2f} {1e3 * m[3]:9.2f} "
+                      f"{added} {m[4]:7.0f} {cpu}")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--peer", action="store_true", help="Only the side-by-side section: moxin's router and "
+                    "vllm-router against a static upstream, pinned.")
+    ap.add_argument("--peer-levels", default="1,16,64,256")
+    ap.add_argument("--peer-requests", type=int, default=2000, help="Requests per run and level (500 at 1 stream).")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--serve-static", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--levels", default="1,16,64")
     ap.add_argument("--requests", type=int, default=64, help="Requests per level (at least the concurrency).")
     ap.add_argument("--skip-up", action="store_true", help="Use the running cluster; do not time `moxin up`.")
     args = ap.parse_args()
+    if args.serve_static:
+        return serve_static(args.serve_static)
     print(f"machine: {describe()}")
+    if args.peer:
+        return peer([int(x) for x in args.peer_levels.split(",")], args.peer_requests, args.repeat,
+                    Path(tempfile.mkdtemp()))
     port = ROUTER_PORT  # where `moxin up` starts the router
     if not args.skip_up:
         print(f"moxin up -> first token through the router: {time_up(port):.1f} s (cold Ray cluster, cached model)")

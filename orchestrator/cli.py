@@ -463,14 +463,35 @@ def _unplaced_error(doc: Any) -> None:
         raise InfeasibleError("the plan leaves deployments unplaced, nothing was applied:\n  " + "\n  ".join(lines))
 
 
+class RouterCount(click.ParamType):
+    """``--routers``: a count from 1 to 16, or ``auto`` (one per core, at most 16)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else os.cpu_count() or 1))
+        try:
+            count = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a count (1-16) nor auto", param, ctx)
+        if not 1 <= count <= 16:
+            self.fail(f"{count} is not in 1-16 (auto: one per core)", param, ctx)
+        return count
+
+
 @cli.command()
 @click.option("-f", "--file", "paths", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Fleet + deployments to run [default: the local example, emulated on this machine's CPU].")
 @click.option("--port", type=click.IntRange(1, 65535), default=ROUTER_PORT, show_default=True, help="Router port.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=CONTROLLER_METRICS_PORT, show_default=True,
               help="Controller metrics port (0: any free port).")
-@click.option("--routers", type=click.IntRange(1, 16), default=1, show_default=True,
-              help="Router instances sharing the port (SO_REUSEPORT).")
+@click.option("--routers", type=RouterCount(), default="1", show_default=True,
+              help="Router instances sharing the port (SO_REUSEPORT), 1-16, or `auto`: one per core of this "
+                   "machine (at most 16).")
 @click.option("--timeout", type=click.FloatRange(1), default=900, show_default=True,
               help="Seconds to wait for every replica to serve.")
 @click.option("--api-keys", "api_keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),

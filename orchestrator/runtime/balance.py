@@ -4,7 +4,7 @@ variants and engines. Pure (the router owns the counters; this module only reads
 A replica's load is (in-flight + 1) / weight, where weight is the plan's predicted capacity in requests/s: an
 H100 replica planned for 40 req/s takes about eight times the concurrent requests of a Mac planned for 5 before
 the Mac is preferred. A replica whose connection failed is skipped for ``FAILED_COOLDOWN_S`` unless nothing
-else is left.
+else is left, and so is a replica marked down by the router's active health checks.
 
 A rollout splits a deployment in two sides: a row may carry ``"side": "canary"`` (absent: stable), and the
 table's ``"splits": {NAME: {"canaryPercent": W}}`` sends W% of the deployment's requests to the canary side. The
@@ -38,6 +38,8 @@ class Endpoint:
     """``SIDES``: the stable side or a rollout's canary."""
     in_flight: int = 0
     failed_until: float = 0.0
+    down: bool = False
+    """Its last active health check failed (routers outside Ray): it gets requests only when no other is up."""
 
     @property
     def load(self) -> float:
@@ -154,7 +156,8 @@ class Balancer:
                 e = Endpoint(r["name"], r["url"].rstrip("/"), r["requestModel"], float(r["weight"]), labels,
                              r.get("side", STABLE))
                 if r["name"] in old and old[r["name"]].url == e.url:
-                    e.in_flight, e.failed_until = old[r["name"]].in_flight, old[r["name"]].failed_until
+                    e.in_flight, e.failed_until, e.down = old[r["name"]].in_flight, old[r["name"]].failed_until, \
+                        old[r["name"]].down
                 eps.append(e)
             new[deployment] = eps
         self.table = new
@@ -183,6 +186,6 @@ class Balancer:
             eps = [e for e in eps if e.side == side] or eps
         if not eps:
             return None
-        healthy = [e for e in eps if e.failed_until <= now] or eps
+        healthy = [e for e in eps if e.failed_until <= now and not e.down] or [e for e in eps if not e.down] or eps
         best = min(e.load for e in healthy)
         return self.rng.choice([e for e in healthy if e.load <= best * (1 + 1e-9)])

@@ -5,10 +5,19 @@ Model name = deployment name. Each request goes to one replica chosen by ``balan
 router keeps the limits of ``spec.router.RouterLimits``:
 
 - a request that fails before any byte of the answer came back (connection refused or not made within the
-  connect timeout, a 502/503, no first byte within the first-byte timeout) is retried on another replica; when
-  none is left the client gets a 503 (``service_unavailable``), or a 504 (``gateway_timeout``) when the last
-  replica tried was too slow, with a JSON body in the OpenAI error shape;
-- a stream is relayed only once its first line has come, so that a retry is still possible until then; once it
+  connect timeout, a 429 or 5xx, no first byte within the first-byte timeout) is retried on another replica, up
+  to ``retry_attempts`` tries with a jittered exponential backoff between them; when no try is left the client
+  gets the last replica's own 429/5xx, or, when no replica answered, a 503 (``service_unavailable``) or a 504
+  (``gateway_timeout``, the last replica tried was too slow), with a JSON body in the OpenAI error shape;
+- consecutive failures of a replica open its circuit (``gateway.Breakers``): it gets nothing for a cooldown, then
+  one probe request; outside Ray the router also GETs each replica's /health (``check_health``);
+- at most ``max_concurrent_requests`` completions at once, ``max_queued_requests`` waiting (past them: a 503 with
+  Retry-After); with API keys, ``key_requests_per_second`` per key (past it: a 429 with Retry-After);
+- every request has an id: the client's X-Request-Id or a new one, sent to the engine as X-Request-Id, returned
+  to the client, and named in the router's log lines about the request;
+- a stream is relayed a block of whole lines at a time, in one write per block the replica sent (``relay``
+  rewrites the model name and finds the usage by byte search), and only once its first line has come, so that a
+  retry is still possible until then; once it
   has begun, a replica that breaks off or stays silent past the idle timeout ends the client's stream with an
   SSE error event (``{"error": {..., "code": "upstream_stream_cut" | "upstream_idle_timeout"}}``) and no
   ``data: [DONE]``: what the openai SDK raises as an APIError, and what any client can tell from a finished
@@ -45,8 +54,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +82,18 @@ from orchestrator.runtime.balance import (
     check_splits,
     parse_document,
 )
+from orchestrator.runtime.gateway import (
+    REQUEST_ID_HEADER,
+    Admission,
+    Breakers,
+    Overloaded,
+    TokenBuckets,
+    backoff_seconds,
+    request_id,
+)
 from orchestrator.runtime.keys import ApiKey, KeyRing, bearer_token
 from orchestrator.runtime.metrics import RouterMetrics
+from orchestrator.runtime.relay import Relay
 from orchestrator.runtime.request_checks import Invalid, check_request, parse_body
 from orchestrator.spec.defaults import REPLICA_HEADER, ROUTES_PATH
 from orchestrator.spec.plan import METRIC_LABELS
@@ -79,8 +101,9 @@ from orchestrator.spec.router import RouterLimits
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = {502, 503}
-"""Upstream answers that mean 'not me, not now' (nothing was sent to the client yet): try another replica."""
+BUSY = 429
+"""An upstream answer that means 'not now' (nothing was sent to the client yet): another replica may take it. So do
+5xx answers, which also count towards the replica's circuit breaker."""
 MAX_BODY_BYTES = 4 * 2**20
 """Default request-body limit: far above any chat request, far below what would let one client fill memory."""
 PUBLIC_PATHS = frozenset({"/health", "/metrics"})
@@ -94,6 +117,8 @@ DRAIN_TAIL_S = 1.0
 _RequestKey = getattr(web, "RequestKey", None)
 API_KEY: Any = _RequestKey("moxin_api_key", ApiKey) if _RequestKey else "moxin_api_key"
 OUTCOME: Any = _RequestKey("moxin_outcome", int) if _RequestKey else "moxin_outcome"
+REQUEST_ID: Any = _RequestKey("moxin_request_id", str) if _RequestKey else "moxin_request_id"
+RAW_BODY: Any = _RequestKey("moxin_raw_body", bytes) if _RequestKey else "moxin_raw_body"
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
@@ -113,17 +138,6 @@ def _sse_error(message: str, code: str = "upstream_stream_cut") -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def _has_content(chunk: dict[str, Any]) -> bool:
-    choices = chunk.get("choices")
-    for c in choices if isinstance(choices, list) else []:
-        if not isinstance(c, dict):
-            continue
-        delta = c.get("delta") if isinstance(c.get("delta"), dict) else {}
-        if delta.get("content") or delta.get("reasoning_content") or c.get("text"):
-            return True
-    return False
-
-
 def _count(usage: Any, key: str, default: int) -> int:
     value = usage.get(key) if isinstance(usage, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
@@ -137,45 +151,95 @@ class IdleTimeout(TimeoutError):
     """A stream that had begun went silent for longer than the idle timeout."""
 
 
-async def _lines(content: Any, first_s: float, idle_s: float) -> AsyncIterator[bytes]:
-    """The upstream body split after each b"\\n", whatever the line length (``StreamReader.readline`` raises
-    past 128 KiB). The last piece is yielded even without a newline. The first piece must come within
-    ``first_s`` (FirstByteTimeout), each next one within ``idle_s`` of the last (IdleTimeout)."""
-    buf = bytearray()
+async def _blocks(content: Any, first_s: float, idle_s: float) -> AsyncIterator[bytes]:
+    """The upstream body in blocks of whole lines: all that has come, up to its last b"\\n", whatever the line
+    length (``StreamReader.readline`` raises past 128 KiB); the rest waits for its newline. The last piece is
+    yielded even without a newline. The first piece must come within ``first_s`` (FirstByteTimeout), each next
+    one within ``idle_s`` of the last (IdleTimeout)."""
+    rest = b""
     wait_s, late = first_s, FirstByteTimeout
+    loop = asyncio.get_running_loop()
     while True:
         try:
-            async with asyncio.timeout(wait_s):
+            async with asyncio.timeout_at(loop.time() + wait_s):
                 piece = await content.readany()
         except TimeoutError:
             raise late from None
         if not piece:
             break
         wait_s, late = idle_s, IdleTimeout
-        scan = len(buf)
-        buf += piece
-        start = 0
-        while (i := buf.find(b"\n", max(start, scan))) >= 0:
-            yield bytes(buf[start:i + 1])
-            start = i + 1
-        del buf[:start]
-    if buf:
-        yield bytes(buf)
+        end = piece.rfind(b"\n")
+        if end < 0:
+            rest += piece
+            continue
+        block = rest + piece[:end + 1] if rest else piece[:end + 1] if end + 1 < len(piece) else piece
+        rest = piece[end + 1:]
+        yield block
+    if rest:
+        yield rest
+
+
+class _SSEResponse(web.StreamResponse):
+    """A stream whose headers go out with its first bytes, in one write."""
+
+    _send_headers_immediately = False
+
+
+@dataclass
+class _Series:
+    """One replica's labelled metric children, looked up once per routing table rather than per request."""
+
+    requests: Any
+    retries: Any
+    in_flight: Any
+    circuit: Any
+    e2e: Any
+    ttft: Any
+    tpot: Any
+    prompt_tokens: Any
+    generation_tokens: Any
+    by_code: dict[int, Any] = field(default_factory=dict)
+
+    def code(self, status: int) -> Any:
+        child = self.by_code.get(status)
+        if child is None:
+            child = self.by_code[status] = self.requests(str(status))
+        return child
+
+
+@dataclass
+class _Failed:
+    """One replica's try failed before any byte reached the client. ``slow``: it did not answer in time (a 504
+    when no replica is left); ``answer``: the replica's own 429/5xx, given to the client when no try is left."""
+
+    slow: bool = False
+    answer: web.Response | None = None
 
 
 class Router:
     def __init__(self, metrics: RouterMetrics | None = None, limits: RouterLimits | None = None, *,
                  keys: KeyRing | None = None, engine_key: str | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, health_checks: bool = False,
+                 rng: random.Random | None = None) -> None:
         self.balancer = Balancer()
         self.metrics = metrics or RouterMetrics()
-        self.limits = limits or RouterLimits()
+        self.limits = limits = limits or RouterLimits()
         self.keys = keys
         self.engine_key = engine_key
         self.max_body_bytes = max_body_bytes
+        self.health_checks = health_checks and limits.health_check_interval_seconds > 0
+        """Active health checks (``moxin router`` outside Ray): GET /health of every replica, ``check_health``."""
+        self.rng = rng or random.Random()
         self.session: ClientSession | None = None
+        self.breakers = Breakers(limits.circuit_failure_threshold, limits.circuit_cooldown_seconds)
+        self.buckets = TokenBuckets(limits.key_requests_per_second, limits.key_bucket_size) \
+            if limits.key_requests_per_second > 0 else None
+        self.admission = Admission(limits.max_concurrent_requests, limits.max_queued_requests,
+                                   limits.queue_timeout_seconds)
+        self._series: dict[str, _Series] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
         """The requests being handled: the drain waits for them, then cancels what is left."""
+        self._background: set[asyncio.Task[Any]] = set()
         self._drain_over = False
 
     def set_table(self, table: dict[str, list[dict[str, Any]]],
@@ -183,6 +247,22 @@ class Router:
         """Replace the routing table and its rollout splits ({name: {"canaryPercent": W}}); ValueError (and the
         old table stays) when they are not valid."""
         self.balancer.update(check_deployments(table), check_splits(splits or {}, table))
+        names = {e.name for eps in self.balancer.table.values() for e in eps}
+        self.breakers.forget(names)
+        self._series = {}
+
+    def series(self, ep: Endpoint) -> _Series:
+        """The replica's labelled metric children (cached until the table changes)."""
+        got = self._series.get(ep.name)
+        if got is None:
+            m, labels = self.metrics, ep.labels
+            own = {**labels, "replica": ep.name}
+            got = self._series[ep.name] = _Series(
+                lambda code: m.requests.labels(**labels, code=code), m.retries.labels(**labels),
+                m.in_flight.labels(**own), m.circuit_open.labels(**own), m.e2e.labels(**labels),
+                m.ttft.labels(**labels), m.tpot.labels(**labels), m.prompt_tokens.labels(**labels),
+                m.generation_tokens.labels(**labels))
+        return got
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._guard])
@@ -220,19 +300,58 @@ class Router:
     async def _open(self, _app: web.Application) -> None:
         # The first-byte and idle timeouts are the router's own (``_forward``, ``_lines``): aiohttp's sock_read
         # would also time the wait for headers, which engines send before their prefill.
+        # Connections to replicas are kept alive and reused (aiohttp's pool, per host and port).
         connect_s = self.limits.connect_timeout_seconds
         self.session = ClientSession(timeout=ClientTimeout(total=None, sock_connect=connect_s),
                                      connector=TCPConnector(limit=0,
-                                                            limit_per_host=self.limits.max_connections_per_replica))
+                                                            limit_per_host=self.limits.max_connections_per_replica,
+                                                            keepalive_timeout=60),
+                                     skip_auto_headers=("User-Agent",))
+        if self.health_checks:
+            task = asyncio.get_running_loop().create_task(self.check_health_forever())
+            self._background.add(task)
 
     async def _close(self, _app: web.Application) -> None:
+        for task in self._background:
+            task.cancel()
         if self.session:
             await self.session.close()
+
+    # -- active health checks (outside Ray) -------------------------------------------------------------------
+    async def check_health(self) -> None:
+        """One round: GET /health of every replica at once; a replica that fails is marked down (it gets requests
+        only when every replica of its deployment is down), one that passes is marked up."""
+        eps = [e for eps in self.balancer.table.values() for e in eps]
+        results = await asyncio.gather(*(self._healthy(e) for e in eps))
+        for ep, ok in zip(eps, results, strict=True):
+            if ep.down == ok:
+                log.warning("replica %s (%s) is %s: its /health check %s", ep.name, ep.url,
+                            "up again" if ok else "down", "passed" if ok else "failed")
+            ep.down = not ok
+
+    async def _healthy(self, ep: Endpoint) -> bool:
+        assert self.session is not None
+        try:
+            async with asyncio.timeout(self.limits.health_check_timeout_seconds):
+                async with self.session.get(ep.url + "/health", headers=self._upstream_headers()) as resp:
+                    await resp.read()
+                    return resp.status == 200
+        except (ClientError, TimeoutError, OSError):
+            return False
+
+    async def check_health_forever(self) -> None:
+        while True:
+            try:
+                await self.check_health()
+            except Exception:  # never let the checks die: the last marks stay
+                log.exception("health check round failed")
+            await asyncio.sleep(self.limits.health_check_interval_seconds)
 
     # -- the boundary: API key, error shape, per-key counter --------------------------------------------------
     @web.middleware
     async def _guard(self, request: web.Request,
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        rid = request[REQUEST_ID] = request_id(request.headers.get(REQUEST_ID_HEADER))
         key: ApiKey | None = None
         if self.keys is not None and request.path not in PUBLIC_PATHS:
             token = bearer_token(request.headers.getall(hdrs.AUTHORIZATION, []))
@@ -240,30 +359,40 @@ class Router:
             if key is None:
                 self.metrics.key_requests.labels(key="", code="401").inc()
                 return _error(401, "a valid API key is required: send Authorization: Bearer <key>",
-                              code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                              code="invalid_api_key", headers={"WWW-Authenticate": "Bearer", REQUEST_ID_HEADER: rid})
             request[API_KEY] = key
+            wait_s = self.buckets.take(key.name, time.monotonic()) if self.buckets is not None else 0.0
+            if wait_s:
+                self.metrics.key_requests.labels(key=key.name, code="429").inc()
+                rate = self.limits.key_requests_per_second
+                return _error(429, f"this API key is over its rate limit of {rate:g} requests/s; retry after "
+                              f"{wait_s:.2f} s", "rate_limit_error", code="rate_limit_exceeded",
+                              headers={hdrs.RETRY_AFTER: str(math.ceil(wait_s)), REQUEST_ID_HEADER: rid})
         code = 499  # unless something below says otherwise: the client went away
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
+        response: web.StreamResponse | None = None
         try:
             response = await handler(request)
             code = request.get(OUTCOME, response.status)
-            return response
         except web.HTTPException as exc:  # aiohttp's own answers: no such path (404), wrong method (405), ...
             if exc.status < 400:
                 raise
             code = exc.status
             allow = {hdrs.ALLOW: exc.headers[hdrs.ALLOW]} if hdrs.ALLOW in exc.headers else None
-            return _error(exc.status, f"{request.method} {_short(request.path)}: {exc.reason}", headers=allow)
+            response = _error(exc.status, f"{request.method} {_short(request.path)}: {exc.reason}", headers=allow)
         except Exception:
             code = 500
-            log.exception("router error on %s %s", request.method, _short(request.path))
-            return _error(500, "the router failed on this request (a bug: see its log)", "server_error")
+            log.exception("router error on %s %s (request %s)", request.method, _short(request.path), rid)
+            response = _error(500, "the router failed on this request (a bug: see its log)", "server_error")
         finally:
             self._handlers.discard(task)  # type: ignore[arg-type]
             if key is not None:
                 self.metrics.key_requests.labels(key=key.name, code=str(code)).inc()
+        if not response.prepared:  # a stream sent its own (``_stream``)
+            response.headers[REQUEST_ID_HEADER] = rid
+        return response
 
     def _visible(self, request: web.Request) -> list[str]:
         key: ApiKey | None = request.get(API_KEY)
@@ -271,14 +400,18 @@ class Router:
 
     async def _read_body(self, request: web.Request) -> dict[str, Any] | web.Response:
         limit = self.max_body_bytes
-        too_large = _error(413, f"the request body is over the router's limit of {limit} bytes", param=None,
-                           code="request_too_large")
+
+        def too_large() -> web.Response:
+            return _error(413, f"the request body is over the router's limit of {limit} bytes", param=None,
+                          code="request_too_large")
+
         if request.content_length is not None and request.content_length > limit:
-            return too_large
+            return too_large()
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:  # chunked bodies have no Content-Length: aiohttp counts
-            return too_large
+            return too_large()
+        request[RAW_BODY] = raw
         body = parse_body(raw)
         if isinstance(body, Invalid):
             return _error(400, body.message, param=body.param)
@@ -320,6 +453,22 @@ class Router:
         if name not in self._visible(request):  # a deployment the key may not use does not exist, for it
             return _error(404, f"model {_short(name)!r} not found; served models: {self._visible(request)}",
                           param="model", code="model_not_found")
+        try:
+            await self.admission.enter()
+        except Overloaded:
+            request[OUTCOME] = 503
+            self.metrics.requests.labels(**({k: "" for k in METRIC_LABELS} | {"deployment": name}), code="503").inc()
+            limits = self.limits
+            return _error(503, f"the router is at its limit of {limits.max_concurrent_requests} concurrent requests "
+                          f"with {limits.max_queued_requests} queued; retry later", "service_unavailable",
+                          code="router_overloaded", headers={hdrs.RETRY_AFTER: "1"})
+        try:
+            return await self._route(request, body, name)
+        finally:
+            self.admission.leave()
+
+    async def _route(self, request: web.Request, body: dict[str, Any], name: str) -> web.StreamResponse:
+        """Up to ``retry_attempts`` replicas, with backoff between tries, until one answers."""
         start = time.monotonic()
         tried: set[str] = set()
         pinned = request.headers.get(REPLICA_HEADER)
@@ -330,97 +479,150 @@ class Router:
                               param=REPLICA_HEADER, code="replica_not_found")
             tried = set(names) - {pinned}
         side = None if pinned is not None else self.balancer.side(name)  # once per request: retries keep it
-        timed_out = False  # the last replica tried was too slow (a 504 when none is left), not refusing (503)
-        while True:
-            ep = self.balancer.pick(name, tried, time.monotonic(), side)
+        stream = bool(body.get("stream"))
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        payloads: dict[str, bytes] = {}  # by the replica's request model: one encoding per request
+        failed, last = _Failed(), None
+        limits = self.limits
+        for attempt in range(limits.retry_attempts):
+            now = time.monotonic()
+            blocked = tried | {e.name for e in self.balancer.table.get(name, [])
+                               if self.breakers.blocked(e.name, now)} if self.breakers.circuits else tried
+            ep = self.balancer.pick(name, blocked, now, side)
             if ep is None:
-                labels = {k: "" for k in METRIC_LABELS} | {"deployment": name}
-                status = 504 if timed_out else 503
-                self.metrics.requests.labels(**labels, code=str(status)).inc()
-                request[OUTCOME] = status
-                if timed_out:
-                    return _error(504, f"deployment {name!r}: no replica answered within "
-                                  f"{self.limits.first_byte_timeout_seconds:g} s ({len(tried)} tried); retry later",
-                                  "gateway_timeout", code="upstream_timeout")
-                why = "no replica is ready" if not tried else f"every ready replica failed ({len(tried)} tried)"
-                return _error(503, f"deployment {name!r}: {why}; see `moxin status`", "service_unavailable")
+                break
+            if attempt:
+                await asyncio.sleep(backoff_seconds(attempt, limits.retry_backoff_seconds,
+                                                    limits.retry_backoff_max_seconds, self.rng))
             tried.add(ep.name)
-            try:
-                payload = json.dumps(self._upstream_body(body, ep)).encode()
-            except (RecursionError, ValueError):
-                return _error(400, "the body is nested too deeply to forward")
-            answer = await self._forward(request, payload, bool(body.get("stream")), name, ep, start,
-                                         wants_usage=bool((body.get("stream_options") or {}).get("include_usage")))
-            if isinstance(answer, web.StreamResponse):
+            payload = payloads.get(ep.request_model)
+            if payload is None:
+                try:
+                    payload = payloads[ep.request_model] = self._upstream_body(request, body, ep, stream, wants_usage)
+                except (RecursionError, ValueError):
+                    return _error(400, "the body is nested too deeply to forward")
+            answer = await self._forward(request, payload, stream, name, ep, start, wants_usage)
+            if not isinstance(answer, _Failed):
                 return answer
-            timed_out = answer
-            self.metrics.retries.labels(**ep.labels).inc()
+            failed, last = answer, ep
+            self.series(ep).retries.inc()
+        if failed.answer is not None and last is not None:  # the last replica's own 429/5xx, as it was
+            request[OUTCOME] = failed.answer.status
+            self._record(last, failed.answer.status, start, None, None, 0)
+            return failed.answer
+        status = 504 if failed.slow else 503
+        self.metrics.requests.labels(**({k: "" for k in METRIC_LABELS} | {"deployment": name}), code=str(status)).inc()
+        request[OUTCOME] = status
+        if failed.slow:
+            return _error(504, f"deployment {name!r}: no replica answered within "
+                          f"{limits.first_byte_timeout_seconds:g} s ({len(tried)} tried); retry later",
+                          "gateway_timeout", code="upstream_timeout")
+        why = "no replica is ready" if not tried else f"every ready replica failed ({len(tried)} tried)"
+        return _error(503, f"deployment {name!r}: {why}; see `moxin status`", "service_unavailable")
 
     @staticmethod
-    def _upstream_body(body: dict[str, Any], ep: Endpoint) -> dict[str, Any]:
+    def _upstream_body(request: web.Request, body: dict[str, Any], ep: Endpoint, stream: bool,
+                       wants_usage: bool) -> bytes:
+        """The body for the replica: the client's bytes when nothing needs to change, else re-encoded with the
+        replica's model name and, for a stream, the usage chunk the router measures tokens from."""
+        raw: bytes = request[RAW_BODY]
+        if ep.request_model == body["model"] and (not stream or wants_usage):
+            return raw
+        if ep.request_model == body["model"] and "stream_options" not in body:
+            end = raw.rstrip()
+            if end.endswith(b"}") and body:  # a non-empty object: add the key before its closing brace
+                return end[:-1] + b',"stream_options":{"include_usage":true}}'
         upstream = {**body, "model": ep.request_model}
-        if body.get("stream"):  # the router measures tokens from the usage chunk; the client may not want it
+        if stream:
             upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        return upstream
+        return json.dumps(upstream).encode()
 
-    def _upstream_headers(self) -> dict[str, str]:
-        """Only the router's own: the engine key replaces whatever credentials the client sent."""
+    def _upstream_headers(self, rid: str | None = None) -> dict[str, str]:
+        """Only the router's own: the engine key replaces whatever credentials the client sent; the request id."""
         headers = {hdrs.CONTENT_TYPE: "application/json"}
         if self.engine_key:
             headers[hdrs.AUTHORIZATION] = f"Bearer {self.engine_key}"
+        if rid is not None:
+            headers[REQUEST_ID_HEADER] = rid
         return headers
 
+    def _failure(self, ep: Endpoint, why: str, request: web.Request, counts: bool = True) -> None:
+        """A try of ``ep`` failed: skip it for a while, count it towards its circuit (unless it was a 429)."""
+        now = time.monotonic()
+        ep.failed_until = now + FAILED_COOLDOWN_S
+        log.info("request %s: replica %s failed (%s)", request[REQUEST_ID], ep.name, why)
+        if counts and self.breakers.failure(ep.name, now):
+            log.warning("replica %s: circuit open for %g s after %s", ep.name, self.breakers.cooldown_s, why)
+            self.series(ep).circuit.set(1)
+
+    def _success(self, ep: Endpoint) -> None:
+        if self.breakers.circuits and self.breakers.success(ep.name):
+            log.warning("replica %s: circuit closed (a probe succeeded)", ep.name)
+            self.series(ep).circuit.set(0)
+
     async def _forward(self, request: web.Request, payload: bytes, stream: bool, name: str, ep: Endpoint,
-                       start: float, wants_usage: bool) -> web.StreamResponse | bool:
-        """Send to one replica. A bool: it failed before any byte reached the client, try another (True: it was
-        too slow, False: it refused or broke). The upstream response is closed on every way out but a complete
-        answer: a client gone (the handler cancelled) or a timeout closes the engine's connection, and the engine
-        aborts the request."""
+                       start: float, wants_usage: bool) -> web.StreamResponse | _Failed:
+        """Send to one replica. ``_Failed``: it failed before any byte reached the client, try another. The
+        upstream response is closed on every way out but a complete answer: a client gone (the handler cancelled)
+        or a timeout closes the engine's connection, and the engine aborts the request."""
         assert self.session is not None
-        in_flight = self.metrics.in_flight.labels(**ep.labels, replica=ep.name)
+        series = self.series(ep)
         ep.in_flight += 1
-        in_flight.inc()
-        first_s = self.limits.first_byte_timeout_seconds
-        deadline = asyncio.get_running_loop().time() + first_s
+        series.in_flight.inc()
+        self.breakers.begin(ep.name, time.monotonic())
+        settled = False  # the breaker heard how this try went
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.first_byte_timeout_seconds
         resp: ClientResponse | None = None
         relayed = False  # once _stream has it, _stream records how it ended
         try:
             try:  # the wait for a free connection, the connect, the headers: all before the first byte
                 async with asyncio.timeout_at(deadline):
                     resp = await self.session.post(ep.url + request.path, data=payload,
-                                                   headers=self._upstream_headers())
+                                                   headers=self._upstream_headers(request[REQUEST_ID]))
             except (ClientConnectionError, TimeoutError) as exc:
-                ep.failed_until = time.monotonic() + FAILED_COOLDOWN_S
-                return isinstance(exc, TimeoutError) and not isinstance(exc, ClientConnectionError)
-            if resp.status in RETRY_STATUSES:
-                ep.failed_until = time.monotonic() + FAILED_COOLDOWN_S
-                return False
+                slow = isinstance(exc, TimeoutError) and not isinstance(exc, ClientConnectionError)
+                settled = True
+                self._failure(ep, "no first byte in time" if slow else f"connection: {exc}", request)
+                return _Failed(slow=slow)
+            if resp.status == BUSY or resp.status >= 500:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        raw = await resp.read()
+                except (ClientError, TimeoutError):
+                    raw = b""
+                settled = True
+                self._failure(ep, f"answered {resp.status}", request, counts=resp.status != BUSY)
+                headers = {k: v for k, v in resp.headers.items() if k in (hdrs.RETRY_AFTER, hdrs.CONTENT_TYPE)}
+                return _Failed(answer=web.Response(body=raw, status=resp.status, headers=headers))
             if stream and resp.status == 200:
-                left_s = max(deadline - asyncio.get_running_loop().time(), 0.0)
+                left_s = max(deadline - loop.time(), 0.0)
                 relayed = True
-                return await self._stream(request, resp, name, ep, start, wants_usage, left_s)
+                answer = await self._stream(request, resp, name, ep, start, wants_usage, left_s)
+                settled = True
+                if isinstance(answer, _Failed):
+                    self._failure(ep, "no first byte in time" if answer.slow else "broke off before any byte",
+                                  request)
+                else:
+                    self._success(ep)
+                return answer
             try:
                 async with asyncio.timeout_at(deadline):
                     raw = await resp.read()
             except TimeoutError:  # nothing was sent: another replica may answer in time
-                ep.failed_until = time.monotonic() + FAILED_COOLDOWN_S
-                return True
+                settled = True
+                self._failure(ep, "no answer in time", request)
+                return _Failed(slow=True)
             except ClientError:
                 request[OUTCOME] = 502
                 self._record(ep, 502, start, None, None, 0)
                 return _error(502, f"the replica of {name!r} broke off its answer", "server_error",
                               code="upstream_error")
+            settled = True
+            self._success(ep)
             out, usage = raw, None
             if resp.status == 200:
-                try:
-                    data = json.loads(raw)
-                except ValueError:
-                    data = None
-                if isinstance(data, dict):
-                    usage = data.get("usage")
-                    if data.get("model") != name:
-                        data["model"] = name
-                        out = json.dumps(data).encode()
+                out, usage = self._plain_answer(raw, name)
             self._record(ep, resp.status, start, None, usage, 0)
             return web.Response(body=out, status=resp.status, content_type=resp.content_type or "application/json")
         except asyncio.CancelledError:  # the client went away (or the drain ran out) while the replica worked
@@ -429,72 +631,74 @@ class Router:
                 self._record(ep, 499, start, None, None, 0)
             raise
         finally:
+            if not settled:
+                self.breakers.release(ep.name)
             if resp is not None:
                 resp.close()  # a no-op after a complete answer (the connection went back to the pool)
             ep.in_flight -= 1
-            in_flight.dec()
+            series.in_flight.dec()
+
+    @staticmethod
+    def _plain_answer(raw: bytes, name: str) -> tuple[bytes, Any]:
+        """A non-streamed answer with the deployment's name for its model, and its usage."""
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return raw, None
+        if not isinstance(data, dict):
+            return raw, None
+        if data.get("model") != name:
+            return json.dumps({**data, "model": name}).encode(), data.get("usage")
+        return raw, data.get("usage")
 
     async def _stream(self, request: web.Request, resp: ClientResponse, name: str, ep: Endpoint, start: float,
-                      wants_usage: bool, first_s: float) -> web.StreamResponse | bool:
-        """Relay the replica's SSE stream line by line, rewriting the model name and measuring tokens. Nothing is
-        sent to the client before the first line: until then a replica that breaks or stays silent for ``first_s``
-        is another replica's turn (a bool, as ``_forward``'s). A stream that breaks off, goes idle or ends without
-        [DONE] gets an error event and counts as 502, not 200."""
-        out = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+                      wants_usage: bool, first_s: float) -> web.StreamResponse | _Failed:
+        """Relay the replica's SSE stream a block of whole lines at a time (one write per block the replica sent),
+        rewriting the model name and measuring tokens (``relay.Relay``). Nothing is sent to the client before the
+        first line: until then a replica that breaks or stays silent for ``first_s`` is another replica's turn
+        (``_Failed``, as ``_forward``'s). A stream that breaks off, goes idle or ends without [DONE] gets an
+        error event and counts as 502, not 200."""
+        out = _SSEResponse(status=200, headers={hdrs.CONTENT_TYPE: "text/event-stream", hdrs.CACHE_CONTROL: "no-cache",
+                                                REQUEST_ID_HEADER: request[REQUEST_ID]})
+        relay = Relay(name, ep.request_model, wants_usage)
         first: float | None = None
-        chunks = 0
-        usage = None
         code = 499  # until the stream is over: a cancelled handler is a client that went away
-        done = False
         cut: str | None = None  # why the stream ended early: the code of its error event
-        lines = _lines(resp.content, first_s, self.limits.idle_timeout_seconds)
+        blocks = _blocks(resp.content, first_s, self.limits.idle_timeout_seconds)
+        ended = False  # the last block went out with the end of the chunked body
         try:
             while True:
                 try:
-                    line = await anext(lines)
+                    block = await anext(blocks)
                 except StopAsyncIteration:
                     break
                 except (ClientError, TimeoutError) as exc:
                     if not out.prepared:  # nothing sent yet: retry elsewhere
-                        ep.failed_until = time.monotonic() + FAILED_COOLDOWN_S
                         code = -1
-                        return isinstance(exc, FirstByteTimeout)
+                        return _Failed(slow=isinstance(exc, FirstByteTimeout))
                     cut = "upstream_idle_timeout" if isinstance(exc, IdleTimeout) else "upstream_stream_cut"
                     break  # bytes were sent, so no retry
-                if line.startswith(b"data:"):
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                    else:
-                        try:
-                            chunk = json.loads(data)
-                        except (ValueError, RecursionError):
-                            chunk = None
-                        if isinstance(chunk, dict):
-                            if _has_content(chunk):
-                                chunks += 1
-                                first = first or time.monotonic()
-                            if isinstance(chunk.get("usage"), dict):
-                                usage = chunk["usage"]
-                                if not chunk.get("choices") and not wants_usage:
-                                    continue  # the usage-only chunk the router asked for, not the client
-                            if chunk.get("model") != name:
-                                chunk["model"] = name
-                                try:
-                                    line = b"data: " + json.dumps(chunk).encode() + b"\n"
-                                except (ValueError, RecursionError):
-                                    pass  # cannot be re-encoded: relayed as the replica wrote it
+                data, found = relay.feed(block)
+                if found and first is None:
+                    first = time.monotonic()
                 if not out.prepared:
                     await out.prepare(request)
-                await out.write(line)
+                if relay.done and resp.content.at_eof():  # the replica's answer is over: one write ends it all
+                    ended = True
+                    await out.write_eof(data)
+                    break
+                if data:
+                    await out.write(data)
             if not out.prepared:
                 await out.prepare(request)
-            code = 200 if done and cut is None else 502
+            code = 200 if relay.done and cut is None else 502
             if code != 200:
                 why = (f"sent nothing for {self.limits.idle_timeout_seconds:g} s" if cut == "upstream_idle_timeout"
                        else "broke off the stream before it finished")
+                log.warning("request %s: the replica %s of %r %s", request[REQUEST_ID], ep.name, name, why)
                 await out.write(_sse_error(f"the replica of {name!r} {why}", cut or "upstream_stream_cut"))
-            await out.write_eof()
+            if not ended:
+                await out.write_eof()
         except ConnectionResetError:
             code = 499  # the client went away
         except asyncio.CancelledError:
@@ -506,27 +710,27 @@ class Router:
                     await out.write_eof()
             raise
         finally:
-            await lines.aclose()
+            await blocks.aclose()
             if code >= 0:
                 request[OUTCOME] = code
-                self._record(ep, code, start, first, usage, chunks)
+                self._record(ep, code, start, first, relay.usage, relay.chunks)
         return out
 
     def _record(self, ep: Endpoint, code: int, start: float, first: float | None, usage: Any,
                 chunks: int) -> None:
-        m, labels = self.metrics, ep.labels
+        series = self.series(ep)
         end = time.monotonic()
-        m.requests.labels(**labels, code=str(code)).inc()
+        series.code(code).inc()
         if code != 200:
             return
-        m.e2e.labels(**labels).observe(end - start)
+        series.e2e.observe(end - start)
         generated = _count(usage, "completion_tokens", chunks)
-        m.prompt_tokens.labels(**labels).inc(_count(usage, "prompt_tokens", 0))
-        m.generation_tokens.labels(**labels).inc(generated)
+        series.prompt_tokens.inc(_count(usage, "prompt_tokens", 0))
+        series.generation_tokens.inc(generated)
         if first is not None:
-            m.ttft.labels(**labels).observe(first - start)
+            series.ttft.observe(first - start)
             if generated > 1:
-                m.tpot.labels(**labels).observe((end - first) / (generated - 1))
+                series.tpot.observe((end - first) / (generated - 1))
 
 
 async def serve(router: Router, host: str, port: int, reuse_port: bool = True) -> web.AppRunner:
@@ -557,7 +761,8 @@ def run_from_config(path: Path, host: str, port: int, api_keys: Path | None = No
 
     async def main() -> None:
         keys = KeyRing(api_keys) if api_keys is not None else None
-        router = Router(limits=limits, keys=keys, engine_key=engine_key(), max_body_bytes=max_body_bytes)
+        router = Router(limits=limits, keys=keys, engine_key=engine_key(), max_body_bytes=max_body_bytes,
+                        health_checks=True)
         router.set_table(*read_config(path))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -571,7 +776,17 @@ def run_from_config(path: Path, host: str, port: int, api_keys: Path | None = No
         reload.cancel()
         log.info("drained")
 
-    asyncio.run(main())
+    run_fast(main())
+
+
+def run_fast(main: Awaitable[None]) -> None:
+    """Run on uvloop when it is installed (a faster event loop: fewer system calls per write), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)  # type: ignore[arg-type]
+        return
+    uvloop.run(main)  # type: ignore[arg-type]
 
 
 async def reload_forever(router: Router, path: Path, every_s: float = RELOAD_S) -> None:

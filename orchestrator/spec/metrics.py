@@ -79,6 +79,9 @@ ROUTER = {
                   "reqps", "router"),
     "in_flight": _m("moxin_requests_in_flight", "gauge", "Requests the router is waiting on, per replica.",
                     (*_R, "replica"), "short", "router"),
+    "circuit_open": _m("moxin_router_circuit_open", "gauge",
+                       "1 while the router's circuit breaker keeps a replica out (consecutive failures), 0 once a "
+                       "probe closed it again.", (*_R, "replica"), "short", "router"),
     "ttft": _m("moxin_request_ttft_seconds", "histogram", "Time to first token (streamed requests).", _R, "s",
                "router", TTFT_BUCKETS),
     "tpot": _m("moxin_request_tpot_seconds", "histogram", "Time per output token after the first.", _R, "s",

@@ -235,9 +235,14 @@ def test_router_configmap_holds_the_router_config_of_the_plan(example_name):
     router = by_kind(objects, "Deployment")["moxin-router"]
     (c,) = router["spec"]["template"]["spec"]["containers"]
     assert c["command"] == ["moxin", "router", "--config", "/etc/moxin/router.json", "--host", "0.0.0.0",
-                            "--port", "8080", "--connect-timeout-seconds", "5", "--drain-seconds", "25",
-                            "--first-byte-timeout-seconds", "300", "--idle-timeout-seconds", "60",
-                            "--max-connections-per-replica", "256"]
+                            "--port", "8080", "--circuit-cooldown-seconds", "10", "--circuit-failure-threshold", "5",
+                            "--connect-timeout-seconds", "5", "--drain-seconds", "25",
+                            "--first-byte-timeout-seconds", "300", "--health-check-interval-seconds", "5",
+                            "--health-check-timeout-seconds", "2", "--idle-timeout-seconds", "60", "--key-burst", "0",
+                            "--key-requests-per-second", "0", "--max-concurrent-requests", "0",
+                            "--max-connections-per-replica", "256", "--max-queued-requests", "0",
+                            "--queue-timeout-seconds", "30", "--retry-attempts", "3",
+                            "--retry-backoff-max-seconds", "0.5", "--retry-backoff-seconds", "0.005"]
     assert router["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30  # drainSeconds + 5
 
 

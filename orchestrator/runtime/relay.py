@@ -1,0 +1,106 @@
+"""What the router does to an engine's SSE stream on its way to the client, a block of whole lines at a time
+(``runtime/router.py`` reads the blocks and writes each in one write): the model field names the deployment, the
+usage chunk the router asked for (and the client did not) is dropped but measured, content chunks are counted and
+the first one timed, and [DONE] is noticed.
+
+Byte searches, not a JSON parse of every chunk: within a JSON document a quote inside a string is escaped, so
+``"model":`` or ``"content":"`` can only be a key and its value, never text a model generated. A line is parsed
+only when it must change in a way a byte replace cannot (a model name the engine spelled otherwise) or when it
+carries the usage, once per stream.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_CONTENT = re.compile(rb'"(?:reasoning_content|content|text)": ?"[^"]')
+"""A chunk with something generated (a non-empty content, reasoning_content or completion text)."""
+_USAGE = (b'"usage":{', b'"usage": {')
+_MODEL = b'"model":'
+_DONE = b"[DONE]"
+
+
+def _model_fields(model: str) -> tuple[bytes, bytes]:
+    value = json.dumps(model).encode()
+    return b'"model":' + value, b'"model": ' + value
+
+
+def _find_any(block: bytes, marks: tuple[bytes, ...]) -> int:
+    return max(block.find(m) for m in marks)
+
+
+class Relay:
+    """One stream's pass through the router. ``feed`` takes a block of whole lines (each ending in b"\\n") and
+    returns what to send on; ``first_content`` (the monotonic time of the first generated token: set by the
+    caller), ``chunks``, ``usage`` and ``done`` are what it saw."""
+
+    def __init__(self, name: str, request_model: str, wants_usage: bool) -> None:
+        self.name = name
+        self.wants_usage = wants_usage
+        self.want = _model_fields(name)
+        self.engine = _model_fields(request_model) if request_model != name else None
+        self.chunks = 0
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+
+    def feed(self, block: bytes) -> tuple[bytes, int]:
+        """The block as the client gets it, and how many content chunks it held."""
+        found = len(_CONTENT.findall(block))
+        self.chunks += found
+        if self.engine is not None:
+            block = block.replace(self.engine[0], self.want[0]).replace(self.engine[1], self.want[1])
+        models = block.count(_MODEL)
+        if models and models != block.count(self.want[0]) + block.count(self.want[1]):
+            block = self._lines(block, rewrite=True)  # a model spelled otherwise: rewrite line by line
+        elif (at := _find_any(block, _USAGE)) >= 0:  # only the line holding it is parsed
+            start = block.rfind(b"\n", 0, at) + 1
+            end = block.find(b"\n", at) + 1 or len(block)
+            kept, rest = self._lines(block[start:end], rewrite=False), block[end:]
+            if not kept:  # the usage chunk was dropped: so is the blank line that ended its event
+                rest = rest[1:] if rest.startswith(b"\n") else rest[2:] if rest.startswith(b"\r\n") else rest
+            block = block[:start] + kept + rest
+        if not self.done and (at := block.rfind(_DONE)) >= 0:
+            start = block.rfind(b"\n", 0, at) + 1
+            line = block[start:block.find(b"\n", at) + 1 or len(block)]
+            self.done = line.startswith(b"data:") and line[5:].strip() == _DONE
+        return block, found
+
+    def _lines(self, block: bytes, rewrite: bool) -> bytes:
+        out: list[bytes] = []
+        drop_blank = False
+        for line in block.splitlines(keepends=True):
+            if drop_blank and line in (b"\n", b"\r\n"):
+                drop_blank = False
+                continue  # the blank line that ended the dropped usage event
+            drop_blank = False
+            if line.startswith(b"data:") and (rewrite and _MODEL in line or _USAGE[0] in line or _USAGE[1] in line):
+                changed = self._chunk(line)
+                if changed is None:
+                    drop_blank = True
+                    continue
+                line = changed
+            out.append(line)
+        return b"".join(out)
+
+    def _chunk(self, line: bytes) -> bytes | None:
+        """One data line parsed: its usage kept; None to drop it (the usage-only chunk the client did not ask
+        for); else the line, with the model field set to the deployment's name."""
+        try:
+            chunk = json.loads(line[5:])
+        except (ValueError, RecursionError):
+            return line  # not JSON: relayed as the replica wrote it
+        if not isinstance(chunk, dict):
+            return line
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+            if not chunk.get("choices") and not self.wants_usage:
+                return None
+        if "model" in chunk and chunk["model"] != self.name:
+            chunk["model"] = self.name
+            try:
+                return b"data: " + json.dumps(chunk).encode() + b"\n"
+            except (ValueError, RecursionError):
+                return line
+        return line
