@@ -17,12 +17,15 @@ the plan and the options and is held only to read or swap them, never across a c
 ``apply`` answer while a loop waits on Ray. Only the loop thread changes records (and ``shutdown``, after waiting
 for the loop to end). Replicas are named detached actors: a restarted controller reads the plan back, finds the replicas by
 name and adopts them, engine processes untouched, and its counters: the restarts and replacements of each id's
-earlier actors (``KV_COUNTERS``), so that ``moxin_replica_restarts`` never goes back to 0 with a new controller.
+earlier actors (``KV_COUNTERS``), so that ``moxin_replica_restarts`` never goes back to 0 with a new controller, and
+each id's restart backoff (consecutive failures, the last one's time), so that a new controller does not start a
+crash-looping replica again at once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
@@ -120,9 +123,12 @@ class ReplicaRecord:
         """Engine restarts and replacements, over every actor of this id."""
         return self.description.get("restarts", 0) + self.carried_restarts + self.replacements
 
-    def counters(self) -> dict[str, int]:
-        """What is saved in GCS: counts of actors that no longer run (a running one's are in its description)."""
-        return {"engineRestarts": self.carried_restarts, "replacements": self.replacements}
+    def counters(self) -> dict[str, Any]:
+        """What is saved in GCS: counts of actors that no longer run (a running one's are in its description), and
+        the restart backoff while there is one (consecutive failures and when the last was), so that a restarted
+        controller does not start a crash-looping replica again at once."""
+        backoff = {"failures": self.failures, "lastFailure": self.last_failure} if self.failures else {}
+        return {"engineRestarts": self.carried_restarts, "replacements": self.replacements, **backoff}
 
     def observed(self) -> Observed:
         if self.stopping:
@@ -201,7 +207,7 @@ class Controller:
             name: rollouts.Run.from_json(data) for name, data in (cluster.kv_get(KV_ROLLOUTS) or {}).items()}
         """The rollouts, as saved in GCS; replaced whole (a loop or an API call), read without the lock."""
         self.adopted = self._adopt()
-        self._counters_saved: dict[str, dict[str, int]] = self._load_counters()
+        self._counters_saved: dict[str, dict[str, Any]] = self._load_counters()
         self.specs: list[ReplicaSpec] = self._desired(self.plan, cluster.known_nodes())
         """The plan's replicas, as of the last loop or apply."""
         self._thread: threading.Thread | None = None
@@ -233,7 +239,8 @@ class Controller:
             return {"plan": None if self.plan is None else self.plan.name, "replicas": rows,
                     "routers": self.router_addresses(), "metricsUrl": self.metrics_url(), "loops": self.loops,
                     "adopted": self.adopted, "events": self.events[-20:], "prometheusSd": self.options["prometheusSd"],
-                    "routerMetricsUrls": sorted(f"http://{r['metrics']}/metrics" for r in self.router_endpoints)}
+                    "routerMetricsUrls": sorted(f"http://{r['metrics']}/metrics" for r in self.router_endpoints),
+                    "pid": os.getpid(), "routerPids": sorted(r["pid"] for r in self.router_endpoints if "pid" in r)}
 
     def _row(self, rid: str, spec: ReplicaSpec | None) -> dict[str, Any]:
         rec = self.records.get(rid) or ReplicaRecord(rid)
@@ -245,7 +252,8 @@ class Controller:
                 "url": d.get("url"), "enginePid": d.get("enginePid"), "restarts": rec.restarts,
                 "replacements": rec.replacements,
                 "lastError": d.get("lastError", "") or _waiting_for(rec, spec), "log": d.get("log"),
-                "host": d.get("host"), "nodeId": d.get("nodeId"), "stages": d.get("stages") or []}
+                "host": d.get("host"), "nodeId": d.get("nodeId"), "stages": d.get("stages") or [],
+                "actorPid": d.get("actorPid"), "engineStartSeconds": _engine_start_s(d)}
 
     # -- rollouts (``moxin rollout ...``) ---------------------------------------------------------------------------
     def rollout_apply(self, name: str, spec: dict[str, Any], canary: dict[str, Any],
@@ -398,7 +406,8 @@ class Controller:
             self._forget(rid)
         with self._lock:
             for rec in self.records.values():
-                rec.carried_restarts = rec.replacements = 0
+                rec.carried_restarts = rec.replacements = rec.failures = 0
+                rec.last_failure = 0.0
             self._counters_saved = {}
         for handle in routers:
             self.cluster.kill(handle)
@@ -680,24 +689,28 @@ class Controller:
             self._event(f"adopted {len(adopted)} running replica(s): {', '.join(adopted)}")
         return adopted
 
-    def _load_counters(self) -> dict[str, dict[str, int]]:
-        """The counters a previous controller saved, into the records (adopted or not: an id may be between two
-        actors)."""
+    def _load_counters(self) -> dict[str, dict[str, Any]]:
+        """The counters and backoffs a previous controller saved, into the records (adopted or not: an id may be
+        between two actors)."""
         saved = self.cluster.kv_get(KV_COUNTERS) or {}
-        loaded: dict[str, dict[str, int]] = {}
+        loaded: dict[str, dict[str, Any]] = {}
         for rid, c in saved.items() if isinstance(saved, dict) else ():
             if not isinstance(c, dict):
                 continue
             rec = self.records.setdefault(rid, ReplicaRecord(rid))
             rec.carried_restarts = _count(c.get("engineRestarts"))
             rec.replacements = _count(c.get("replacements"))
+            rec.failures = _count(c.get("failures"))
+            last = c.get("lastFailure")
+            rec.last_failure = float(last) if rec.failures and isinstance(last, int | float) and \
+                not isinstance(last, bool) and math.isfinite(last) else 0.0
             loaded[rid] = rec.counters()
         return loaded
 
     def _save_counters(self) -> None:
         """Counters to GCS when they changed since the last save (read under the lock, written outside it)."""
         with self._lock:
-            counters = {rid: r.counters() for rid, r in self.records.items() if any(r.counters().values())}
+            counters = {rid: c for rid, r in self.records.items() if any((c := r.counters()).values())}
         if counters != self._counters_saved:
             self.cluster.kv_put(KV_COUNTERS, counters)
             self._counters_saved = counters
@@ -839,6 +852,12 @@ class Controller:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _engine_start_s(description: dict[str, Any]) -> float | None:
+    """Seconds its engine now serving took from start to ready (its last start, restarts included)."""
+    started, ready = description.get("engineStartedAt"), description.get("readyAt")
+    return None if started is None or ready is None else round(ready - started, 1)
 
 
 def _waiting_for(rec: ReplicaRecord, spec: ReplicaSpec | None) -> str:

@@ -429,7 +429,8 @@ def test_restart_and_replacement_counts_survive_a_controller_restart(make, clust
     cluster.actors[MAC].state = "failed"
     failed_at = clock.now = clock.now + 1
     c.reconcile_once()  # stopped as failed: one replacement
-    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 0, "replacements": 1}}
+    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 0, "replacements": 1, "failures": 1,
+                                                 "lastFailure": failed_at}}
     clock.now += 1
     assert c.reconcile_once() == [Forget(MAC, "stopped")]
 
@@ -450,17 +451,56 @@ def test_restart_and_replacement_counts_survive_a_controller_restart(make, clust
 
     cluster.actors[MAC].alive = False  # that actor dies: its engine restarts are carried, with one more replacement
     clock.now += 1
+    died_at = clock.now
     again.reconcile_once()
-    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 0, "replacements": 2}}
+    backoff = {"failures": 1, "lastFailure": died_at}
+    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 0, "replacements": 2, **backoff}}
     clock.now += 1
     again.reconcile_once()  # forgotten: the dead actor's 2 engine restarts move into the saved counters
-    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 2, "replacements": 2}}
+    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 2, "replacements": 2, **backoff}}
     assert rows(make())[MAC]["restarts"] == 4
 
     again.shutdown()
     assert cluster.kv_get(KV_COUNTERS) is None
     fresh = make()
     assert rows(fresh) == {} and fresh.records == {}
+
+
+def test_a_restarted_controller_keeps_the_restart_backoff_of_a_crash_looping_replica(make, cluster, clock,
+                                                                                   local_plan):
+    c = running(make(), cluster, clock, local_plan)
+    for failure in (1, 2):  # two failures in a row: the next start waits 2 x BACKOFF_BASE_S
+        if failure == 2:
+            clock.now += BACKOFF_BASE_S
+            assert [type(a) for a in c.reconcile_once()] == [Start]
+        cluster.actors[MAC].state = "failed"
+        failed_at = clock.now = clock.now + 1
+        c.reconcile_once()
+        clock.now += 1
+        assert c.reconcile_once() == [Forget(MAC, "stopped")]
+    assert cluster.kv_get(KV_COUNTERS)[MAC]["failures"] == 2
+
+    again = make()  # a controller restarted inside the backoff: it waits the rest of it, it does not start at once
+    assert again.records[MAC].failures == 2 and again.records[MAC].last_failure == failed_at
+    clock.now = failed_at + 2 * BACKOFF_BASE_S - 0.5
+    assert again.reconcile_once() == []
+    clock.now = failed_at + 2 * BACKOFF_BASE_S
+    assert again.reconcile_once() == [Start(specs_of(local_plan)[MAC], "restart after 2 failure(s)")]
+
+    cluster.actors[MAC].state = "ready"  # ready again: the backoff is over, and saved as over
+    clock.now += 1
+    again.reconcile_once()
+    assert "failures" not in cluster.kv_get(KV_COUNTERS)[MAC] and make().records[MAC].failures == 0
+
+
+@pytest.mark.parametrize("saved", [{"failures": -1, "lastFailure": 5.0}, {"failures": 2, "lastFailure": "soon"},
+                                   {"failures": True}, {"failures": 1, "lastFailure": float("nan")}])
+def test_a_malformed_saved_backoff_starts_at_once(make, cluster, clock, local_plan, saved):
+    cluster.kv_put(KV_PLAN, local_plan.to_json())
+    cluster.kv_put(KV_COUNTERS, {MAC: saved})
+    c = make()
+    assert c.records[MAC].last_failure == 0.0
+    assert sorted(a.spec.id for a in c.reconcile_once() if isinstance(a, Start)) == [GPU, MAC]
 
 
 def test_counters_are_written_only_when_they_change(make, cluster, clock, local_plan):
