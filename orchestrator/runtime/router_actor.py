@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ class RouterActor:
             await runner.cleanup()
         return True
 
-    async def start(self) -> dict[str, str]:
+    async def start(self) -> dict[str, Any]:
         if self._drained:
             raise RuntimeError("this router has drained; start a new one")
         if self._task is None:
@@ -104,4 +105,4 @@ class RouterActor:
                 self._task.result()  # surfaces a bind error to the caller
         # Bound to one address (127.0.0.1 without API keys): that address is where it answers, not the node's IP.
         host = ray.util.get_node_ip_address() if self.host in WILDCARD_HOSTS else self.host
-        return {"url": f"http://{host}:{self.port}", "metrics": f"{host}:{self.metrics_port}"}
+        return {"url": f"http://{host}:{self.port}", "metrics": f"{host}:{self.metrics_port}", "pid": os.getpid()}
