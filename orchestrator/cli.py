@@ -637,7 +637,8 @@ def status(address: str | None, sd_file: Path | None, fmt: str) -> None:
     rows = []
     for r in st["replicas"]:
         labels = r.get("labels", {})
-        state = r["state"] + (" (draining)" if r["draining"] else "") + ("" if r["desired"] else " (extra)")
+        state = r["state"] + (" (draining)" if r["draining"] else "") + ("" if r["desired"] else " (extra)") + \
+            (" (unschedulable)" if r.get("unschedulable") else "")
         rows.append([r["id"], state, labels.get("deployment", "-"), labels.get("variant", "-"),
                      labels.get("pool", "-") + (" (emulated)" if labels.get("emulated") == "true" else ""),
                      labels.get("engine", "-"), ",".join(r.get("nodes", [])) or "-", r["url"] or "-",

@@ -47,6 +47,7 @@ from orchestrator.runtime.desired import ReplicaSpec, replica_specs
 from orchestrator.runtime.metrics import ControllerMetrics
 from orchestrator.runtime.names import KV_COUNTERS, KV_OPTIONS, KV_PLAN, KV_ROLLOUTS, ROUTER_PREFIX
 from orchestrator.runtime.reconcile import (
+    PENDING_DEADLINE_S,
     STOP_TIMEOUT_S,
     Action,
     Drain,
@@ -56,7 +57,9 @@ from orchestrator.runtime.reconcile import (
     State,
     Stop,
     Undrain,
+    Unschedulable,
     decide,
+    unschedulable,
 )
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ROUTER_PORT
 from orchestrator.spec.metrics import SCRAPE_JOBS
@@ -79,7 +82,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "metricsPort": CONTROLLER_METRICS_PORT, "routers": 1, "routerHost": "0.0.0.0", "routerPort": ROUTER_PORT,
     "apiKeys": None,
     "logDir": str(Path(tempfile.gettempdir()) / "moxin" / "logs"), "drainSeconds": 10.0, "graceSeconds": 15.0,
-    "prometheusSd": None, "routerLimits": {}, "prometheusUrl": None,
+    "prometheusSd": None, "routerLimits": {}, "prometheusUrl": None, "pendingDeadlineSeconds": PENDING_DEADLINE_S,
 }
 
 
@@ -98,6 +101,8 @@ class ReplicaRecord:
     there is one."""
     state: State = State.PENDING
     draining_since: float | None = None
+    pending_since: float | None = None
+    """When its actor started waiting for its placement group (Ray resources); None when not waiting."""
     stop_ref: Any = None
     """What its stop call returns, while it stops; None otherwise."""
     stop_since: float | None = None
@@ -194,6 +199,10 @@ class Controller:
         self.router_endpoints: list[dict[str, str]] = []
         self.events: list[str] = []
         self.table: dict[str, list[dict]] = {}
+        self.nodes: frozenset[str] = frozenset()
+        """The fleet nodes live Ray nodes declared at the last observation."""
+        self.unschedulable: dict[str, Unschedulable] = {}
+        """Replicas waiting for resources past the pending deadline, with why and what would fix it."""
         self.splits: dict[str, dict[str, float]] = {}
         """Rollout splits of the routing table ({deployment: {"canaryPercent": W}})."""
         self.loops = 0
@@ -251,7 +260,8 @@ class Controller:
                    if spec else {}),
                 "url": d.get("url"), "enginePid": d.get("enginePid"), "restarts": rec.restarts,
                 "replacements": rec.replacements,
-                "lastError": d.get("lastError", "") or _waiting_for(rec, spec), "log": d.get("log"),
+                "unschedulable": (u := self.unschedulable.get(rid)) and u.to_json(),
+                "lastError": d.get("lastError", "") or _waiting_for(rec, spec, u), "log": d.get("log"),
                 "host": d.get("host"), "nodeId": d.get("nodeId"), "stages": d.get("stages") or [],
                 "actorPid": d.get("actorPid"), "engineStartSeconds": _engine_start_s(d)}
 
@@ -437,7 +447,7 @@ class Controller:
             view = self._view()
             snapshot = self._observe(view)                                     # 1. observe (reads only)
             desired = self._desired(view.plan, snapshot.nodes)
-            observed, failures = self._remember(snapshot, view, desired)
+            observed, failures = self._remember(snapshot, view, desired, now)
             actions = decide(desired, observed, failures, now, float(view.options["drainSeconds"]))  # 2. decide
             self._save_desired(view.plan)                                      # 3. save desired
             self._act_all(actions, view, now)                                  # 4. act
@@ -470,10 +480,11 @@ class Controller:
         replies = self.cluster.describe_all(view.handles, OBSERVE_TIMEOUT_S)
         return Snapshot(nodes, replies, stopped)
 
-    def _remember(self, snapshot: Snapshot, view: _View, desired: list[ReplicaSpec],
+    def _remember(self, snapshot: Snapshot, view: _View, desired: list[ReplicaSpec], now: float,
                   ) -> tuple[dict[str, Observed], dict[str, tuple[int, float]]]:
         """Fold a snapshot into the records (under the lock, no cluster call); what ``decide`` reads."""
         with self._lock:
+            self.nodes = snapshot.nodes
             for rid, reply in snapshot.replies.items():
                 rec = self.records.get(rid)
                 if rec is None or rec.handle is not view.handles[rid]:
@@ -484,6 +495,10 @@ class Controller:
                     rec.description, rec.state = reply, State(reply["state"])
                 if rec.state == State.READY:
                     rec.failures, rec.last_failure = 0, 0.0
+                if rec.state != State.PENDING:
+                    rec.pending_since = None
+                elif rec.pending_since is None:  # adopted while waiting: from now on
+                    rec.pending_since = now
             for rid in snapshot.stopped:
                 if rid in self.records:
                     self.records[rid].stop_done = True
@@ -648,6 +663,7 @@ class Controller:
             with self._lock:
                 rec = self.records.setdefault(spec.id, ReplicaRecord(spec.id))
                 rec.handle, rec.spec_hash, rec.state, rec.description = handle, spec.spec_hash, State.PENDING, {}
+                rec.pending_since = now
             self._event(f"start {spec.id} ({action.reason})")
         elif isinstance(action, Drain):
             with self._lock:
@@ -676,7 +692,7 @@ class Controller:
             rec = self.records[rid]
             rec.carried_restarts += rec.description.get("restarts", 0)  # the engine restarts it counted
             rec.handle, rec.spec_hash, rec.description, rec.state = None, "", {}, State.PENDING
-            rec.draining_since = None
+            rec.draining_since = rec.pending_since = None
             rec.stop_ref, rec.stop_since, rec.stop_done = None, None, False
 
     def _adopt(self) -> list[str]:
@@ -738,9 +754,13 @@ class Controller:
             self.table = table = self._routing_table(specs)
             self.splits = rollouts.split(list(self.runs.values()))
             restarts = {s.id: (self.records.get(s.id) or ReplicaRecord(s.id)).restarts for s in specs}
+            before, self.unschedulable = self.unschedulable, self._unschedulable(plan, specs)
+            stuck = self.unschedulable
+        for rid in sorted(set(stuck) - set(before)):
+            self._event(f"{rid} is unschedulable: {stuck[rid].reason}. To fix: {stuck[rid].fix}")
         m = self.metrics
-        for g in (m.pool_devices, m.pool_allocated, m.desired, m.ready, m.pending, m.restarts, m.capacity,
-                  m.output_tokens, m.batch, m.cost, m.slo_target):
+        for g in (m.pool_devices, m.pool_allocated, m.desired, m.ready, m.pending, m.unschedulable, m.restarts,
+                  m.capacity, m.output_tokens, m.batch, m.cost, m.slo_target):
             g.clear()
         if plan is None:
             return
@@ -756,6 +776,7 @@ class Controller:
             m.cost.labels(**spec.labels).inc(spec.cost_usd_per_hour or 0.0)
             m.ready.labels(**spec.labels).inc(1 if spec.id in routed else 0)
             m.pending.labels(**spec.labels).inc(0 if spec.id in routed else 1)
+            m.unschedulable.labels(**spec.labels).inc(1 if spec.id in stuck else 0)
             m.output_tokens.labels(**spec.labels).inc(spec.output_tokens_per_second)
             m.batch.labels(**spec.labels).inc(spec.batch)
             m.restarts.labels(**spec.labels).inc(restarts[spec.id])
@@ -765,6 +786,21 @@ class Controller:
                     m.slo_target.labels(deployment=deployment, objective=objective).set(target)
         self._record_rollouts()
         self._write_sd()
+
+    def _unschedulable(self, plan: Plan | None, specs: list[ReplicaSpec]) -> dict[str, Unschedulable]:
+        """The plan's replicas waiting for resources past the pending deadline (under the lock)."""
+        if plan is None:
+            return {}
+        pool_nodes = {p.name: list(p.node_names) for p in plan.spec.pools}
+        deadline = float(self.options.get("pendingDeadlineSeconds") or PENDING_DEADLINE_S)
+        out = {}
+        for spec in specs:
+            rec = self.records.get(spec.id)
+            if rec is not None and rec.running and not rec.stopping and rec.state == State.PENDING:
+                u = unschedulable(spec, rec.pending_since, self.nodes, pool_nodes, self.clock(), deadline)
+                if u is not None:
+                    out[spec.id] = u
+        return out
 
     def _record_rollouts(self) -> None:
         """Each rollout's phase (one-hot), step, weight, wait against its deadline, and its gates' last readings."""
@@ -860,8 +896,10 @@ def _engine_start_s(description: dict[str, Any]) -> float | None:
     return None if started is None or ready is None else round(ready - started, 1)
 
 
-def _waiting_for(rec: ReplicaRecord, spec: ReplicaSpec | None) -> str:
+def _waiting_for(rec: ReplicaRecord, spec: ReplicaSpec | None, stuck: Unschedulable | None = None) -> str:
     if spec is None or rec.state != State.PENDING or not rec.running:
         return ""
+    if stuck is not None:
+        return f"unschedulable for {stuck.waiting_s:.0f} s: {stuck.reason}. To fix: {stuck.fix}"
     return (f"waiting for Ray resources: {spec.strategy} {spec.bundles} (a node must declare them: "
             "moxin node-resources)")

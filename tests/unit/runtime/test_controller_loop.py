@@ -65,6 +65,8 @@ class FakeCluster:
         self.actors: dict[str, FakeReplica] = {}
         self.routers: dict[str, str] = {}
         self.pending: set[str] = set()
+        self.nodes: set[str] = set(NODES)
+        """Fleet nodes that live Ray nodes declare."""
         self.fail_starts: dict[str, int] = {}
         self.describe_gate: threading.Event | None = None
         self.describing = threading.Event()
@@ -97,7 +99,7 @@ class FakeCluster:
         return "10.0.0.1"
 
     def known_nodes(self) -> set[str]:
-        return set(NODES)
+        return set(self.nodes)
 
     def list_replicas(self) -> dict[str, FakeReplica]:
         return {rid: a for rid, a in self.actors.items() if a.alive}
@@ -368,6 +370,41 @@ def test_a_replica_whose_placement_group_waits_is_pending_and_status_names_the_b
     cluster.actors[GPU].state = "ready"
     c.reconcile_once()
     assert rows(c)[GPU]["state"] == "ready" and rows(c)[GPU]["lastError"] == "" and GPU in routed(c)
+
+
+def test_a_replica_pending_past_the_deadline_is_reported_unschedulable_with_the_reason_and_the_fix(
+        make, cluster, clock, local_plan):
+    cluster.nodes = {"mac-emu-0"}  # the GPU node is gone from the Ray cluster
+    cluster.pending.add(GPU)
+    c = make(pendingDeadlineSeconds=60.0)
+    c.apply(local_plan)
+    c.reconcile_once()
+    labels = specs_of(local_plan)[GPU].labels
+
+    def gauge() -> float:
+        return c.metrics.unschedulable.labels(**labels)._value.get()
+    clock.now += 60
+    c.reconcile_once()
+    assert rows(c)[GPU]["unschedulable"] is None and gauge() == 0  # at the deadline: still waiting
+    clock.now += 1
+    assert c.reconcile_once() == []  # reported, nothing restarted
+    row = rows(c)[GPU]
+    assert row["state"] == "pending" and row["unschedulable"]["waitingSeconds"] == 61
+    reason = ("node gpu-emu-0 (pool gpu-emu) is not in the Ray cluster; no other node of pool gpu-emu is in it")
+    assert row["unschedulable"]["reason"] == reason
+    assert row["lastError"].startswith(f"unschedulable for 61 s: {reason}. To fix: bring node gpu-emu-0 back")
+    assert gauge() == 1 and rows(c)[MAC]["unschedulable"] is None
+    assert sum(f"{GPU} is unschedulable" in e for e in c.status()["events"]) == 1
+    clock.now += 1
+    c.reconcile_once()
+    assert sum(f"{GPU} is unschedulable" in e for e in c.status()["events"]) == 1  # said once, not every loop
+
+    cluster.nodes = set(NODES)  # the node is back and the group placed
+    cluster.pending.clear()
+    cluster.actors[GPU].state = "ready"
+    clock.now += 1
+    c.reconcile_once()
+    assert rows(c)[GPU]["unschedulable"] is None and gauge() == 0 and rows(c)[GPU]["lastError"] == ""
 
 
 def test_status_and_apply_answer_while_a_describe_call_blocks(make, cluster, local_plan):
