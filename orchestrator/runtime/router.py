@@ -168,6 +168,9 @@ class Router:
                  keys: KeyRing | None = None, engine_key: str | None = None,
                  max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.balancer = Balancer()
+        self.has_table = False
+        """A routing table has been taken. Until then a model request gets a retriable 503, not a 404: a router
+        restarted beside others on a shared port may get connections before its first table."""
         self.metrics = metrics or RouterMetrics()
         self.limits = limits or RouterLimits()
         self.keys = keys
@@ -183,6 +186,7 @@ class Router:
         """Replace the routing table and its rollout splits ({name: {"canaryPercent": W}}); ValueError (and the
         old table stays) when they are not valid."""
         self.balancer.update(check_deployments(table), check_splits(splits or {}, table))
+        self.has_table = True
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._guard])
@@ -317,6 +321,9 @@ class Router:
         if invalid is not None:
             return _error(400, invalid.message, param=invalid.param)
         name = body["model"]
+        if not self.has_table:
+            return _error(503, "the router has no routing table yet (it is starting); retry", "service_unavailable",
+                          code="router_starting", headers={"Retry-After": "1"})
         if name not in self._visible(request):  # a deployment the key may not use does not exist, for it
             return _error(404, f"model {_short(name)!r} not found; served models: {self._visible(request)}",
                           param="model", code="model_not_found")

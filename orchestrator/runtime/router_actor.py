@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+FIRST_TABLE_S = 5.0
 
 
 class RouterActor:
@@ -50,8 +51,8 @@ class RouterActor:
         self._refused: str | None = None  # the last table error logged, so a bad table is logged once
 
     async def _run(self) -> None:
+        controller = await self._first_table()  # before the port opens: no request meets an empty router
         self._runner = await serve(self.router, self.host, self.port)
-        controller = None
         # Several routers share the public port (the kernel picks one per connection), so each also serves its
         # own metrics on a private port: Prometheus scrapes every router, not whichever answers.
         own = web.Application()
@@ -72,6 +73,17 @@ class RouterActor:
             else:
                 self._take(table)
             await asyncio.sleep(REFRESH_S)
+
+    async def _first_table(self) -> Any:
+        """The controller's routing table, waited for up to FIRST_TABLE_S (a router Ray restarted while the
+        controller is away serves without one: its model requests get a retriable 503 until one comes). Returns the
+        controller's handle, or None."""
+        try:
+            controller = ray.get_actor(CONTROLLER, namespace=NAMESPACE)
+            self._take(await asyncio.wait_for(controller.routing_document.remote(), FIRST_TABLE_S))
+            return controller
+        except Exception:  # no controller (yet): the refresh loop keeps asking
+            return None
 
     def _take(self, document: Any) -> None:
         """A routing-table document from the controller: {"deployments": ..., "splits": ...}."""
