@@ -41,7 +41,8 @@ class MoxinGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MoxinError as exc:
-            click.echo(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", err=True)
+            text = str(exc) + "".join(f"\n  - {r}" for r in getattr(exc, "reasons", None) or [])
+            click.echo(f"error: {text}" if "\n" not in text else f"error:\n{text}", err=True)
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
