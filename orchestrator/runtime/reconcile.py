@@ -90,8 +90,10 @@ Action = Start | Drain | Undrain | Stop | Forget
 
 
 def backoff_s(failures: int) -> float:
-    """Delay before starting a replica again after ``failures`` consecutive failures (0 -> none)."""
-    return 0.0 if failures <= 0 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
+    """Delay before starting a replica again after ``failures`` consecutive failures: none after the first (a replica
+    lost once, with its node or its actor, is replaced at once), then BACKOFF_BASE_S doubling up to BACKOFF_MAX_S
+    (a replica that fails again before it is ready is crash-looping)."""
+    return 0.0 if failures <= 1 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 2))
 
 
 def readiness_budget_s(spec: ReplicaSpec) -> float:

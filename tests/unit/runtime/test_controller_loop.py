@@ -281,14 +281,10 @@ def test_a_dead_or_failed_replica_is_stopped_then_restarted_after_its_backoff(ma
     assert c.records[MAC].failures == 1 and rows(c)[MAC]["restarts"] == 1
     assert cluster.called("forget") == []  # observing a dead replica acts on nothing; the executor stopped it
 
-    clock.now += 1  # the stop finished: forgotten, but not started again before the backoff
-    assert c.reconcile_once() == [Forget(MAC, "stopped")]
-    assert cluster.called("forget") == [MAC] and not old.alive and rows(c)[MAC]["state"] == "missing"
-    clock.now = failed_at + BACKOFF_BASE_S - 0.5
-    assert c.reconcile_once() == []
-    clock.now = failed_at + BACKOFF_BASE_S
+    clock.now = failed_at + 1  # the stop finished: forgotten, and replaced at once (its first failure)
     spec = specs_of(local_plan)[MAC]
-    assert c.reconcile_once() == [Start(spec, "restart after 1 failure(s)")]
+    assert c.reconcile_once() == [Forget(MAC, "stopped"), Start(spec, "restart after 1 failure(s)")]
+    assert cluster.called("forget") == [MAC] and not old.alive
     new = cluster.actors[MAC]
     assert new is not old and cluster.called("start_replica").count(MAC) == 2
 
@@ -299,20 +295,25 @@ def test_a_dead_or_failed_replica_is_stopped_then_restarted_after_its_backoff(ma
     assert cluster.called("stop_replica") == [MAC]  # the other replica was never touched
 
 
-def test_a_second_failure_doubles_the_backoff(make, cluster, clock, local_plan):
+def test_a_second_failure_waits_for_the_backoff_and_a_third_doubles_it(make, cluster, clock, local_plan):
     c = running(make(), cluster, clock, local_plan)
-    for failure in (1, 2):
+    cluster.actors[MAC].state = "failed"
+    clock.now += 1
+    c.reconcile_once()
+    clock.now += 1
+    assert [type(a) for a in c.reconcile_once()] == [Forget, Start]  # the first failure: replaced at once
+    for failure in (2, 3):  # failed again before it was ready: crash-looping
         cluster.actors[MAC].state = "failed"
         failed_at = clock.now = clock.now + 1
         assert c.reconcile_once() == [Stop(MAC, "replica is failed", failed=True)]
         clock.now += 1
         assert c.reconcile_once() == [Forget(MAC, "stopped")]
-        backoff = BACKOFF_BASE_S * 2 ** (failure - 1)
+        backoff = BACKOFF_BASE_S * 2 ** (failure - 2)
         clock.now = failed_at + backoff - 0.5
         assert c.reconcile_once() == []
         clock.now = failed_at + backoff
         assert [type(a) for a in c.reconcile_once()] == [Start]
-    assert c.records[MAC].failures == 2
+    assert c.records[MAC].failures == 3
 
 
 def test_a_replica_no_longer_in_the_plan_is_drained_then_stopped_after_the_drain_seconds(make, cluster, clock,
@@ -469,12 +470,13 @@ def test_restart_and_replacement_counts_survive_a_controller_restart(make, clust
     assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 0, "replacements": 1, "failures": 1,
                                                  "lastFailure": failed_at}}
     clock.now += 1
-    assert c.reconcile_once() == [Forget(MAC, "stopped")]
+    cluster.fail_starts[MAC] = 1  # its replacement is refused: the id has no actor for a while
+    assert [type(a) for a in c.reconcile_once()] == [Forget, Start]
+    assert MAC not in cluster.actors
 
     between = make()  # a controller restarted while the id has no actor: the count is still there
     assert rows(between)[MAC]["restarts"] == 1 and rows(between)[MAC]["replacements"] == 1
-    clock.now = failed_at + BACKOFF_BASE_S
-    assert [type(a) for a in between.reconcile_once()] == [Start]
+    assert [type(a) for a in between.reconcile_once()] == [Start]  # one failure: no backoff to wait for
     cluster.actors[MAC].state, cluster.actors[MAC].restarts = "ready", 2  # its engine restarted twice
     clock.now += 1
     between.reconcile_once()
@@ -506,23 +508,23 @@ def test_restart_and_replacement_counts_survive_a_controller_restart(make, clust
 def test_a_restarted_controller_keeps_the_restart_backoff_of_a_crash_looping_replica(make, cluster, clock,
                                                                                    local_plan):
     c = running(make(), cluster, clock, local_plan)
-    for failure in (1, 2):  # two failures in a row: the next start waits 2 x BACKOFF_BASE_S
-        if failure == 2:
+    for failure in (1, 2, 3):  # three failures in a row: the next start waits 2 x BACKOFF_BASE_S
+        if failure == 3:
             clock.now += BACKOFF_BASE_S
             assert [type(a) for a in c.reconcile_once()] == [Start]
         cluster.actors[MAC].state = "failed"
         failed_at = clock.now = clock.now + 1
         c.reconcile_once()
         clock.now += 1
-        assert c.reconcile_once() == [Forget(MAC, "stopped")]
-    assert cluster.kv_get(KV_COUNTERS)[MAC]["failures"] == 2
+        c.reconcile_once()  # forgotten (and, after the first failure, started again at once)
+    assert cluster.kv_get(KV_COUNTERS)[MAC]["failures"] == 3
 
     again = make()  # a controller restarted inside the backoff: it waits the rest of it, it does not start at once
-    assert again.records[MAC].failures == 2 and again.records[MAC].last_failure == failed_at
+    assert again.records[MAC].failures == 3 and again.records[MAC].last_failure == failed_at
     clock.now = failed_at + 2 * BACKOFF_BASE_S - 0.5
     assert again.reconcile_once() == []
     clock.now = failed_at + 2 * BACKOFF_BASE_S
-    assert again.reconcile_once() == [Start(specs_of(local_plan)[MAC], "restart after 2 failure(s)")]
+    assert again.reconcile_once() == [Start(specs_of(local_plan)[MAC], "restart after 3 failure(s)")]
 
     cluster.actors[MAC].state = "ready"  # ready again: the backoff is over, and saved as over
     clock.now += 1

@@ -76,16 +76,17 @@ def test_a_changed_launch_replaces_the_replica_and_a_stopping_one_is_waited_for(
 def test_dead_or_failed_replicas_are_stopped_as_failures_and_restarted_after_backoff(state):
     assert decide([spec("a")], {"a": obs("a", state)}, {}, now=1.0) == [Stop("a", f"replica is {state.value}",
                                                                              failed=True)]
-    failures = {"a": (2, 100.0)}  # two failures, the last at t=100: backoff 10 s
+    failures = {"a": (3, 100.0)}  # three failures, the last at t=100: backoff 10 s
     assert decide([spec("a")], {}, failures, now=105.0) == []
     started = decide([spec("a")], {}, failures, now=110.0)
-    assert started == [Start(spec("a"), "restart after 2 failure(s)")]
+    assert started == [Start(spec("a"), "restart after 3 failure(s)")]
+    assert decide([spec("a")], {}, {"a": (1, 100.0)}, now=100.0) == [Start(spec("a"), "restart after 1 failure(s)")]
     # A dead replica that is no longer wanted is stopped without counting as a failure to restart.
     assert decide([], {"a": obs("a", state)}, {}, now=1.0) == [Stop("a", f"replica is {state.value}", failed=False)]
 
 
-def test_backoff_doubles_and_is_capped():
-    assert [backoff_s(n) for n in range(5)] == [0.0, 5.0, 10.0, 20.0, 40.0]
+def test_the_first_failure_is_replaced_at_once_then_the_backoff_doubles_and_is_capped():
+    assert [backoff_s(n) for n in range(6)] == [0.0, 0.0, 5.0, 10.0, 20.0, 40.0]
     assert backoff_s(50) == BACKOFF_MAX_S
 
 
@@ -121,8 +122,10 @@ def test_a_stopped_replica_is_forgotten_and_started_again_in_the_same_pass_if_wa
     done = Observed("a", "", State.STOPPING, since=100.0, stopped=True)
     assert decide([spec("a")], {"a": done}, {}, now=101.0) == [Forget("a", "stopped"), Start(spec("a"), "missing")]
     assert decide([], {"a": done}, {}, now=101.0) == [Forget("a", "stopped")]
-    # A failed one waits for its backoff: forgotten now, started later.
-    assert decide([spec("a")], {"a": done}, {"a": (1, 100.0)}, now=101.0) == [Forget("a", "stopped")]
+    # Failed once: replaced at once. Failed again: it waits for its backoff, forgotten now, started later.
+    assert decide([spec("a")], {"a": done}, {"a": (1, 100.0)}, now=101.0) == [
+        Forget("a", "stopped"), Start(spec("a"), "restart after 1 failure(s)")]
+    assert decide([spec("a")], {"a": done}, {"a": (2, 100.0)}, now=101.0) == [Forget("a", "stopped")]
 
 
 def test_a_stop_that_never_returns_is_forgotten_after_the_stop_timeout():
