@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -523,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cluster.close()
         print(moxin(env, "down", check=False).stdout, flush=True)
+        shutil.rmtree(home, ignore_errors=True)
     print(report.table())
     problems = report.problems()
     for p in problems:
