@@ -27,11 +27,13 @@ def test_clean_errors_are_allowed_and_a_request_lost_before_it_started_is_a_viol
 def test_the_report_names_slow_recoveries_orphans_duplicates_and_an_engine_that_outlived_its_node():
     faults = [result("engine", 0, 10, recovered_s=40.0, engine_start_s=30.0),  # bound 45 s: fine
               result("actor", 10, 20, recovered_s=50.0, engine_start_s=30.0),  # over its bound
-              result("rollout", 20, 30, recovered_s=50.0, engine_start_s=30.0, extra_s=10.0),  # drain counted
+              result("rollout", 20, 30, recovered_s=90.0, engine_start_s=30.0, bounded=False),  # no bound
+              result("rollout", 25, 30, recovered_s=None, bounded=False),  # never Succeeded
               result("controller", 30, 40, orphans=[123], duplicates={"r": 2}),
               result("node", 40, 50, fenced_s=None), result("router", 50, 60, recovered_s=None)]
     problems = Report([], faults, 60).problems()
     assert problems == ["actor (t): recovered in 50.0 s, bound 45.0 s",
+                        "rollout (t): recovered in None s",
                         "controller: orphan engines [123], duplicates {'r': 2}",
                         "node: the lost node's engine outlived its raylet by more than 30 s",
                         "router (t): recovered in None s, bound 15.0 s"]
