@@ -7,8 +7,9 @@ too long for this bound).
 
 Must hold: every failed request is a clean retriable error (503 with a JSON body, an SSE error event when the one
 replica serving it died, or the SIGKILLed router's own streams); 0 orphan engines and 0 duplicate replicas after
-each fault; each fault recovered within the engine's own start time + 15 s (a node's from its return); the lost node's
-engine gone within 30 s; the rollout Succeeded (a planned change, not held to that bound: its time is reported). Run under `flock /tmp/moxin-ray.lock`.
+each fault; each fault recovered within the engine's own start time + 15 s (a node's from its return); the lost
+node's engine gone within 30 s; the rollout Succeeded (a planned change, not held to that bound: its time is
+reported). Run under `flock /tmp/moxin-ray.lock`.
 """
 
 from __future__ import annotations
