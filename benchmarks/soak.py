@@ -26,8 +26,9 @@ id). A fault must recover within the start time of the engines it restarted + 15
 return); a rollout step must end Succeeded (its time is reported, not bounded). Every request's outcome is
 classified; a failure is allowed only when it is a clean retriable error: a 503
 with a JSON error body, a stream the router ended with an SSE error event (the one replica serving it died
-mid-stream), or a stream cut by the SIGKILL of the router carrying it. Anything lost before it started
-(connection refused or reset, no answer) is a violation.
+mid-stream), or a request cut by the SIGKILL of the router that had accepted it (its connection closed, not
+reset, within 2 s of that SIGKILL: ``BY_ROUTER_KILL``). Anything lost before it started (connection refused or
+reset, e.g. left in the killed router's accept queue; no answer) is a violation.
 
 ``tests/integration/test_soak.py`` runs the same machinery for about five minutes and asserts what must hold.
 """
@@ -61,7 +62,7 @@ from orchestrator.bench.host import describe  # noqa: E402
 
 MOXIN = [sys.executable, "-m", "orchestrator"]
 DEPLOYMENT = "tiny-chat"
-ALLOWED = frozenset({"retriable_503", "stream_cut", "router_killed_mid_stream"})
+ALLOWED = frozenset({"retriable_503", "stream_cut", "router_killed_mid_stream", "router_killed_before_first_byte"})
 """Failure causes that are clean retriable errors (see the module docstring)."""
 FENCE_S = 30.0
 RECOVERY_MARGIN_S = 15.0
@@ -79,8 +80,9 @@ ROLLOUT_CATALOG = (FLEET, DATA / "tiny-llama.yaml", DATA / "rollout")
 @dataclass(frozen=True)
 class Outcome:
     cause: str
-    """ok, retriable_503, stream_cut, router_killed_mid_stream (allowed failures) or a violation: connect_error,
-    reset_before_start, http_<code>, dropped_mid_stream, truncated, timeout, other."""
+    """ok, retriable_503, stream_cut, router_killed_mid_stream, router_killed_before_first_byte (allowed failures)
+    or a violation: connect_error, reset_before_start, disconnected_before_first_byte, http_<code>,
+    dropped_mid_stream, truncated, timeout, other."""
     started: float
     ended: float
     detail: str = ""
@@ -112,7 +114,10 @@ async def one_request(session: aiohttp.ClientSession, url: str, i: int, max_toke
             return Outcome(cause, t0, time.time(), error_event or "")
     except aiohttp.ClientConnectorError as exc:
         return Outcome("connect_error", t0, time.time(), str(exc)[:200])
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+    except aiohttp.ServerDisconnectedError as exc:  # a FIN: a process that had taken the request exited
+        cause = "dropped_mid_stream" if headers_seen else "disconnected_before_first_byte"
+        return Outcome(cause, t0, time.time(), f"{type(exc).__name__}: {exc}"[:200])
+    except (aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:  # a reset: e.g. left in a closed accept queue
         cause = "dropped_mid_stream" if headers_seen else "reset_before_start"
         return Outcome(cause, t0, time.time(), f"{type(exc).__name__}: {exc}"[:200])
     except asyncio.TimeoutError:
@@ -399,16 +404,23 @@ class Soak:
 
 
 # -- classification and the report -----------------------------------------------------------------------------
+BY_ROUTER_KILL = {"dropped_mid_stream": "router_killed_mid_stream",
+                  "disconnected_before_first_byte": "router_killed_before_first_byte"}
+"""Connections closed with a FIN (never a reset) within 2 s of a router's SIGKILL: the killed router had accepted
+the request (a request still in its accept queue is reset by the kernel, and stays a violation), so the process
+serving it died, as when a replica dies mid-stream."""
+
+
 def classify(outcomes: list[Outcome], results: list[FaultResult]) -> list[tuple[Outcome, str, bool]]:
-    """(outcome, the fault window it ended in, allowed). A stream dropped without an SSE error event is the router
-    carrying it being killed only when that happened within 2 s of a router SIGKILL."""
+    """(outcome, the fault window it ended in, allowed). A connection the server closed without an SSE error event
+    counts as the router carrying it being killed only within 2 s of a router SIGKILL (``BY_ROUTER_KILL``)."""
     out = []
     for o in outcomes:
         window = next((r.name for r in results if r.injected <= o.ended <= (r.ended or float("inf"))), "steady")
         cause = o.cause
-        if cause == "dropped_mid_stream" and any(r.name == "router" and r.injected <= o.ended <= r.injected + 2
-                                                 for r in results):
-            cause = "router_killed_mid_stream"
+        if cause in BY_ROUTER_KILL and any(r.name == "router" and r.injected <= o.ended <= r.injected + 2
+                                           for r in results):
+            cause = BY_ROUTER_KILL[cause]
         out.append((Outcome(cause, o.started, o.ended, o.detail), window, cause == "ok" or cause in ALLOWED))
     return out
 

@@ -15,12 +15,17 @@ def test_clean_errors_are_allowed_and_a_request_lost_before_it_started_is_a_viol
     outcomes = [Outcome("ok", 0, 1), Outcome("retriable_503", 9, 11), Outcome("stream_cut", 10, 12),
                 Outcome("connect_error", 30, 30.5), Outcome("reset_before_start", 31, 31.1),
                 Outcome("dropped_mid_stream", 29, 31.5), Outcome("dropped_mid_stream", 33, 35),
+                Outcome("disconnected_before_first_byte", 30.2, 30.4),
+                Outcome("disconnected_before_first_byte", 45, 45.1),
                 Outcome("http_404", 36, 36.1), Outcome("truncated", 50, 51)]
     got = [(o.cause, window, allowed) for o, window, allowed in classify(outcomes, faults)]
     assert got == [("ok", "steady", True), ("retriable_503", "engine", True), ("stream_cut", "engine", True),
                    ("connect_error", "router", False), ("reset_before_start", "router", False),
                    ("router_killed_mid_stream", "router", True),  # cut within 2 s of the router's SIGKILL
-                   ("dropped_mid_stream", "router", False), ("http_404", "router", False),
+                   ("dropped_mid_stream", "router", False),
+                   ("router_killed_before_first_byte", "router", True),  # closed (a FIN) by the killed router
+                   ("disconnected_before_first_byte", "steady", False),  # no router was killed then
+                   ("http_404", "router", False),
                    ("truncated", "steady", False)]
 
 
