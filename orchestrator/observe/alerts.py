@@ -135,6 +135,12 @@ def _availability(flt: Filter) -> RuleGroup:
               "{{ $labels.deployment }} runs fewer replicas than planned",
               "Only {{ $value }} replicas of {{ $labels.deployment }} ({{ $labels.variant }} on pool "
               "{{ $labels.pool }}) have been ready for 10 minutes, fewer than the plan asks for."),
+        Alert("MoxinReplicasUnschedulable",
+              f"{q.sum_by(_ASSIGNMENT, q.series(CONTROLLER['unschedulable'], flt))} > 0", "5m", "warning",
+              "{{ $labels.deployment }} has replicas no node can hold",
+              "{{ $value }} replicas of {{ $labels.deployment }} ({{ $labels.variant }} on pool {{ $labels.pool }}) "
+              "have waited for Ray resources past the pending deadline for 5 minutes: `moxin status` says why and "
+              "what would fix it."),
     ]
     targets: list[tuple[str, Source, Severity, str, str]] = [
         ("MoxinRouterTargetDown", "router", "critical", "a router",

@@ -339,8 +339,11 @@ def _controller() -> DashboardSpec:
                   (Query(q.sum_by(("action",), q.rate(CONTROLLER["actions"], VARS)), "{{action}}"),), width=8),
     ))
     replicas = RowSpec("Replicas", (
-        PanelSpec("Pending replicas", CONTROLLER["pending"].help, CONTROLLER["pending"].unit,
-                  (Query(q.sum_by(("deployment",), q.series(CONTROLLER["pending"], VARS)), "{{deployment}}"),)),
+        PanelSpec("Pending replicas", CONTROLLER["pending"].help + " Unschedulable: " + CONTROLLER["unschedulable"].help,
+                  CONTROLLER["pending"].unit,
+                  (Query(q.sum_by(("deployment",), q.series(CONTROLLER["pending"], VARS)), "{{deployment}}"),
+                   Query(q.sum_by(("deployment",), q.series(CONTROLLER["unschedulable"], VARS)),
+                         "{{deployment}} unschedulable"))),
         PanelSpec("Restarts", CONTROLLER["restarts"].help, CONTROLLER["restarts"].unit,
                   (Query(q.sum_by(("deployment",), q.series(CONTROLLER["restarts"], VARS)), "{{deployment}}"),)),
     ))

@@ -306,7 +306,11 @@ class Engine(Values):
     shared_memory_size: Quantity = "16Gi"
     """Size limit of /dev/shm (a memory-backed emptyDir)."""
     termination_grace_period_seconds: int = Field(60, ge=0)
-    """Grace period of engine pods."""
+    """Grace period of engine pods (it includes preStopSeconds; more than that, or the engine gets no SIGTERM
+    time at all)."""
+    pre_stop_seconds: int = Field(5, ge=0, le=300)
+    """Seconds a serving engine pod sleeps (preStop) before it gets SIGTERM, so that its Service endpoint is gone
+    and routers stop sending it requests before it stops taking them (the image needs `sleep`; 0: none)."""
     tolerations: list[Toleration] = Field(default_factory=list)
     """Extra tolerations of every pod holding devices (the vendor resource is tolerated already)."""
     affinity: dict[str, Any] = Field(default_factory=dict)
@@ -323,6 +327,14 @@ class Engine(Values):
     device stack needs more (e.g. "huawei.com/Ascend910": {runAsUser: 0})."""
     probes: Probes = Probes()
     """Probe timing."""
+
+    @model_validator(mode="after")
+    def _grace_outlasts_the_pre_stop(self) -> Engine:
+        if self.termination_grace_period_seconds <= self.pre_stop_seconds:
+            raise ValueError(f"engine.terminationGracePeriodSeconds ({self.termination_grace_period_seconds}) must "
+                             f"be more than engine.preStopSeconds ({self.pre_stop_seconds}): the grace period "
+                             "includes the preStop sleep, and the engine needs time after SIGTERM")
+        return self
 
 
 class PodDisruptionBudget(Values):
@@ -511,7 +523,10 @@ class Router(Values):
     limits: RouterLimits = RouterLimits()
     """Timeouts towards the engines, connections per engine, drain on shutdown: each passed as the moxin router
     flag of the same name (connectTimeoutSeconds: --connect-timeout-seconds). The pod's grace period is
-    drainSeconds + 5."""
+    preStopSeconds + drainSeconds + 5."""
+    pre_stop_seconds: int = Field(5, ge=0, le=300)
+    """Seconds a router pod sleeps (preStop) before it gets SIGTERM and closes its port, so that its Service
+    endpoint and the load balancers in front have stopped sending it new connections (0: none)."""
 
 
 class EngineAuth(Values):

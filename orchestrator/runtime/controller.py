@@ -17,12 +17,15 @@ the plan and the options and is held only to read or swap them, never across a c
 ``apply`` answer while a loop waits on Ray. Only the loop thread changes records (and ``shutdown``, after waiting
 for the loop to end). Replicas are named detached actors: a restarted controller reads the plan back, finds the replicas by
 name and adopts them, engine processes untouched, and its counters: the restarts and replacements of each id's
-earlier actors (``KV_COUNTERS``), so that ``moxin_replica_restarts`` never goes back to 0 with a new controller.
+earlier actors (``KV_COUNTERS``), so that ``moxin_replica_restarts`` never goes back to 0 with a new controller, and
+each id's restart backoff (consecutive failures, the last one's time), so that a new controller does not start a
+crash-looping replica again at once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
@@ -44,6 +47,7 @@ from orchestrator.runtime.desired import ReplicaSpec, replica_specs
 from orchestrator.runtime.metrics import ControllerMetrics
 from orchestrator.runtime.names import KV_COUNTERS, KV_OPTIONS, KV_PLAN, KV_ROLLOUTS, ROUTER_PREFIX
 from orchestrator.runtime.reconcile import (
+    PENDING_DEADLINE_S,
     STOP_TIMEOUT_S,
     Action,
     Drain,
@@ -53,7 +57,9 @@ from orchestrator.runtime.reconcile import (
     State,
     Stop,
     Undrain,
+    Unschedulable,
     decide,
+    unschedulable,
 )
 from orchestrator.spec.defaults import CONTROLLER_METRICS_PORT, ROUTER_PORT
 from orchestrator.spec.metrics import SCRAPE_JOBS
@@ -76,7 +82,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "metricsPort": CONTROLLER_METRICS_PORT, "routers": 1, "routerHost": "0.0.0.0", "routerPort": ROUTER_PORT,
     "apiKeys": None,
     "logDir": str(Path(tempfile.gettempdir()) / "moxin" / "logs"), "drainSeconds": 10.0, "graceSeconds": 15.0,
-    "prometheusSd": None, "routerLimits": {}, "prometheusUrl": None,
+    "prometheusSd": None, "routerLimits": {}, "prometheusUrl": None, "pendingDeadlineSeconds": PENDING_DEADLINE_S,
 }
 
 
@@ -95,6 +101,8 @@ class ReplicaRecord:
     there is one."""
     state: State = State.PENDING
     draining_since: float | None = None
+    pending_since: float | None = None
+    """When its actor started waiting for its placement group (Ray resources); None when not waiting."""
     stop_ref: Any = None
     """What its stop call returns, while it stops; None otherwise."""
     stop_since: float | None = None
@@ -120,9 +128,12 @@ class ReplicaRecord:
         """Engine restarts and replacements, over every actor of this id."""
         return self.description.get("restarts", 0) + self.carried_restarts + self.replacements
 
-    def counters(self) -> dict[str, int]:
-        """What is saved in GCS: counts of actors that no longer run (a running one's are in its description)."""
-        return {"engineRestarts": self.carried_restarts, "replacements": self.replacements}
+    def counters(self) -> dict[str, Any]:
+        """What is saved in GCS: counts of actors that no longer run (a running one's are in its description), and
+        the restart backoff while there is one (consecutive failures and when the last was), so that a restarted
+        controller does not start a crash-looping replica again at once."""
+        backoff = {"failures": self.failures, "lastFailure": self.last_failure} if self.failures else {}
+        return {"engineRestarts": self.carried_restarts, "replacements": self.replacements, **backoff}
 
     def observed(self) -> Observed:
         if self.stopping:
@@ -188,6 +199,10 @@ class Controller:
         self.router_endpoints: list[dict[str, str]] = []
         self.events: list[str] = []
         self.table: dict[str, list[dict]] = {}
+        self.nodes: frozenset[str] = frozenset()
+        """The fleet nodes live Ray nodes declared at the last observation."""
+        self.unschedulable: dict[str, Unschedulable] = {}
+        """Replicas waiting for resources past the pending deadline, with why and what would fix it."""
         self.splits: dict[str, dict[str, float]] = {}
         """Rollout splits of the routing table ({deployment: {"canaryPercent": W}})."""
         self.loops = 0
@@ -201,7 +216,7 @@ class Controller:
             name: rollouts.Run.from_json(data) for name, data in (cluster.kv_get(KV_ROLLOUTS) or {}).items()}
         """The rollouts, as saved in GCS; replaced whole (a loop or an API call), read without the lock."""
         self.adopted = self._adopt()
-        self._counters_saved: dict[str, dict[str, int]] = self._load_counters()
+        self._counters_saved: dict[str, dict[str, Any]] = self._load_counters()
         self.specs: list[ReplicaSpec] = self._desired(self.plan, cluster.known_nodes())
         """The plan's replicas, as of the last loop or apply."""
         self._thread: threading.Thread | None = None
@@ -233,7 +248,8 @@ class Controller:
             return {"plan": None if self.plan is None else self.plan.name, "replicas": rows,
                     "routers": self.router_addresses(), "metricsUrl": self.metrics_url(), "loops": self.loops,
                     "adopted": self.adopted, "events": self.events[-20:], "prometheusSd": self.options["prometheusSd"],
-                    "routerMetricsUrls": sorted(f"http://{r['metrics']}/metrics" for r in self.router_endpoints)}
+                    "routerMetricsUrls": sorted(f"http://{r['metrics']}/metrics" for r in self.router_endpoints),
+                    "pid": os.getpid(), "routerPids": sorted(r["pid"] for r in self.router_endpoints if "pid" in r)}
 
     def _row(self, rid: str, spec: ReplicaSpec | None) -> dict[str, Any]:
         rec = self.records.get(rid) or ReplicaRecord(rid)
@@ -244,8 +260,10 @@ class Controller:
                    if spec else {}),
                 "url": d.get("url"), "enginePid": d.get("enginePid"), "restarts": rec.restarts,
                 "replacements": rec.replacements,
-                "lastError": d.get("lastError", "") or _waiting_for(rec, spec), "log": d.get("log"),
-                "host": d.get("host"), "nodeId": d.get("nodeId"), "stages": d.get("stages") or []}
+                "unschedulable": (u := self.unschedulable.get(rid)) and u.to_json(),
+                "lastError": d.get("lastError", "") or _waiting_for(rec, spec, u), "log": d.get("log"),
+                "host": d.get("host"), "nodeId": d.get("nodeId"), "stages": d.get("stages") or [],
+                "actorPid": d.get("actorPid"), "engineStartSeconds": _engine_start_s(d)}
 
     # -- rollouts (``moxin rollout ...``) ---------------------------------------------------------------------------
     def rollout_apply(self, name: str, spec: dict[str, Any], canary: dict[str, Any],
@@ -398,7 +416,8 @@ class Controller:
             self._forget(rid)
         with self._lock:
             for rec in self.records.values():
-                rec.carried_restarts = rec.replacements = 0
+                rec.carried_restarts = rec.replacements = rec.failures = 0
+                rec.last_failure = 0.0
             self._counters_saved = {}
         for handle in routers:
             self.cluster.kill(handle)
@@ -428,7 +447,7 @@ class Controller:
             view = self._view()
             snapshot = self._observe(view)                                     # 1. observe (reads only)
             desired = self._desired(view.plan, snapshot.nodes)
-            observed, failures = self._remember(snapshot, view, desired)
+            observed, failures = self._remember(snapshot, view, desired, now)
             actions = decide(desired, observed, failures, now, float(view.options["drainSeconds"]))  # 2. decide
             self._save_desired(view.plan)                                      # 3. save desired
             self._act_all(actions, view, now)                                  # 4. act
@@ -461,10 +480,11 @@ class Controller:
         replies = self.cluster.describe_all(view.handles, OBSERVE_TIMEOUT_S)
         return Snapshot(nodes, replies, stopped)
 
-    def _remember(self, snapshot: Snapshot, view: _View, desired: list[ReplicaSpec],
+    def _remember(self, snapshot: Snapshot, view: _View, desired: list[ReplicaSpec], now: float,
                   ) -> tuple[dict[str, Observed], dict[str, tuple[int, float]]]:
         """Fold a snapshot into the records (under the lock, no cluster call); what ``decide`` reads."""
         with self._lock:
+            self.nodes = snapshot.nodes
             for rid, reply in snapshot.replies.items():
                 rec = self.records.get(rid)
                 if rec is None or rec.handle is not view.handles[rid]:
@@ -475,6 +495,10 @@ class Controller:
                     rec.description, rec.state = reply, State(reply["state"])
                 if rec.state == State.READY:
                     rec.failures, rec.last_failure = 0, 0.0
+                if rec.state != State.PENDING:
+                    rec.pending_since = None
+                elif rec.pending_since is None:  # adopted while waiting: from now on
+                    rec.pending_since = now
             for rid in snapshot.stopped:
                 if rid in self.records:
                     self.records[rid].stop_done = True
@@ -639,6 +663,7 @@ class Controller:
             with self._lock:
                 rec = self.records.setdefault(spec.id, ReplicaRecord(spec.id))
                 rec.handle, rec.spec_hash, rec.state, rec.description = handle, spec.spec_hash, State.PENDING, {}
+                rec.pending_since = now
             self._event(f"start {spec.id} ({action.reason})")
         elif isinstance(action, Drain):
             with self._lock:
@@ -667,7 +692,7 @@ class Controller:
             rec = self.records[rid]
             rec.carried_restarts += rec.description.get("restarts", 0)  # the engine restarts it counted
             rec.handle, rec.spec_hash, rec.description, rec.state = None, "", {}, State.PENDING
-            rec.draining_since = None
+            rec.draining_since = rec.pending_since = None
             rec.stop_ref, rec.stop_since, rec.stop_done = None, None, False
 
     def _adopt(self) -> list[str]:
@@ -680,24 +705,28 @@ class Controller:
             self._event(f"adopted {len(adopted)} running replica(s): {', '.join(adopted)}")
         return adopted
 
-    def _load_counters(self) -> dict[str, dict[str, int]]:
-        """The counters a previous controller saved, into the records (adopted or not: an id may be between two
-        actors)."""
+    def _load_counters(self) -> dict[str, dict[str, Any]]:
+        """The counters and backoffs a previous controller saved, into the records (adopted or not: an id may be
+        between two actors)."""
         saved = self.cluster.kv_get(KV_COUNTERS) or {}
-        loaded: dict[str, dict[str, int]] = {}
+        loaded: dict[str, dict[str, Any]] = {}
         for rid, c in saved.items() if isinstance(saved, dict) else ():
             if not isinstance(c, dict):
                 continue
             rec = self.records.setdefault(rid, ReplicaRecord(rid))
             rec.carried_restarts = _count(c.get("engineRestarts"))
             rec.replacements = _count(c.get("replacements"))
+            rec.failures = _count(c.get("failures"))
+            last = c.get("lastFailure")
+            rec.last_failure = float(last) if rec.failures and isinstance(last, int | float) and \
+                not isinstance(last, bool) and math.isfinite(last) else 0.0
             loaded[rid] = rec.counters()
         return loaded
 
     def _save_counters(self) -> None:
         """Counters to GCS when they changed since the last save (read under the lock, written outside it)."""
         with self._lock:
-            counters = {rid: r.counters() for rid, r in self.records.items() if any(r.counters().values())}
+            counters = {rid: c for rid, r in self.records.items() if any((c := r.counters()).values())}
         if counters != self._counters_saved:
             self.cluster.kv_put(KV_COUNTERS, counters)
             self._counters_saved = counters
@@ -725,9 +754,13 @@ class Controller:
             self.table = table = self._routing_table(specs)
             self.splits = rollouts.split(list(self.runs.values()))
             restarts = {s.id: (self.records.get(s.id) or ReplicaRecord(s.id)).restarts for s in specs}
+            before, self.unschedulable = self.unschedulable, self._unschedulable(plan, specs)
+            stuck = self.unschedulable
+        for rid in sorted(set(stuck) - set(before)):
+            self._event(f"{rid} is unschedulable: {stuck[rid].reason}. To fix: {stuck[rid].fix}")
         m = self.metrics
-        for g in (m.pool_devices, m.pool_allocated, m.desired, m.ready, m.pending, m.restarts, m.capacity,
-                  m.output_tokens, m.batch, m.cost, m.slo_target):
+        for g in (m.pool_devices, m.pool_allocated, m.desired, m.ready, m.pending, m.unschedulable, m.restarts,
+                  m.capacity, m.output_tokens, m.batch, m.cost, m.slo_target):
             g.clear()
         if plan is None:
             return
@@ -743,6 +776,7 @@ class Controller:
             m.cost.labels(**spec.labels).inc(spec.cost_usd_per_hour or 0.0)
             m.ready.labels(**spec.labels).inc(1 if spec.id in routed else 0)
             m.pending.labels(**spec.labels).inc(0 if spec.id in routed else 1)
+            m.unschedulable.labels(**spec.labels).inc(1 if spec.id in stuck else 0)
             m.output_tokens.labels(**spec.labels).inc(spec.output_tokens_per_second)
             m.batch.labels(**spec.labels).inc(spec.batch)
             m.restarts.labels(**spec.labels).inc(restarts[spec.id])
@@ -752,6 +786,21 @@ class Controller:
                     m.slo_target.labels(deployment=deployment, objective=objective).set(target)
         self._record_rollouts()
         self._write_sd()
+
+    def _unschedulable(self, plan: Plan | None, specs: list[ReplicaSpec]) -> dict[str, Unschedulable]:
+        """The plan's replicas waiting for resources past the pending deadline (under the lock)."""
+        if plan is None:
+            return {}
+        pool_nodes = {p.name: list(p.node_names) for p in plan.spec.pools}
+        deadline = float(self.options.get("pendingDeadlineSeconds") or PENDING_DEADLINE_S)
+        out = {}
+        for spec in specs:
+            rec = self.records.get(spec.id)
+            if rec is not None and rec.running and not rec.stopping and rec.state == State.PENDING:
+                u = unschedulable(spec, rec.pending_since, self.nodes, pool_nodes, self.clock(), deadline)
+                if u is not None:
+                    out[spec.id] = u
+        return out
 
     def _record_rollouts(self) -> None:
         """Each rollout's phase (one-hot), step, weight, wait against its deadline, and its gates' last readings."""
@@ -841,8 +890,16 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def _waiting_for(rec: ReplicaRecord, spec: ReplicaSpec | None) -> str:
+def _engine_start_s(description: dict[str, Any]) -> float | None:
+    """Seconds its engine now serving took from start to ready (its last start, restarts included)."""
+    started, ready = description.get("engineStartedAt"), description.get("readyAt")
+    return None if started is None or ready is None else round(ready - started, 1)
+
+
+def _waiting_for(rec: ReplicaRecord, spec: ReplicaSpec | None, stuck: Unschedulable | None = None) -> str:
     if spec is None or rec.state != State.PENDING or not rec.running:
         return ""
+    if stuck is not None:
+        return f"unschedulable for {stuck.waiting_s:.0f} s: {stuck.reason}. To fix: {stuck.fix}"
     return (f"waiting for Ray resources: {spec.strategy} {spec.bundles} (a node must declare them: "
             "moxin node-resources)")

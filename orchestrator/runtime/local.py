@@ -3,6 +3,8 @@
 
 The cluster runs in a daemon process (``python -m orchestrator.runtime.local serve``) that owns every Ray
 process through ``ray.cluster_utils.Cluster`` and shuts them all down on SIGTERM; ``moxin down`` sends it.
+SIGUSR1 (``restore_nodes``) brings back every node whose raylet has died, with its resources, as a machine that
+reboots rejoins its cluster: how the chaos soak (``benchmarks/soak.py``) returns a node it took away.
 State (address, daemon pid) lives in ``<home>/cluster.json``.
 """
 
@@ -56,25 +58,49 @@ def layout(pools: list[PlanPool], cpus_per_node: float = 1.0) -> list[NodeLayout
 
 # -- the daemon ---------------------------------------------------------------------------------------------------
 def serve(state: Path, nodes: list[dict[str, Any]]) -> None:
+    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    stop = {"now": False}
+    stop = {"now": False, "restore": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGUSR1, lambda *_: stop.update(restore=True))
     common = {"object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **common})
+
+    def add(n: dict[str, Any]) -> Any:
+        return cluster.add_node(num_cpus=n["numCpus"], num_gpus=n["numGpus"], resources=n["resources"],
+                                object_store_memory=OBJECT_STORE_BYTES)
+
+    def raylet_dead(node: Any) -> bool:
+        return any(p.process.poll() is not None for p in node.all_processes[ray_constants.PROCESS_TYPE_RAYLET])
+
     try:
-        for n in nodes:
-            cluster.add_node(num_cpus=n["numCpus"], num_gpus=n["numGpus"], resources=n["resources"],
-                             object_store_memory=OBJECT_STORE_BYTES)
+        started = [add(n) for n in nodes]
         cluster.wait_for_nodes()
         write_atomic(state, json.dumps({"address": cluster.address, "pid": os.getpid(), "nodes": nodes}) + "\n")
         print(f"moxin local cluster at {cluster.address}: head + {len(nodes)} node(s)", flush=True)
         while not stop["now"]:
+            if stop["restore"]:
+                stop["restore"] = False
+                started = restore_nodes(cluster, nodes, started, raylet_dead, add)
             time.sleep(0.5)
     finally:
         cluster.shutdown()
         state.unlink(missing_ok=True)
+
+
+def restore_nodes(cluster: Any, nodes: list[dict[str, Any]], started: list[Any], dead: Any, add: Any) -> list[Any]:
+    """Each node whose raylet has died: what is left of its Ray processes is removed and the node is started again
+    with the same resources (a new Ray node id). Returns the nodes now running, in ``nodes``' order."""
+    out = []
+    for n, node in zip(nodes, started, strict=True):
+        if dead(node):
+            cluster.remove_node(node, allow_graceful=False)
+            node = add(n)
+            print(f"restored node {n['name']} (its raylet had died)", flush=True)
+        out.append(node)
+    return out
 
 
 def running(state: Path | None = None) -> dict[str, Any] | None:

@@ -20,6 +20,10 @@ STARTING_MARGIN_S = 120.0
 stuck. The longest a healthy replica's supervisor spends in one of these states past that timeout: starting the
 guard (up to 40 s), a last readiness probe (up to 32 s) and stopping an engine that did not get ready (grace + 5 s,
 20 s at the default grace); a RESTARTING backoff is at most 30 s plus the guard's start."""
+PENDING_DEADLINE_S = 120.0
+"""How long a replica may wait for its placement group (Ray resources) before it is reported unschedulable. Ray
+places a group in seconds when the resources are there, and a node that restarts rejoins well within this; an
+engine's readiness budget does not count here (nothing has started yet)."""
 STOP_TIMEOUT_S = 40.0
 """How long a replica's stop (its engine's SIGTERM, grace, SIGKILL) may take before it is forgotten anyway."""
 
@@ -86,8 +90,10 @@ Action = Start | Drain | Undrain | Stop | Forget
 
 
 def backoff_s(failures: int) -> float:
-    """Delay before starting a replica again after ``failures`` consecutive failures (0 -> none)."""
-    return 0.0 if failures <= 0 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
+    """Delay before starting a replica again after ``failures`` consecutive failures: none after the first (a replica
+    lost once, with its node or its actor, is replaced at once), then BACKOFF_BASE_S doubling up to BACKOFF_MAX_S
+    (a replica that fails again before it is ready is crash-looping)."""
+    return 0.0 if failures <= 1 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 2))
 
 
 def readiness_budget_s(spec: ReplicaSpec) -> float:
@@ -134,3 +140,49 @@ def decide(desired: list[ReplicaSpec], observed: dict[str, Observed], failures: 
         if now - last >= backoff_s(count):
             actions.append(Start(spec, "missing" if count == 0 else f"restart after {count} failure(s)"))
     return actions
+
+
+@dataclass(frozen=True)
+class Unschedulable:
+    """A replica that has waited for its resources past the pending deadline: why, from the plan's placement and the
+    nodes in the cluster, and what would let it run."""
+    id: str
+    waiting_s: float
+    reason: str
+    fix: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"waitingSeconds": round(self.waiting_s), "reason": self.reason, "fix": self.fix}
+
+
+def unschedulable(spec: ReplicaSpec, pending_since: float | None, nodes: set[str] | frozenset[str],
+                  pool_nodes: dict[str, list[str]], now: float,
+                  deadline_s: float = PENDING_DEADLINE_S) -> Unschedulable | None:
+    """None while the replica has waited ``deadline_s`` or less (or is not waiting). ``nodes``: the fleet nodes live
+    Ray nodes declare; ``pool_nodes``: every pool's nodes in the plan. A plan node missing from the cluster leaves
+    its replica unpinned (``desired.replica_specs``), so still waiting means no other node holds it either."""
+    if pending_since is None or now - pending_since <= deadline_s:
+        return None
+    pool, hardware = spec.labels.get("pool", "?"), spec.labels.get("hardware", "?")
+    planned = list(dict.fromkeys(spec.nodes))
+    missing = [n for n in planned if n not in nodes]
+    devices = max((len(d) for d in spec.node_devices), default=len(spec.devices))
+    replan = (f"or lower replicas.min of deployment {spec.deployment} (or leave pool {pool} out of it) and "
+              "re-plan: `moxin plan`, `moxin apply`")
+    if not nodes:
+        reason = (f"no Ray node declares a fleet node: the plan places it on {', '.join(planned)} (pool {pool}), "
+                  f"whose resources {spec.bundles} no node offers")
+        fix = (f"start the pool's nodes with its resources: ray start --resources \"$(moxin node-resources -H "
+               f"{hardware} --node {planned[0]})\"")
+    elif missing:
+        others = [n for n in pool_nodes.get(pool, []) if n in nodes and n not in planned]
+        where = (f"no other node of pool {pool} ({', '.join(others)}) has {devices} free device(s) for it" if others
+                 else f"no other node of pool {pool} is in it")
+        reason = f"node {', '.join(missing)} (pool {pool}) is not in the Ray cluster; {where}"
+        fix = (f"bring node {missing[0]} back or add a node of pool {pool} (ray start --resources "
+               f"\"$(moxin node-resources -H {hardware} --node NAME)\"), {replan}")
+    else:
+        reason = (f"node {', '.join(planned)} (pool {pool}) is in the Ray cluster, but its free resources do not hold "
+                  f"{spec.strategy} {spec.bundles}: something outside the plan holds them")
+        fix = f"free them (`ray status` shows what is used), {replan}"
+    return Unschedulable(spec.id, now - pending_since, reason, fix)

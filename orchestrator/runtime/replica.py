@@ -138,6 +138,8 @@ class Replica:
         self.guard_pid: int | None = None
         self.started_at = self.state_since
         self.ready_at: float | None = None
+        self.engine_started_at: float | None = None
+        """When its last engine start began (``readyAt`` minus this: that engine's start time)."""
         self.host = node_ip()
         self.node_id = _node_id()
         self.raylet_pid = _raylet_pid()
@@ -169,7 +171,7 @@ class Replica:
                 "enginePort": self.engine_port or None, "proxied": self.proxied,
                 "enginePid": self.engine_pid, "guardPid": self.guard_pid,
                 "restarts": self.restarts, "lastError": self.last_error, "startedAt": self.started_at,
-                "readyAt": self.ready_at, "log": str(self.log_path), "actorPid": os.getpid(),
+                "readyAt": self.ready_at, "engineStartedAt": self.engine_started_at, "log": str(self.log_path), "actorPid": os.getpid(),
                 "nodeId": self.node_id, "stages": self._stages()}
 
     def logs(self, tail: int = 200) -> str:
@@ -262,6 +264,7 @@ class Replica:
             self._stop.wait(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)])
 
     def _start_engine(self) -> None:
+        self.engine_started_at = time.time()
         self.engine_port = free_port()
         launch = self.spec.launch.with_port(self.engine_port)
         if self.proxied:

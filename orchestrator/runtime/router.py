@@ -222,6 +222,9 @@ class Router:
                  max_body_bytes: int = MAX_BODY_BYTES, health_checks: bool = False,
                  rng: random.Random | None = None) -> None:
         self.balancer = Balancer()
+        self.has_table = False
+        """A routing table has been taken. Until then a model request gets a retriable 503, not a 404: a router
+        restarted beside others on a shared port may get connections before its first table."""
         self.metrics = metrics or RouterMetrics()
         self.limits = limits = limits or RouterLimits()
         self.keys = keys
@@ -250,6 +253,7 @@ class Router:
         names = {e.name for eps in self.balancer.table.values() for e in eps}
         self.breakers.forget(names)
         self._series = {}
+        self.has_table = True
 
     def series(self, ep: Endpoint) -> _Series:
         """The replica's labelled metric children (cached until the table changes)."""
@@ -450,6 +454,9 @@ class Router:
         if invalid is not None:
             return _error(400, invalid.message, param=invalid.param)
         name = body["model"]
+        if not self.has_table:
+            return _error(503, "the router has no routing table yet (it is starting); retry", "service_unavailable",
+                          code="router_starting", headers={"Retry-After": "1"})
         if name not in self._visible(request):  # a deployment the key may not use does not exist, for it
             return _error(404, f"model {_short(name)!r} not found; served models: {self._visible(request)}",
                           param="model", code="model_not_found")

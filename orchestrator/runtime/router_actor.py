@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+FIRST_TABLE_S = 5.0
 
 
 class RouterActor:
@@ -49,8 +51,8 @@ class RouterActor:
         self._refused: str | None = None  # the last table error logged, so a bad table is logged once
 
     async def _run(self) -> None:
+        controller = await self._first_table()  # before the port opens: no request meets an empty router
         self._runner = await serve(self.router, self.host, self.port)
-        controller = None
         # Several routers share the public port (the kernel picks one per connection), so each also serves its
         # own metrics on a private port: Prometheus scrapes every router, not whichever answers.
         own = web.Application()
@@ -71,6 +73,17 @@ class RouterActor:
             else:
                 self._take(table)
             await asyncio.sleep(REFRESH_S)
+
+    async def _first_table(self) -> Any:
+        """The controller's routing table, waited for up to FIRST_TABLE_S (a router Ray restarted while the
+        controller is away serves without one: its model requests get a retriable 503 until one comes). Returns the
+        controller's handle, or None."""
+        try:
+            controller = ray.get_actor(CONTROLLER, namespace=NAMESPACE)
+            self._take(await asyncio.wait_for(controller.routing_document.remote(), FIRST_TABLE_S))
+            return controller
+        except Exception:  # no controller (yet): the refresh loop keeps asking
+            return None
 
     def _take(self, document: Any) -> None:
         """A routing-table document from the controller: {"deployments": ..., "splits": ...}."""
@@ -93,7 +106,7 @@ class RouterActor:
             await runner.cleanup()
         return True
 
-    async def start(self) -> dict[str, str]:
+    async def start(self) -> dict[str, Any]:
         if self._drained:
             raise RuntimeError("this router has drained; start a new one")
         if self._task is None:
@@ -104,4 +117,4 @@ class RouterActor:
                 self._task.result()  # surfaces a bind error to the caller
         # Bound to one address (127.0.0.1 without API keys): that address is where it answers, not the node's IP.
         host = ray.util.get_node_ip_address() if self.host in WILDCARD_HOSTS else self.host
-        return {"url": f"http://{host}:{self.port}", "metrics": f"{host}:{self.metrics_port}"}
+        return {"url": f"http://{host}:{self.port}", "metrics": f"{host}:{self.metrics_port}", "pid": os.getpid()}

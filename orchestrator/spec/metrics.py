@@ -108,6 +108,9 @@ CONTROLLER = {
     "pending": _m("moxin_replicas_pending", "gauge",
                   "Replicas the plan asks for that are not serving yet (starting, or waiting for resources).", _R,
                   "short", "controller"),
+    "unschedulable": _m("moxin_replicas_unschedulable", "gauge",
+                        "Replicas the plan asks for that have waited for Ray resources past the pending deadline "
+                        "(120 s): `moxin status` says why and what would fix it.", _R, "short", "controller"),
     "restarts": _m("moxin_replica_restarts", "gauge", "Engine restarts and replica replacements so far.", _R,
                    "short", "controller"),
     "capacity": _m("moxin_predicted_capacity_requests_per_second", "gauge",

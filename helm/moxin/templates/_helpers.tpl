@@ -299,3 +299,14 @@ livenessProbe:
   timeoutSeconds: {{ int $p.timeoutSeconds }}
   failureThreshold: {{ int $p.livenessFailureThreshold }}
 {{- end }}
+
+{{/* preStop sleep of a serving container: Service endpoints and load balancers stop sending it new connections
+before it gets SIGTERM (the grace period counts this sleep too). Nothing when seconds is 0. */}}
+{{- define "moxin.preStop" -}}
+{{- if gt (int .) 0 }}
+lifecycle:
+  preStop:
+    exec:
+      command: ["sleep", {{ toString (int .) | quote }}]
+{{- end }}
+{{- end }}

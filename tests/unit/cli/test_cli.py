@@ -158,3 +158,24 @@ def test_status_lists_every_node_of_a_multi_node_replica():
                                     {"nodeRank": 1, "node": "n-1", "host": "10.0.0.2", "devices": [1], "enginePid": 9}]}]
     assert _stage_lines(rows) == ["pp: 2 nodes", "  node rank 0: n-0 (host 10.0.0.1, devices 0, pid 7)",
                                   "  node rank 1: n-1 (host 10.0.0.2, devices 1, pid 9)"]
+
+
+def test_an_infeasible_error_prints_its_reasons_not_only_its_message():
+    """`moxin rollout apply` said only "error: rollout 'x' does not fit" (found by benchmarks/soak.py): the reasons,
+    which say what to relax, were dropped at the CLI boundary."""
+    import click
+
+    from orchestrator.cli import MoxinGroup
+    from orchestrator.errors import InfeasibleError
+
+    @click.group(cls=MoxinGroup)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def fit() -> None:
+        raise InfeasibleError("rollout 'x' does not fit", ["2 x mlx-4bit do not fit on mac-emu: add nodes"])
+
+    out = CliRunner().invoke(group, ["fit"])
+    assert out.exit_code == 2
+    assert out.stderr == "error:\nrollout 'x' does not fit\n  - 2 x mlx-4bit do not fit on mac-emu: add nodes\n"

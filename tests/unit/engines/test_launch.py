@@ -72,6 +72,14 @@ def test_readiness_budget_grows_with_the_weights_per_device(catalog) -> None:
     assert t_small < t_big_tp8 < t_big
 
 
+def test_mlx_lm_on_the_cpu_backend_gets_a_longer_readiness_budget_than_on_metal(catalog) -> None:
+    from orchestrator.engines.launch import BASE_READINESS_S, CPU_BACKEND_READINESS_S, readiness_timeout
+
+    assert readiness_timeout("mlx-lm", 0, "mlx-cpu") == CPU_BACKEND_READINESS_S["mlx-cpu"] == 120
+    assert readiness_timeout("mlx-lm", 0, "metal") == BASE_READINESS_S["mlx-lm"] == 60
+    assert readiness_timeout("vllm", 250_000_000, "cpu") == 301
+
+
 def test_unsupported_raises_unless_forced(catalog) -> None:
     model = catalog.model("llama-3.1-8b")
     online = model.spec.variant("fp8-online")

@@ -243,7 +243,9 @@ def test_router_configmap_holds_the_router_config_of_the_plan(example_name):
                             "--max-connections-per-replica", "256", "--max-queued-requests", "0",
                             "--queue-timeout-seconds", "30", "--retry-attempts", "3",
                             "--retry-backoff-max-seconds", "0.5", "--retry-backoff-seconds", "0.005"]
-    assert router["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30  # drainSeconds + 5
+    # preStop sleeps 5 s (endpoints go first), then SIGTERM and 25 s of drain, then 5 s more before SIGKILL
+    assert c["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    assert router["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 35
 
 
 def test_router_limits_reach_moxin_router_as_flags_it_accepts(tmp_path, monkeypatch):
@@ -260,7 +262,7 @@ def test_router_limits_reach_moxin_router_as_flags_it_accepts(tmp_path, monkeypa
               "maxConnectionsPerReplica": 8, "drainSeconds": 40.2}
     objects = render_chart({**values, "router": {**values["router"], "limits": limits}}, namespace="moxin")
     pod = by_kind(objects, "Deployment")["moxin-router"]["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] == 46
+    assert pod["terminationGracePeriodSeconds"] == 51  # preStopSeconds 5 + ceil(40.2) + 5
     (c,) = pod["containers"]
     flags = c["command"][c["command"].index("--port") + 2:]
     parsed = {}
@@ -359,3 +361,26 @@ def test_a_vendor_without_an_image_is_an_error_that_says_how_to_fix_it():
     plan, catalog, fleet = example("vendors")
     with pytest.raises(RenderError, match="--image vllm/"):
         helm_values(plan, catalog, fleet=fleet)
+
+
+def test_serving_engine_containers_sleep_before_sigterm_within_their_grace_period():
+    """The pod that answers the Service (a Deployment's, a LeaderWorkerSet's leader) sleeps engine.preStopSeconds
+    before SIGTERM, so the router stops sending it requests first; a worker, which serves no Service, does not. The
+    grace period counts the sleep, so it must be longer; values where it is not are refused."""
+    roles = set()
+    for name in ("maas", "multinode"):
+        values, objects = rendered(name)
+        for v in values["assignments"]:
+            for role, pod in _engine_pod_specs(_workload(objects, v)):
+                (c,) = pod["containers"]
+                roles.add(role)
+                if role == "worker":
+                    assert "lifecycle" not in c
+                else:
+                    assert c["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+                assert pod["terminationGracePeriodSeconds"] == 60
+    assert roles == {"pod", "leader", "worker"}
+    none = render_chart({**values, "engine": {"preStopSeconds": 0}, "router": {**values["router"], "preStopSeconds": 0}})
+    assert "preStop" not in json.dumps([o for o in none if o["kind"] in ("Deployment", "LeaderWorkerSet")])
+    with pytest.raises(RenderError, match="refused|preStopSeconds"):
+        render_chart({**values, "engine": {"terminationGracePeriodSeconds": 5, "preStopSeconds": 5}})

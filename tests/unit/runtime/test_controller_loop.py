@@ -65,6 +65,8 @@ class FakeCluster:
         self.actors: dict[str, FakeReplica] = {}
         self.routers: dict[str, str] = {}
         self.pending: set[str] = set()
+        self.nodes: set[str] = set(NODES)
+        """Fleet nodes that live Ray nodes declare."""
         self.fail_starts: dict[str, int] = {}
         self.describe_gate: threading.Event | None = None
         self.describing = threading.Event()
@@ -97,7 +99,7 @@ class FakeCluster:
         return "10.0.0.1"
 
     def known_nodes(self) -> set[str]:
-        return set(NODES)
+        return set(self.nodes)
 
     def list_replicas(self) -> dict[str, FakeReplica]:
         return {rid: a for rid, a in self.actors.items() if a.alive}
@@ -279,14 +281,10 @@ def test_a_dead_or_failed_replica_is_stopped_then_restarted_after_its_backoff(ma
     assert c.records[MAC].failures == 1 and rows(c)[MAC]["restarts"] == 1
     assert cluster.called("forget") == []  # observing a dead replica acts on nothing; the executor stopped it
 
-    clock.now += 1  # the stop finished: forgotten, but not started again before the backoff
-    assert c.reconcile_once() == [Forget(MAC, "stopped")]
-    assert cluster.called("forget") == [MAC] and not old.alive and rows(c)[MAC]["state"] == "missing"
-    clock.now = failed_at + BACKOFF_BASE_S - 0.5
-    assert c.reconcile_once() == []
-    clock.now = failed_at + BACKOFF_BASE_S
+    clock.now = failed_at + 1  # the stop finished: forgotten, and replaced at once (its first failure)
     spec = specs_of(local_plan)[MAC]
-    assert c.reconcile_once() == [Start(spec, "restart after 1 failure(s)")]
+    assert c.reconcile_once() == [Forget(MAC, "stopped"), Start(spec, "restart after 1 failure(s)")]
+    assert cluster.called("forget") == [MAC] and not old.alive
     new = cluster.actors[MAC]
     assert new is not old and cluster.called("start_replica").count(MAC) == 2
 
@@ -297,20 +295,25 @@ def test_a_dead_or_failed_replica_is_stopped_then_restarted_after_its_backoff(ma
     assert cluster.called("stop_replica") == [MAC]  # the other replica was never touched
 
 
-def test_a_second_failure_doubles_the_backoff(make, cluster, clock, local_plan):
+def test_a_second_failure_waits_for_the_backoff_and_a_third_doubles_it(make, cluster, clock, local_plan):
     c = running(make(), cluster, clock, local_plan)
-    for failure in (1, 2):
+    cluster.actors[MAC].state = "failed"
+    clock.now += 1
+    c.reconcile_once()
+    clock.now += 1
+    assert [type(a) for a in c.reconcile_once()] == [Forget, Start]  # the first failure: replaced at once
+    for failure in (2, 3):  # failed again before it was ready: crash-looping
         cluster.actors[MAC].state = "failed"
         failed_at = clock.now = clock.now + 1
         assert c.reconcile_once() == [Stop(MAC, "replica is failed", failed=True)]
         clock.now += 1
         assert c.reconcile_once() == [Forget(MAC, "stopped")]
-        backoff = BACKOFF_BASE_S * 2 ** (failure - 1)
+        backoff = BACKOFF_BASE_S * 2 ** (failure - 2)
         clock.now = failed_at + backoff - 0.5
         assert c.reconcile_once() == []
         clock.now = failed_at + backoff
         assert [type(a) for a in c.reconcile_once()] == [Start]
-    assert c.records[MAC].failures == 2
+    assert c.records[MAC].failures == 3
 
 
 def test_a_replica_no_longer_in_the_plan_is_drained_then_stopped_after_the_drain_seconds(make, cluster, clock,
@@ -368,6 +371,41 @@ def test_a_replica_whose_placement_group_waits_is_pending_and_status_names_the_b
     cluster.actors[GPU].state = "ready"
     c.reconcile_once()
     assert rows(c)[GPU]["state"] == "ready" and rows(c)[GPU]["lastError"] == "" and GPU in routed(c)
+
+
+def test_a_replica_pending_past_the_deadline_is_reported_unschedulable_with_the_reason_and_the_fix(
+        make, cluster, clock, local_plan):
+    cluster.nodes = {"mac-emu-0"}  # the GPU node is gone from the Ray cluster
+    cluster.pending.add(GPU)
+    c = make(pendingDeadlineSeconds=60.0)
+    c.apply(local_plan)
+    c.reconcile_once()
+    labels = specs_of(local_plan)[GPU].labels
+
+    def gauge() -> float:
+        return c.metrics.unschedulable.labels(**labels)._value.get()
+    clock.now += 60
+    c.reconcile_once()
+    assert rows(c)[GPU]["unschedulable"] is None and gauge() == 0  # at the deadline: still waiting
+    clock.now += 1
+    assert c.reconcile_once() == []  # reported, nothing restarted
+    row = rows(c)[GPU]
+    assert row["state"] == "pending" and row["unschedulable"]["waitingSeconds"] == 61
+    reason = ("node gpu-emu-0 (pool gpu-emu) is not in the Ray cluster; no other node of pool gpu-emu is in it")
+    assert row["unschedulable"]["reason"] == reason
+    assert row["lastError"].startswith(f"unschedulable for 61 s: {reason}. To fix: bring node gpu-emu-0 back")
+    assert gauge() == 1 and rows(c)[MAC]["unschedulable"] is None
+    assert sum(f"{GPU} is unschedulable" in e for e in c.status()["events"]) == 1
+    clock.now += 1
+    c.reconcile_once()
+    assert sum(f"{GPU} is unschedulable" in e for e in c.status()["events"]) == 1  # said once, not every loop
+
+    cluster.nodes = set(NODES)  # the node is back and the group placed
+    cluster.pending.clear()
+    cluster.actors[GPU].state = "ready"
+    clock.now += 1
+    c.reconcile_once()
+    assert rows(c)[GPU]["unschedulable"] is None and gauge() == 0 and rows(c)[GPU]["lastError"] == ""
 
 
 def test_status_and_apply_answer_while_a_describe_call_blocks(make, cluster, local_plan):
@@ -429,14 +467,16 @@ def test_restart_and_replacement_counts_survive_a_controller_restart(make, clust
     cluster.actors[MAC].state = "failed"
     failed_at = clock.now = clock.now + 1
     c.reconcile_once()  # stopped as failed: one replacement
-    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 0, "replacements": 1}}
+    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 0, "replacements": 1, "failures": 1,
+                                                 "lastFailure": failed_at}}
     clock.now += 1
-    assert c.reconcile_once() == [Forget(MAC, "stopped")]
+    cluster.fail_starts[MAC] = 1  # its replacement is refused: the id has no actor for a while
+    assert [type(a) for a in c.reconcile_once()] == [Forget, Start]
+    assert MAC not in cluster.actors
 
     between = make()  # a controller restarted while the id has no actor: the count is still there
     assert rows(between)[MAC]["restarts"] == 1 and rows(between)[MAC]["replacements"] == 1
-    clock.now = failed_at + BACKOFF_BASE_S
-    assert [type(a) for a in between.reconcile_once()] == [Start]
+    assert [type(a) for a in between.reconcile_once()] == [Start]  # one failure: no backoff to wait for
     cluster.actors[MAC].state, cluster.actors[MAC].restarts = "ready", 2  # its engine restarted twice
     clock.now += 1
     between.reconcile_once()
@@ -450,17 +490,56 @@ def test_restart_and_replacement_counts_survive_a_controller_restart(make, clust
 
     cluster.actors[MAC].alive = False  # that actor dies: its engine restarts are carried, with one more replacement
     clock.now += 1
+    died_at = clock.now
     again.reconcile_once()
-    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 0, "replacements": 2}}
+    backoff = {"failures": 1, "lastFailure": died_at}
+    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 0, "replacements": 2, **backoff}}
     clock.now += 1
     again.reconcile_once()  # forgotten: the dead actor's 2 engine restarts move into the saved counters
-    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 2, "replacements": 2}}
+    assert cluster.kv_get(KV_COUNTERS) == {MAC: {"engineRestarts": 2, "replacements": 2, **backoff}}
     assert rows(make())[MAC]["restarts"] == 4
 
     again.shutdown()
     assert cluster.kv_get(KV_COUNTERS) is None
     fresh = make()
     assert rows(fresh) == {} and fresh.records == {}
+
+
+def test_a_restarted_controller_keeps_the_restart_backoff_of_a_crash_looping_replica(make, cluster, clock,
+                                                                                   local_plan):
+    c = running(make(), cluster, clock, local_plan)
+    for failure in (1, 2, 3):  # three failures in a row: the next start waits 2 x BACKOFF_BASE_S
+        if failure == 3:
+            clock.now += BACKOFF_BASE_S
+            assert [type(a) for a in c.reconcile_once()] == [Start]
+        cluster.actors[MAC].state = "failed"
+        failed_at = clock.now = clock.now + 1
+        c.reconcile_once()
+        clock.now += 1
+        c.reconcile_once()  # forgotten (and, after the first failure, started again at once)
+    assert cluster.kv_get(KV_COUNTERS)[MAC]["failures"] == 3
+
+    again = make()  # a controller restarted inside the backoff: it waits the rest of it, it does not start at once
+    assert again.records[MAC].failures == 3 and again.records[MAC].last_failure == failed_at
+    clock.now = failed_at + 2 * BACKOFF_BASE_S - 0.5
+    assert again.reconcile_once() == []
+    clock.now = failed_at + 2 * BACKOFF_BASE_S
+    assert again.reconcile_once() == [Start(specs_of(local_plan)[MAC], "restart after 3 failure(s)")]
+
+    cluster.actors[MAC].state = "ready"  # ready again: the backoff is over, and saved as over
+    clock.now += 1
+    again.reconcile_once()
+    assert "failures" not in cluster.kv_get(KV_COUNTERS)[MAC] and make().records[MAC].failures == 0
+
+
+@pytest.mark.parametrize("saved", [{"failures": -1, "lastFailure": 5.0}, {"failures": 2, "lastFailure": "soon"},
+                                   {"failures": True}, {"failures": 1, "lastFailure": float("nan")}])
+def test_a_malformed_saved_backoff_starts_at_once(make, cluster, clock, local_plan, saved):
+    cluster.kv_put(KV_PLAN, local_plan.to_json())
+    cluster.kv_put(KV_COUNTERS, {MAC: saved})
+    c = make()
+    assert c.records[MAC].last_failure == 0.0
+    assert sorted(a.spec.id for a in c.reconcile_once() if isinstance(a, Start)) == [GPU, MAC]
 
 
 def test_counters_are_written_only_when_they_change(make, cluster, clock, local_plan):

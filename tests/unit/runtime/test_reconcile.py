@@ -7,6 +7,7 @@ import pytest
 from orchestrator.runtime.desired import ReplicaSpec
 from orchestrator.runtime.reconcile import (
     BACKOFF_MAX_S,
+    PENDING_DEADLINE_S,
     STOP_TIMEOUT_S,
     Drain,
     Forget,
@@ -18,6 +19,7 @@ from orchestrator.runtime.reconcile import (
     backoff_s,
     decide,
     readiness_budget_s,
+    unschedulable,
 )
 from orchestrator.spec.plan import EngineLaunch
 
@@ -74,16 +76,17 @@ def test_a_changed_launch_replaces_the_replica_and_a_stopping_one_is_waited_for(
 def test_dead_or_failed_replicas_are_stopped_as_failures_and_restarted_after_backoff(state):
     assert decide([spec("a")], {"a": obs("a", state)}, {}, now=1.0) == [Stop("a", f"replica is {state.value}",
                                                                              failed=True)]
-    failures = {"a": (2, 100.0)}  # two failures, the last at t=100: backoff 10 s
+    failures = {"a": (3, 100.0)}  # three failures, the last at t=100: backoff 10 s
     assert decide([spec("a")], {}, failures, now=105.0) == []
     started = decide([spec("a")], {}, failures, now=110.0)
-    assert started == [Start(spec("a"), "restart after 2 failure(s)")]
+    assert started == [Start(spec("a"), "restart after 3 failure(s)")]
+    assert decide([spec("a")], {}, {"a": (1, 100.0)}, now=100.0) == [Start(spec("a"), "restart after 1 failure(s)")]
     # A dead replica that is no longer wanted is stopped without counting as a failure to restart.
     assert decide([], {"a": obs("a", state)}, {}, now=1.0) == [Stop("a", f"replica is {state.value}", failed=False)]
 
 
-def test_backoff_doubles_and_is_capped():
-    assert [backoff_s(n) for n in range(5)] == [0.0, 5.0, 10.0, 20.0, 40.0]
+def test_the_first_failure_is_replaced_at_once_then_the_backoff_doubles_and_is_capped():
+    assert [backoff_s(n) for n in range(6)] == [0.0, 0.0, 5.0, 10.0, 20.0, 40.0]
     assert backoff_s(50) == BACKOFF_MAX_S
 
 
@@ -119,8 +122,10 @@ def test_a_stopped_replica_is_forgotten_and_started_again_in_the_same_pass_if_wa
     done = Observed("a", "", State.STOPPING, since=100.0, stopped=True)
     assert decide([spec("a")], {"a": done}, {}, now=101.0) == [Forget("a", "stopped"), Start(spec("a"), "missing")]
     assert decide([], {"a": done}, {}, now=101.0) == [Forget("a", "stopped")]
-    # A failed one waits for its backoff: forgotten now, started later.
-    assert decide([spec("a")], {"a": done}, {"a": (1, 100.0)}, now=101.0) == [Forget("a", "stopped")]
+    # Failed once: replaced at once. Failed again: it waits for its backoff, forgotten now, started later.
+    assert decide([spec("a")], {"a": done}, {"a": (1, 100.0)}, now=101.0) == [
+        Forget("a", "stopped"), Start(spec("a"), "restart after 1 failure(s)")]
+    assert decide([spec("a")], {"a": done}, {"a": (2, 100.0)}, now=101.0) == [Forget("a", "stopped")]
 
 
 def test_a_stop_that_never_returns_is_forgotten_after_the_stop_timeout():
@@ -128,3 +133,50 @@ def test_a_stop_that_never_returns_is_forgotten_after_the_stop_timeout():
     stuck = Observed("a", "", State.STOPPING, since=100.0)
     assert decide([], {"a": stuck}, {}, now=100.0 + STOP_TIMEOUT_S) == []
     assert decide([], {"a": stuck}, {}, now=100.5 + STOP_TIMEOUT_S) == [Forget("a", "stop took over 40 s")]
+
+
+# -- unschedulable: a replica waiting for its resources past the pending deadline --------------------------------
+POOLS = {"mac": ["mac-0", "mac-1"], "gpu": ["gpu-0"]}
+
+
+def placed(node: str = "mac-0", pool: str = "mac") -> ReplicaSpec:
+    return ReplicaSpec(id="r", deployment="chat", labels={"pool": pool, "hardware": "apple-m2-max-64g"},
+                       launch=LAUNCH, bundles=[{"mlx": 1.0}], strategy="STRICT_PACK", nodes=[node], devices=[0],
+                       weight=1.0, cost_usd_per_hour=None, node_devices=[[0]])
+
+
+def test_a_replica_is_not_unschedulable_until_it_has_waited_past_the_deadline():
+    assert unschedulable(placed(), None, set(), POOLS, now=1000.0) is None  # not waiting
+    assert unschedulable(placed(), 1000.0 - PENDING_DEADLINE_S, set(), POOLS, now=1000.0) is None
+    assert unschedulable(placed(), 0.0, {"gpu-0"}, POOLS, now=30.0, deadline_s=30.0) is None
+    u = unschedulable(placed(), 0.0, {"gpu-0"}, POOLS, now=30.5, deadline_s=30.0)
+    assert u is not None and u.id == "r" and u.waiting_s == 30.5
+
+
+def test_its_planned_node_missing_with_no_other_node_of_the_pool_says_bring_it_back_or_lower_min():
+    u = unschedulable(placed(), 0.0, {"gpu-0"}, POOLS, now=200.0)
+    assert u.reason == "node mac-0 (pool mac) is not in the Ray cluster; no other node of pool mac is in it"
+    assert u.fix.startswith("bring node mac-0 back or add a node of pool mac (ray start --resources "
+                            '"$(moxin node-resources -H apple-m2-max-64g --node NAME)")')
+    assert "lower replicas.min of deployment chat" in u.fix and "moxin apply" in u.fix
+    assert u.to_json() == {"waitingSeconds": 200, "reason": u.reason, "fix": u.fix}
+
+
+def test_its_planned_node_missing_while_another_node_of_the_pool_is_full_names_that_node():
+    u = unschedulable(placed(), 0.0, {"gpu-0", "mac-1"}, POOLS, now=200.0)
+    assert u.reason == ("node mac-0 (pool mac) is not in the Ray cluster; no other node of pool mac (mac-1) has 1 "
+                        "free device(s) for it")
+
+
+def test_its_node_present_but_full_says_something_outside_the_plan_holds_the_resources():
+    u = unschedulable(placed(), 0.0, {"gpu-0", "mac-0"}, POOLS, now=200.0)
+    assert u.reason == ("node mac-0 (pool mac) is in the Ray cluster, but its free resources do not hold STRICT_PACK "
+                        "[{'mlx': 1.0}]: something outside the plan holds them")
+    assert u.fix.startswith("free them (`ray status`")
+
+
+def test_no_node_declaring_any_fleet_node_says_how_to_start_the_pools_nodes():
+    u = unschedulable(placed(), 0.0, set(), POOLS, now=200.0)
+    assert u.reason.startswith("no Ray node declares a fleet node: the plan places it on mac-0 (pool mac)")
+    assert u.fix == ('start the pool\'s nodes with its resources: ray start --resources "$(moxin node-resources -H '
+                     'apple-m2-max-64g --node mac-0)"')

@@ -127,6 +127,26 @@ def test_an_unknown_model_is_a_404_naming_the_served_ones():
     run(scenario())
 
 
+def test_a_router_without_a_routing_table_yet_answers_a_retriable_503_not_a_404():
+    """A router Ray restarted beside another on the shared port gets connections before its first table (found by
+    benchmarks/soak.py: a 404 "served models: []" while the router restarted); once a table comes, it routes."""
+    async def scenario():
+        engine = Engine("m")
+        router = Router()
+        async with serving(engine.app()) as upstream, serving(router.runner()) as url, \
+                ClientSession(timeout=ClientTimeout(total=20)) as s:
+            status, body, headers = await post(s, url, {"model": "d", "prompt": "x"}, path="/v1/completions")
+            assert status == 503 and body["error"]["code"] == "router_starting" and headers["Retry-After"] == "1"
+            router.set_table({"d": [row("d-0", upstream, "m")]})
+            status, _, _ = await post(s, url, {"model": "d", "prompt": "x"}, path="/v1/completions")
+            assert status == 200
+            router.set_table({})  # a table without the deployment: now it is unknown
+            status, body, _ = await post(s, url, {"model": "d", "prompt": "x"}, path="/v1/completions")
+            assert status == 404 and body["error"]["code"] == "model_not_found"
+
+    run(scenario())
+
+
 def test_a_plain_answer_names_the_deployment_and_its_usage_is_counted():
     async def scenario():
         engine = Engine("engine-side-name")
