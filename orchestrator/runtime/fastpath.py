@@ -41,6 +41,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from random import getrandbits
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,6 +66,8 @@ from orchestrator.spec.plan import METRIC_LABELS
 
 log = logging.getLogger(__name__)
 
+SWEEP_S = 0.25
+"""How often the first-byte and idle timeouts are looked at (``FastRouter._sweep``): they are that late at most."""
 FAST_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _H_RID, _H_AUTH, _H_EXPECT, _H_REPLICA = b"x-request-id", b"authorization", b"expect", REPLICA_HEADER.lower().encode()
@@ -241,6 +244,7 @@ class _Exchange:
         "client",
         "code",
         "conn",
+        "deadline",
         "done",
         "ep",
         "failed_ep",
@@ -263,7 +267,6 @@ class _Exchange:
         "slow",
         "start",
         "stream",
-        "timer",
         "tried",
         "wants_usage",
     )
@@ -289,7 +292,7 @@ class _Exchange:
         self.rest = b""
         self.sent = False  # a byte of the answer went to the client: no retry any more
         self.done = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # the loop time by which the replica's first byte is due (0: none)
         self.last = 0.0
         self.settled = True
         self.slow = False
@@ -335,7 +338,7 @@ class _Exchange:
         router.breakers.begin(ep.name, time.monotonic())
         self.settled = False
         loop = self.fast.loop
-        self.timer = loop.call_at(loop.time() + router.limits.first_byte_timeout_seconds, self.on_timer)
+        self.deadline = loop.time() + router.limits.first_byte_timeout_seconds
         pool = self.fast.pool(ep)
         head = b"".join((b"POST ", pool.prefix, self.path.encode(), b" HTTP/1.1\r\nHost: ", pool.host_header,
                          b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\nX-Request-Id: " % len(payload),
@@ -356,10 +359,8 @@ class _Exchange:
         pool.acquire(got)
 
     def end_try(self) -> None:
-        """This replica is done with (whatever the outcome): its counters, its timer."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        """This replica is done with (whatever the outcome): its counters, its deadline."""
+        self.deadline = 0.0
         ep = self.ep
         if ep is not None:
             if not self.settled:
@@ -473,9 +474,6 @@ class _Exchange:
             self.sent = True
             parts.append(_SSE_HEAD + b"X-Request-Id: " + self.rid.encode() +
                          (b"\r\nTransfer-Encoding: chunked\r\n\r\n" if self.chunked else b"\r\nConnection: close\r\n\r\n"))
-            if not complete and self.timer is not None:
-                self.timer.cancel()
-                self.timer = loop.call_at(self.last + self.fast.router.limits.idle_timeout_seconds, self.on_timer)
         if out:
             parts.append(b"%x\r\n%s\r\n" % (len(out), out) if self.chunked else out)
         if complete:
@@ -519,16 +517,17 @@ class _Exchange:
             return self.finish_stream([], "upstream_stream_cut",
                                       f"the replica of {self.name!r} broke off the stream before it finished")
 
-    def on_timer(self) -> None:
-        self.timer = None
+    def check_time(self, now: float) -> None:
+        """The sweep's look (``FastRouter._sweep``): a first byte overdue is another replica's turn; a stream that
+        began and went idle past the idle timeout is cut."""
         if self.done:
             return
-        loop, limits = self.fast.loop, self.fast.router.limits
         if not self.sent:
-            return self.try_failed("no first byte in time", slow=True)
-        idle_s = limits.idle_timeout_seconds
-        if loop.time() - self.last < idle_s:
-            self.timer = loop.call_at(self.last + idle_s, self.on_timer)
+            if self.deadline and now >= self.deadline:
+                self.try_failed("no first byte in time", slow=True)
+            return
+        idle_s = self.fast.router.limits.idle_timeout_seconds
+        if not self.stream or now - self.last < idle_s:
             return
         conn, self.conn = self.conn, None
         if conn is not None:
@@ -673,6 +672,7 @@ class FastRouter:
         self.pools: dict[str, _Pool] = {}
         self.active: set[Any] = set()
         self.server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self.auth_line = b"\r\nAuthorization: Bearer " + router.engine_key.encode() if router.engine_key else b""
         self._draining = False
 
@@ -685,14 +685,24 @@ class FastRouter:
     async def start(self, host: str, port: int, reuse_port: bool = True) -> asyncio.Server:
         self.server = await self.loop.create_server(lambda: _Client(self), host, port, reuse_port=reuse_port,
                                                     backlog=1024)
+        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
         return self.server
+
+    def _sweep(self) -> None:
+        """Timeouts, looked at every ``SWEEP_S`` rather than a timer per request."""
+        now = self.loop.time()
+        for ex in list(self.active):
+            if isinstance(ex, _Exchange):
+                ex.check_time(now)
+        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
     def exchange_closed(self, exchange: Any) -> None:
         self.active.discard(exchange)
 
     def dispatch(self, client: _Client, method: bytes, url: bytes, headers: dict[bytes, bytes], raw: bytes,
                  keep: bool, chunked: bool, too_large: bool) -> None:
-        rid = request_id(headers[_H_RID].decode("latin-1") if _H_RID in headers else None)
+        given = headers.get(_H_RID)
+        rid = request_id(given.decode("latin-1")) if given is not None else f"{getrandbits(128):032x}"
         router = self.router
         path = url.split(b"?", 1)[0].decode("latin-1")
         if self._draining:
@@ -805,6 +815,8 @@ class FastRouter:
     async def close(self) -> None:
         """Drain: stop listening, give the requests in flight ``drain_seconds``, then cut what is left."""
         self._draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.server is not None:
             self.server.close()
         deadline = self.loop.time() + self.router.limits.drain_seconds

@@ -221,3 +221,28 @@ def test_other_paths_are_the_routers_own_and_bad_requests_get_openai_errors():
                 assert r.status == 404
 
     run(scenario())
+
+
+def test_a_replica_with_no_first_byte_in_time_is_retried_and_an_idle_stream_is_cut():
+    from orchestrator.spec.router import RouterLimits
+
+    async def scenario():
+        slow, live = Engine("m", headers_s=30), Engine("m")
+        async with AsyncExitStack() as stack:
+            slow_url = await stack.enter_async_context(serving(slow.runner()))
+            live_url = await stack.enter_async_context(serving(live.runner()))
+            table = {"d": [row("slow", slow_url, "m", 1000.0), row("live", live_url, "m", 1.0)]}
+            limits = RouterLimits(first_byte_timeout_seconds=0.3, idle_timeout_seconds=0.3)
+            _router, _fast, url = await stack.enter_async_context(fast_routed(table, limits=limits))
+            s = await stack.enter_async_context(ClientSession())
+            async with s.post(url + CHAT, json={"model": "d", "messages": MESSAGES}) as r:
+                assert r.status == 200 and len(live.seen) == 1
+            stalled = Engine("d", stall_after=1)
+            stalled_url = await stack.enter_async_context(serving(stalled.runner()))
+            _router, _fast, url = await stack.enter_async_context(
+                fast_routed({"d": [row("d-0", stalled_url, "d")]}, limits=limits))
+            async with s.post(url + CHAT, json={"model": "d", "messages": MESSAGES, "stream": True}) as r:
+                lines = [x for x in (await r.read()).split(b"\n") if x]
+            assert json.loads(lines[-1][6:])["error"]["code"] == "upstream_idle_timeout"
+
+    run(scenario())
