@@ -57,6 +57,10 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+"""One decoder for every body: ``json.loads`` with options builds a new one per call."""
+
+
 def parse_body(raw: bytes) -> dict[str, Any] | Invalid:
     """The body as a JSON object, or why not. NaN, Infinity and overflowing numbers are refused: re-encoded
     for the engine they would not be JSON."""
@@ -65,7 +69,7 @@ def parse_body(raw: bytes) -> dict[str, Any] | Invalid:
     except UnicodeDecodeError as exc:
         return Invalid(f"the body is not UTF-8 (bad byte at offset {exc.start})")
     try:
-        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        body = _DECODER.decode(text)
     except RecursionError:
         return Invalid("the body is nested too deeply")
     except ValueError as exc:

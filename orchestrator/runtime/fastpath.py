@@ -1,0 +1,869 @@
+"""A prototype data plane for the router on raw asyncio Protocols and httptools (C HTTP parsers), to measure
+whether a Python router can spend per request what a Rust one does (issue #18). ``moxin router --fast-path``.
+
+It shares the ``Router`` it wraps: the routing table and its rollout splits (``balance``), the metric children
+(``Router.series``, ``Router._record``), the circuit breakers, the limits, the engine key, the request checks and
+the SSE ``relay``. What it does itself, per request:
+
+- HTTP/1.1 from clients: keep-alive, pipelined requests answered in order, Content-Length or chunked bodies (up
+  to ``max_body_bytes``: 413), ``Expect: 100-continue``; HTTP/1.0 clients get an unchunked answer and a close;
+- POST /v1/chat/completions and /v1/completions, streamed or not: the body is parsed and checked
+  (``request_checks``) as the aiohttp router does, a replica is picked (``Balancer.pick``, the split's side
+  once per request, ``X-Moxin-Replica`` pinning), the body forwarded as is when nothing changes
+  (``Router._upstream_body``) over a pooled keep-alive connection to the replica (at most
+  ``max_connections_per_replica``; past it requests wait for one), the answer parsed by httptools;
+- a stream is relayed one write to the client per upstream ``data_received`` (whole lines: ``relay.Relay``
+  finds usage/model/[DONE] by byte search), its head going out with its first block so that a retry is still
+  possible until then;
+- retries before any byte reached the client (no connection, 429/5xx, no first byte within the first-byte
+  timeout) on another replica with the same jittered backoff, the circuit breaker per replica, the idle timeout
+  of a stream that had begun (an SSE error event, no [DONE]), a stream cut by its replica (ditto, 502);
+- API keys (``Authorization: Bearer``, the key's deployments, the per-key token bucket and counter);
+- X-Request-Id (the client's or a new one) to the replica and back;
+- a client that goes away closes its replica connection at once (vLLM aborts the request);
+- ``close`` drains as ``router.serve``'s cleanup does: the listening socket closes, requests in flight get
+  ``drain_seconds``, then streams end with a ``router_draining`` event and the rest are cut.
+
+Other paths (/health, /metrics, /v1/models, /moxin/routes) are answered by the ``Router``'s own handlers.
+
+Not covered (the aiohttp router has them): the concurrency limit's queue (``max_concurrent_requests`` >0 is a
+503 at once, no waiting in ``max_queued_requests``), https:// replicas, TLS to clients, a client's request
+timeout while it sends its body slowly, HTTP/2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from random import getrandbits
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Endpoint
+from orchestrator.runtime.gateway import backoff_seconds, request_id
+from orchestrator.runtime.keys import ApiKey, bearer_token
+from orchestrator.runtime.relay import Relay
+from orchestrator.runtime.request_checks import Invalid, check_request, parse_body
+from orchestrator.runtime.router import (
+    API_KEY,
+    BUSY,
+    PUBLIC_PATHS,
+    RAW_BODY,
+    REQUEST_ID,
+    Router,
+    _sse_error,
+)
+from orchestrator.spec.defaults import REPLICA_HEADER, ROUTES_PATH
+from orchestrator.spec.plan import METRIC_LABELS
+
+log = logging.getLogger(__name__)
+
+SWEEP_S = 0.25
+"""How often the first-byte and idle timeouts are looked at (``FastRouter._sweep``): they are that late at most."""
+FAST_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+_H_RID, _H_AUTH, _H_EXPECT, _H_REPLICA = b"x-request-id", b"authorization", b"expect", REPLICA_HEADER.lower().encode()
+_SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+
+
+def _head(status: int, content_type: bytes, rid: str, length: int | None, extra: bytes = b"",
+          close: bool = False) -> bytes:
+    parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nX-Request-Id: %s\r\n" % (
+        status, _PHRASES.get(status, b"Unknown"), content_type, rid.encode())]
+    parts.append(b"Content-Length: %d\r\n" % length if length is not None else b"Transfer-Encoding: chunked\r\n")
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(extra)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
+                code: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+
+
+class _Pool:
+    """Keep-alive connections to one replica (host, port): idle ones are reused, at most ``limit`` open, requests
+    past it wait for one."""
+
+    def __init__(self, fast: FastRouter, url: str, limit: int) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise ValueError(f"the fast path speaks http:// to replicas only, not {url!r}")
+        self.fast, self.host, self.port = fast, parts.hostname or "127.0.0.1", parts.port or 80
+        self.prefix = parts.path.rstrip("/").encode()
+        self.host_header = (parts.netloc or self.host).encode()
+        self.limit = limit
+        self.idle: list[_Upstream] = []
+        self.open = 0
+        self.waiters: deque[Callable[[_Upstream | None, BaseException | None], None]] = deque()
+
+    def acquire(self, done: Callable[[_Upstream | None, BaseException | None], None]) -> None:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                done(conn, None)
+                return
+        if self.open < self.limit:
+            self._connect(done)
+        else:
+            self.waiters.append(done)
+
+    def _connect(self, done: Callable[[_Upstream | None, BaseException | None], None]) -> None:
+        self.open += 1
+        loop = self.fast.loop
+        task = loop.create_task(asyncio.wait_for(
+            loop.create_connection(lambda: _Upstream(self), self.host, self.port),
+            self.fast.router.limits.connect_timeout_seconds))
+
+        def made(t: asyncio.Task[Any]) -> None:
+            exc = None if t.cancelled() else t.exception()
+            if t.cancelled() or exc is not None:
+                self.open -= 1
+                done(None, exc or ConnectionError("connect cancelled"))
+                self._serve_waiter()
+                return
+            done(t.result()[1], None)
+
+        task.add_done_callback(made)
+
+    def release(self, conn: _Upstream) -> None:
+        """A connection whose answer is complete and which the replica keeps alive."""
+        if conn.closed:
+            return
+        if self.waiters:
+            self.waiters.popleft()(conn, None)
+        else:
+            self.idle.append(conn)
+
+    def lost(self, conn: _Upstream) -> None:
+        self.open -= 1
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self._serve_waiter()
+
+    def _serve_waiter(self) -> None:
+        if self.waiters and self.open < self.limit:
+            self._connect(self.waiters.popleft())
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.transport.close()
+        self.idle = []
+
+
+class _Upstream(asyncio.Protocol):
+    """One keep-alive connection to a replica; its answer's events go to the exchange using it."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: Any = None
+        self.exchange: _Exchange | None = None
+        self.closed = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.pieces: list[bytes] = []
+        self.complete = False
+        self.keep = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def send(self, exchange: _Exchange, data: bytes) -> None:
+        self.exchange, self.status, self.headers, self.complete = exchange, 0, [], False
+        self.transport.write(data)
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep = self.parser.should_keep_alive()  # here: llhttp forgets it once the message is over
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:  # nothing asked: a replica that talks out of turn is not reused
+            self.transport.close()
+            return
+        self.pieces = []
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.exchange = None
+            self.transport.close()
+            ex.upstream_lost("a malformed answer")
+            return
+        if self.status:
+            ex.upstream_data(self)
+
+    def finished(self) -> None:
+        """The exchange is done with it: back to the pool when its answer was complete and kept alive."""
+        self.exchange = None
+        if self.complete and self.keep:
+            self.pool.release(self)
+        else:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.exchange = None
+        self.transport.abort()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.pool.lost(self)
+        ex, self.exchange = self.exchange, None
+        if ex is not None:
+            ex.upstream_lost("closed the connection")
+
+
+class _Exchange:
+    """One completion request: its tries of replicas, then the relay of the answer to the client."""
+
+    __slots__ = (
+        "answer",
+        "attempt",
+        "body",
+        "chunked",
+        "client",
+        "code",
+        "conn",
+        "deadline",
+        "done",
+        "ep",
+        "failed_ep",
+        "fast",
+        "first",
+        "keep",
+        "key",
+        "last",
+        "name",
+        "path",
+        "payloads",
+        "raw",
+        "relay",
+        "rest",
+        "rid",
+        "sent",
+        "series",
+        "settled",
+        "side",
+        "slow",
+        "start",
+        "stream",
+        "tried",
+        "wants_usage",
+    )
+
+    def __init__(self, fast: FastRouter, client: _Client, rid: str, path: str, raw: bytes, body: dict[str, Any],
+                 name: str, key: ApiKey | None, chunked: bool, keep: bool) -> None:
+        self.fast, self.client, self.rid, self.path, self.body, self.name = fast, client, rid, path, body, name
+        self.raw = raw
+        self.failed_ep: Endpoint | None = None
+        self.key, self.chunked, self.keep = key, chunked, keep
+        self.stream = bool(body.get("stream"))
+        self.wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        self.start = time.monotonic()
+        self.tried: set[str] = set()
+        self.side: str | None = None
+        self.attempt = 0
+        self.ep: Endpoint | None = None
+        self.series: Any = None
+        self.conn: _Upstream | None = None
+        self.payloads: dict[str, bytes] = {}
+        self.relay: Relay | None = None
+        self.first: float | None = None
+        self.rest = b""
+        self.sent = False  # a byte of the answer went to the client: no retry any more
+        self.done = False
+        self.deadline = 0.0  # the loop time by which the replica's first byte is due (0: none)
+        self.last = 0.0
+        self.settled = True
+        self.slow = False
+        self.answer: tuple[int, bytes, bytes, bytes] | None = None  # the last replica's 429/5xx
+        self.code = 499
+
+    # -- tries ------------------------------------------------------------------------------------------------
+    def next_try(self) -> None:
+        fast, router = self.fast, self.fast.router
+        if self.attempt >= router.limits.retry_attempts:
+            return self.give_up()
+        now = time.monotonic()
+        breakers = router.breakers
+        blocked = self.tried | {e.name for e in router.balancer.table.get(self.name, [])
+                                if breakers.blocked(e.name, now)} if breakers.circuits else self.tried
+        ep = router.balancer.pick(self.name, blocked, now, self.side)
+        if ep is None:
+            return self.give_up()
+        self.attempt += 1
+        self.tried.add(ep.name)
+        payload = self.payloads.get(ep.request_model)
+        if payload is None:
+            try:
+                payload = self.payloads[ep.request_model] = router._upstream_body(
+                    {RAW_BODY: self.raw}, self.body, ep, self.stream, self.wants_usage)
+            except (RecursionError, ValueError):
+                return self.reply(400, _error_body("the body is nested too deeply to forward"))
+        if self.attempt > 1:
+            limits = router.limits
+            wait_s = backoff_seconds(self.attempt - 1, limits.retry_backoff_seconds, limits.retry_backoff_max_seconds,
+                                     router.rng)
+            fast.loop.call_later(wait_s, self.send, ep, payload)
+        else:
+            self.send(ep, payload)
+
+    def send(self, ep: Endpoint, payload: bytes) -> None:
+        if self.done:
+            return
+        router = self.fast.router
+        self.ep, self.series = ep, router.series(ep)
+        ep.in_flight += 1
+        self.series.in_flight.inc()
+        router.breakers.begin(ep.name, time.monotonic())
+        self.settled = False
+        loop = self.fast.loop
+        self.deadline = loop.time() + router.limits.first_byte_timeout_seconds
+        pool = self.fast.pool(ep)
+        head = b"".join((b"POST ", pool.prefix, self.path.encode(), b" HTTP/1.1\r\nHost: ", pool.host_header,
+                         b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\nX-Request-Id: " % len(payload),
+                         self.rid.encode(), self.fast.auth_line, b"\r\n\r\n"))
+        request = head + payload
+
+        def got(conn: _Upstream | None, exc: BaseException | None) -> None:
+            if conn is None:
+                if not self.done:
+                    self.try_failed(f"connection: {exc!r}", slow=isinstance(exc, TimeoutError))
+                return
+            if self.done or self.ep is not ep:  # the client went away, or this try timed out, meanwhile
+                conn.pool.release(conn)
+                return
+            self.conn = conn
+            conn.send(self, request)
+
+        pool.acquire(got)
+
+    def end_try(self) -> None:
+        """This replica is done with (whatever the outcome): its counters, its deadline."""
+        self.deadline = 0.0
+        ep = self.ep
+        if ep is not None:
+            if not self.settled:
+                self.fast.router.breakers.release(ep.name)
+                self.settled = True
+            ep.in_flight -= 1
+            self.series.in_flight.dec()
+            self.ep = None
+
+    def try_failed(self, why: str, slow: bool = False, counts: bool = True,
+                   answer: tuple[int, bytes, bytes, bytes] | None = None) -> None:
+        """The try failed before any byte reached the client: mark the replica, try another."""
+        ep, router = self.ep, self.fast.router
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        assert ep is not None
+        now = time.monotonic()
+        ep.failed_until = now + FAILED_COOLDOWN_S
+        log.info("request %s: replica %s failed (%s)", self.rid, ep.name, why)
+        self.settled = True
+        if counts and router.breakers.failure(ep.name, now):
+            log.warning("replica %s: circuit open for %g s after %s", ep.name, router.breakers.cooldown_s, why)
+            self.series.circuit.set(1)
+        self.series.retries.inc()
+        self.slow, self.answer, self.failed_ep = slow, answer, ep
+        self.end_try()
+        self.next_try()
+
+    def give_up(self) -> None:
+        router = self.fast.router
+        if self.answer is not None and self.failed_ep is not None:  # the last replica's own 429/5xx, as it was
+            status, ctype, extra, raw = self.answer
+            router._record(self.failed_ep, status, self.start, None, None, 0)
+            return self.reply(status, raw, ctype, extra)
+        status = 504 if self.slow else 503
+        router.metrics.requests.labels(**({k: "" for k in METRIC_LABELS} | {"deployment": self.name}),
+                                       code=str(status)).inc()
+        if self.slow:
+            body = _error_body(f"deployment {self.name!r}: no replica answered within "
+                               f"{router.limits.first_byte_timeout_seconds:g} s ({len(self.tried)} tried); retry "
+                               "later", "gateway_timeout", code="upstream_timeout")
+        else:
+            why = "no replica is ready" if not self.tried else f"every ready replica failed ({len(self.tried)} tried)"
+            body = _error_body(f"deployment {self.name!r}: {why}; see `moxin status`", "service_unavailable")
+        self.reply(status, body)
+
+    # -- the replica's answer ---------------------------------------------------------------------------------
+    def upstream_data(self, conn: _Upstream) -> None:
+        if self.done:
+            return
+        status = conn.status
+        if self.stream and status == 200:
+            return self.stream_data(conn)
+        if not conn.complete:
+            self.rest += b"".join(conn.pieces)
+            return
+        raw = self.rest + b"".join(conn.pieces) if self.rest else b"".join(conn.pieces)
+        self.rest = b""
+        ctype, extra = b"application/json", []
+        for k, v in conn.headers:
+            lk = k.lower()
+            if lk == b"content-type":
+                ctype = v
+            elif lk == b"retry-after":
+                extra.append(b"Retry-After: " + v + b"\r\n")
+        if status == BUSY or status >= 500:
+            self.conn = None
+            conn.finished()
+            return self.try_failed(f"answered {status}", counts=status != BUSY,
+                                   answer=(status, ctype, b"".join(extra), raw))
+        router, ep = self.fast.router, self.ep
+        assert ep is not None
+        self.settled = True
+        if router.breakers.circuits and router.breakers.success(ep.name):
+            self.series.circuit.set(0)
+        usage = None
+        if status == 200:
+            raw, usage = Router._plain_answer(raw, self.name)
+        router._record(ep, status, self.start, None, usage, 0)
+        self.code = status
+        self.conn = None
+        conn.finished()
+        self.reply(status, raw, ctype)
+
+    def stream_data(self, conn: _Upstream) -> None:
+        pieces = conn.pieces
+        data = b"".join(pieces) if len(pieces) != 1 else pieces[0]
+        if self.rest:
+            data = self.rest + data
+        complete = conn.complete
+        if complete:
+            block, self.rest = data, b""
+        else:
+            end = data.rfind(b"\n") + 1
+            if not end:
+                self.rest = data
+                return
+            block, self.rest = (data, b"") if end == len(data) else (data[:end], data[end:])
+        relay = self.relay
+        if relay is None:
+            assert self.ep is not None
+            relay = self.relay = Relay(self.name, self.ep.request_model, self.wants_usage)
+        out, found = relay.feed(block) if block else (b"", 0)
+        if found and self.first is None:
+            self.first = time.monotonic()
+        parts = []
+        loop = self.fast.loop
+        self.last = loop.time()
+        if not self.sent:  # the first byte: from now on the idle timeout
+            self.sent = True
+            parts.append(_SSE_HEAD + b"X-Request-Id: " + self.rid.encode() +
+                         (b"\r\nTransfer-Encoding: chunked\r\n\r\n" if self.chunked else b"\r\nConnection: close\r\n\r\n"))
+        if out:
+            parts.append(b"%x\r\n%s\r\n" % (len(out), out) if self.chunked else out)
+        if complete:
+            self.conn = None
+            conn.finished()
+            cut = None if relay.done else "upstream_stream_cut"
+            self.finish_stream(parts, cut, f"the replica of {self.name!r} broke off the stream before it finished")
+            return
+        self.client.write(b"".join(parts))
+
+    def finish_stream(self, parts: list[bytes], cut: str | None, why: str) -> None:
+        """The stream is over: its last bytes, an error event when it did not finish, the end of the body."""
+        router, ep = self.fast.router, self.ep
+        assert ep is not None
+        if cut is not None:
+            log.warning("request %s: %s", self.rid, why)
+            event = _sse_error(why, cut)
+            parts.append(b"%x\r\n%s\r\n" % (len(event), event) if self.chunked else event)
+        if self.chunked:
+            parts.append(b"0\r\n\r\n")
+        self.code = 200 if cut is None else 502 if cut != "router_draining" else 503
+        if cut is None:
+            self.settled = True
+            if router.breakers.circuits and router.breakers.success(ep.name):
+                self.series.circuit.set(0)
+        relay = self.relay
+        router._record(ep, self.code, self.start, self.first, relay.usage if relay else None,
+                       relay.chunks if relay else 0)
+        self.end_try()
+        self.done = True
+        self.client.write(b"".join(parts))
+        self.client.exchange_over(self, keep=self.keep and self.chunked)
+
+    def upstream_lost(self, why: str) -> None:
+        if self.done:
+            return
+        self.conn = None
+        if not self.sent:
+            return self.try_failed(f"broke off before any byte ({why})")
+        if self.stream:
+            return self.finish_stream([], "upstream_stream_cut",
+                                      f"the replica of {self.name!r} broke off the stream before it finished")
+
+    def check_time(self, now: float) -> None:
+        """The sweep's look (``FastRouter._sweep``): a first byte overdue is another replica's turn; a stream that
+        began and went idle past the idle timeout is cut."""
+        if self.done:
+            return
+        if not self.sent:
+            if self.deadline and now >= self.deadline:
+                self.try_failed("no first byte in time", slow=True)
+            return
+        idle_s = self.fast.router.limits.idle_timeout_seconds
+        if not self.stream or now - self.last < idle_s:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        self.finish_stream([], "upstream_idle_timeout", f"the replica of {self.name!r} sent nothing for {idle_s:g} s")
+
+    # -- the end ----------------------------------------------------------------------------------------------
+    def reply(self, status: int, body: bytes, ctype: bytes = b"application/json", extra: bytes = b"") -> None:
+        self.end_try()
+        self.code = status
+        self.done = True
+        self.client.write(_head(status, ctype, self.rid, len(body), extra, close=not self.keep) + body)
+        self.client.exchange_over(self, keep=self.keep)
+
+    def cancel(self) -> None:
+        """The client went away: close the replica's connection (the engine aborts the request)."""
+        if self.done:
+            return
+        self.done = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        if self.ep is not None:
+            self.fast.router._record(self.ep, 499, self.start, None, None, 0)
+        self.code = 499
+        self.end_try()
+        self.fast.exchange_closed(self)
+
+    def drain_cut(self) -> None:
+        """The drain ran out: a stream that began ends with an error event, the rest are cut."""
+        if self.done:
+            return
+        if self.sent and self.stream:
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                conn.abort()
+            self.finish_stream([], "router_draining", f"the router shut down before the stream of {self.name!r} "
+                               "finished; retry: another router takes new requests")
+        else:
+            self.client.transport.close()
+
+
+class _Client(asyncio.Protocol):
+    """One client connection: its requests, one at a time (pipelined ones wait their turn)."""
+
+    def __init__(self, fast: FastRouter) -> None:
+        self.fast = fast
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Any = None
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.size = 0
+        self.too_large = False
+        self.busy: Any = None  # the exchange (or delegated task) answering now
+        self.queue: deque[tuple[Any, ...]] = deque()
+        self.closed = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._bad(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError:
+            if not self.too_large:
+                self._bad(400, "malformed HTTP request")
+
+    def _bad(self, status: int, message: str) -> None:
+        body = _error_body(message)
+        self.write(_head(status, b"application/json", request_id(None), len(body), close=True) + body)
+        self.transport.close()
+        self.closed = True
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.url, self.headers, self.body, self.size, self.too_large = b"", {}, [], 0, False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        length = self.headers.get(b"content-length")
+        limit = self.fast.router.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            self.too_large = True
+            return
+        if self.headers.get(_H_EXPECT, b"").lower() == b"100-continue":
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.fast.router.max_body_bytes:
+            self.too_large = True
+        elif not self.too_large:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        p = self.parser
+        item = (p.get_method(), self.url, self.headers, b"".join(self.body), p.should_keep_alive(),
+                p.get_http_version() != "1.0", self.too_large)
+        if self.busy is not None or self.queue:
+            self.queue.append(item)
+        else:
+            self.fast.dispatch(self, *item)
+        if self.too_large:
+            self.transport.pause_reading()
+
+    def exchange_over(self, exchange: Any, keep: bool) -> None:
+        self.fast.exchange_closed(exchange)
+        self.busy = None
+        if not keep:
+            self.closed = True
+            self.transport.close()
+            return
+        if self.queue:
+            self.fast.dispatch(self, *self.queue.popleft())
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        busy, self.busy = self.busy, None
+        self.queue.clear()
+        if isinstance(busy, _Exchange) or busy is not None:
+            busy.cancel()
+
+
+class FastRouter:
+    """The fast data plane around a ``Router`` (its table, metrics, limits, breakers, keys)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.loop = asyncio.get_running_loop()
+        self.pools: dict[str, _Pool] = {}
+        self.active: set[Any] = set()
+        self.server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.auth_line = b"\r\nAuthorization: Bearer " + router.engine_key.encode() if router.engine_key else b""
+        self._draining = False
+
+    def pool(self, ep: Endpoint) -> _Pool:
+        got = self.pools.get(ep.url)
+        if got is None:
+            got = self.pools[ep.url] = _Pool(self, ep.url, self.router.limits.max_connections_per_replica)
+        return got
+
+    async def start(self, host: str, port: int, reuse_port: bool = True) -> asyncio.Server:
+        self.server = await self.loop.create_server(lambda: _Client(self), host, port, reuse_port=reuse_port,
+                                                    backlog=1024)
+        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+        return self.server
+
+    def _sweep(self) -> None:
+        """Timeouts, looked at every ``SWEEP_S`` rather than a timer per request."""
+        now = self.loop.time()
+        for ex in list(self.active):
+            if isinstance(ex, _Exchange):
+                ex.check_time(now)
+        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+
+    def exchange_closed(self, exchange: Any) -> None:
+        self.active.discard(exchange)
+
+    def dispatch(self, client: _Client, method: bytes, url: bytes, headers: dict[bytes, bytes], raw: bytes,
+                 keep: bool, chunked: bool, too_large: bool) -> None:
+        given = headers.get(_H_RID)
+        rid = request_id(given.decode("latin-1")) if given is not None else f"{getrandbits(128):032x}"
+        router = self.router
+        path = url.split(b"?", 1)[0].decode("latin-1")
+        if self._draining:
+            keep = False
+        key: ApiKey | None = None
+        if router.keys is not None and path not in PUBLIC_PATHS:
+            auth = headers.get(_H_AUTH)
+            token = bearer_token([auth.decode("latin-1")] if auth is not None else [])
+            key = router.keys.identify(token) if token is not None else None
+            if key is None:
+                router.metrics.key_requests.labels(key="", code="401").inc()
+                return self._answer(client, rid, 401, _error_body(
+                    "a valid API key is required: send Authorization: Bearer <key>", code="invalid_api_key"),
+                    b"WWW-Authenticate: Bearer\r\n", keep)
+            wait_s = router.buckets.take(key.name, time.monotonic()) if router.buckets is not None else 0.0
+            if wait_s:
+                router.metrics.key_requests.labels(key=key.name, code="429").inc()
+                rate = router.limits.key_requests_per_second
+                return self._answer(client, rid, 429, _error_body(
+                    f"this API key is over its rate limit of {rate:g} requests/s; retry after {wait_s:.2f} s",
+                    "rate_limit_error", code="rate_limit_exceeded"),
+                    b"Retry-After: %d\r\n" % math.ceil(wait_s), keep)
+        if path in FAST_PATHS:
+            if method != b"POST":
+                return self._answer(client, rid, 405, _error_body(f"{method.decode()} {path}: Method Not Allowed"),
+                                    b"Allow: POST\r\n", keep, key)
+            if too_large:
+                return self._answer(client, rid, 413, _error_body(
+                    f"the request body is over the router's limit of {router.max_body_bytes} bytes",
+                    code="request_too_large"), b"", False, key)
+            return self._complete(client, rid, path, raw, headers, key, keep, chunked)
+        self._delegate(client, rid, method, path, key, keep)
+
+    def _answer(self, client: _Client, rid: str, status: int, body: bytes, extra: bytes, keep: bool,
+                key: ApiKey | None = None) -> None:
+        if key is not None:
+            self.router.metrics.key_requests.labels(key=key.name, code=str(status)).inc()
+        client.write(_head(status, b"application/json", rid, len(body), extra, close=not keep) + body)
+        if not keep:
+            client.closed = True
+            client.transport.close()
+        elif client.queue:
+            self.dispatch(client, *client.queue.popleft())
+
+    def _complete(self, client: _Client, rid: str, path: str, raw: bytes, headers: dict[bytes, bytes],
+                  key: ApiKey | None, keep: bool, chunked: bool) -> None:
+        router = self.router
+        body = parse_body(raw)
+        if isinstance(body, Invalid):
+            return self._answer(client, rid, 400, _error_body(body.message, param=body.param), b"", keep, key)
+        invalid = check_request(path, body)
+        if invalid is not None:
+            return self._answer(client, rid, 400, _error_body(invalid.message, param=invalid.param), b"", keep, key)
+        name = body["model"]
+        table = router.balancer.table
+        if name not in table or (key is not None and not key.allows(name)):
+            visible = [n for n in sorted(table) if key is None or key.allows(n)]
+            return self._answer(client, rid, 404, _error_body(
+                f"model {name[:80]!r} not found; served models: {visible}", param="model", code="model_not_found"),
+                b"", keep, key)
+        limits = router.limits
+        if limits.max_concurrent_requests and len(self.active) >= limits.max_concurrent_requests:
+            router.metrics.requests.labels(**({k: "" for k in METRIC_LABELS} | {"deployment": name}), code="503").inc()
+            return self._answer(client, rid, 503, _error_body(
+                f"the router is at its limit of {limits.max_concurrent_requests} concurrent requests; retry later",
+                "service_unavailable", code="router_overloaded"), b"Retry-After: 1\r\n", keep, key)
+        ex = _Exchange(self, client, rid, path, raw, body, name, key, chunked, keep)
+        pinned = headers.get(_H_REPLICA)
+        if pinned is not None:
+            names = [e.name for e in table.get(name, [])]
+            pin = pinned.decode("latin-1")
+            if pin not in names:
+                return self._answer(client, rid, 404, _error_body(
+                    f"deployment {name!r} has no ready replica {pin[:80]!r}; ready: {names}", param=REPLICA_HEADER,
+                    code="replica_not_found"), b"", keep, key)
+            ex.tried = set(names) - {pin}
+        else:
+            ex.side = router.balancer.side(name)
+        client.busy = ex
+        self.active.add(ex)
+        ex.next_try()
+
+    def _delegate(self, client: _Client, rid: str, method: bytes, path: str, key: ApiKey | None,
+                  keep: bool) -> None:
+        """The other paths: the aiohttp router's own handlers, with a stand-in for the request."""
+        router = self.router
+        handlers = {"/health": router.health, "/metrics": router.export, "/v1/models": router.models,
+                    ROUTES_PATH: router.routes}
+        handler = handlers.get(path)
+        if handler is None:
+            return self._answer(client, rid, 404, _error_body(f"{method.decode()} {path[:80]}: Not Found"), b"",
+                                keep, key)
+        if method != b"GET":
+            return self._answer(client, rid, 405, _error_body(f"{method.decode()} {path[:80]}: Method Not Allowed"),
+                                b"Allow: GET\r\n", keep, key)
+
+        async def run() -> None:
+            resp = await handler({API_KEY: key, REQUEST_ID: rid} if key is not None else {REQUEST_ID: rid})
+            body = resp.body if isinstance(resp.body, bytes) else bytes(resp.body or b"")
+            ctype = resp.headers.get("Content-Type") or resp.content_type
+            if key is not None:
+                router.metrics.key_requests.labels(key=key.name, code=str(resp.status)).inc()
+            client.write(_head(resp.status, ctype.encode(), rid, len(body), close=not keep) + body)
+            client.exchange_over(task, keep)
+
+        task = self.loop.create_task(run())
+        client.busy = task
+        self.active.add(task)
+
+    async def close(self) -> None:
+        """Drain: stop listening, give the requests in flight ``drain_seconds``, then cut what is left."""
+        self._draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.server is not None:
+            self.server.close()
+        deadline = self.loop.time() + self.router.limits.drain_seconds
+        while self.active and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for ex in list(self.active):
+            if isinstance(ex, _Exchange):
+                ex.drain_cut()
+            else:
+                ex.cancel()
+        for pool in self.pools.values():
+            pool.close()
+
+
+def run_fast_from_config(path: Any, host: str, port: int, api_keys: Any = None, max_body_bytes: int | None = None,
+                         limits: Any = None) -> None:
+    """``moxin router --config FILE --fast-path``: as ``router.run_from_config``, on the fast data plane."""
+    import signal
+
+    from aiohttp import ClientSession, ClientTimeout
+
+    from orchestrator.runtime.keys import KeyRing
+    from orchestrator.runtime.router import MAX_BODY_BYTES, read_config, reload_forever, run_fast
+    from orchestrator.runtime.secrets import engine_key
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        keys = KeyRing(api_keys) if api_keys is not None else None
+        router = Router(limits=limits, keys=keys, engine_key=engine_key(),
+                        max_body_bytes=max_body_bytes or MAX_BODY_BYTES, health_checks=True)
+        router.set_table(*read_config(path))
+        background = [asyncio.create_task(reload_forever(router, path))]
+        if router.health_checks:  # off the hot path: the aiohttp client is fine for them
+            router.session = ClientSession(timeout=ClientTimeout(total=None))
+            background.append(asyncio.create_task(router.check_health_forever()))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        fast = FastRouter(router)
+        await fast.start(host, port)
+        await stop.wait()
+        await fast.close()
+        for task in background:
+            task.cancel()
+        if router.session is not None:
+            await router.session.close()
+
+    run_fast(main())

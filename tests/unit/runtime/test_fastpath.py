@@ -1,0 +1,248 @@
+"""The fast-path prototype (runtime/fastpath.py) as a real server on 127.0.0.1 in front of real static engines:
+a stream relayed byte for byte, usage counted, the request id both ways, keep-alive reuse on both sides, retries
+before the first byte, a cut stream, a client gone, the other paths delegated."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from aiohttp import ClientSession, ClientTimeout, TCPConnector
+
+from orchestrator.runtime.fastpath import FastRouter
+from orchestrator.runtime.router import Router
+from tests.unit.runtime.router_support import TOKENS, USAGE, Engine, metric, refused_url, row, serving
+
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def sent_id(engine: Engine, i: int = 0) -> str:
+    return {k.lower(): v for k, v in engine.seen[i]["headers"].items()}["x-request-id"]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+@asynccontextmanager
+async def fast_routed(table: dict[str, list[dict[str, Any]]], **router_kwargs: Any
+                      ) -> AsyncIterator[tuple[Router, FastRouter, str]]:
+    router = Router(**router_kwargs)
+    router.set_table(table)
+    fast = FastRouter(router)
+    server = await fast.start("127.0.0.1", 0, reuse_port=False)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield router, fast, f"http://127.0.0.1:{port}"
+    finally:
+        await fast.close()
+        server.close()
+
+
+@asynccontextmanager
+async def setup(engine: Engine, **router_kwargs: Any) -> AsyncIterator[tuple[Router, FastRouter, str, ClientSession]]:
+    async with AsyncExitStack() as stack:
+        engine_url = await stack.enter_async_context(serving(engine.runner()))
+        router, fast, url = await stack.enter_async_context(
+            fast_routed({"d": [row("d-0", engine_url, engine.request_model)]}, **router_kwargs))
+        session = await stack.enter_async_context(ClientSession(timeout=ClientTimeout(total=20),
+                                                                connector=TCPConnector(limit=1)))
+        yield router, fast, url, session
+
+
+def test_a_stream_is_relayed_byte_for_byte_with_usage_counted_and_the_request_id_both_ways():
+    async def scenario():
+        engine = Engine("d")
+        async with setup(engine) as (_router, _fast, url, s):
+            body = {"model": "d", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
+            async with s.post(url + CHAT, json=body, headers={"X-Request-Id": "req-42"}) as r:
+                assert r.status == 200
+                assert r.headers["Content-Type"] == "text/event-stream"
+                assert r.headers["X-Request-Id"] == "req-42"
+                got = await r.read()
+            expected = b"".join(engine.chunk(t) for t in TOKENS) + engine.chunk(None, USAGE) + b"data: [DONE]\n\n"
+            assert got == expected
+            assert sent_id(engine) == "req-42"
+            assert engine.seen[0]["body"] == body  # forwarded as is
+            async with s.get(url + "/metrics") as r:
+                text = await r.text()
+            assert metric(text, "moxin_router_requests_total", code="200") == 1
+            assert metric(text, "moxin_generation_tokens_total") == USAGE["completion_tokens"]
+            assert metric(text, "moxin_prompt_tokens_total") == USAGE["prompt_tokens"]
+            assert metric(text, "moxin_request_ttft_seconds_count") == 1
+
+    run(scenario())
+
+
+def test_the_usage_chunk_the_router_asked_for_is_measured_and_dropped_and_a_new_request_id_is_made():
+    async def scenario():
+        engine = Engine("d")
+        async with setup(engine) as (_router, _fast, url, s):
+            async with s.post(url + CHAT, json={"model": "d", "messages": MESSAGES, "stream": True}) as r:
+                got = await r.read()
+                rid = r.headers["X-Request-Id"]
+            assert got == b"".join(engine.chunk(t) for t in TOKENS) + b"data: [DONE]\n\n"
+            assert len(rid) == 32 and sent_id(engine) == rid
+            assert engine.seen[0]["body"]["stream_options"] == {"include_usage": True}
+            async with s.get(url + "/metrics") as r:
+                assert metric(await r.text(), "moxin_generation_tokens_total") == 3
+
+    run(scenario())
+
+
+def test_keep_alive_is_reused_towards_the_client_and_the_replica():
+    async def scenario():
+        engine = Engine("d")
+        peers: set[Any] = set()
+        async with setup(engine) as (_router, fast, url, s):
+            for i in range(5):
+                stream = i % 2 == 0
+                async with s.post(url + CHAT, json={"model": "d", "messages": MESSAGES, "stream": stream}) as r:
+                    assert r.status == 200
+                    raw = await r.read()
+                    peers.add(r.connection.transport.get_extra_info("sockname") if r.connection else None)
+                if not stream:
+                    assert json.loads(raw)["usage"] == USAGE
+            pool = next(iter(fast.pools.values()))
+            assert pool.open == 1 and len(pool.idle) == 1  # one connection to the replica, reused 5 times
+            assert len(engine.seen) == 5
+            assert len(s.connector._conns) == 1  # and one from the client  # type: ignore[attr-defined]
+
+    run(scenario())
+
+
+def test_pipelined_requests_on_a_raw_socket_are_answered_in_order():
+    async def scenario():
+        engine = Engine("d")
+        async with setup(engine) as (_router, _fast, url, _s):
+            port = int(url.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            one = json.dumps({"model": "d", "messages": MESSAGES}).encode()
+            req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n\r\n%s"
+            writer.write(req % (len(one), b"a", one) + req % (len(one), b"b", one))
+            data = b""
+            while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"}"):
+                data += await reader.read(65536)
+            assert data.index(b"X-Request-Id: a") < data.index(b"X-Request-Id: b")
+            writer.close()
+
+    run(scenario())
+
+
+def test_a_dead_replica_and_a_503_are_retried_before_any_byte():
+    async def scenario():
+        live, busy = Engine("m"), Engine("m", mode="status-503")
+        async with AsyncExitStack() as stack:
+            live_url = await stack.enter_async_context(serving(live.runner()))
+            busy_url = await stack.enter_async_context(serving(busy.runner()))
+            table = {"d": [row("dead", refused_url(), "m", 1000.0), row("busy", busy_url, "m", 100.0),
+                           row("live", live_url, "m", 1.0)]}
+            _router, _fast, url = await stack.enter_async_context(fast_routed(table))
+            s = await stack.enter_async_context(ClientSession())
+            async with s.post(url + CHAT, json={"model": "d", "messages": MESSAGES, "stream": True}) as r:
+                assert r.status == 200
+                lines = [x for x in (await r.read()).split(b"\n") if x]
+            assert lines[-1] == b"data: [DONE]"
+            assert b'"model": "d"' in lines[0]  # the replica's model name became the deployment's
+            assert len(busy.seen) == 1 and len(live.seen) == 1
+            async with s.get(url + "/metrics") as r:
+                text = await r.text()
+            assert metric(text, "moxin_router_retries_total") == 2
+
+    run(scenario())
+
+
+def test_every_replica_answering_503_gives_the_client_the_last_one():
+    async def scenario():
+        engine = Engine("d", mode="status-503")
+        async with setup(engine) as (_router, _fast, url, s), \
+                s.post(url + CHAT, json={"model": "d", "messages": MESSAGES}) as r:
+            assert r.status == 503
+            assert (await r.json())["error"]["message"] == "engine says no"
+            assert len(engine.seen) == 1  # one replica, so one try
+
+    run(scenario())
+
+
+def test_a_stream_cut_by_its_replica_ends_with_an_error_event_and_no_done():
+    async def scenario():
+        async with setup(Engine("d", mode="cut")) as (_router, _fast, url, s):
+            async with s.post(url + CHAT, json={"model": "d", "messages": MESSAGES, "stream": True}) as r:
+                assert r.status == 200
+                lines = [x for x in (await r.read()).split(b"\n") if x]
+            assert b"data: [DONE]" not in lines
+            assert json.loads(lines[-1][6:])["error"]["code"] == "upstream_stream_cut"
+            async with s.get(url + "/metrics") as r:
+                assert metric(await r.text(), "moxin_router_requests_total", code="502") == 1
+
+    run(scenario())
+
+
+def test_a_client_gone_closes_the_replica_connection():
+    async def scenario():
+        engine = Engine("d", tokens=100, itl_s=0.05)
+        async with setup(engine) as (router, _fast, url, _s):
+            port = int(url.rsplit(":", 1)[1])
+            sock = socket.create_connection(("127.0.0.1", port))
+            one = json.dumps({"model": "d", "messages": MESSAGES, "stream": True}).encode()
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(one), one))
+            await asyncio.get_running_loop().run_in_executor(None, sock.recv, 100)
+            sock.close()
+            for _ in range(100):
+                if engine.ended:
+                    break
+                await asyncio.sleep(0.02)
+            assert engine.ended[0][0] == "disconnected"
+            assert router.balancer.table["d"][0].in_flight == 0
+
+    run(scenario())
+
+
+def test_other_paths_are_the_routers_own_and_bad_requests_get_openai_errors():
+    async def scenario():
+        async with setup(Engine("d")) as (_router, _fast, url, s):
+            async with s.get(url + "/v1/models") as r:
+                assert [m["id"] for m in (await r.json())["data"]] == ["d"]
+            async with s.get(url + "/health") as r:
+                assert r.status == 200
+            async with s.post(url + CHAT, data=b"{nope") as r:
+                assert r.status == 400 and "error" in await r.json()
+            async with s.post(url + CHAT, json={"model": "other", "messages": MESSAGES}) as r:
+                assert r.status == 404 and (await r.json())["error"]["code"] == "model_not_found"
+            async with s.get(url + CHAT) as r:
+                assert r.status == 405
+            async with s.get(url + "/nothing") as r:
+                assert r.status == 404
+
+    run(scenario())
+
+
+def test_a_replica_with_no_first_byte_in_time_is_retried_and_an_idle_stream_is_cut():
+    from orchestrator.spec.router import RouterLimits
+
+    async def scenario():
+        slow, live = Engine("m", headers_s=30), Engine("m")
+        async with AsyncExitStack() as stack:
+            slow_url = await stack.enter_async_context(serving(slow.runner()))
+            live_url = await stack.enter_async_context(serving(live.runner()))
+            table = {"d": [row("slow", slow_url, "m", 1000.0), row("live", live_url, "m", 1.0)]}
+            limits = RouterLimits(first_byte_timeout_seconds=0.3, idle_timeout_seconds=0.3)
+            _router, _fast, url = await stack.enter_async_context(fast_routed(table, limits=limits))
+            s = await stack.enter_async_context(ClientSession())
+            async with s.post(url + CHAT, json={"model": "d", "messages": MESSAGES}) as r:
+                assert r.status == 200 and len(live.seen) == 1
+            stalled = Engine("d", stall_after=1)
+            stalled_url = await stack.enter_async_context(serving(stalled.runner()))
+            _router, _fast, url = await stack.enter_async_context(
+                fast_routed({"d": [row("d-0", stalled_url, "d")]}, limits=limits))
+            async with s.post(url + CHAT, json={"model": "d", "messages": MESSAGES, "stream": True}) as r:
+                lines = [x for x in (await r.read()).split(b"\n") if x]
+            assert json.loads(lines[-1][6:])["error"]["code"] == "upstream_idle_timeout"
+
+    run(scenario())
