@@ -757,6 +757,10 @@ class FastRouter:
         if invalid is not None:
             return self._answer(client, rid, 400, _error_body(invalid.message, param=invalid.param), b"", keep, key)
         name = body["model"]
+        if not router.has_table:  # as Router.proxy: a restarted router before its first table
+            return self._answer(client, rid, 503, _error_body(
+                "the router has no routing table yet (it is starting); retry", "service_unavailable",
+                code="router_starting"), b"Retry-After: 1\r\n", keep, key)
         table = router.balancer.table
         if name not in table or (key is not None and not key.allows(name)):
             visible = [n for n in sorted(table) if key is None or key.allows(n)]

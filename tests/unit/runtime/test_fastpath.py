@@ -246,3 +246,21 @@ def test_a_replica_with_no_first_byte_in_time_is_retried_and_an_idle_stream_is_c
             assert json.loads(lines[-1][6:])["error"]["code"] == "upstream_idle_timeout"
 
     run(scenario())
+
+
+def test_before_its_first_table_the_fast_path_answers_a_retriable_503_as_the_router_does():
+    async def scenario():
+        router = Router()
+        fast = FastRouter(router)
+        server = await fast.start("127.0.0.1", 0, reuse_port=False)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            async with ClientSession(timeout=ClientTimeout(total=20)) as s:
+                async with s.post(url + CHAT, json={"model": "d", "messages": MESSAGES}) as r:
+                    assert r.status == 503 and r.headers["Retry-After"] == "1"
+                    assert (await r.json())["error"]["code"] == "router_starting"
+        finally:
+            await fast.close()
+            server.close()
+
+    run(scenario())
