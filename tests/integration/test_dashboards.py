@@ -51,8 +51,8 @@ def _fleet() -> tuple[RouterMetrics, ControllerMetrics]:
         pool = {k: labels[k] for k in ("pool", "hardware", "emulated")}
         controller.pool_devices.labels(**pool).set(8)
         controller.pool_allocated.labels(**pool).set(2)
-        for name, value in (("desired", 2), ("ready", 2), ("pending", 0), ("restarts", 1), ("capacity", 20),
-                            ("output_tokens", 400), ("batch", 16), ("cost", cost)):
+        for name, value in (("desired", 2), ("ready", 2), ("pending", 0), ("unschedulable", 0), ("restarts", 1),
+                            ("capacity", 20), ("output_tokens", 400), ("batch", 16), ("cost", cost)):
             getattr(controller, name).labels(**labels).set(value)
     for objective in SLO_OBJECTIVES:
         controller.slo_target.labels(deployment="chat", objective=objective).set(0.5)
