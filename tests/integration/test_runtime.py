@@ -420,7 +420,9 @@ def test_an_engine_port_refuses_a_request_without_the_engine_key(up):
 
 def test_router_retries_a_dead_replica_and_says_503_when_none_is_left(up, tmp_path):
     """The standalone router (as on Kubernetes) with a routing table holding a replica whose port refuses
-    connections: every request still succeeds, moved before any byte; with only the dead one: 503."""
+    connections: every request still succeeds, moved before any byte; with only the dead one: 503. Its active
+    health checks are off here: they would mark the dead replica down before the first request, and the retry
+    path is what this test is about (the checks have their own tests in tests/unit/runtime/test_router_gateway.py)."""
     live = by_engine(status(up["env"]))["vllm"]
     dead = f"http://127.0.0.1:{free_port()}"
     labels = {**live["labels"]}
@@ -432,7 +434,8 @@ def test_router_retries_a_dead_replica_and_says_503_when_none_is_left(up, tmp_pa
     port = free_port()
     # Engines answer only holders of the cluster's engine key: a router outside Ray is given it (as a Secret would).
     env = {**up["env"], "MOXIN_ENGINE_KEY": cluster_engine_key(up)}
-    proc = subprocess.Popen([*MOXIN, "router", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([*MOXIN, "router", "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                             "--health-check-interval-seconds", "0"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
