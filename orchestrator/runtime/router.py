@@ -524,7 +524,10 @@ class Router:
             return _error(504, f"deployment {name!r}: no replica answered within "
                           f"{limits.first_byte_timeout_seconds:g} s ({len(tried)} tried); retry later",
                           "gateway_timeout", code="upstream_timeout")
-        why = "no replica is ready" if not tried else f"every ready replica failed ({len(tried)} tried)"
+        now = time.monotonic()
+        open_ = [e.name for e in self.balancer.table.get(name, []) if self.breakers.blocked(e.name, now)]
+        why = (f"every ready replica failed ({len(tried)} tried)" if tried else
+               f"every replica failed recently (circuit open: {', '.join(open_)})" if open_ else "no replica is ready")
         return _error(503, f"deployment {name!r}: {why}; see `moxin status`", "service_unavailable")
 
     @staticmethod

@@ -284,3 +284,17 @@ def test_a_stream_through_the_router_reaches_the_client_whole_with_the_engines_b
             assert metric(await scrape(s, url), "moxin_generation_tokens_total", deployment="d") == 3  # its usage
 
     run(scenario())
+
+
+def test_when_every_replica_is_behind_an_open_circuit_the_503_says_so():
+    async def scenario():
+        bad = Engine("m", mode="status-500")
+        async with routed({"d": bad}, limits=RouterLimits(circuit_failure_threshold=1, retry_attempts=1)) \
+                as (_, url, s):
+            status, _, _ = await post(s, url, BODY)
+            assert status == 500  # the replica's own answer; its circuit opens
+            status, body, _ = await post(s, url, BODY)
+            assert status == 503 and len(bad.seen) == 1
+            assert "every replica failed recently (circuit open: " in body["error"]["message"], body
+
+    run(scenario())
