@@ -60,6 +60,7 @@ from orchestrator.runtime.router import (
     REQUEST_ID,
     Router,
     _sse_error,
+    error_json,
 )
 from orchestrator.spec.defaults import REPLICA_HEADER, ROUTES_PATH
 from orchestrator.spec.plan import METRIC_LABELS
@@ -88,7 +89,7 @@ def _head(status: int, content_type: bytes, rid: str, length: int | None, extra:
 
 def _error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
                 code: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+    return json.dumps(error_json(message, kind, param, code)).encode()
 
 
 class _Pool:
@@ -404,8 +405,7 @@ class _Exchange:
                                f"{router.limits.first_byte_timeout_seconds:g} s ({len(self.tried)} tried); retry "
                                "later", "gateway_timeout", code="upstream_timeout")
         else:
-            why = "no replica is ready" if not self.tried else f"every ready replica failed ({len(self.tried)} tried)"
-            body = _error_body(f"deployment {self.name!r}: {why}; see `moxin status`", "service_unavailable")
+            body = _error_body(router.unavailable(self.name, self.tried), "service_unavailable")
         self.reply(status, body)
 
     # -- the replica's answer ---------------------------------------------------------------------------------

@@ -121,11 +121,15 @@ REQUEST_ID: Any = _RequestKey("moxin_request_id", str) if _RequestKey else "moxi
 RAW_BODY: Any = _RequestKey("moxin_raw_body", bytes) if _RequestKey else "moxin_raw_body"
 
 
+def error_json(message: str, kind: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """An error in the OpenAI API's shape: clients (the openai SDK) show ``message`` and branch on ``code``."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
            code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
-    """An error in the OpenAI API's shape: clients (the openai SDK) show ``message`` and branch on ``code``."""
-    return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                             status=status, headers=headers)
+    return web.json_response(error_json(message, kind, param, code), status=status, headers=headers)
 
 
 def _short(value: str, limit: int = 80) -> str:
@@ -524,11 +528,15 @@ class Router:
             return _error(504, f"deployment {name!r}: no replica answered within "
                           f"{limits.first_byte_timeout_seconds:g} s ({len(tried)} tried); retry later",
                           "gateway_timeout", code="upstream_timeout")
+        return _error(503, self.unavailable(name, tried), "service_unavailable")
+
+    def unavailable(self, name: str, tried: set[str]) -> str:
+        """The 503's message when no replica of ``name`` answered (``tried``: the replicas a try went to)."""
         now = time.monotonic()
         open_ = [e.name for e in self.balancer.table.get(name, []) if self.breakers.blocked(e.name, now)]
         why = (f"every ready replica failed ({len(tried)} tried)" if tried else
                f"every replica failed recently (circuit open: {', '.join(open_)})" if open_ else "no replica is ready")
-        return _error(503, f"deployment {name!r}: {why}; see `moxin status`", "service_unavailable")
+        return f"deployment {name!r}: {why}; see `moxin status`"
 
     @staticmethod
     def _upstream_body(request: web.Request, body: dict[str, Any], ep: Endpoint, stream: bool,
