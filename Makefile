@@ -43,7 +43,7 @@ run: install
 
 test: install
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30
 
 unit: install
 	$(PY) -m pytest -q tests/unit
