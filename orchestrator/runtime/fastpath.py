@@ -682,9 +682,10 @@ class FastRouter:
             got = self.pools[ep.url] = _Pool(self, ep.url, self.router.limits.max_connections_per_replica)
         return got
 
-    async def start(self, host: str, port: int, reuse_port: bool = True) -> asyncio.Server:
-        self.server = await self.loop.create_server(lambda: _Client(self), host, port, reuse_port=reuse_port,
-                                                    backlog=1024)
+    async def start(self, host: str, port: int, reuse_port: bool = True, sock: Any = None) -> asyncio.Server:
+        """Serve host:port, or ``sock``, a listening socket already bound (``listener``: shared by a node's routers)."""
+        where = {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_port": reuse_port}
+        self.server = await self.loop.create_server(lambda: _Client(self), backlog=1024, **where)
         self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
         return self.server
 

@@ -56,6 +56,7 @@ import json
 import logging
 import math
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ from orchestrator.runtime.gateway import (
     request_id,
 )
 from orchestrator.runtime.keys import ApiKey, KeyRing, bearer_token
+from orchestrator.runtime.listener import BACKLOG
 from orchestrator.runtime.metrics import RouterMetrics
 from orchestrator.runtime.relay import Relay
 from orchestrator.runtime.request_checks import Invalid, check_request, parse_body
@@ -751,13 +753,18 @@ class Router:
                 series.tpot.observe((end - first) / (generated - 1))
 
 
-async def serve(router: Router, host: str, port: int, reuse_port: bool = True) -> web.AppRunner:
-    """Serve ``router`` on host:port. The runner's ``cleanup`` drains: it closes the listening socket, waits up to
-    ``drain_seconds`` for the requests in flight, cancels what is left, then closes the upstream session. A client
-    that disconnects cancels its handler (``handler_cancellation``), which closes its upstream connection."""
+async def serve(router: Router, host: str, port: int, reuse_port: bool = True,
+                sock: socket.socket | None = None) -> web.AppRunner:
+    """Serve ``router`` on host:port, or on ``sock``, a listening socket already bound (``listener``: shared by
+    the routers of a node). The runner's ``cleanup`` drains: it closes the listening socket (its copy of it: the
+    other holders of a shared one keep accepting), waits up to ``drain_seconds`` for the requests in flight,
+    cancels what is left, then closes the upstream session. A client that disconnects cancels its handler
+    (``handler_cancellation``), which closes its upstream connection."""
     runner = router.runner()
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+    site = (web.SockSite(runner, sock, backlog=BACKLOG) if sock is not None
+            else web.TCPSite(runner, host, port, reuse_port=reuse_port))
+    await site.start()
     return runner
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from orchestrator.runtime.balance import parse_document
 from orchestrator.runtime.keys import KeyRing
+from orchestrator.runtime.listener import SharedListener, shared_listener
 from orchestrator.runtime.metrics import RouterMetrics
 from orchestrator.runtime.names import CONTROLLER, NAMESPACE
 from orchestrator.runtime.router import MAX_BODY_BYTES, Router, serve
@@ -47,12 +48,15 @@ class RouterActor:
         self.metrics_port = 0
         self._task: asyncio.Task | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: SharedListener | None = None
         self._drained = False
         self._refused: str | None = None  # the last table error logged, so a bad table is logged once
 
     async def _run(self) -> None:
         controller = await self._first_table()  # before the port opens: no request meets an empty router
-        self._runner = await serve(self.router, self.host, self.port)
+        # One listening socket for the node's routers (one accept queue): a router killed loses no queued connection.
+        self._listener = await asyncio.to_thread(shared_listener, self.host, self.port)
+        self._runner = await serve(self.router, self.host, self.port, sock=self._listener.sock)
         # Several routers share the public port (the kernel picks one per connection), so each also serves its
         # own metrics on a private port: Prometheus scrapes every router, not whichever answers.
         own = web.Application()
@@ -101,6 +105,8 @@ class RouterActor:
         self._drained = True
         if self._task is not None:
             self._task.cancel()
+        if self._listener is not None:
+            self._listener.stop_offering()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
