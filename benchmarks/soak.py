@@ -28,7 +28,8 @@ classified; a failure is allowed only when it is a clean retriable error: a 503
 with a JSON error body, a stream the router ended with an SSE error event (the one replica serving it died
 mid-stream), or a request cut by the SIGKILL of the router that had accepted it (its connection closed, not
 reset, within 2 s of that SIGKILL: ``BY_ROUTER_KILL``). Anything lost before it started (connection refused or
-reset, e.g. left in the killed router's accept queue; no answer) is a violation.
+reset; no answer) is a violation. The routers of a node share one listening socket (``runtime/listener.py``): a
+connection still queued when one router is SIGKILLed is accepted by another, not reset.
 
 ``tests/integration/test_soak.py`` runs the same machinery for about five minutes and asserts what must hold.
 """
@@ -407,7 +408,7 @@ class Soak:
 BY_ROUTER_KILL = {"dropped_mid_stream": "router_killed_mid_stream",
                   "disconnected_before_first_byte": "router_killed_before_first_byte"}
 """Connections closed with a FIN (never a reset) within 2 s of a router's SIGKILL: the killed router had accepted
-the request (a request still in its accept queue is reset by the kernel, and stays a violation), so the process
+the request (a reset, e.g. of a connection it had accepted and not yet read, stays a violation), so the process
 serving it died, as when a replica dies mid-stream."""
 
 
