@@ -850,12 +850,19 @@ def node_resources(hardware: str, devices: int | None, node_name: str | None, pa
               help="Largest request body accepted (413 above).")
 @click.option("--fast-path", is_flag=True, hidden=True,
               help="Prototype: serve completions on raw asyncio protocols + httptools (runtime/fastpath.py).")
+@click.option("--workers", default="1", show_default=True, metavar="N|auto",
+              help="Router processes sharing the port (one listening socket, one accept queue); auto: one per CPU "
+                   "this process may use (affinity, cgroup CPU quota; no more than its memory limit holds at 128 "
+                   "MiB each), at most 16. Past 1, and with auto, a parent restarts a worker that dies and serves "
+                   "every worker's /metrics, labelled worker=SLOT, on --metrics-port.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=9091, show_default=True,
+              help="With --workers past 1 or auto: the port of the parent's /metrics (all workers).")
 @options_from(RouterLimits, ROUTER_LIMIT_FIELDS)
 def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_mib: float, fast_path: bool,
-           **limits: Any) -> None:
+           workers: str, metrics_port: int, **limits: Any) -> None:
     """Run the OpenAI-compatible router outside Ray, from a routing-table file (reloaded when it changes).
     Upstream requests carry $MOXIN_ENGINE_KEY, when set, as the engines' bearer token. SIGTERM drains: the port
-    closes, requests in flight get --drain-seconds to finish."""
+    closes, requests in flight get --drain-seconds to finish (with --workers: in every worker, then it exits)."""
     from orchestrator.runtime.balance import parse_table
 
     try:
@@ -869,6 +876,21 @@ def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_m
         from orchestrator.runtime.router import run_from_config
     except ImportError as exc:
         raise MoxinError(f"{exc.name} is not installed: pip install 'moxin[ray]'") from None
+    from orchestrator.runtime.workers import supervise, worker_count
+
+    try:
+        count = worker_count(workers)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--workers") from None
+    if count > 1 or workers == "auto":  # auto: the same shape (and metrics port) whatever it comes to
+        spec = {"plane": "fast" if fast_path else "aiohttp", "config": str(config), "host": host, "port": port,
+                "apiKeys": str(api_keys) if api_keys else None, "maxBodyBytes": int(max_body_mib * 2**20),
+                "limits": RouterLimits(**limits).model_dump(mode="json")}
+        try:
+            supervise(spec, count, host, port, metrics_port)
+        except OSError as exc:
+            raise MoxinError(f"cannot listen on {host}:{port}: {exc}") from None
+        return
     if fast_path:
         from orchestrator.runtime.fastpath import run_fast_from_config as run_from_config
     run_from_config(config, host, port, api_keys=api_keys, max_body_bytes=int(max_body_mib * 2**20),

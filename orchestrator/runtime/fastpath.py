@@ -837,14 +837,20 @@ class FastRouter:
 
 
 def run_fast_from_config(path: Any, host: str, port: int, api_keys: Any = None, max_body_bytes: int | None = None,
-                         limits: Any = None) -> None:
+                         limits: Any = None, sock: Any = None, metrics_sock: Any = None) -> None:
     """``moxin router --config FILE --fast-path``: as ``router.run_from_config``, on the fast data plane."""
     import signal
 
     from aiohttp import ClientSession, ClientTimeout
 
     from orchestrator.runtime.keys import KeyRing
-    from orchestrator.runtime.router import MAX_BODY_BYTES, read_config, reload_forever, run_fast
+    from orchestrator.runtime.router import (
+        MAX_BODY_BYTES,
+        read_config,
+        reload_forever,
+        run_fast,
+        serve_metrics,
+    )
     from orchestrator.runtime.secrets import engine_key
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -863,7 +869,9 @@ def run_fast_from_config(path: Any, host: str, port: int, api_keys: Any = None, 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         fast = FastRouter(router)
-        await fast.start(host, port)
+        await fast.start(host, port, sock=sock)
+        if metrics_sock is not None:
+            await serve_metrics(router, metrics_sock)
         await stop.wait()
         await fast.close()
         for task in background:

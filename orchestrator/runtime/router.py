@@ -768,16 +768,29 @@ async def serve(router: Router, host: str, port: int, reuse_port: bool = True,
     return runner
 
 
+async def serve_metrics(router: Router, sock: socket.socket) -> web.AppRunner:
+    """Serve only ``router``'s /metrics on ``sock``: a worker of ``moxin router --workers`` (``workers``), whose
+    parent scrapes every worker there."""
+    app = web.Application()
+    app.router.add_get("/metrics", router.export)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return runner
+
+
 def read_config(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, float]]]:
     """The deployments and splits of a routing-table file."""
     return parse_document(json.loads(path.read_text()))
 
 
 def run_from_config(path: Path, host: str, port: int, api_keys: Path | None = None,
-                    max_body_bytes: int = MAX_BODY_BYTES, limits: RouterLimits | None = None) -> None:
+                    max_body_bytes: int = MAX_BODY_BYTES, limits: RouterLimits | None = None,
+                    sock: socket.socket | None = None, metrics_sock: socket.socket | None = None) -> None:
     """``moxin router --config FILE``: a router outside Ray (Kubernetes). Reloads the file when it changes; a
     file that is not a valid table is logged and the last good table keeps serving. SIGTERM (or SIGINT) drains
-    (``serve``) and exits 0."""
+    (``serve``) and exits 0. ``sock``: a listening socket to serve instead of host:port, ``metrics_sock``: one to
+    serve /metrics on besides (a worker of ``moxin router --workers``)."""
     import signal
 
     from orchestrator.runtime.secrets import engine_key
@@ -793,7 +806,9 @@ def run_from_config(path: Path, host: str, port: int, api_keys: Path | None = No
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        runner = await serve(router, host, port)
+        runner = await serve(router, host, port, sock=sock)
+        if metrics_sock is not None:
+            await serve_metrics(router, metrics_sock)
         reload = asyncio.create_task(reload_forever(router, path))
         await stop.wait()
         log.info("draining: the port is closed, requests in flight have %g s", router.limits.drain_seconds)
