@@ -512,6 +512,12 @@ class Router(Values):
     """Router replicas."""
     port: Port = 8080
     """Container port."""
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
+    """Router processes per pod sharing its port (moxin router --workers): auto is one per CPU the container may
+    use (its cpu limit, else the node's cores), no more than its memory limit holds at 128 MiB each, at most 16;
+    1 is a single process. With auto or past 1 the pod's /metrics (every worker's) is on metricsPort."""
+    metrics_port: Port = 9091
+    """The port of the router pod's /metrics when workers is auto or past 1 (the ServiceMonitor scrapes it)."""
     resources: Resources = Resources(requests={"cpu": "500m", "memory": "512Mi"}, limits={"memory": "1Gi"})
     """Container resources."""
     service: RouterService = RouterService()

@@ -87,7 +87,7 @@ def worker_count(value: str) -> int:
     if value == "auto":
         return auto_workers(len(os.sched_getaffinity(0)), _read(CGROUP_CPU_MAX), _read(CGROUP_MEMORY_MAX))
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"--workers must be a whole number >= 1 or auto, not {value!r}")
+        raise ValueError(f"a whole number >= 1 or auto, not {value!r}")
     return int(value)
 
 

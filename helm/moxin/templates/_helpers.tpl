@@ -44,6 +44,12 @@ app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/component: router
 {{- end }}
 
+{{- /* "true" when the router pod runs a parent and workers (router.workers not 1): its /metrics, every worker's,
+is then served on router.metricsPort instead of the http port. */ -}}
+{{- define "moxin.routerWorkers" -}}
+{{- if ne (toString .Values.router.workers) "1" }}true{{ end }}
+{{- end }}
+
 {{- define "moxin.routerName" -}}
 {{ printf "%s-router" .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- end }}

@@ -63,16 +63,30 @@ def test_an_engine_policy_selects_no_other_assignments_pods():
                 assert not _selects(policies[a["id"]]["spec"]["podSelector"], labels)
 
 
-def test_the_router_admits_anyone_on_its_port_unless_told_whom():
+METRICS_RULE = {"from": [PROMETHEUS], "ports": [{"port": 9091, "protocol": "TCP"}]}
+
+
+def test_the_router_admits_anyone_on_its_port_unless_told_whom_and_prometheus_on_its_metrics_port():
     values, objects = rendered("maas")
     router = by_kind(objects, "NetworkPolicy")["moxin-router"]
     validate(router)
-    assert router["spec"]["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
+    assert router["spec"]["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}, METRICS_RULE]
     gateway = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
     objects = render_chart({**values, "networkPolicy": {"routerFrom": [gateway]}})
     router = by_kind(objects, "NetworkPolicy")["moxin-router"]
     validate(router)
-    assert router["spec"]["ingress"] == [{"from": [gateway, PROMETHEUS], "ports": [{"port": 8080, "protocol": "TCP"}]}]
+    assert router["spec"]["ingress"] == [{"from": [gateway, PROMETHEUS], "ports": [{"port": 8080, "protocol": "TCP"}]},
+                                         METRICS_RULE]
+
+
+def test_a_single_router_process_has_no_metrics_port_and_without_prometheus_no_one_may_scrape_the_workers():
+    values, _ = rendered("maas")
+    single = render_chart({**values, "router": {**values["router"], "workers": 1}})
+    assert by_kind(single, "NetworkPolicy")["moxin-router"]["spec"]["ingress"] == [
+        {"ports": [{"port": 8080, "protocol": "TCP"}]}]
+    blind = render_chart({**values, "networkPolicy": {"prometheus": []}})
+    assert by_kind(blind, "NetworkPolicy")["moxin-router"]["spec"]["ingress"] == [
+        {"ports": [{"port": 8080, "protocol": "TCP"}]}]
 
 
 def test_prometheus_and_extra_engine_peers_are_configurable():

@@ -193,6 +193,20 @@ def test_monitors_give_targets_the_job_names_file_sd_gives_them_on_ray():
     assert relabel["ServiceMonitor"] == [[{"targetLabel": "job", "replacement": SCRAPE_JOBS["router"]}]]
 
 
+def test_the_router_is_scraped_on_the_parents_metrics_port_unless_it_runs_one_process():
+    """router.workers auto (the default) or past 1: the http port answers with one worker's series, the parent's
+    metrics port with every worker's."""
+    values, objects = rendered("multinode")
+    (monitor,) = by_kind(objects, "ServiceMonitor").values()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    for workers, port in ((4, "metrics"), (1, "http")):
+        objects = render_chart({**values, "router": {**values["router"], "workers": workers}})
+        (monitor,) = by_kind(objects, "ServiceMonitor").values()
+        assert [e["port"] for e in monitor["spec"]["endpoints"]] == [port]
+        (c,) = by_kind(objects, "Deployment")["moxin-router"]["spec"]["template"]["spec"]["containers"]
+        assert ("--workers" in c["command"]) == (workers != 1)
+
+
 def test_the_prometheus_rule_holds_the_generated_rules_scoped_to_the_release_namespace():
     _, objects = rendered("multinode", namespace="serving")
     (rule,) = by_kind(objects, "PrometheusRule").values()
@@ -242,7 +256,11 @@ def test_router_configmap_holds_the_router_config_of_the_plan(example_name):
                             "--key-requests-per-second", "0", "--max-concurrent-requests", "0",
                             "--max-connections-per-replica", "256", "--max-queued-requests", "0",
                             "--queue-timeout-seconds", "30", "--retry-attempts", "3",
-                            "--retry-backoff-max-seconds", "0.5", "--retry-backoff-seconds", "0.005"]
+                            "--retry-backoff-max-seconds", "0.5", "--retry-backoff-seconds", "0.005",
+                            "--workers", "auto", "--metrics-port", "9091"]
+    assert [p["name"] for p in c["ports"]] == ["http", "metrics"]
+    service = by_kind(objects, "Service")["moxin-router"]
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("http", 8080), ("metrics", 9091)]
     # preStop sleeps 5 s (endpoints go first), then SIGTERM and 25 s of drain, then 5 s more before SIGKILL
     assert c["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "5"]}}}
     assert router["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 35
@@ -254,6 +272,7 @@ def test_router_limits_reach_moxin_router_as_flags_it_accepts(tmp_path, monkeypa
     from click.testing import CliRunner
 
     import orchestrator.runtime.router as router_module
+    import orchestrator.runtime.workers as workers_module
     from orchestrator.cli import cli
     from orchestrator.spec.router import RouterLimits
 
@@ -265,11 +284,18 @@ def test_router_limits_reach_moxin_router_as_flags_it_accepts(tmp_path, monkeypa
     assert pod["terminationGracePeriodSeconds"] == 51  # preStopSeconds 5 + ceil(40.2) + 5
     (c,) = pod["containers"]
     flags = c["command"][c["command"].index("--port") + 2:]
+    assert flags[-4:] == ["--workers", "auto", "--metrics-port", "9091"]
     parsed = {}
     monkeypatch.setattr(router_module, "run_from_config", lambda *_a, limits=None, **_k: parsed.update(limits=limits))
+    # router.workers auto: the parent passes the limits on to each worker as JSON (runtime/router_worker.py)
+    monkeypatch.setattr(workers_module, "supervise", lambda spec, n, host, port, metrics_port: parsed.update(
+        workers=RouterLimits.model_validate(spec["limits"]), metrics_port=metrics_port))
     config = tmp_path / "router.json"
     config.write_text(json.dumps({"deployments": {}}))
     out = CliRunner().invoke(cli, ["router", "--config", str(config), *flags])
+    assert out.exit_code == 0, out.output
+    assert parsed == {"workers": RouterLimits.model_validate(limits), "metrics_port": 9091}
+    out = CliRunner().invoke(cli, ["router", "--config", str(config), *flags[:-4]])  # router.workers 1
     assert out.exit_code == 0, out.output
     assert parsed["limits"] == RouterLimits.model_validate(limits)
 
