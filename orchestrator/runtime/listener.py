@@ -151,7 +151,8 @@ def ask(path: Path, port: int, timeout_s: float = ASK_TIMEOUT_S) -> socket.socke
     client.settimeout(timeout_s)
     try:
         try:
-            client.connect(str(path))
+            with _address(path) as address:
+                client.connect(address)
         except (ConnectionRefusedError, FileNotFoundError):
             path.unlink(missing_ok=True)
             return None
@@ -180,7 +181,8 @@ def _offer(listener: SharedListener, path: Path) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         path.unlink(missing_ok=True)
-        server.bind(str(path))
+        with _address(path) as address:
+            server.bind(address)
         server.listen(64)
     except OSError as exc:
         server.close()
@@ -206,6 +208,20 @@ def _answer_forever(server: socket.socket, sock: socket.socket) -> None:
                 socket.send_fds(conn, [_TAG], [fd])
             except OSError:
                 pass
+
+
+@contextmanager
+def _address(path: Path) -> Iterator[str]:
+    """``path`` as a Unix socket address: itself, or when it is too long for one (108 bytes with the NUL: a deep
+    temporary directory) the same file through /proc/self/fd and a descriptor of its directory, for the block."""
+    if len(os.fsencode(path)) < 100:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def _private_dir(path: Path) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import orchestrator
-from orchestrator.runtime.listener import ListenerError, _private_dir, ask, shared_listener
+from orchestrator.runtime.listener import ListenerError, _address, _private_dir, ask, shared_listener
 
 WORKER = Path(__file__).with_name("listener_worker.py")
 ROOT = Path(orchestrator.__file__).parents[1]
@@ -163,13 +163,26 @@ def test_a_second_listener_receives_the_same_socket_and_the_last_one_closing_clo
         socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
+def test_a_directory_too_deep_for_a_unix_socket_address_still_shares(tmp_path):
+    (tmp_path / ("d" * 60)).mkdir()
+    directory = tmp_path / ("d" * 60) / ("e" * 60) / "listeners"
+    port = free_port()
+    first = shared_listener("127.0.0.1", port, directory)
+    second = shared_listener("127.0.0.1", port, directory)
+    assert len(str(first.offer_path)) > 108
+    assert second.origin == "received" and same_socket(first.sock, second.sock)
+    first.close()
+    second.close()
+
+
 def test_a_crashed_holders_path_is_removed_and_the_newcomer_binds(tmp_path):
     directory = tmp_path / "l"
     directory.mkdir(mode=0o700)
     port = free_port()
     stale = directory / f"127.0.0.1_{port}.4242.deadbeef.sock"
     crashed = socket.socket(socket.AF_UNIX)
-    crashed.bind(str(stale))  # bound, never listening, closed without unlinking: what SIGKILL leaves
+    with _address(stale) as address:  # pytest's temporary directory may be too deep for a Unix address
+        crashed.bind(address)  # bound, never listening, closed without unlinking: what SIGKILL leaves
     crashed.close()
     listener = shared_listener("127.0.0.1", port, directory)
     try:
@@ -187,7 +200,8 @@ def test_a_holder_that_does_not_answer_is_passed_over_after_the_timeout(tmp_path
     directory.mkdir(mode=0o700)
     port = free_port()
     silent = socket.socket(socket.AF_UNIX)
-    silent.bind(str(directory / f"127.0.0.1_{port}.4242.deadbeef.sock"))
+    with _address(directory / f"127.0.0.1_{port}.4242.deadbeef.sock") as address:
+        silent.bind(address)
     silent.listen()
     try:
         start = time.monotonic()
