@@ -7,7 +7,7 @@ too long for this bound).
 
 Must hold: every failed request is a clean retriable error (503 with a JSON body, an SSE error event when the one
 replica serving it died, or the SIGKILLed router's own streams); 0 orphan engines and 0 duplicate replicas after
-each fault; each fault recovered within the engine's own start time + 15 s (a node's from its return); the lost
+each fault, and every engine on its node's CPUs; each fault recovered within the engine's own start time + 15 s (a node's from its return); the lost
 node's engine gone within 30 s; the rollout Succeeded (a planned change, not held to that bound: its time is
 reported). Run under `flock /tmp/moxin-ray.lock`.
 One defect is still open (#17) and, when it is all that went wrong, makes the test xfail with its problems listed
