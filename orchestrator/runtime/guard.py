@@ -10,6 +10,9 @@ makes sure no part of that tree outlives its owner:
 - a watched process dies (``--watch-pid``: the replica passes its node's raylet) -> the same. This is the fence
   after node loss: a raylet gone means Ray has given the node up and will place the replica elsewhere, while the
   actor's worker process may live on for minutes; its engine must not.
+With ``--cpus`` the engine runs on those CPUs whatever the thread that started the guard was pinned to (affinity is
+per thread and inherited at fork: an engine started from a thread an OpenMP runtime had bound to one core would
+inherit that core); the guard sets its own before it starts the engine, single-threaded, so no preexec is needed.
 With ``--detach`` the guard leaves its parent (double fork, new session): a dying Ray worker SIGKILLs its direct
 children (verified with Ray 2.60), which would kill a guard that is one before it could stop the engine. The
 pidfile then tells the owner both pids, as JSON. As a last resort on Linux, the engine gets SIGKILL if the guard
@@ -72,6 +75,21 @@ def _die_with_parent() -> None:
         pass
 
 
+def parse_cpus(text: str) -> set[int]:
+    """``0-3,6`` -> {0, 1, 2, 3, 6} (the Cpus_allowed_list format)."""
+    cpus: set[int] = set()
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    if not cpus:
+        raise ValueError(f"no CPU in {text!r}")
+    return cpus
+
+
+def format_cpus(cpus: set[int] | list[int] | tuple[int, ...]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="moxin-guard")
     parser.add_argument("--grace", type=float, default=15.0)
@@ -80,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detach", action="store_true", help="Leave the parent (double fork, new session).")
     parser.add_argument("--watch-pid", type=int, action="append", default=[],
                         help="Stop the engine when this process is gone too (repeatable; the node's raylet).")
+    parser.add_argument("--cpus", type=parse_cpus, help="Run the engine on these CPUs (0-3,6) [default: the guard's].")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -97,12 +116,18 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.cpus and hasattr(os, "sched_setaffinity"):
+        try:  # this process has one thread: the engine inherits its mask
+            os.sched_setaffinity(0, args.cpus)
+        except OSError as e:  # CPUs outside this cgroup's set: the engine keeps the guard's, and the log says so
+            print(f"moxin-guard: cannot run on CPUs {format_cpus(args.cpus)}: {e}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(command, start_new_session=True,
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     tmp = args.pidfile.with_suffix(".tmp")
     tmp.write_text(json.dumps({"guard": os.getpid(), "engine": proc.pid}))
     tmp.replace(args.pidfile)
-    print(f"moxin-guard: engine pid {proc.pid}: {' '.join(command)}", file=sys.stderr, flush=True)
+    cpus = f" on CPUs {format_cpus(os.sched_getaffinity(0))}" if hasattr(os, "sched_getaffinity") else ""
+    print(f"moxin-guard: engine pid {proc.pid}{cpus}: {' '.join(command)}", file=sys.stderr, flush=True)
     while True:
         code = proc.poll()
         if code is not None:

@@ -5,6 +5,11 @@ The cluster runs in a daemon process (``python -m orchestrator.runtime.local ser
 process through ``ray.cluster_utils.Cluster`` and shuts them all down on SIGTERM; ``moxin down`` sends it.
 SIGUSR1 (``restore_nodes``) brings back every node whose raylet has died, with its resources, as a machine that
 reboots rejoins its cluster: how the chaos soak (``benchmarks/soak.py``) returns a node it took away.
+The emulated nodes share this machine's CPUs: each gets its own share of them (``node_cpus``; its raylet, and so
+every process Ray and the replicas start on it, runs pinned to them), as separate machines would. Without that, on
+two cores vLLM's CPU worker takes one core (its OpenMP binding) and vLLM's engine core spins on the other while it
+waits for the worker (vLLM reserves that core for it), and an mlx-lm engine starting on the other node got 5-25 % of
+a core: 30-60 s to start instead of 4 (benchmarks/README.md). The head node (controller, routers) keeps them all.
 State (address, daemon pid) lives in ``<home>/cluster.json``.
 """
 
@@ -17,7 +22,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +47,61 @@ class NodeLayout:
     num_cpus: float
     num_gpus: float
     resources: dict[str, float]
+    cpus: tuple[int, ...] = ()
+    """The host CPUs the node runs on (its raylet's affinity); empty: all of them."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "numCpus": self.num_cpus, "numGpus": self.num_gpus, "resources": self.resources}
+        return {"name": self.name, "numCpus": self.num_cpus, "numGpus": self.num_gpus, "resources": self.resources,
+                "cpus": list(self.cpus)}
 
 
-def layout(pools: list[PlanPool], cpus_per_node: float = 1.0) -> list[NodeLayout]:
-    """One Ray node per fleet node (the head, which runs the controller and router, comes on top). Pure."""
+def node_cpus(host_cpus: list[int], nodes: int) -> list[tuple[int, ...]]:
+    """Each of ``nodes`` emulated nodes' share of ``host_cpus``: contiguous and as even as can be (the first ones
+    get one more), or, with fewer CPUs than nodes, one CPU each in turn. Pure."""
+    cpus = sorted(host_cpus)
+    if not cpus or nodes <= 0:
+        return [() for _ in range(max(nodes, 0))]
+    if len(cpus) < nodes:
+        return [(cpus[i % len(cpus)],) for i in range(nodes)]
+    size, extra = divmod(len(cpus), nodes)
+    out, start = [], 0
+    for i in range(nodes):
+        end = start + size + (1 if i < extra else 0)
+        out.append(tuple(cpus[start:end]))
+        start = end
+    return out
+
+
+def layout(pools: list[PlanPool], cpus_per_node: float = 1.0, host_cpus: list[int] | None = None) -> list[NodeLayout]:
+    """One Ray node per fleet node (the head, which runs the controller and router, comes on top), each on its
+    share of ``host_cpus`` (None: no pinning). Pure."""
     out = []
     for pool in pools:
         for node in pool.node_names:
             flags, custom = pool.ray.start_flags(pool.devices_per_node, node)  # what `ray start` would get
             out.append(NodeLayout(node, flags.get("num-cpus", cpus_per_node), flags.get("num-gpus", 0.0), custom))
+    if host_cpus:
+        out = [replace(n, cpus=c) for n, c in zip(out, node_cpus(host_cpus, len(out)), strict=True)]
     return out
+
+
+def host_cpus() -> list[int] | None:
+    """The CPUs this process may run on (Linux), None where that cannot be asked."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+@contextmanager
+def pinned(cpus: list[int] | tuple[int, ...]):
+    """This thread runs on ``cpus`` meanwhile, and so does every process it starts (affinity is inherited at fork)."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 # -- the daemon ---------------------------------------------------------------------------------------------------
@@ -69,8 +117,9 @@ def serve(state: Path, nodes: list[dict[str, Any]]) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **common})
 
     def add(n: dict[str, Any]) -> Any:
-        return cluster.add_node(num_cpus=n["numCpus"], num_gpus=n["numGpus"], resources=n["resources"],
-                                object_store_memory=OBJECT_STORE_BYTES)
+        with pinned(n.get("cpus") or ()):  # the raylet inherits it, and everything it starts
+            return cluster.add_node(num_cpus=n["numCpus"], num_gpus=n["numGpus"], resources=n["resources"],
+                                    object_store_memory=OBJECT_STORE_BYTES)
 
     def raylet_dead(node: Any) -> bool:
         return any(p.process.poll() is not None for p in node.all_processes[ray_constants.PROCESS_TYPE_RAYLET])

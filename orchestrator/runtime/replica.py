@@ -27,7 +27,7 @@ from orchestrator.engines import vllm
 from orchestrator.runtime import vllm_auth
 from orchestrator.runtime.desired import ReplicaSpec
 from orchestrator.runtime.engine_proxy import RunningProxy, serve_in_thread
-from orchestrator.runtime.guard import alive, stop_group
+from orchestrator.runtime.guard import alive, format_cpus, stop_group
 from orchestrator.runtime.reconcile import State
 from orchestrator.runtime.secrets import engine_key
 from orchestrator.spec.plan import EngineLaunch
@@ -47,6 +47,36 @@ KEY_CHECKING_ENGINES = frozenset({"vllm", "vllm-metal"})
 the key everywhere but /health, /metrics (Prometheus scrapes it) and /ping; tests/integration/test_engine_auth.py
 shows SageMaker's /invocations closed. Other engines (mlx-lm) listen on loopback behind the replica's
 ``engine_proxy``."""
+
+
+CPU_BINDING_ENV = ("GOMP_CPU_AFFINITY", "KMP_AFFINITY", "OMP_PROC_BIND", "OMP_PLACES", vllm.CPU_BIND_ENV)
+"""Variables that bind an OpenMP runtime's threads to CPUs. An engine gets them from its launch only, never from the
+replica's environment: vLLM sets some of them for its CPU workers (vllm/utils/ompmultiprocessing.py), and an engine
+that inherited another's binding would run on that engine's cores."""
+
+
+def engine_env(inherited: dict[str, str], *layers: dict[str, str]) -> dict[str, str]:
+    """The engine's environment: the replica's own without any CPU binding, then ``layers`` in order (the launch's,
+    the key's). Pure."""
+    env = {k: v for k, v in inherited.items() if k not in CPU_BINDING_ENV}
+    for layer in layers:
+        env.update(layer)
+    return env
+
+
+def node_cpus(raylet_pid: int | None) -> set[int] | None:
+    """The CPUs of this node: its raylet's (on the local emulated cluster, its share of the machine), else this
+    process's main thread's; None where Linux affinity cannot be asked. Not the calling thread's own: a thread can
+    have been pinned (an OpenMP runtime binds the thread it starts in) and a process started from it inherits that."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    for pid in (raylet_pid, os.getpid()):
+        if pid:
+            try:
+                return os.sched_getaffinity(pid)
+            except OSError:  # the raylet is gone: the fence handles that
+                continue
+    return None
 
 
 def free_port() -> int:
@@ -89,12 +119,14 @@ def engine_argv(launch: EngineLaunch, python: str = sys.executable) -> list[str]
 def start_guarded(argv: list[str], env: dict[str, str], log_path: Path, grace_s: float, raylet_pid: int | None,
                   what: str) -> dict[str, int]:
     """Start ``argv`` under a detached guard owned by this process (and fenced by the node's raylet, when there is
-    one); returns the guard's and the engine's pids (empty when the guard did not say in time)."""
+    one), on the node's CPUs; returns the guard's and the engine's pids (empty when the guard did not say in time)."""
     pidfile = log_path.with_suffix(".pid")
     pidfile.unlink(missing_ok=True)
     watch = ["--watch-pid", str(raylet_pid)] if raylet_pid else []
+    cpus = node_cpus(raylet_pid)
+    pin = ["--cpus", format_cpus(cpus)] if cpus else []
     guard = [sys.executable, "-m", "orchestrator.runtime.guard", "--detach", "--owner-pid", str(os.getpid()),
-             *watch, "--grace", str(grace_s), "--pidfile", str(pidfile), "--", *argv]
+             *watch, *pin, "--grace", str(grace_s), "--pidfile", str(pidfile), "--", *argv]
     with open(log_path, "ab") as log:
         log.write(f"\n==== moxin: {what} at {time.ctime()}\n".encode())
         log.flush()
@@ -274,7 +306,8 @@ class Replica:
             self.port = self.engine_port
         with self._lock:  # the last engine's pids: gone, and possibly reused by now
             self.guard_pid = self.engine_pid = None
-        argv, env = engine_argv(launch), {**os.environ, **launch.env_for(_device_ids(self.spec)), **self._auth_env()}
+        argv, env = engine_argv(launch), engine_env(dict(os.environ), launch.env_for(_device_ids(self.spec)),
+                                                    self._auth_env())
         if self.multi_node:  # the followers first: vLLM's rank 0 waits for them at its rendezvous
             master_port = free_port()
             env.update(self._stage_env(0))

@@ -19,6 +19,7 @@ from orchestrator.runtime.guard import alive
 from orchestrator.runtime.replica import (
     _node_id,
     _raylet_pid,
+    engine_env,
     granted_devices,
     kill_guarded,
     node_ip,
@@ -45,7 +46,7 @@ class Stage:
         granted this actor are made visible through ``visibility_env``."""
         self.stop()
         self.devices = granted_devices(self.resource) or []
-        full = {**os.environ, **env}
+        full = engine_env(dict(os.environ), env)
         if visibility_env and self.devices:
             full[visibility_env] = ",".join(str(d) for d in self.devices)
         pids = start_guarded(argv, full, self.log_path, self.grace_s, self.raylet_pid,

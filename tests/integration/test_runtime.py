@@ -124,6 +124,24 @@ def test_up_serves_one_deployment_from_a_vllm_and_an_mlx_replica_on_different_ra
     assert nodes[replicas["vllm"]["nodeId"]].get("moxin-node-gpu-emu-0") == 1
     assert nodes[replicas["mlx-lm"]["nodeId"]].get("mlx") == 1
     assert nodes[replicas["mlx-lm"]["nodeId"]].get("accelerator_type:M2-Max-64G") == 1
+    assert_engines_on_their_nodes_cpus(up, replicas)
+
+
+def assert_engines_on_their_nodes_cpus(up, replicas: dict[str, dict]) -> None:
+    """Each engine process, every thread of it, runs on its emulated node's own share of the machine's CPUs
+    (cluster.json), not on the other node's, where vLLM's worker and spinning engine core would starve it."""
+    cpus = {n["name"]: set(n["cpus"]) for n in json.loads((up["home"] / "cluster.json").read_text())["nodes"]}
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert not cpus["gpu-emu-0"] & cpus["mac-emu-0"], cpus
+    for engine, node in (("vllm", "gpu-emu-0"), ("mlx-lm", "mac-emu-0")):
+        pid = replicas[engine]["enginePid"]
+        masks = {}
+        for tid in os.listdir(f"/proc/{pid}/task"):  # affinity is per thread
+            try:
+                masks[tid] = os.sched_getaffinity(int(tid))
+            except OSError:  # the thread ended meanwhile
+                pass
+        assert masks and all(m == cpus[node] for m in masks.values()), (engine, pid, cpus, masks)
 
 
 def test_fifty_concurrent_streamed_chats_all_succeed_and_both_replicas_serve(up):
@@ -477,6 +495,7 @@ def test_kill_9_of_an_engine_restarts_it_and_it_serves_again_within_90_s(up):
     assert now["state"] == "ready" and now["enginePid"] != old_pid, now
     assert recovered < 90 and now["restarts"] == before["restarts"] + 1
     assert not alive(old_pid)
+    assert_engines_on_their_nodes_cpus(up, by_engine(status(up["env"])))
     # Requests after recovery succeed, and the restarted engine serves some of them.
     base = value(metrics(up["router"] + "/metrics"), "moxin_router_requests_total", engine="mlx-lm", code="200")
     assert all(code == 200 and done for code, _, done in chats(up["router"], 50))

@@ -3,6 +3,10 @@ fault window a request ended in, and what the report calls a problem."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from benchmarks.soak import FaultResult, Outcome, Report, classify
 
 
@@ -42,3 +46,18 @@ def test_the_report_names_slow_recoveries_orphans_duplicates_and_an_engine_that_
                         "controller: orphan engines [123], duplicates {'r': 2}",
                         "node: the lost node's engine outlived its raylet by more than 30 s",
                         "router (t): recovered in None s, bound 15.0 s"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux CPU affinity")
+def test_an_engine_off_its_nodes_cpus_is_a_problem_of_the_fault_after_which_it_was_seen():
+    from benchmarks.soak import Cluster
+
+    cluster = Cluster.__new__(Cluster)  # only the local cluster's node layout, no Ray
+    mine = sorted(os.sched_getaffinity(0))
+    cluster.info = {"nodes": [{"name": "a", "cpus": mine}, {"name": "b", "cpus": [max(mine) + 1]},
+                              {"name": "c", "cpus": []}]}
+    replicas = [{"id": f"r-{n}", "enginePid": os.getpid(), "nodes": [n]} for n in "abc"]
+    misplaced = cluster.misplaced({"replicas": replicas})
+    assert misplaced == [f"r-b engine pid {os.getpid()} on CPUs {mine}, its node's are [{max(mine) + 1}]"]
+    problems = Report([], [result("engine", 0, 10, misplaced=misplaced)], 10).problems()
+    assert problems == [f"engine: {misplaced[0]}"]

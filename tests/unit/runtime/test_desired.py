@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.planner import PlanOptions, plan
 from orchestrator.runtime.desired import replica_specs
-from orchestrator.runtime.local import layout
+from orchestrator.runtime.local import layout, node_cpus
 from orchestrator.spec import load_catalog
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -107,3 +107,26 @@ def test_a_pipeline_over_two_nodes_is_one_bundle_per_node_spread_with_each_nodes
 def test_a_replica_on_one_node_runs_its_launch_unchanged(local_plan):
     for spec in replica_specs(local_plan):
         assert spec.node_count == 1 and spec.node_argv(list(spec.launch.argv), 0, "x", 1) == spec.launch.argv
+
+
+@pytest.mark.parametrize("host, nodes, expected", [
+    ([0, 1], 2, [(0,), (1,)]),
+    ([0, 1, 2, 3], 3, [(0, 1), (2,), (3,)]),
+    ([3, 1, 2, 0], 2, [(0, 1), (2, 3)]),
+    ([5], 3, [(5,), (5,), (5,)]),
+    ([0, 1], 3, [(0,), (1,), (0,)]),
+    ([0, 1], 1, [(0, 1)]),
+    ([], 2, [(), ()]),
+])
+def test_each_emulated_node_gets_its_own_share_of_the_machines_cpus(host, nodes, expected):
+    shares = node_cpus(host, nodes)
+    assert shares == expected
+    if len(host) >= nodes:  # disjoint, and none left out
+        assert sorted(c for s in shares for c in s) == sorted(host)
+
+
+def test_the_local_cluster_pins_its_nodes_only_when_given_the_hosts_cpus(local_plan):
+    pinned = layout(local_plan.spec.pools, host_cpus=[0, 1])
+    assert [(n.name, n.cpus) for n in pinned] == [("gpu-emu-0", (0,)), ("mac-emu-0", (1,))]
+    assert pinned[1].to_json()["cpus"] == [1]
+    assert all(n.cpus == () for n in layout(local_plan.spec.pools))

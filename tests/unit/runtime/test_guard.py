@@ -1,4 +1,5 @@
-"""The process guard with real processes: no part of an engine's process tree outlives its owner."""
+"""The process guard with real processes: no part of an engine's process tree outlives its owner, and the engine runs
+on the CPUs it is given, not on those of the thread that started it."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from orchestrator.runtime.guard import alive
+from orchestrator.runtime.guard import alive, format_cpus, parse_cpus
+from orchestrator.runtime.replica import CPU_BINDING_ENV, engine_env, kill_guarded, start_guarded
 
 # An "engine" that starts a worker (as vLLM does) and waits; both record their pids.
 ENGINE = ("import os, subprocess, sys, time\n"
@@ -114,3 +117,72 @@ def test_a_watched_process_dying_stops_the_engine_while_the_owner_lives_on(tmp_p
     raylet.wait()
     assert guard.wait(15) == 0 and gone(engine, worker)
     assert f"watched process {raylet.pid} (the node's raylet) is gone" in log.read_text()
+
+
+def test_cpu_lists_parse_as_linux_writes_them():
+    assert parse_cpus("0-3,6") == {0, 1, 2, 3, 6} and parse_cpus("1") == {1}
+    assert format_cpus({6, 0, 1}) == "0,1,6" and parse_cpus(format_cpus({2, 5})) == {2, 5}
+    with pytest.raises(ValueError):
+        parse_cpus(",")
+
+
+def _in_pinned_thread(cpu: int, fn):
+    """``fn()`` in a thread pinned to ``cpu`` (affinity is per thread, as an OpenMP runtime leaves the thread it
+    starts in); its result."""
+    out = {}
+
+    def run():
+        os.sched_setaffinity(0, {cpu})
+        out["result"] = fn()
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    return out["result"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux affinity and two CPUs")
+def test_an_engine_started_from_a_pinned_thread_runs_on_the_nodes_cpus_not_the_threads(tmp_path):
+    """The mlx-lm engine seen pinned to vLLM's core: a process inherits the mask of the thread that forks it. The
+    replica starts its engine on the node's CPUs (here: this process's), whatever thread it starts it from."""
+    node = os.sched_getaffinity(os.getpid())
+    first = min(node)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    naive = _in_pinned_thread(first, lambda: subprocess.Popen(sleeper))  # what a plain Popen there would get
+    try:
+        assert os.sched_getaffinity(naive.pid) == {first}
+    finally:
+        naive.kill()
+        naive.wait()
+    pids = _in_pinned_thread(first, lambda: start_guarded(sleeper, dict(os.environ), tmp_path / "e.log", 1.0, None,
+                                                          "test"))
+    try:
+        assert os.sched_getaffinity(pids["engine"]) == node
+        assert f"on CPUs {format_cpus(node)}" in (tmp_path / "e.log").read_text()
+    finally:
+        kill_guarded(pids["guard"], pids["engine"], 1.0)
+    assert gone(pids["engine"])
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux affinity")
+def test_the_guard_runs_the_engine_on_the_cpus_it_is_given(tmp_path):
+    last = max(os.sched_getaffinity(0))
+    guard = subprocess.Popen([*GUARD, "--cpus", str(last), "--grace", "1", "--pidfile", str(tmp_path / "e.pid"), "--",
+                              sys.executable, "-c", "import time; time.sleep(600)"])
+    engine = wait_for(tmp_path / "e.pid")
+    try:
+        assert os.sched_getaffinity(engine) == {last}
+    finally:
+        guard.send_signal(signal.SIGTERM)
+        guard.wait(15)
+    assert gone(engine)
+
+
+def test_an_engine_inherits_no_cpu_binding_from_the_replica_only_from_its_launch():
+    inherited = {"PATH": "/bin", "OMP_NUM_THREADS": "1", "GOMP_CPU_AFFINITY": "0", "KMP_AFFINITY": "proclist=[0]",
+                 "OMP_PLACES": "{0}", "OMP_PROC_BIND": "true", "VLLM_CPU_OMP_THREADS_BIND": "0"}
+    env = engine_env(inherited, {"VLLM_CPU_OMP_THREADS_BIND": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}, {"K": "v"})
+    assert env == {"PATH": "/bin", "OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "1",
+                   "VLLM_CPU_KVCACHE_SPACE": "1", "K": "v"}
+    assert set(CPU_BINDING_ENV) & set(engine_env(inherited)) == set()
