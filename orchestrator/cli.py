@@ -848,10 +848,11 @@ def node_resources(hardware: str, devices: int | None, node_name: str | None, pa
                    "Reloaded when it changes.")
 @click.option("--max-body-mib", type=click.FloatRange(0.001, 1024), default=4, show_default=True,
               help="Largest request body accepted (413 above).")
-@click.option("--fast-path", is_flag=True, hidden=True,
-              help="Prototype: serve completions on raw asyncio protocols + httptools (runtime/fastpath.py).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log a line per request (logger orchestrator.access: its id, path, status, time, deployment and "
+                   "replica; never a header, key or body).")
 @options_from(RouterLimits, ROUTER_LIMIT_FIELDS)
-def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_mib: float, fast_path: bool,
+def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_mib: float, access_log: bool,
            **limits: Any) -> None:
     """Run the OpenAI-compatible router outside Ray, from a routing-table file (reloaded when it changes).
     Upstream requests carry $MOXIN_ENGINE_KEY, when set, as the engines' bearer token. SIGTERM drains: the port
@@ -866,13 +867,11 @@ def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_m
     if api_keys is not None:
         _read_keys(api_keys)
     try:
-        from orchestrator.runtime.router import run_from_config
+        from orchestrator.runtime.fastpath import run_from_config
     except ImportError as exc:
         raise MoxinError(f"{exc.name} is not installed: pip install 'moxin[ray]'") from None
-    if fast_path:
-        from orchestrator.runtime.fastpath import run_fast_from_config as run_from_config
     run_from_config(config, host, port, api_keys=api_keys, max_body_bytes=int(max_body_mib * 2**20),
-                    limits=RouterLimits(**limits))
+                    limits=RouterLimits(**limits), access_log=access_log)
 
 
 def _read_keys(path: Path) -> Any:
