@@ -1,34 +1,50 @@
-"""A prototype data plane for the router on raw asyncio Protocols and httptools (C HTTP parsers), to measure
-whether a Python router can spend per request what a Rust one does (issue #18). ``moxin router --fast-path``.
+"""The router's data plane: HTTP/1.1 on raw asyncio Protocols and httptools (C HTTP parsers), around a ``Router``
+(``runtime/router.py``: its table, rollout splits, metrics, circuit breakers, limits, admission queue, keys and
+engine key). ``moxin router`` (outside Ray) and the ``RouterActor`` (inside Ray) serve on it (``serve``). Built
+to spend per request about what a Rust router does (issue #18, ``benchmarks/router.py --peer``).
 
-It shares the ``Router`` it wraps: the routing table and its rollout splits (``balance``), the metric children
-(``Router.series``, ``Router._record``), the circuit breakers, the limits, the engine key, the request checks and
-the SSE ``relay``. What it does itself, per request:
+Per request:
 
 - HTTP/1.1 from clients: keep-alive, pipelined requests answered in order, Content-Length or chunked bodies (up
-  to ``max_body_bytes``: 413), ``Expect: 100-continue``; HTTP/1.0 clients get an unchunked answer and a close;
+  to ``max_body_bytes``: a 413 at once, the rest of the body read and dropped), ``Expect: 100-continue``;
+  HTTP/1.0 clients get an unchunked answer and a close; a head over ``MAX_HEAD_BYTES`` or ``MAX_HEADERS`` is a
+  431; a request not wholly arrived within ``client_timeout_seconds`` of its first byte is a 408 (a slow client
+  cannot hold connections), and a keep-alive connection idle that long is closed; repeated header fields are
+  joined (two Authorization headers are no key);
 - POST /v1/chat/completions and /v1/completions, streamed or not: the body is parsed and checked
-  (``request_checks``) as the aiohttp router does, a replica is picked (``Balancer.pick``, the split's side
-  once per request, ``X-Moxin-Replica`` pinning), the body forwarded as is when nothing changes
-  (``Router._upstream_body``) over a pooled keep-alive connection to the replica (at most
-  ``max_connections_per_replica``; past it requests wait for one), the answer parsed by httptools;
+  (``request_checks``), the model looked up (404 naming the served ones, a key sees only its deployments),
+  ``max_concurrent_requests`` at once with ``max_queued_requests`` waiting in ``gateway.Admission`` (past it, or
+  past ``queue_timeout_seconds`` in it: a 503 with Retry-After), a replica picked (``Balancer.pick``, the
+  split's side once per request, ``X-Moxin-Replica`` pinning), the body forwarded as is when nothing changes
+  (``Router._upstream_body``) over a pooled keep-alive connection to the replica, http:// or https:// (at most
+  ``max_connections_per_replica``; past it requests wait for one), the answer parsed by httptools (a body
+  delimited by the replica closing its connection too);
 - a stream is relayed one write to the client per upstream ``data_received`` (whole lines: ``relay.Relay``
-  finds usage/model/[DONE] by byte search), its head going out with its first block so that a retry is still
-  possible until then;
-- retries before any byte reached the client (no connection, 429/5xx, no first byte within the first-byte
-  timeout) on another replica with the same jittered backoff, the circuit breaker per replica, the idle timeout
-  of a stream that had begun (an SSE error event, no [DONE]), a stream cut by its replica (ditto, 502);
-- API keys (``Authorization: Bearer``, the key's deployments, the per-key token bucket and counter);
-- X-Request-Id (the client's or a new one) to the replica and back;
+  rewrites the model name and finds usage and [DONE] by byte search), its head going out with its first block so
+  that a retry is still possible until then; a plain answer gets the deployment's name for its model;
+- retries before any byte reached the client (no connection within the connect timeout, a 429 or 5xx, no first
+  byte within the first-byte timeout) on another replica, with a jittered exponential backoff, up to
+  ``retry_attempts`` tries; then the last replica's own 429/5xx, or a 503 (none answered) or 504 (too slow),
+  in the OpenAI error shape; the circuit breaker per replica (``gateway.Breakers``);
+- once a stream has begun, a replica that breaks off or stays silent past the idle timeout ends it with an SSE
+  error event (``upstream_stream_cut`` / ``upstream_idle_timeout``) and no [DONE]; a plain answer broken off is
+  a 502;
+- API keys (``Authorization: Bearer``, the key's deployments, the per-key token bucket: 429 with Retry-After,
+  the per-key counter); upstream only the engine key and the request id, none of the client's headers;
+- X-Request-Id: the client's (when a plain token) or a new one, to the replica and back to the client, in the
+  router's log lines about the request and in its access-log line (``access_log``, off by default);
 - a client that goes away closes its replica connection at once (vLLM aborts the request);
-- ``close`` drains as ``router.serve``'s cleanup does: the listening socket closes, requests in flight get
-  ``drain_seconds``, then streams end with a ``router_draining`` event and the rest are cut.
+- ``close`` drains (SIGTERM, the actor's ``drain``): the listening socket closes first (the other routers on the
+  port take new connections), idle connections close, requests in flight get ``drain_seconds``, then a stream
+  still going ends with a ``router_draining`` error event and no [DONE], and the rest are cut.
+
+Timeouts are not a timer per request: one sweep every ``SWEEP_S`` looks at the requests in flight (first byte,
+idle stream) and once a second at the client connections (read timeout, idle keep-alive).
 
 Other paths (/health, /metrics, /v1/models, /moxin/routes) are answered by the ``Router``'s own handlers.
 
-Not covered (the aiohttp router has them): the concurrency limit's queue (``max_concurrent_requests`` >0 is a
-503 at once, no waiting in ``max_queued_requests``), https:// replicas, TLS to clients, a client's request
-timeout while it sends its body slowly, HTTP/2.
+Not covered: TLS to clients (terminate it in front: an ingress or load balancer), HTTP/2, HTTP/1.1 upgrades
+(a 400).
 """
 
 from __future__ import annotations
@@ -50,7 +66,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from orchestrator.runtime.balance import FAILED_COOLDOWN_S, Endpoint
+from orchestrator.runtime.balance import Endpoint
 from orchestrator.runtime.gateway import backoff_seconds, request_id
 from orchestrator.runtime.keys import ApiKey, bearer_token
 from orchestrator.runtime.relay import Relay
@@ -60,8 +76,6 @@ from orchestrator.runtime.router import (
     BUSY,
     MAX_BODY_BYTES,
     PUBLIC_PATHS,
-    RAW_BODY,
-    REQUEST_ID,
     Router,
     _sse_error,
     error_json,
@@ -354,7 +368,7 @@ class _Exchange:
         if payload is None:
             try:
                 payload = self.payloads[ep.request_model] = router._upstream_body(
-                    {RAW_BODY: self.raw}, self.body, ep, self.stream, self.wants_usage)
+                    self.raw, self.body, ep, self.stream, self.wants_usage)
             except (RecursionError, ValueError):
                 return self.reply(400, _error_body("the body is nested too deeply to forward"))
         if self.attempt > 1:
@@ -415,13 +429,8 @@ class _Exchange:
         if conn is not None:
             conn.abort()
         assert ep is not None
-        now = time.monotonic()
-        ep.failed_until = now + FAILED_COOLDOWN_S
-        log.info("request %s: replica %s failed (%s)", self.rid, ep.name, why)
         self.settled = True
-        if counts and router.breakers.failure(ep.name, now):
-            log.warning("replica %s: circuit open for %g s after %s", ep.name, router.breakers.cooldown_s, why)
-            self.series.circuit.set(1)
+        router._failure(ep, why, self.rid, counts)
         self.series.retries.inc()
         self.slow, self.answer, self.failed_ep = slow, answer, ep
         self.end_try()
@@ -471,8 +480,7 @@ class _Exchange:
         router, ep = self.fast.router, self.ep
         assert ep is not None
         self.settled = True
-        if router.breakers.circuits and router.breakers.success(ep.name):
-            self.series.circuit.set(0)
+        router._success(ep)
         usage = None
         if status == 200:
             raw, usage = Router._plain_answer(raw, self.name)
@@ -533,8 +541,7 @@ class _Exchange:
         self.code = 200 if cut is None else 502 if cut != "router_draining" else 503
         if cut is None:
             self.settled = True
-            if router.breakers.circuits and router.breakers.success(ep.name):
-                self.series.circuit.set(0)
+            router._success(ep)
         relay = self.relay
         router._record(ep, self.code, self.start, self.first, relay.usage if relay else None,
                        relay.chunks if relay else 0)
@@ -767,7 +774,7 @@ class _Client(asyncio.Protocol):
 class FastRouter:
     """The data plane around a ``Router`` (its table, metrics, limits, breakers, keys, admission queue)."""
 
-    def __init__(self, router: Router, access_log: bool | None = None) -> None:
+    def __init__(self, router: Router, access_log: bool = False) -> None:
         self.router = router
         self.loop = asyncio.get_running_loop()
         self.pools: dict[str, _Pool] = {}
@@ -778,7 +785,7 @@ class FastRouter:
         self._sweeps = 0
         self._health: asyncio.Task[None] | None = None
         self.auth_line = b"\r\nAuthorization: Bearer " + router.engine_key.encode() if router.engine_key else b""
-        self.access_log = access.isEnabledFor(logging.INFO) if access_log is None else access_log
+        self.access_log = access_log
         self._draining = False
 
     def pool(self, ep: Endpoint) -> _Pool:
@@ -994,7 +1001,7 @@ class FastRouter:
                                 b"Allow: GET\r\n", keep, key, method, path, since)
 
         async def run() -> None:
-            resp = await handler({API_KEY: key, REQUEST_ID: rid} if key is not None else {REQUEST_ID: rid})
+            resp = await handler({API_KEY: key})
             body = resp.body if isinstance(resp.body, bytes) else bytes(resp.body or b"")
             ctype = resp.headers.get("Content-Type") or resp.content_type
             if key is not None:
@@ -1047,7 +1054,7 @@ class FastRouter:
 
 
 async def serve(router: Router, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = True,
-                sock: socket.socket | None = None, access_log: bool | None = None) -> FastRouter:
+                sock: socket.socket | None = None, access_log: bool = False) -> FastRouter:
     """Serve ``router`` on host:port (or on ``sock``); ``await close()`` on the result drains."""
     fast = FastRouter(router, access_log)
     await fast.start(host, port, reuse_port, sock)
@@ -1056,7 +1063,7 @@ async def serve(router: Router, host: str = "127.0.0.1", port: int = 0, reuse_po
 
 def run_from_config(path: Path, host: str, port: int, api_keys: Path | None = None,
                     max_body_bytes: int = MAX_BODY_BYTES, limits: RouterLimits | None = None,
-                    access_log: bool = True) -> None:
+                    access_log: bool = False) -> None:
     """``moxin router --config FILE``: a router outside Ray (Kubernetes). Reloads the file when it changes; a
     file that is not a valid table is logged and the last good table keeps serving. SIGTERM (or SIGINT) drains
     (``FastRouter.close``) and exits 0."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientSession, ClientTimeout
 
 from orchestrator.devtools.sse_server import Behaviour, StaticServer
 from orchestrator.runtime.fastpath import serve
