@@ -284,6 +284,7 @@ class _Exchange:
     __slots__ = (
         "admitted",
         "answer",
+        "answered",
         "attempt",
         "body",
         "chunked",
@@ -339,6 +340,7 @@ class _Exchange:
         self.first: float | None = None
         self.rest = b""
         self.sent = False  # a byte of the answer went to the client: no retry any more
+        self.answered = False  # the client's stream ended at [DONE]; the replica's end of body is still to come
         self.done = False
         self.deadline = 0.0  # the loop time by which the replica's first byte is due (0: none)
         self.last = 0.0
@@ -508,6 +510,12 @@ class _Exchange:
         if relay is None:
             assert self.ep is not None
             relay = self.relay = Relay(self.name, self.ep.request_model, self.wants_usage)
+        elif self.answered:  # the client has its whole answer: what the replica adds after [DONE] is dropped
+            if complete:
+                self.conn = None
+                conn.finished()
+                self.finish_stream([], None, "")
+            return
         out, found = relay.feed(block) if block else (b"", 0)
         if found and self.first is None:
             self.first = time.monotonic()
@@ -526,18 +534,24 @@ class _Exchange:
             cut = None if relay.done else "upstream_stream_cut"
             self.finish_stream(parts, cut, f"the replica of {self.name!r} broke off the stream before it finished")
             return
+        if relay.done and self.chunked:  # [DONE]: the client's body ends in this write, not in one more later
+            self.answered = True
+            parts.append(b"0\r\n\r\n")
         self.client.write(b"".join(parts))
 
     def finish_stream(self, parts: list[bytes], cut: str | None, why: str) -> None:
         """The stream is over: its last bytes, an error event when it did not finish, the end of the body."""
         router, ep = self.fast.router, self.ep
         assert ep is not None
-        if cut is not None:
-            log.warning("request %s: %s", self.rid, why)
-            event = _sse_error(why, cut)
-            parts.append(b"%x\r\n%s\r\n" % (len(event), event) if self.chunked else event)
-        if self.chunked:
-            parts.append(b"0\r\n\r\n")
+        if self.answered:  # the client had its whole answer, [DONE] and the end of the body, already
+            cut = None
+        else:
+            if cut is not None:
+                log.warning("request %s: %s", self.rid, why)
+                event = _sse_error(why, cut)
+                parts.append(b"%x\r\n%s\r\n" % (len(event), event) if self.chunked else event)
+            if self.chunked:
+                parts.append(b"0\r\n\r\n")
         self.code = 200 if cut is None else 502 if cut != "router_draining" else 503
         if cut is None:
             self.settled = True
@@ -547,7 +561,8 @@ class _Exchange:
                        relay.chunks if relay else 0)
         self.end_try()
         self.done = True
-        self.client.write(b"".join(parts))
+        if parts:
+            self.client.write(b"".join(parts))
         self.client.exchange_over(self, keep=self.keep and self.chunked)
 
     def upstream_lost(self, why: str) -> None:

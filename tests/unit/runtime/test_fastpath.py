@@ -445,3 +445,38 @@ def test_an_https_replica_is_reached_over_tls_and_its_certificate_is_checked(tmp
     assert run(scenario(trusted=True)) == 200
     monkeypatch.delenv("SSL_CERT_FILE")
     assert run(scenario(trusted=False)) == 503  # a certificate nobody vouches for is no connection
+
+
+def test_a_stream_ends_for_the_client_at_done_even_when_its_replica_is_slow_to_end_its_body():
+    """[DONE] is the end of the answer: the client's body ends in the same write (one write fewer per stream),
+    without waiting for the replica's own end of body; a replica that never sends it is a 200 all the same."""
+    async def scenario():
+        engine = Engine("m")
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+            body = b"".join(engine.chunk(t) for t in TOKENS) + engine.chunk(None, USAGE) + b"data: [DONE]\n\n"
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + b"%x\r\n%s\r\n" % (len(body), body))
+            await asyncio.sleep(30)  # and the end of the chunked body never comes
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        replica = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            limits = RouterLimits(idle_timeout_seconds=0.3)
+            async with fast_routed({"d": [row("d-0", replica, "m")]}, limits=limits) as (_r, _f, url), \
+                    ClientSession() as s:
+                t0 = time.monotonic()
+                async with s.post(url + CHAT, json={"model": "d", "messages": MESSAGES, "stream": True}) as r:
+                    lines = [x for x in (await r.read()).split(b"\n") if x]
+                assert time.monotonic() - t0 < 0.25 and lines[-1] == b"data: [DONE]" and len(lines) == 4
+                await asyncio.sleep(1.0)  # the idle timeout ends the replica's side
+                async with s.get(url + "/metrics") as r:
+                    text = await r.text()
+                assert metric(text, "moxin_router_requests_total", code="200") == 1
+                assert metric(text, "moxin_router_requests_total", code="502") == 0
+        finally:
+            server.close()
+
+    run(scenario())
