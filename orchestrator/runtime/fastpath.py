@@ -103,6 +103,8 @@ DISCARD_BYTES = 64 * 2**20
 FAST_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _H_RID, _H_AUTH, _H_EXPECT, _H_REPLICA = b"x-request-id", b"authorization", b"expect", REPLICA_HEADER.lower().encode()
+_READ_HEADERS = frozenset({_H_RID, _H_AUTH, _H_EXPECT, _H_REPLICA, b"content-length"})
+"""The request headers the router reads; the others are counted (``MAX_HEADERS``, ``MAX_HEAD_BYTES``), not kept."""
 _SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
 
 
@@ -642,6 +644,7 @@ class _Client(asyncio.Protocol):
         self.refuse = 0  # the status a request over a limit gets: 413 (its body), 431 (its head)
         self.discard = 0  # bytes of a refused body still read and dropped before the connection is closed
         self.head = 0  # bytes of the current request's head (its URL, header names and values)
+        self.fields = 0  # header fields of the current request
         self.in_head = True  # no request, or one whose head is not complete: what comes is head bytes
         self.raw_head = 0  # bytes received while in the head: a bound on what the parser buffers
         self.reading = False  # a request has begun and is not complete: the read timeout runs
@@ -704,7 +707,7 @@ class _Client(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self.url, self.headers, self.body, self.size, self.refuse, self.head = b"", {}, [], 0, 0, 0
+        self.url, self.headers, self.body, self.size, self.refuse, self.head, self.fields = b"", {}, [], 0, 0, 0, 0
         self.reading, self.since = True, self.fast.loop.time()
 
     def on_url(self, url: bytes) -> None:
@@ -712,14 +715,16 @@ class _Client(asyncio.Protocol):
         self.head += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        had = self.headers.get(name)
-        self.headers[name] = value if had is None else had + b", " + value  # RFC 9110 5.3: one list
         self.head += len(name) + len(value) + 4
+        self.fields += 1
+        name = name.lower()
+        if name in _READ_HEADERS:  # the only ones read: the rest are not kept
+            had = self.headers.get(name)
+            self.headers[name] = value if had is None else had + b", " + value  # RFC 9110 5.3: one list
 
     def on_headers_complete(self) -> None:
         self.in_head, self.raw_head = False, 0
-        if self.head > MAX_HEAD_BYTES or len(self.headers) > MAX_HEADERS:
+        if self.head > MAX_HEAD_BYTES or self.fields > MAX_HEADERS:
             return self._refuse(431)
         length = self.headers.get(b"content-length")
         limit = self.fast.router.max_body_bytes

@@ -15,8 +15,10 @@ import json
 import re
 from typing import Any
 
-_CONTENT = re.compile(rb'"(?:reasoning_content|content|text)": ?"[^"]')
-"""A chunk with something generated (a non-empty content, reasoning_content or completion text)."""
+_CONTENT = re.compile(rb'content": ?"[^"]')
+_TEXT = re.compile(rb'"text": ?"[^"]')
+"""A chunk with something generated: a non-empty content or reasoning_content (``_CONTENT``: one regex with a
+literal prefix, faster than an alternation), or completion text (``_TEXT``)."""
 _USAGE = (b'"usage":{', b'"usage": {')
 _USAGE_KEY = b'"usage":'
 _MODEL = b'"model":'
@@ -57,7 +59,7 @@ class Relay:
 
     def feed(self, block: bytes) -> tuple[bytes, int]:
         """The block as the client gets it, and how many content chunks it held."""
-        found = len(_CONTENT.findall(block))
+        found = len(_CONTENT.findall(block)) + len(_TEXT.findall(block))
         self.chunks += found
         if self.engine is not None:
             block = block.replace(self.engine[0], self.want[0]).replace(self.engine[1], self.want[1])
