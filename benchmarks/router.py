@@ -247,6 +247,9 @@ def peer(levels: list[int], requests: int, repeat: int, tmp: Path) -> None:
                 cpu = "" if name == "direct" else f"{m[5]:9.3f}"
                 print(f"{c:>7} {name:>12} {1e3 * m[0]:9.2f} {1e3 * m[1]:9.2f} {1e3 * m[2]:9.2f} {1e3 * m[3]:9.2f} "
                       f"{added} {m[4]:7.0f} {cpu}")
+            mx, vr = med["moxin"], med["vllm-router"]
+            print(f"{c:>7} {'moxin/peer':>12} CPU s/1k {mx[5] / vr[5]:.2f}x (target <= 1.2x), req/s {mx[4] / vr[4]:.2f}x "
+                  f"(target >= 0.9x), +e2e p50 {1e3 * (mx[2] - vr[2]):+.2f} ms (target <= +0.3 at 1 stream)")
     finally:
         for proc in procs:
             proc.terminate()
