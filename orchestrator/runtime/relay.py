@@ -32,6 +32,10 @@ def _model_fields(model: str) -> tuple[bytes, bytes]:
     return b'"model":' + value, b'"model": ' + value
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _find_usage(block: bytes) -> int:
     """Where the usage object's key is, or -1: one scan for ``"usage":``, then its value must be an object."""
     at = block.find(_USAGE_KEY)
@@ -58,9 +62,8 @@ class Relay:
         self.done = False
 
     def feed(self, block: bytes) -> tuple[bytes, int]:
-        """The block as the client gets it, and how many content chunks it held."""
-        found = len(_CONTENT.findall(block)) + len(_TEXT.findall(block))
-        self.chunks += found
+        """The block as the client gets it, and how many content chunks it held (once the usage is known, only
+        whether it held any: the count is a stand-in for ``completion_tokens``, not needed when that came)."""
         if self.engine is not None:
             block = block.replace(self.engine[0], self.want[0]).replace(self.engine[1], self.want[1])
         models = block.count(_MODEL)
@@ -77,6 +80,11 @@ class Relay:
             start = block.rfind(b"\n", 0, at) + 1
             line = block[start:block.find(b"\n", at) + 1 or len(block)]
             self.done = line.startswith(b"data:") and line[5:].strip() == _DONE
+        if self.usage is not None and _is_count(self.usage.get("completion_tokens")):
+            found = 1 if _CONTENT.search(block) or _TEXT.search(block) else 0
+        else:
+            found = len(_CONTENT.findall(block)) + len(_TEXT.findall(block))
+            self.chunks += found
         return block, found
 
     def _models_right(self, block: bytes, models: int) -> bool:

@@ -257,10 +257,14 @@ def test_the_relay_names_the_deployment_counts_content_and_hides_the_usage_chunk
     events = [json.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: {")]
     assert [e["model"] for e in events] == ["d", "d", "d"]
     assert events[1]["choices"][0]["delta"]["content"] == 'say "model": "m"'  # generated text is left alone
-    assert found == 2 and relay.usage == usage and relay.done
+    assert found and relay.usage == usage and relay.done  # the usage holds the count: only "content came" is asked
     assert b"\n\n\n" not in out and out.endswith(b"data: [DONE]\n\n")
     kept, _ = Relay("d", "m", wants_usage=True).feed(block)
     assert kept.count(b'"usage"') == 1
+    bare = Relay("d", "m", wants_usage=False)  # an engine that sends no usage: its content chunks are counted
+    _, found = bare.feed(sse(chunk(engine_says, ""), chunk(engine_says, 'say "model": "m"'), chunk(engine_says),
+                             spaced=spaced))
+    assert found == 2 and bare.chunks == 2 and bare.usage is None
 
 
 def test_the_relay_does_not_take_done_inside_generated_text_for_the_end():
