@@ -850,7 +850,8 @@ def node_resources(hardware: str, devices: int | None, node_name: str | None, pa
               help="Largest request body accepted (413 above).")
 @click.option("--access-log", is_flag=True,
               help="Log a line per request (logger orchestrator.access: its id, method, path, status, time, deployment "
-                   "and replica; never a header, key or body). Off by default: it costs ~25 us of CPU per request, about a fifth of the router's own.")
+                   "and replica; never a header, key or body). Off by default: it costs ~25 us of CPU per request, "
+                   "about a fifth of the router's own.")
 @options_from(RouterLimits, ROUTER_LIMIT_FIELDS)
 def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_mib: float, access_log: bool,
            **limits: Any) -> None:
