@@ -13,8 +13,9 @@
 Prints tables and the machine. Medians and percentiles over all requests of a level; these machines are noisy.
 
 --peer: moxin's router side by side with vllm-router (the Rust router, ``pip install vllm-router``), nothing
-else; "moxin-fast" is moxin's router with ``--fast-path`` (the prototype data plane of runtime/fastpath.py). Each router is pinned to core 0 (taskset); the static SSE upstream (a subprocess) and this script's load
-generator share core 1. At each level of concurrent streams: added TTFT and end-to-end p50/p99 against the
+else ("moxin" is ``moxin router``: its data plane, runtime/fastpath.py, with its defaults: no access log, as
+vllm-router runs at --log-level warning). Each router is pinned to core 0 (taskset); the static SSE upstream (a
+subprocess) and this script's load generator share core 1. At each level of concurrent streams: added TTFT and end-to-end p50/p99 against the
 upstream straight, requests/s, and the router's CPU seconds (utime+stime of /proc/PID/stat, all its threads) per
 1,000 requests; the three paths alternate, ``--repeat`` times, and each figure is the median of the repeats.
 """
@@ -207,7 +208,7 @@ def peer(levels: list[int], requests: int, repeat: int, tmp: Path) -> None:
     if not Path(vllm_router).exists():
         raise SystemExit("vllm-router is not installed: pip install vllm-router")
     os.sched_setaffinity(0, {LOAD_CORE})
-    up_port, moxin_port, fast_port, peer_port = free_port(), free_port(), free_port(), free_port()
+    up_port, moxin_port, peer_port = free_port(), free_port(), free_port()
     upstream = start_pinned([sys.executable, __file__, "--serve-static", str(up_port)], LOAD_CORE)
     procs = [upstream]
     try:
@@ -218,17 +219,12 @@ def peer(levels: list[int], requests: int, repeat: int, tmp: Path) -> None:
         moxin = start_pinned([*MOXIN, "router", "--config", str(config), "--host", "127.0.0.1",
                               "--port", str(moxin_port)], ROUTER_CORE)
         procs.append(moxin)
-        fast = start_pinned([*MOXIN, "router", "--config", str(config), "--host", "127.0.0.1",
-                             "--port", str(fast_port), "--fast-path"], ROUTER_CORE)
-        procs.append(fast)
         vr = start_pinned([vllm_router, "--worker-urls", f"http://127.0.0.1:{up_port}", "--host", "127.0.0.1",
                            "--port", str(peer_port), "--policy", "round_robin", "--log-level", "warning"], ROUTER_CORE)
         procs.append(vr)
         wait_http(f"http://127.0.0.1:{moxin_port}/health")
         wait_http(f"http://127.0.0.1:{peer_port}/health")
-        wait_http(f"http://127.0.0.1:{fast_port}/health")
         paths = {"direct": (f"http://127.0.0.1:{up_port}", None), "moxin": (f"http://127.0.0.1:{moxin_port}", moxin),
-                 "moxin-fast": (f"http://127.0.0.1:{fast_port}", fast),
                  "vllm-router": (f"http://127.0.0.1:{peer_port}", vr)}
         print(f"\nside by side: static SSE upstream (17 chunks + [DONE]), each router pinned to core {ROUTER_CORE}, "
               f"upstream and load generator on core {LOAD_CORE}; medians of {repeat} alternating runs")
@@ -251,6 +247,9 @@ def peer(levels: list[int], requests: int, repeat: int, tmp: Path) -> None:
                 cpu = "" if name == "direct" else f"{m[5]:9.3f}"
                 print(f"{c:>7} {name:>12} {1e3 * m[0]:9.2f} {1e3 * m[1]:9.2f} {1e3 * m[2]:9.2f} {1e3 * m[3]:9.2f} "
                       f"{added} {m[4]:7.0f} {cpu}")
+            mx, vr = med["moxin"], med["vllm-router"]
+            print(f"{c:>7} {'moxin/peer':>12} CPU s/1k {mx[5] / vr[5]:.2f}x (target <= 1.2x), req/s {mx[4] / vr[4]:.2f}x "
+                  f"(target >= 0.9x), +e2e p50 {1e3 * (mx[2] - vr[2]):+.2f} ms (target <= +0.3 at 1 stream)")
     finally:
         for proc in procs:
             proc.terminate()

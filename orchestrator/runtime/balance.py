@@ -144,8 +144,9 @@ class Balancer:
         self.rng = rng or random.Random()
 
     def update(self, table: dict[str, list[dict[str, Any]]], splits: dict[str, dict[str, float]] | None = None) -> None:
-        """Replace the routing table and its splits, keeping the counters of replicas that stay and the
-        round-robin of splits that stay."""
+        """Replace the routing table and its splits, keeping the round-robin of splits that stay and the very
+        ``Endpoint`` of a replica that stays (same name and URL), its row's fields updated: a request in flight
+        holds it and counts itself out of it, so a copy of its counters would never come down."""
         old = {e.name: e for eps in self.table.values() for e in eps}
         new: dict[str, list[Endpoint]] = {}
         for deployment, rows in table.items():
@@ -155,9 +156,10 @@ class Balancer:
                 labels = {k: str(given.get(k, deployment if k == "deployment" else "")) for k in METRIC_LABELS}
                 e = Endpoint(r["name"], r["url"].rstrip("/"), r["requestModel"], float(r["weight"]), labels,
                              r.get("side", STABLE))
-                if r["name"] in old and old[r["name"]].url == e.url:
-                    e.in_flight, e.failed_until, e.down = old[r["name"]].in_flight, old[r["name"]].failed_until, \
-                        old[r["name"]].down
+                prev = old.get(r["name"])
+                if prev is not None and prev.url == e.url:
+                    prev.request_model, prev.weight, prev.labels, prev.side = e.request_model, e.weight, labels, e.side
+                    e = prev
                 eps.append(e)
             new[deployment] = eps
         self.table = new

@@ -123,11 +123,21 @@ class Admission:
         self.active = 0
         self.waiting: deque[asyncio.Future[None]] = deque()
 
-    async def enter(self) -> None:
+    def try_enter(self) -> bool:
+        """Take a slot without waiting: True when one was free and nobody is queued before this request."""
         if self.limit <= 0:
-            return
+            return True
         if self.active < self.limit and not self.waiting:
             self.active += 1
+            return True
+        return False
+
+    def full(self) -> bool:
+        """No slot and no room in the queue: a request now is ``Overloaded`` at once."""
+        return self.limit > 0 and self.active >= self.limit and len(self.waiting) >= self.queue
+
+    async def enter(self) -> None:
+        if self.try_enter():
             return
         if len(self.waiting) >= self.queue:
             raise Overloaded

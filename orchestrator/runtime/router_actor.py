@@ -1,4 +1,5 @@
-"""The router inside Ray: an async actor that serves ``router.Router`` on the head node and refreshes its
+"""The router inside Ray: an async actor that serves ``router.Router`` (on the data plane of ``fastpath``) on the
+head node and refreshes its
 routing table from the controller every second. If the controller is away (restarting), the last table stays;
 a table the router refuses (``balance.parse_document``: deployments and rollout splits) is logged and the last good one stays too.
 
@@ -7,7 +8,7 @@ the cluster's engine key (``secrets.engine_key``). ``limits`` (``spec.router.Rou
 controller's ``routerLimits`` option) sets its timeouts, connection cap and drain.
 
 ``drain`` is its shutdown path (the controller calls it before killing the actor): the public port closes first,
-requests in flight get ``drain_seconds`` to finish.
+requests in flight get ``drain_seconds`` to finish (``FastRouter.close``).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import ray
 from aiohttp import web
 
 from orchestrator.runtime.balance import parse_document
+from orchestrator.runtime.fastpath import FastRouter, serve
 from orchestrator.runtime.keys import KeyRing
 from orchestrator.runtime.listener import SharedListener, shared_listener
 from orchestrator.runtime.metrics import RouterMetrics
 from orchestrator.runtime.names import CONTROLLER, NAMESPACE
-from orchestrator.runtime.router import MAX_BODY_BYTES, Router, serve
+from orchestrator.runtime.router import MAX_BODY_BYTES, Router
 from orchestrator.runtime.secrets import engine_key
 from orchestrator.spec.router import RouterLimits
 
@@ -47,7 +49,7 @@ class RouterActor:
                              engine_key=engine_key(), max_body_bytes=max_body_bytes)
         self.metrics_port = 0
         self._task: asyncio.Task | None = None
-        self._runner: web.AppRunner | None = None
+        self._plane: FastRouter | None = None
         self._listener: SharedListener | None = None
         self._drained = False
         self._refused: str | None = None  # the last table error logged, so a bad table is logged once
@@ -56,7 +58,7 @@ class RouterActor:
         controller = await self._first_table()  # before the port opens: no request meets an empty router
         # One listening socket for the node's routers (one accept queue): a router killed loses no queued connection.
         self._listener = await asyncio.to_thread(shared_listener, self.host, self.port)
-        self._runner = await serve(self.router, self.host, self.port, sock=self._listener.sock)
+        self._plane = await serve(self.router, self.host, self.port, sock=self._listener.sock)
         # Several routers share the public port (the kernel picks one per connection), so each also serves its
         # own metrics on a private port: Prometheus scrapes every router, not whichever answers.
         own = web.Application()
@@ -107,9 +109,9 @@ class RouterActor:
             self._task.cancel()
         if self._listener is not None:
             self._listener.stop_offering()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        if self._plane is not None:
+            plane, self._plane = self._plane, None
+            await plane.close()
         return True
 
     async def start(self) -> dict[str, Any]:

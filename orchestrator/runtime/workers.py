@@ -1,8 +1,8 @@
 """``moxin router --workers N|auto``: one router process per core on one port, outside Ray (the Kubernetes router
 pod), in the pre-fork shape of nginx and gunicorn.
 
-Where it sits: between the CLI and ``router_worker`` (the entry each worker runs, which starts whichever data plane
-``run_from_config`` names). The parent binds the listening socket once (``listener.bind``) and passes it to N
+Where it sits: between the CLI and ``router_worker`` (the entry each worker runs: the data plane's
+``run_from_config``). The parent binds the listening socket once (``listener.bind``) and passes it to N
 worker processes (``subprocess`` with ``pass_fds``, argv lists): one accept queue for all, so a worker that dies
 leaves its queued connections to the others. The parent restarts a worker that exits (at once after a long life,
 then with a backoff doubling up to ``RESTART_MAX_S`` while it keeps dying within ``STEADY_S``). SIGTERM (or

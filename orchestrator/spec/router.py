@@ -48,6 +48,10 @@ class RouterLimits(BaseModel):
     connections go to the other routers, then lets the requests in flight finish for up to this long; a stream
     still going then ends with an error event (code ``router_draining``) and no [DONE]. Below Kubernetes' default
     grace period (30 s), so that the kubelet does not kill a draining router."""
+    client_timeout_seconds: FiniteFloat = Field(60.0, gt=0, le=MAX_SECONDS)
+    """Longest a client may take to send one request, head and body, once it began it (past it: a 408 and the
+    connection closed: a slow or stalled client cannot hold the router's connections), and longest a keep-alive
+    connection may sit idle between requests before the router closes it."""
     retry_attempts: int = Field(3, ge=1, le=16)
     """Replicas one request may try, the first included. A try that fails before any byte reached the client (no
     connection, no first byte in time, an answer of 429 or 5xx) goes to another replica of the deployment while

@@ -39,7 +39,7 @@ def test_a_client_gone_mid_stream_stops_the_vllm_generation_within_2_s(tiny_mode
     async def scenario(engine_url: str) -> None:
         router = Router()
         router.set_table({"d": [row("a", engine_url, "tiny")]})
-        async with serving(router.runner()) as url, ClientSession(timeout=ClientTimeout(total=120)) as s:
+        async with serving(router) as url, ClientSession(timeout=ClientTimeout(total=120)) as s:
             for stream in (True, False):  # a plain request too: the router waits on it with nothing to write
                 begun = asyncio.Event()
 

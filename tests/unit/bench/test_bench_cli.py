@@ -123,7 +123,8 @@ def test_recording_refuses_references_the_catalog_does_not_know(static_server) -
 @pytest.fixture
 def router(static_server) -> Iterator:
     """moxin's router (runtime.router.Router) on 127.0.0.1, in front of static servers; call with rows' labels."""
-    from orchestrator.runtime.router import Router, serve
+    from orchestrator.runtime.fastpath import serve
+    from orchestrator.runtime.router import Router
 
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -137,11 +138,11 @@ def router(static_server) -> Iterator:
                           "labels": {**lab, "deployment": d}} for i, lab in enumerate(labs)] for d, labs in rows.items()})
         runner = asyncio.run_coroutine_threadsafe(serve(r, "127.0.0.1", 0, reuse_port=False), loop).result(10)
         runners.append(runner)
-        return f"http://127.0.0.1:{runner.addresses[0][1]}", upstream
+        return f"http://127.0.0.1:{runner.port}", upstream
 
     yield start
     for runner in runners:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(runner.close(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
 
 

@@ -250,7 +250,7 @@ def test_router_configmap_holds_the_router_config_of_the_plan(example_name):
     (c,) = router["spec"]["template"]["spec"]["containers"]
     assert c["command"] == ["moxin", "router", "--config", "/etc/moxin/router.json", "--host", "0.0.0.0",
                             "--port", "8080", "--circuit-cooldown-seconds", "10", "--circuit-failure-threshold", "5",
-                            "--connect-timeout-seconds", "5", "--drain-seconds", "25",
+                            "--client-timeout-seconds", "60", "--connect-timeout-seconds", "5", "--drain-seconds", "25",
                             "--first-byte-timeout-seconds", "300", "--health-check-interval-seconds", "5",
                             "--health-check-timeout-seconds", "2", "--idle-timeout-seconds", "60", "--key-burst", "0",
                             "--key-requests-per-second", "0", "--max-concurrent-requests", "0",
@@ -271,7 +271,7 @@ def test_router_limits_reach_moxin_router_as_flags_it_accepts(tmp_path, monkeypa
     limits (one model, spec/router.py, on both sides)."""
     from click.testing import CliRunner
 
-    import orchestrator.runtime.router as router_module
+    import orchestrator.runtime.fastpath as router_module
     import orchestrator.runtime.workers as workers_module
     from orchestrator.cli import cli
     from orchestrator.spec.router import RouterLimits

@@ -3,7 +3,7 @@ stops offering the socket, its data plane closes its copy, it prints "drained" a
 
 argv: PORT DIR MODE PLANE. MODE "shared": the socket from ``listener.shared_listener`` (DIR the directory of
 offers); "reuseport": a socket of its own with SO_REUSEPORT (one accept queue per process). PLANE "asyncio": a bare
-HTTP/1.0 server answering "200 <pid>" (quick to start); "aiohttp": ``router.serve``; "fast": ``FastRouter.start``.
+HTTP/1.0 server answering "200 <pid>" (quick to start); "fast": the data plane (``FastRouter.start``).
 Prints "ready <origin>" once it serves."""
 
 from __future__ import annotations
@@ -33,11 +33,6 @@ async def main(port: int, directory: Path, mode: str, plane: str) -> None:
     if plane == "asyncio":
         server = await asyncio.start_server(answer, sock=listener.sock)
         close = server.close
-    elif plane == "aiohttp":
-        from orchestrator.runtime.router import Router, serve
-
-        runner = await serve(Router(), "127.0.0.1", port, sock=listener.sock)
-        close = runner.cleanup
     else:
         from orchestrator.runtime.fastpath import FastRouter
         from orchestrator.runtime.router import Router

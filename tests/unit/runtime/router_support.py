@@ -16,6 +16,9 @@ from typing import Any, Self
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.runtime.fastpath import FastRouter, serve
+from orchestrator.runtime.router import Router
+
 TOKENS = ["Hel", "lo", " there"]
 USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
 
@@ -123,9 +126,16 @@ def refused_url() -> str:
 
 
 @asynccontextmanager
-async def serving(app: web.Application | web.AppRunner) -> AsyncIterator[str]:
-    """Serve ``app`` (or a runner not set up yet, e.g. ``Router.runner()``) on 127.0.0.1 (a free port); yields its
-    base URL."""
+async def serving(app: web.Application | web.AppRunner | Router) -> AsyncIterator[str]:
+    """Serve ``app`` (or a runner not set up yet), or a ``Router`` on its data plane as in production
+    (``fastpath.serve``), on 127.0.0.1 (a free port); yields its base URL. A router's exit drains it."""
+    if isinstance(app, Router):
+        plane = await serve(app, sock=listening_socket())
+        try:
+            yield f"http://127.0.0.1:{plane.port}"
+        finally:
+            await plane.close()
+        return
     runner = app if isinstance(app, web.AppRunner) else web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = listening_socket()
@@ -159,10 +169,15 @@ class Background:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._runners: list[web.AppRunner] = []
+        self._planes: list[FastRouter] = []
 
-    def serve(self, app: web.Application) -> str:
-        """Start serving ``app``; returns its base URL."""
+    def serve(self, app: web.Application | Router) -> str:
+        """Start serving ``app`` (a ``Router`` on its data plane); returns its base URL."""
         async def start() -> str:
+            if isinstance(app, Router):
+                plane = await serve(app, sock=listening_socket())
+                self._planes.append(plane)
+                return f"http://127.0.0.1:{plane.port}"
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             sock = listening_socket()
@@ -178,6 +193,8 @@ class Background:
 
     def __exit__(self, *exc: object) -> None:
         async def stop() -> None:
+            for plane in self._planes:
+                await plane.close()
             for runner in reversed(self._runners):
                 await runner.cleanup()
             rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

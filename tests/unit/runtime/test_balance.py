@@ -205,3 +205,18 @@ def test_a_row_side_is_stable_or_canary():
     doc = {"deployments": {"d": [good_row(side="canary"), good_row(name="b", side="stable"), good_row(name="c")]},
            "splits": {"d": {"canaryPercent": 25}}}
     assert parse_document(doc) == (doc["deployments"], doc["splits"])
+
+
+def test_a_request_in_flight_across_a_table_refresh_counts_itself_out_of_the_replica_that_stays():
+    """The router actor takes the controller's table every second: a request begun before a refresh and ended
+    after it must leave the replica's in-flight count where it found it, or the count only ever grows."""
+    b = Balancer()
+    rows = [{"name": "a", "url": "http://a", "requestModel": "m", "weight": 1.0}]
+    b.update({"d": rows})
+    ep = b.pick("d", set(), 0.0, None)
+    assert ep is not None
+    ep.in_flight += 1  # a request begins
+    b.update({"d": [{**rows[0], "weight": 3.0, "labels": {"engine": "vllm"}}]})
+    ep.in_flight -= 1  # and ends after the refresh
+    (now,) = b.table["d"]
+    assert now.in_flight == 0 and now.weight == 3.0 and now.labels["engine"] == "vllm"

@@ -1,7 +1,7 @@
 """The shared listener (runtime/listener.py) with real processes and sockets: a router SIGKILLed with connections
 in the accept queue loses none of them when the routers share one socket, and loses its share with SO_REUSEPORT
 (the difference the module exists for); a crashed holder's path, a stopped holder, a directory open to others; a
-router that drains leaves the others accepting (aiohttp's and the fast path's close do not shut the socket down)."""
+router that drains leaves the others accepting (the data plane's close does not shut the socket down)."""
 
 from __future__ import annotations
 
@@ -131,9 +131,9 @@ def test_with_so_reuseport_the_killed_routers_queue_is_reset(workers):
 
 
 def test_a_draining_router_leaves_the_others_accepting_and_offering(workers):
-    """The binder (aiohttp: runner.cleanup) drains; the fast path still accepts every new connection from the same
-    socket, and a newcomer still receives the socket (from the fast path's process)."""
-    first = workers.start("shared", "aiohttp")
+    """The binder (FastRouter.close) drains; the other router still accepts every new connection from the same
+    socket, and a newcomer still receives the socket (from the other router's process)."""
+    first = workers.start("shared", "fast")
     assert workers.line(first) == "ready bound"
     second = workers.start("shared", "fast")
     assert workers.line(second) == "ready received"

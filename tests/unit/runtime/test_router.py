@@ -40,7 +40,7 @@ async def routed(engines: dict[str, Engine], **router_kwargs: Any) -> AsyncItera
     async with AsyncExitStack() as stack:
         urls = {d: await stack.enter_async_context(serving(e.app())) for d, e in engines.items()}
         router.set_table({d: [row(f"{d}-0", urls[d], e.request_model)] for d, e in engines.items()})
-        url = await stack.enter_async_context(serving(router.runner()))
+        url = await stack.enter_async_context(serving(router))
         session = await stack.enter_async_context(ClientSession(timeout=ClientTimeout(total=20)))
         yield router, url, session
 
@@ -76,7 +76,7 @@ def test_a_dead_replica_is_retried_before_any_byte_and_503_says_when_none_is_lef
     async def scenario():
         live = Engine("m")
         router = Router()
-        async with serving(live.app()) as live_url, serving(router.runner()) as url, ClientSession() as s:
+        async with serving(live.app()) as live_url, serving(router) as url, ClientSession() as s:
             router.set_table({"d": [row("dead", refused_url(), "m", 1000.0), row("live", live_url, "m", 1.0)]})
             for _ in range(3):
                 status, body, _ = await post(s, url, {"model": "d", "messages": MESSAGES})
@@ -102,7 +102,7 @@ def test_a_request_naming_a_replica_goes_to_it_alone():
         small, big = Engine("m"), Engine("m")
         router = Router()
         async with serving(small.app()) as small_url, serving(big.app()) as big_url, \
-                serving(router.runner()) as url, ClientSession() as s:
+                serving(router) as url, ClientSession() as s:
             router.set_table({"d": [row("small", small_url, "m", 1.0), row("big", big_url, "m", 1000.0)]})
             for _ in range(6):
                 status, _, _ = await post(s, url, {"model": "d", "messages": MESSAGES}, **{"X-Moxin-Replica": "small"})
@@ -133,7 +133,7 @@ def test_a_router_without_a_routing_table_yet_answers_a_retriable_503_not_a_404(
     async def scenario():
         engine = Engine("m")
         router = Router()
-        async with serving(engine.app()) as upstream, serving(router.runner()) as url, \
+        async with serving(engine.app()) as upstream, serving(router) as url, \
                 ClientSession(timeout=ClientTimeout(total=20)) as s:
             status, body, headers = await post(s, url, {"model": "d", "prompt": "x"}, path="/v1/completions")
             assert status == 503 and body["error"]["code"] == "router_starting" and headers["Retry-After"] == "1"
@@ -344,7 +344,7 @@ def test_the_table_file_reload_keeps_the_last_good_table_when_the_new_one_is_bro
     async def scenario():
         config = tmp_path / "router.json"
         router = Router()
-        async with serving(Engine("m").app()) as engine_url, serving(router.runner()) as url, ClientSession() as s:
+        async with serving(Engine("m").app()) as engine_url, serving(router) as url, ClientSession() as s:
             config.write_text(json.dumps({"deployments": {"d": [row("a", engine_url, "m")]}}))
             router.set_table(json.loads(config.read_text())["deployments"])
             watcher = asyncio.ensure_future(reload_forever(router, config, every_s=0.02))
@@ -547,7 +547,7 @@ def test_a_rollout_split_sends_its_exact_share_to_the_canary_and_retries_cross_o
         stable, canary = Engine("m"), Engine("m")
         router = Router()
         async with serving(stable.app()) as stable_url, serving(canary.app()) as canary_url, \
-                serving(router.runner()) as url, ClientSession() as s:
+                serving(router) as url, ClientSession() as s:
             rows = [row("s-0", stable_url, "m", 5.0, variant="bf16", pool="gpu"),
                     {**row("c-0", canary_url, "m", 1.0, variant="mlx-3bit", pool="mac"), "side": "canary"}]
             router.set_table({"d": rows}, {"d": {"canaryPercent": 10}})

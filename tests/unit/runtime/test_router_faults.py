@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientSession, ClientTimeout
 
 from orchestrator.devtools.sse_server import Behaviour, StaticServer
+from orchestrator.runtime.fastpath import serve
 from orchestrator.runtime.router import Router
 from orchestrator.spec.router import RouterLimits
 from tests.unit.runtime.router_support import Engine, metric, refused_url, row, serving
@@ -69,7 +70,7 @@ def blackhole() -> Iterator[str]:
 @asynccontextmanager
 async def fronted(replicas: list[tuple[str, Engine | str, float]], **limits: Any
                   ) -> AsyncIterator[tuple[Router, str, ClientSession]]:
-    """A router (served as in production: ``Router.runner()``) for deployment "d" over ``replicas``: (name, an
+    """A router (served as in production: ``fastpath.serve``) for deployment "d" over ``replicas``: (name, an
     engine or a URL, weight)."""
     router = Router(limits=RouterLimits(**limits))
     async with AsyncExitStack() as stack:
@@ -78,7 +79,7 @@ async def fronted(replicas: list[tuple[str, Engine | str, float]], **limits: Any
             url = target if isinstance(target, str) else await stack.enter_async_context(serving(target.runner()))
             rows.append(row(name, url, "m", weight))
         router.set_table({"d": rows})
-        url = await stack.enter_async_context(serving(router.runner()))
+        url = await stack.enter_async_context(serving(router))
         session = await stack.enter_async_context(ClientSession(timeout=ClientTimeout(total=30)))
         yield router, url, session
 
@@ -342,17 +343,15 @@ def test_a_stream_longer_than_the_drain_ends_with_an_error_event_after_drain_sec
         router = Router(limits=RouterLimits(drain_seconds=0.5))
         async with serving(engine.runner()) as engine_url:
             router.set_table({"d": [row("a", engine_url, "m")]})
-            runner = router.runner()
-            await runner.setup()
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
-            await web.SockSite(runner, sock).start()
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            plane = await serve(router, sock=sock)
+            url = f"http://127.0.0.1:{plane.port}"
             reader = StreamReader(url)
             reader.start()
             assert await asyncio.to_thread(reader.begun.wait, 10)
             t0 = time.monotonic()
-            await runner.cleanup()
+            await plane.close()
             assert 0.5 <= time.monotonic() - t0 < 1.5  # drain_seconds, not twice that (aiohttp's own shutdown)
             await asyncio.to_thread(reader.join, 10)
             assert not reader.done  # no [DONE]: the client knows the answer is incomplete

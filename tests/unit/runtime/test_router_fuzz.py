@@ -39,7 +39,7 @@ def served(tmp_path_factory) -> Iterator[dict[str, Any]]:
         engine_url = bg.serve(engine.app())
         router = Router(keys=KeyRing(path), engine_key="engine-secret", max_body_bytes=LIMIT)
         router.set_table({"d": [row("d-0", engine_url, "m")], "hidden": [row("h-0", engine_url, "m")]})
-        url = urlsplit(bg.serve(router.app()))
+        url = urlsplit(bg.serve(router))
         yield {"host": url.hostname, "port": url.port, "key": key, "engine": engine}
 
 

@@ -31,7 +31,7 @@ def test_a_429_goes_to_another_replica_and_with_no_try_left_the_client_gets_the_
         for attempts, want in ((3, 200), (1, 429)):
             router = Router(limits=RouterLimits(retry_attempts=attempts, retry_backoff_seconds=0.001))
             async with serving(busy.app()) as busy_url, serving(ok.app()) as ok_url, \
-                    serving(router.runner()) as url, ClientSession() as s:
+                    serving(router) as url, ClientSession() as s:
                 # the busy replica has far more capacity: the balancer tries it first
                 router.set_table({"d": [row("busy", busy_url, "m", 1000.0), row("ok", ok_url, "m", 1.0)]})
                 before = len(ok.seen)
@@ -55,7 +55,7 @@ def test_the_circuit_opens_after_consecutive_failures_keeps_the_replica_out_then
         router = Router(limits=limits)
         pin = {"X-Moxin-Replica": "bad"}
         async with serving(bad.app()) as bad_url, serving(other.app()) as other_url, \
-                serving(router.runner()) as url, ClientSession() as s:
+                serving(router) as url, ClientSession() as s:
             router.set_table({"d": [row("bad", bad_url, "m"), row("other", other_url, "m")]})
             for _ in range(2):
                 status, _, _ = await post(s, url, BODY, **pin)
@@ -207,7 +207,7 @@ def test_health_checks_mark_a_failing_replica_down_and_it_gets_requests_only_whe
         healthy = web.Application()
         healthy.router.add_get("/health", ok_health)
         router = Router(limits=RouterLimits(health_check_interval_seconds=0.05), health_checks=True)
-        async with serving(healthy) as up_url, serving(router.runner()) as _:
+        async with serving(healthy) as up_url, serving(router) as _:
             gone = refused_url()
             router.set_table({"d": [row("up", up_url, "m", 1.0), row("gone", gone, "m", 1000.0)]})
             await asyncio.sleep(0.3)  # the router's own loop checks every 50 ms
@@ -257,10 +257,14 @@ def test_the_relay_names_the_deployment_counts_content_and_hides_the_usage_chunk
     events = [json.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: {")]
     assert [e["model"] for e in events] == ["d", "d", "d"]
     assert events[1]["choices"][0]["delta"]["content"] == 'say "model": "m"'  # generated text is left alone
-    assert found == 2 and relay.usage == usage and relay.done
+    assert found and relay.usage == usage and relay.done  # the usage holds the count: only "content came" is asked
     assert b"\n\n\n" not in out and out.endswith(b"data: [DONE]\n\n")
     kept, _ = Relay("d", "m", wants_usage=True).feed(block)
     assert kept.count(b'"usage"') == 1
+    bare = Relay("d", "m", wants_usage=False)  # an engine that sends no usage: its content chunks are counted
+    _, found = bare.feed(sse(chunk(engine_says, ""), chunk(engine_says, 'say "model": "m"'), chunk(engine_says),
+                             spaced=spaced))
+    assert found == 2 and bare.chunks == 2 and bare.usage is None
 
 
 def test_the_relay_does_not_take_done_inside_generated_text_for_the_end():
