@@ -13,7 +13,7 @@
 Prints tables and the machine. Medians and percentiles over all requests of a level; these machines are noisy.
 
 --peer: moxin's router side by side with vllm-router (the Rust router, ``pip install vllm-router``), nothing
-else ("moxin" is ``moxin router``: its data plane, runtime/fastpath.py, with its defaults: no access log, as
+else ("moxin" is ``moxin router``: its data plane, runtime/dataplane.py, with its defaults: no access log, as
 vllm-router runs at --log-level warning). Each router is pinned to core 0 (taskset); the static SSE upstream (a
 subprocess) and this script's load generator share core 1. At each level of concurrent streams: added TTFT and end-to-end p50/p99 against the
 upstream straight, requests/s, and the router's CPU seconds (every thread's run time, /proc/PID/task/*/schedstat, in ns) per

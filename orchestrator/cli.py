@@ -876,7 +876,7 @@ def router(config: Path, host: str, port: int, api_keys: Path | None, max_body_m
     if api_keys is not None:
         _read_keys(api_keys)
     try:
-        from orchestrator.runtime.fastpath import run_from_config
+        from orchestrator.runtime.dataplane import run_from_config
     except ImportError as exc:
         raise MoxinError(f"{exc.name} is not installed: pip install 'moxin[ray]'") from None
     from orchestrator.runtime.workers import supervise, worker_count

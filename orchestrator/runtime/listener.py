@@ -1,7 +1,7 @@
 """One listening socket for every router on a host:port: the pre-fork model of nginx and gunicorn, for routers
 that start one by one (Ray actors, a restarted worker).
 
-Where it sits: under the data planes (``router.serve``, ``fastpath.FastRouter.start``), which serve the socket it
+Where it sits: under the data planes (``router.serve``, ``dataplane.FastRouter.start``), which serve the socket it
 hands them; ``router_actor`` and the multi-worker router (``moxin router --workers``) ask it for one.
 
 Why: with SO_REUSEPORT every process has its own accept queue, and a process SIGKILLed resets the connections

@@ -2,7 +2,7 @@
 ``spec.router.RouterLimits`` (circuit breakers, token buckets per API key, the admission queue, backoff), the API
 keys, the engine key, the active health checks, and the answers of /v1/models, /health, /metrics and
 /moxin/routes. The data plane that serves it, /v1/chat/completions and /v1/completions included, is
-``fastpath.FastRouter``: what a request goes through (retries, timeouts, streaming, drain) is described there.
+``dataplane.FastRouter``: what a request goes through (retries, timeouts, streaming, drain) is described there.
 
 Model name = deployment name. Every request is measured (TTFT, TPOT, end-to-end, tokens) in one schema, whatever
 the engine (``Router._record``): this is the only source of request metrics for mlx-lm, which exports none.
@@ -58,7 +58,7 @@ PUBLIC_PATHS = frozenset({"/health", "/metrics"})
 """Paths served without an API key (probes and Prometheus); everything else needs one when keys are set."""
 RELOAD_S = 2.0
 API_KEY = "moxin_api_key"
-"""The handlers' request (a mapping, ``fastpath`` passes a dict): the ApiKey the request authenticated with."""
+"""The handlers' request (a mapping, ``dataplane`` passes a dict): the ApiKey the request authenticated with."""
 
 
 def error_json(message: str, kind: str = "invalid_request_error", param: str | None = None,
@@ -182,7 +182,7 @@ class Router:
         key: ApiKey | None = request.get(API_KEY)
         return [name for name in sorted(self.balancer.table) if key is None or key.allows(name)]
 
-    # -- handlers of the other paths (``fastpath`` answers the completions) -------------------------------------
+    # -- handlers of the other paths (``dataplane`` answers the completions) -------------------------------------
     async def health(self, _request: Any) -> web.Response:
         if self.keys is not None:  # public: it must not name the deployments a key would hide
             return web.json_response({"status": "ok"})

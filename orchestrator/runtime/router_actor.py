@@ -1,4 +1,4 @@
-"""The router inside Ray: an async actor that serves ``router.Router`` (on the data plane of ``fastpath``) on the
+"""The router inside Ray: an async actor that serves ``router.Router`` (on the data plane of ``dataplane``) on the
 head node and refreshes its
 routing table from the controller every second. If the controller is away (restarting), the last table stays;
 a table the router refuses (``balance.parse_document``: deployments and rollout splits) is logged and the last good one stays too.
@@ -24,7 +24,7 @@ import ray
 from aiohttp import web
 
 from orchestrator.runtime.balance import parse_document
-from orchestrator.runtime.fastpath import FastRouter, serve
+from orchestrator.runtime.dataplane import FastRouter, serve
 from orchestrator.runtime.keys import KeyRing
 from orchestrator.runtime.listener import SharedListener, shared_listener
 from orchestrator.runtime.metrics import RouterMetrics

@@ -1,5 +1,5 @@
 """One worker of ``moxin router --workers`` (``workers.Supervisor`` starts it): serves the listening socket its
-parent bound, and its own /metrics socket, with the data plane (``fastpath.run_from_config``).
+parent bound, and its own /metrics socket, with the data plane (``dataplane.run_from_config``).
 
 argv[1]: JSON {"config", "host", "port", "apiKeys" (a path or null), "maxBodyBytes",
 "limits" (``RouterLimits`` as JSON), "accessLog", "listenFd", "metricsFd", "worker"} (paths and numbers: no secret; the
@@ -17,7 +17,7 @@ from orchestrator.spec.router import RouterLimits
 
 def main(argv: list[str]) -> None:
     spec = json.loads(argv[0])
-    from orchestrator.runtime.fastpath import run_from_config
+    from orchestrator.runtime.dataplane import run_from_config
 
     run_from_config(Path(spec["config"]), spec["host"], spec["port"],
                     api_keys=Path(spec["apiKeys"]) if spec["apiKeys"] else None, max_body_bytes=spec["maxBodyBytes"],

@@ -123,7 +123,7 @@ def test_recording_refuses_references_the_catalog_does_not_know(static_server) -
 @pytest.fixture
 def router(static_server) -> Iterator:
     """moxin's router (runtime.router.Router) on 127.0.0.1, in front of static servers; call with rows' labels."""
-    from orchestrator.runtime.fastpath import serve
+    from orchestrator.runtime.dataplane import serve
     from orchestrator.runtime.router import Router
 
     loop = asyncio.new_event_loop()

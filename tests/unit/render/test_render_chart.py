@@ -271,7 +271,7 @@ def test_router_limits_reach_moxin_router_as_flags_it_accepts(tmp_path, monkeypa
     limits (one model, spec/router.py, on both sides)."""
     from click.testing import CliRunner
 
-    import orchestrator.runtime.fastpath as router_module
+    import orchestrator.runtime.dataplane as router_module
     import orchestrator.runtime.workers as workers_module
     from orchestrator.cli import cli
     from orchestrator.spec.router import RouterLimits

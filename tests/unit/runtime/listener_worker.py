@@ -34,7 +34,7 @@ async def main(port: int, directory: Path, mode: str, plane: str) -> None:
         server = await asyncio.start_server(answer, sock=listener.sock)
         close = server.close
     else:
-        from orchestrator.runtime.fastpath import FastRouter
+        from orchestrator.runtime.dataplane import FastRouter
         from orchestrator.runtime.router import Router
 
         fast = FastRouter(Router())

@@ -16,7 +16,7 @@ from typing import Any, Self
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.runtime.fastpath import FastRouter, serve
+from orchestrator.runtime.dataplane import FastRouter, serve
 from orchestrator.runtime.router import Router
 
 TOKENS = ["Hel", "lo", " there"]
@@ -128,7 +128,7 @@ def refused_url() -> str:
 @asynccontextmanager
 async def serving(app: web.Application | web.AppRunner | Router) -> AsyncIterator[str]:
     """Serve ``app`` (or a runner not set up yet), or a ``Router`` on its data plane as in production
-    (``fastpath.serve``), on 127.0.0.1 (a free port); yields its base URL. A router's exit drains it."""
+    (``dataplane.serve``), on 127.0.0.1 (a free port); yields its base URL. A router's exit drains it."""
     if isinstance(app, Router):
         plane = await serve(app, sock=listening_socket())
         try:

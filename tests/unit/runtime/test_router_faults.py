@@ -28,7 +28,7 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout
 
 from orchestrator.devtools.sse_server import Behaviour, StaticServer
-from orchestrator.runtime.fastpath import serve
+from orchestrator.runtime.dataplane import serve
 from orchestrator.runtime.router import Router
 from orchestrator.spec.router import RouterLimits
 from tests.unit.runtime.router_support import Engine, metric, refused_url, row, serving
@@ -70,7 +70,7 @@ def blackhole() -> Iterator[str]:
 @asynccontextmanager
 async def fronted(replicas: list[tuple[str, Engine | str, float]], **limits: Any
                   ) -> AsyncIterator[tuple[Router, str, ClientSession]]:
-    """A router (served as in production: ``fastpath.serve``) for deployment "d" over ``replicas``: (name, an
+    """A router (served as in production: ``dataplane.serve``) for deployment "d" over ``replicas``: (name, an
     engine or a URL, weight)."""
     router = Router(limits=RouterLimits(**limits))
     async with AsyncExitStack() as stack:

@@ -1,4 +1,4 @@
-"""The data plane (runtime/fastpath.py) as a real server on 127.0.0.1 in front of real static engines:
+"""The data plane (runtime/dataplane.py) as a real server on 127.0.0.1 in front of real static engines:
 a stream relayed byte for byte, usage counted, the request id both ways, keep-alive reuse on both sides, retries
 before the first byte, a cut stream, a client gone, the other paths delegated."""
 
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
-from orchestrator.runtime.fastpath import FastRouter
+from orchestrator.runtime.dataplane import FastRouter
 from orchestrator.runtime.keys import KeyRing, create_key
 from orchestrator.runtime.router import Router
 from orchestrator.spec.router import RouterLimits
