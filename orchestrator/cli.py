@@ -465,16 +465,18 @@ def _unplaced_error(doc: Any) -> None:
 
 
 class RouterCount(click.ParamType):
-    """``--routers``: a count from 1 to 16, or ``auto`` (one per core, at most 16)."""
+    """``--routers``: a count from 1 to 16, or ``auto`` (one per core this process may use, within its cgroup's CPU
+    quota and memory limit, at most 16: ``workers.worker_count``)."""
 
     name = "N|auto"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        if str(value).strip().lower() == "auto":
-            return max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                              else os.cpu_count() or 1))
+        if str(value).strip().lower() == "auto":  # as `moxin router --workers auto` counts them
+            from orchestrator.runtime.workers import worker_count
+
+            return worker_count("auto")
         try:
             count = int(value)
         except ValueError:
@@ -491,8 +493,8 @@ class RouterCount(click.ParamType):
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=CONTROLLER_METRICS_PORT, show_default=True,
               help="Controller metrics port (0: any free port).")
 @click.option("--routers", type=RouterCount(), default="1", show_default=True,
-              help="Router instances sharing the port (SO_REUSEPORT), 1-16, or `auto`: one per core of this "
-                   "machine (at most 16).")
+              help="Router instances sharing the port (one listening socket), 1-16, or `auto`: one per core this "
+                   "process may use (at most 16).")
 @click.option("--timeout", type=click.FloatRange(1), default=900, show_default=True,
               help="Seconds to wait for every replica to serve.")
 @click.option("--api-keys", "api_keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -69,6 +69,7 @@ import httptools
 from orchestrator.runtime.balance import Endpoint
 from orchestrator.runtime.gateway import backoff_seconds, request_id
 from orchestrator.runtime.keys import ApiKey, bearer_token
+from orchestrator.runtime.listener import BACKLOG
 from orchestrator.runtime.relay import Relay
 from orchestrator.runtime.request_checks import Invalid, check_request, parse_body
 from orchestrator.runtime.router import (
@@ -429,9 +430,7 @@ class _Exchange:
                    answer: tuple[int, bytes, bytes, bytes] | None = None) -> None:
         """The try failed before any byte reached the client: mark the replica, try another."""
         ep, router = self.ep, self.fast.router
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
+        self.drop_conn()
         assert ep is not None
         self.settled = True
         router._failure(ep, why, self.rid, counts)
@@ -577,6 +576,12 @@ class _Exchange:
             return self.finish_stream([], "upstream_stream_cut",
                                       f"the replica of {self.name!r} broke off the stream before it finished")
 
+    def drop_conn(self) -> None:
+        """Close this try's replica connection at once (the engine aborts the request)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+
     def check_time(self, now: float) -> None:
         """The sweep's look (``FastRouter._sweep``): a first byte overdue is another replica's turn; a stream that
         began and went idle past the idle timeout is cut."""
@@ -589,9 +594,7 @@ class _Exchange:
         idle_s = self.fast.router.limits.idle_timeout_seconds
         if not self.stream or now - self.last < idle_s:
             return
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
+        self.drop_conn()
         self.finish_stream([], "upstream_idle_timeout", f"the replica of {self.name!r} sent nothing for {idle_s:g} s")
 
     # -- the end ----------------------------------------------------------------------------------------------
@@ -607,9 +610,7 @@ class _Exchange:
         if self.done:
             return
         self.done = True
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
+        self.drop_conn()
         if self.ep is not None:
             self.fast.router._record(self.ep, 499, self.start, None, None, 0)
         self.code = 499
@@ -621,9 +622,7 @@ class _Exchange:
         if self.done:
             return
         if self.sent and self.stream:
-            conn, self.conn = self.conn, None
-            if conn is not None:
-                conn.abort()
+            self.drop_conn()
             self.finish_stream([], "router_draining", f"the router shut down before the stream of {self.name!r} "
                                "finished; retry: another router takes new requests")
         else:
@@ -819,10 +818,10 @@ class FastRouter:
         """Listen on host:port (SO_REUSEPORT: several routers may share it), or on ``sock``, a socket bound (and
         maybe listening) already; start the sweep and, outside Ray, the replicas' health checks."""
         if sock is not None:
-            self.server = await self.loop.create_server(lambda: _Client(self), sock=sock, backlog=1024)
+            self.server = await self.loop.create_server(lambda: _Client(self), sock=sock, backlog=BACKLOG)
         else:
             self.server = await self.loop.create_server(lambda: _Client(self), host, port, reuse_port=reuse_port,
-                                                        backlog=1024)
+                                                        backlog=BACKLOG)
         self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
         router = self.router
         if router.health_checks:  # off the hot path: the aiohttp client is fine for them

@@ -32,7 +32,8 @@ def _model_fields(model: str) -> tuple[bytes, bytes]:
     return b'"model":' + value, b'"model": ' + value
 
 
-def _is_count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
+    """A token count as engines report it: a non-negative int (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -80,7 +81,7 @@ class Relay:
             start = block.rfind(b"\n", 0, at) + 1
             line = block[start:block.find(b"\n", at) + 1 or len(block)]
             self.done = line.startswith(b"data:") and line[5:].strip() == _DONE
-        if self.usage is not None and _is_count(self.usage.get("completion_tokens")):
+        if self.usage is not None and is_count(self.usage.get("completion_tokens")):
             found = 1 if _CONTENT.search(block) or _TEXT.search(block) else 0
         else:
             found = len(_CONTENT.findall(block)) + len(_TEXT.findall(block))

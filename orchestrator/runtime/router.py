@@ -42,9 +42,10 @@ from orchestrator.runtime.balance import (
     check_splits,
     parse_document,
 )
-from orchestrator.runtime.gateway import REQUEST_ID_HEADER, Admission, Breakers, TokenBuckets
+from orchestrator.runtime.gateway import Admission, Breakers, TokenBuckets
 from orchestrator.runtime.keys import ApiKey, KeyRing
 from orchestrator.runtime.metrics import RouterMetrics
+from orchestrator.runtime.relay import is_count
 from orchestrator.spec.router import RouterLimits
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _sse_error(message: str, code: str = "upstream_stream_cut") -> bytes:
 
 def _count(usage: Any, key: str, default: int) -> int:
     value = usage.get(key) if isinstance(usage, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+    return value if is_count(value) else default
 
 
 @dataclass
@@ -230,13 +231,11 @@ class Router:
             upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return json.dumps(upstream).encode()
 
-    def _upstream_headers(self, rid: str | None = None) -> dict[str, str]:
-        """Only the router's own: the engine key replaces whatever credentials the client sent; the request id."""
+    def _upstream_headers(self) -> dict[str, str]:
+        """The health checks' headers: the engine key (the data plane writes its requests' own, ``auth_line``)."""
         headers = {hdrs.CONTENT_TYPE: "application/json"}
         if self.engine_key:
             headers[hdrs.AUTHORIZATION] = f"Bearer {self.engine_key}"
-        if rid is not None:
-            headers[REQUEST_ID_HEADER] = rid
         return headers
 
     def _failure(self, ep: Endpoint, why: str, rid: str, counts: bool = True) -> None:

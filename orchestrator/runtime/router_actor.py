@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from aiohttp import web
 
 from orchestrator.runtime.balance import parse_document
 from orchestrator.runtime.dataplane import FastRouter, serve
@@ -29,7 +28,7 @@ from orchestrator.runtime.keys import KeyRing
 from orchestrator.runtime.listener import SharedListener, shared_listener
 from orchestrator.runtime.metrics import RouterMetrics
 from orchestrator.runtime.names import CONTROLLER, NAMESPACE
-from orchestrator.runtime.router import MAX_BODY_BYTES, Router
+from orchestrator.runtime.router import MAX_BODY_BYTES, Router, serve_metrics
 from orchestrator.runtime.secrets import engine_key
 from orchestrator.spec.router import RouterLimits
 
@@ -61,14 +60,10 @@ class RouterActor:
         self._plane = await serve(self.router, self.host, self.port, sock=self._listener.sock)
         # Several routers share the public port (the kernel picks one per connection), so each also serves its
         # own metrics on a private port: Prometheus scrapes every router, not whichever answers.
-        own = web.Application()
-        own.router.add_get("/metrics", self.router.export)
-        runner = web.AppRunner(own, access_log=None)
-        await runner.setup()
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
-        await web.SockSite(runner, sock).start()
+        await serve_metrics(self.router, sock)
         self.metrics_port = sock.getsockname()[1]
         while True:
             try:

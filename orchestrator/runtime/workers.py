@@ -85,7 +85,8 @@ def auto_workers(cpus: int, cpu_max: str | None, memory_max: str | None = None) 
 def worker_count(value: str) -> int:
     """``--workers``: a whole number >= 1 (not capped: asked for) or "auto". ValueError otherwise."""
     if value == "auto":
-        return auto_workers(len(os.sched_getaffinity(0)), _read(CGROUP_CPU_MAX), _read(CGROUP_MEMORY_MAX))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
+        return auto_workers(cpus, _read(CGROUP_CPU_MAX), _read(CGROUP_MEMORY_MAX))
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"a whole number >= 1 or auto, not {value!r}")
     return int(value)
