@@ -256,6 +256,9 @@ def peer(levels: list[int], requests: int, repeat: int, tmp: Path) -> None:
             mx, vr = med["moxin"], med["vllm-router"]
             print(f"{c:>7} {'moxin/peer':>12} CPU s/1k {mx[5] / vr[5]:.2f}x (target <= 1.2x), req/s {mx[4] / vr[4]:.2f}x "
                   f"(target >= 0.9x), +e2e p50 {1e3 * (mx[2] - vr[2]):+.2f} ms (target <= +0.3 at 1 stream)")
+            paired = sorted(a[5] / b[5] for a, b in zip(runs["moxin"], runs["vllm-router"], strict=True))
+            print(f"{c:>7} {'per run':>12} CPU ratio of each run's pair (moxin, then vllm-router, back to back): "
+                  + " ".join(f"{r:.2f}" for r in paired) + f"; median {statistics.median(paired):.2f}x")
     finally:
         for proc in procs:
             proc.terminate()
