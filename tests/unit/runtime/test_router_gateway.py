@@ -267,6 +267,16 @@ def test_the_relay_names_the_deployment_counts_content_and_hides_the_usage_chunk
     assert found == 2 and bare.chunks == 2 and bare.usage is None
 
 
+def test_with_a_usage_in_every_chunk_the_relay_keeps_the_latest():
+    """vLLM's continuous usage stats: each chunk carries the counts so far; a block of several gives its last."""
+    block = sse(*(chunk("m", "tok", {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n})
+                  for n in (1, 2, 3)), done=False)
+    relay = Relay("m", "m", wants_usage=True)
+    out, _ = relay.feed(block)
+    assert relay.usage == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert out == block  # chunks with choices are the client's, usage and all
+
+
 def test_the_relay_does_not_take_done_inside_generated_text_for_the_end():
     relay = Relay("d", "d", wants_usage=True)
     relay.feed(sse(chunk("d", "data: [DONE]"), done=False))
