@@ -186,8 +186,8 @@ class Balancer:
         eps = [e for e in self.table.get(deployment, []) if e.name not in exclude]
         if side is not None:
             eps = [e for e in eps if e.side == side] or eps
-        if not eps:
-            return None
+        if len(eps) < 2:  # one left (healthy or not, it is the one): no load to compare
+            return eps[0] if eps else None
         healthy = [e for e in eps if e.failed_until <= now and not e.down] or [e for e in eps if not e.down] or eps
         best = min(e.load for e in healthy)
         return self.rng.choice([e for e in healthy if e.load <= best * (1 + 1e-9)])
