@@ -492,9 +492,10 @@ class RouterCount(click.ParamType):
 @click.option("--port", type=click.IntRange(1, 65535), default=ROUTER_PORT, show_default=True, help="Router port.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=CONTROLLER_METRICS_PORT, show_default=True,
               help="Controller metrics port (0: any free port).")
-@click.option("--routers", type=RouterCount(), default="1", show_default=True,
-              help="Router instances sharing the port (one listening socket), 1-16, or `auto`: one per core this "
-                   "process may use (at most 16).")
+@click.option("--routers", type=RouterCount(), default="auto", show_default=True,
+              help="Router instances sharing the port (one listening socket, one accept queue), 1-16, or `auto`: "
+                   "one per core this process may use, within its cgroup's CPU quota and memory limit (at most 16). "
+                   "Each serves its own /metrics (`moxin status` lists them; Prometheus and `moxin top` sum them).")
 @click.option("--timeout", type=click.FloatRange(1), default=900, show_default=True,
               help="Seconds to wait for every replica to serve.")
 @click.option("--api-keys", "api_keys", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -512,7 +513,8 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
        api_keys: Path | None, with_prometheus: bool, prometheus_port: int | None, scrape_interval: float,
        **limits: Any) -> None:
     """Start the embedded default: a local multi-node Ray cluster with one node per fleet node (emulated pools),
-    the tiny demo model, the controller, the router and a Prometheus; then wait until every replica serves."""
+    the tiny demo model, the controller, the routers (one per core by default, sharing the port) and a Prometheus;
+    then wait until every replica serves."""
     from orchestrator.runtime import client, local, prometheus
     from orchestrator.spec.catalog import local_example_dir
 
@@ -559,14 +561,28 @@ def up(paths: tuple[Path, ...], port: int, metrics_port: int, routers: int, time
         prometheus.stop()
         raise SystemExit(130) from None
     router = st["routers"][0] if api_keys else f"http://127.0.0.1:{port}"
+    click.echo(_up_summary(st, address, router, routers, api_keys, prometheus_url))
+
+
+def _routers_phrase(count: int) -> str:
+    return "1 router" if count == 1 else f"{count} routers sharing the port"
+
+
+def _up_summary(st: dict[str, Any], address: str, router: str, routers: int, api_keys: Path | None,
+                prometheus_url: str | None) -> str:
+    """What `moxin up` prints once every replica serves. A scrape of the router port reaches whichever router
+    accepts it: each router's own /metrics is listed (Prometheus scrapes them all, `moxin top` sums them)."""
     deployment = next(r["labels"]["deployment"] for r in st["replicas"] if r["desired"])
     auth = " -H \"Authorization: Bearer $MOXIN_API_KEY\"" if api_keys else ""
     access = (f"API keys: {api_keys} (every /v1 request needs Authorization: Bearer KEY)" if api_keys else
               "listening on 127.0.0.1 only: pass --api-keys FILE (moxin keys create) to serve other hosts")
-    click.echo(f"""
+    urls = st.get("routerMetricsUrls") or []  # the routers serving (a rerun of up keeps those running)
+    router_metrics = ", ".join(urls) or f"{router}/metrics"
+    return f"""
 moxin is up (Ray at {address}).
-  router (OpenAI API): {router}/v1
-  metrics:             {router}/metrics (router), {st['metricsUrl']} (controller)
+  router (OpenAI API): {router}/v1 ({_routers_phrase(len(urls) or routers)})
+  router metrics:      {router_metrics}
+  controller metrics:  {st['metricsUrl']}
   Prometheus targets:  {st['prometheusSd']} (file_sd, kept current)
   Prometheus:          {prometheus_url or 'not started'}
   {access}
@@ -574,7 +590,7 @@ try:
   curl -s {router}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\
     -d '{{"model": "{deployment}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
   moxin bench --url {router} --model {deployment} --concurrency 1,2,4 --requests 8   # measure it
-then: moxin status | moxin top | moxin logs REPLICA | moxin down""")
+then: moxin status | moxin top | moxin logs REPLICA | moxin down"""
 
 
 ALERT_RULES_FILE = "moxin.rules.yml"
@@ -670,7 +686,7 @@ def status(address: str | None, sd_file: Path | None, fmt: str) -> None:
                      r["enginePid"] or "-", r["restarts"]])
     table(["REPLICA", "STATE", "DEPLOYMENT", "VARIANT", "POOL", "ENGINE", "NODE", "ENDPOINT", "PID", "RESTARTS"], rows,
           title=f"plan {st['plan']}")
-    click.echo(f"router: {', '.join(st['routers']) or 'not started'}; controller metrics: {st['metricsUrl']}")
+    click.echo(_router_status_line(st))
     for line in _stage_lines(st["replicas"]):
         click.echo(line)
     for r in st["replicas"]:
@@ -680,6 +696,14 @@ def status(address: str | None, sd_file: Path | None, fmt: str) -> None:
         click.echo(f"Prometheus file_sd: {st['prometheusSd']}")
     if st["prometheus"]:
         click.echo(f"Prometheus: {st['prometheus']['url']} (moxin top reads it)")
+
+
+def _router_status_line(st: dict[str, Any]) -> str:
+    """The routers' port, how many serve it and each one's /metrics (a scrape of the port reaches one of them)."""
+    urls = st.get("routerMetricsUrls") or []
+    routers = f"{', '.join(st['routers'])} ({_routers_phrase(len(urls))}; metrics: {', '.join(urls)})" if urls else \
+        ", ".join(st["routers"]) or "not started"
+    return f"router: {routers}; controller metrics: {st['metricsUrl']}"
 
 
 def _stage_lines(replicas: list[dict[str, Any]]) -> list[str]:
@@ -735,7 +759,7 @@ def down(address: str | None) -> None:
 @click.option("--window", type=click.FloatRange(1), default=30.0, show_default=True,
               help="With Prometheus: seconds of history each rate is taken over.")
 @click.option("--source", type=click.Choice(["auto", "prometheus", "metrics"]), default="auto", show_default=True,
-              help="prometheus: its query API; metrics: the router's and controller's /metrics, read twice; "
+              help="prometheus: its query API; metrics: every router's and the controller's /metrics, read twice; "
                    "auto: Prometheus when `moxin up` started one or --prometheus is given.")
 @click.option("--prometheus", "prometheus_url", help="A Prometheus that scrapes this cluster (e.g. http://HOST:9090).")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,

@@ -10,7 +10,10 @@ A rollout splits a deployment in two sides: a row may carry ``"side": "canary"``
 table's ``"splits": {NAME: {"canaryPercent": W}}`` sends W% of the deployment's requests to the canary side. The
 side is chosen once per request by smooth weighted round-robin (nginx's), so any 100 consecutive requests split
 exactly W/100-W; within the side the replica is the weighted least-loaded one. A split applies only while both
-sides have rows; a side with no replica left gives its requests to the other.
+sides have rows; a side with no replica left gives its requests to the other. A new split's round-robin starts
+with the canary (when W > 0): each router splits only the requests it takes, and started from nginx's zero
+weights a router would send its first canary request only after about 50/W of its own, so at low traffic across
+several routers the canary would see nothing for a while (and a gate would find too little traffic).
 """
 
 from __future__ import annotations
@@ -174,7 +177,9 @@ class Balancer:
         if percent is None or {e.side for e in self.table.get(deployment, [])} != set(SIDES):
             return None
         weights = {CANARY: percent, STABLE: 100.0 - percent}
-        current = self._current.setdefault(deployment, {s: 0.0 for s in SIDES})
+        # The phase that picks the canary first (50 - W/2: above the stable side by W at the first pick when W > 0,
+        # never for W = 0); from there it is the same rotation, W canary picks in any 100.
+        current = self._current.setdefault(deployment, {CANARY: 50.0 - percent / 2, STABLE: percent / 2 - 50.0})
         for s in SIDES:
             current[s] += weights[s]
         chosen = max(SIDES, key=lambda s: (current[s], s == STABLE))  # a tie goes to stable

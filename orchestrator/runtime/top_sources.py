@@ -1,5 +1,6 @@
-"""Where ``moxin top`` reads its numbers: Prometheus's query API (``rate`` over a window), or the router's and the
-controller's /metrics read twice. Effects only (HTTP); the numbers come from ``observe.top``.
+"""Where ``moxin top`` reads its numbers: Prometheus's query API (``rate`` over a window), or every router's and the
+controller's /metrics read twice (each router counts only the requests it accepted; ``observe.top`` sums them).
+Effects only (HTTP); the numbers come from ``observe.top``.
 """
 
 from __future__ import annotations

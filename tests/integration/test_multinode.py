@@ -81,6 +81,11 @@ def test_a_pipeline_over_two_nodes_serves_and_a_dead_stage_replaces_the_whole_re
     assert stages[0]["nodeId"] != stages[1]["nodeId"]
     text = moxin(env, "status").stdout
     assert "node rank 1: pipe-emu-1" in text, text
+    from orchestrator.runtime.workers import worker_count
+
+    # `moxin up` without --routers: one router per core (two on two cores), each listed with its own /metrics.
+    assert len(st["routerMetricsUrls"]) == len(st["routerPids"]) == worker_count("auto"), st
+    assert all(url in text for url in st["routerMetricsUrls"]), text
 
     import ray
 

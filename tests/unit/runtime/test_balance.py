@@ -135,6 +135,23 @@ def test_a_split_sends_exactly_its_canary_percent_of_every_hundred_requests(perc
     assert sides(b, 800)["canary"] == 8 * percent
 
 
+@pytest.mark.parametrize("percent", [0, 0.5, 10, 50, 99.5, 100])
+def test_a_new_split_sends_its_first_request_to_the_canary_unless_its_percent_is_zero(percent):
+    """Each router splits only its own requests: two routers taking 5 requests each at 10% send the canary 2 (from
+    nginx's zero weights, none: each would first pick it at its sixth). Every 100 stay exact."""
+    def router() -> Balancer:
+        b = Balancer(random.Random(0))
+        b.update(split_table({"s": 1.0}, {"c": 1.0}), {"d": {"canaryPercent": percent}})
+        return b
+
+    assert router().side("d") == ("canary" if percent else "stable")
+    if percent == 10:
+        assert [sides(router(), 5)["canary"] for _ in range(2)] == [1, 1]
+    b = router()
+    for _ in range(3):
+        assert sides(b, 100)["canary"] in (math.floor(percent), math.ceil(percent))
+
+
 def test_a_split_of_ten_percent_is_spread_not_bunched():
     """Smooth round-robin: one canary request in each run of ten, never two in a row."""
     b = Balancer(random.Random(0))

@@ -777,6 +777,50 @@ def test_a_gate_read_from_the_routers_metrics_that_fails_rolls_back_and_the_stat
     assert c.metrics.rollout_weight.labels(**ids)._value.get() == 0
 
 
+class RoutersProbe(FakeProbe):
+    """Several routers: each /metrics page counts only the requests its router took (``by_router``: instance ->
+    (variant, code) -> count)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_router: dict[str, dict[tuple[str, str], float]] = {}
+        self.read: list[list[str]] = []
+
+    def metrics_pages(self, urls: list[str]) -> list[tuple[str, str]]:
+        self.read.append(list(urls))
+        pages = []
+        for url in urls:
+            self.requests = self.by_router.get(url.split("/")[2], {})
+            ((_, text),) = super().metrics_pages([url])
+            pages.append((url.split("/")[2], text))
+        return pages
+
+
+def test_a_gate_read_without_prometheus_sums_every_routers_metrics(cluster, clock, tmp_path, local_plan):
+    """Two routers share the port, each takes half of the canary's requests: 3 in the gate's 10 s on each, below
+    its minRequests (5), 6 together. Summed, the gate passes and the rollout succeeds; a controller that read one
+    router's /metrics would find too little traffic (inconclusive, until the rollout pauses)."""
+    probe = RoutersProbe()
+    c = Controller({"drainSeconds": 10.0, "prometheusSd": str(tmp_path / "sd.json"), "routers": 2},
+                   cluster=cluster, clock=clock, run=False, probe=probe)
+    running(c, cluster, clock, without(local_plan, "mlx-3bit"))
+    assert cluster.called("start_router") == ["moxin-router-0", "moxin-router-1"]
+    first, second = (f"10.0.0.1:{9500 + i}" for i in range(2))
+    probe.by_router = {first: {}, second: {}}
+    c.rollout_apply("to-mac", GATED, mac_side(local_plan))
+    for _ in range(40):
+        for router, adds in ((first, {("mlx-3bit", "200"): 0.3}),
+                             (second, {("mlx-3bit", "200"): 0.3, ("bf16", "200"): 2})):
+            for key, n in adds.items():
+                probe.by_router[router][key] = probe.by_router[router].get(key, 0) + n
+        loop_ready(c, cluster, clock)
+        if c.rollout_status("to-mac")["to-mac"]["phase"] in ("Succeeded", "RolledBack"):
+            break
+    st = c.rollout_status("to-mac")["to-mac"]
+    assert st["phase"] == "Succeeded", st
+    assert probe.read and all(urls == [f"http://{first}/metrics", f"http://{second}/metrics"] for urls in probe.read)
+
+
 def test_gates_read_from_prometheus_pass_and_the_rollout_succeeds(cluster, clock, tmp_path, local_plan):
     from orchestrator.rollout.gates import Side, promql, requests_query
     probe = FakeProbe()

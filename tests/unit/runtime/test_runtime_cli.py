@@ -134,3 +134,47 @@ def test_top_without_a_prometheus_or_a_cluster_says_what_to_do(tmp_path):
     assert out.exit_code != 0 and "moxin up" in out.output, out.output
     out = run("top", "--once", "--source", "prometheus", "--address", "127.0.0.1:1", env=env)
     assert out.exit_code != 0 and "apt-get install prometheus" in out.output and "--prometheus URL" in out.output
+
+
+def test_up_starts_one_router_per_core_unless_told_and_routers_1_stays_possible(monkeypatch):
+    """`moxin up --routers` defaults to auto: ``workers.worker_count`` (one per usable core, within the cgroup's
+    limits), as `moxin router --workers auto` and the chart's `router.workers: auto` count them."""
+    import click
+
+    from orchestrator.cli import RouterCount, up
+    from orchestrator.runtime import workers
+
+    option = next(p for p in up.params if p.name == "routers")
+    assert option.default == "auto"
+    monkeypatch.setattr(workers, "worker_count", lambda value: {"auto": 3}[value])
+    ctx = click.Context(up)
+    assert option.type_cast_value(ctx, option.get_default(ctx)) == 3
+    assert RouterCount().convert("1", None, None) == 1 and RouterCount().convert(" AUTO ", None, None) == 3
+    for bad in ("0", "17", "two"):
+        with pytest.raises(click.BadParameter):
+            RouterCount().convert(bad, None, None)
+    assert "[default: auto]" in run("up", "--help").output
+
+
+STATUS = {"routers": ["http://127.0.0.1:8000"], "metricsUrl": "http://10.0.0.1:9400/metrics",
+          "routerMetricsUrls": ["http://127.0.0.1:41001/metrics", "http://127.0.0.1:41002/metrics"],
+          "prometheusSd": "/h/prometheus-sd.json",
+          "replicas": [{"desired": True, "labels": {"deployment": "tiny-chat"}}]}
+
+
+def test_up_and_status_name_every_routers_metrics_not_the_shared_ports():
+    """A scrape of the shared port reaches whichever router accepts it: `moxin up` and `moxin status` list each
+    router's own /metrics."""
+    from orchestrator.cli import _router_status_line, _up_summary
+
+    text = _up_summary(STATUS, "10.0.0.1:6379", "http://127.0.0.1:8000", 2, None, None)
+    assert "router (OpenAI API): http://127.0.0.1:8000/v1 (2 routers sharing the port)" in text, text
+    assert ("router metrics:      http://127.0.0.1:41001/metrics, http://127.0.0.1:41002/metrics\n" in text and
+            "controller metrics:  http://10.0.0.1:9400/metrics" in text and "8000/metrics" not in text), text
+    one = _up_summary({**STATUS, "routerMetricsUrls": STATUS["routerMetricsUrls"][:1]}, "a", "http://h:1", 2, None,
+                      None)
+    assert "(1 router)" in one  # the routers serving: a rerun of `moxin up` keeps the running ones
+    assert _router_status_line(STATUS) == (
+        "router: http://127.0.0.1:8000 (2 routers sharing the port; metrics: http://127.0.0.1:41001/metrics, "
+        "http://127.0.0.1:41002/metrics); controller metrics: http://10.0.0.1:9400/metrics")
+    assert _router_status_line({**STATUS, "routers": [], "routerMetricsUrls": []}).startswith("router: not started;")
