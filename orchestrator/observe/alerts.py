@@ -144,7 +144,8 @@ def _availability(flt: Filter) -> RuleGroup:
     ]
     targets: list[tuple[str, Source, Severity, str, str]] = [
         ("MoxinRouterTargetDown", "router", "critical", "a router",
-         ("It serves /metrics on its API port, so its clients most likely get no answer either; its request "
+         ("A router that stops answering its scrape has most likely stopped or hung: its clients lose their "
+          "requests in flight (new connections go to the routers still on the port, if any) and its request "
           "metrics (latency, errors, capacity) are missing.")),
         ("MoxinEngineTargetDown", "engine", "warning", "an engine",
          "The engine's own metrics (KV cache, queue, preemptions) are missing; the router may still reach it."),

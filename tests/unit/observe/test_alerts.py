@@ -103,7 +103,7 @@ tests:
           - exp_labels: {severity: critical, job: moxin-router, namespace: ai, instance: 'a:8080'}
             exp_annotations:
               summary: A router (a:8080) does not answer its metrics scrape
-              description: 'Prometheus has failed to scrape a router at a:8080 (job moxin-router) for 5 minutes. It serves /metrics on its API port, so its clients most likely get no answer either; its request metrics (latency, errors, capacity) are missing.'
+              description: 'Prometheus has failed to scrape a router at a:8080 (job moxin-router) for 5 minutes. A router that stops answering its scrape has most likely stopped or hung: its clients lose their requests in flight (new connections go to the routers still on the port, if any) and its request metrics (latency, errors, capacity) are missing.'
               runbook_url: https://moxin.dev/runbook#moxinroutertargetdown
 """
     result = _rule_tests(tmp_path, rules_text(namespace="ai"), tests)
