@@ -32,13 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import describe  # noqa: E402
+from router import BODY, static_payload  # noqa: E402  (benchmarks/router.py: the same request and answer)
 
 from orchestrator.runtime import dataplane  # noqa: E402
 from orchestrator.runtime.router import Router  # noqa: E402
 
-MODEL = "tiny-chat"
-BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Benchmark me"}], "max_tokens": 16,
-        "stream": True, "ignore_eos": True}
+MODEL = BODY["model"]
 
 
 class _Transport:
@@ -75,12 +74,7 @@ def _messages() -> tuple[bytes, bytes]:
     request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nAccept: */*\r\n"
                b"Accept-Encoding: gzip, deflate\r\nUser-Agent: Python/3.11 aiohttp/3.13\r\n"
                b"Content-Length: %d\r\nContent-Type: application/json\r\n\r\n" % len(body)) + body
-    chunk = {"id": "x", "object": "chat.completion.chunk", "model": MODEL,
-             "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None}]}
-    usage = {"id": "x", "object": "chat.completion.chunk", "model": MODEL, "choices": [],
-             "usage": {"prompt_tokens": 5, "completion_tokens": 16, "total_tokens": 21}}
-    payload = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in [chunk] * 16 + [usage]) + \
-        b"data: [DONE]\n\n"
+    payload = static_payload()
     answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
               b"Date: Sat, 05 Dec 2026 07:00:00 GMT\r\nServer: Python/3.11 aiohttp/3.13\r\n\r\n"
               + b"%x\r\n" % len(payload) + payload + b"\r\n0\r\n\r\n")

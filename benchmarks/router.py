@@ -142,14 +142,19 @@ def time_up(port: int) -> float:
     return asyncio.run(first_token())
 
 
-async def static_upstream(port: int) -> web.AppRunner:
-    """Benchmark-only upstream with no cost: 16 SSE chunks, at once (to find the router's own ceiling)."""
+def static_payload() -> bytes:
+    """The static upstream's answer body: 16 content chunks, the usage chunk, [DONE] (also benchmarks/dataplane.py's)."""
     chunk = {"id": "x", "object": "chat.completion.chunk", "model": "tiny-chat",
              "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None}]}
     usage = {"id": "x", "object": "chat.completion.chunk", "model": "tiny-chat", "choices": [],
              "usage": {"prompt_tokens": 5, "completion_tokens": 16, "total_tokens": 21}}
-    payload = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in [chunk] * 16 + [usage]) + \
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in [chunk] * 16 + [usage]) + \
         b"data: [DONE]\n\n"
+
+
+async def static_upstream(port: int) -> web.AppRunner:
+    """Benchmark-only upstream with no cost: 16 SSE chunks, at once (to find the router's own ceiling)."""
+    payload = static_payload()
 
     async def handler(request: web.Request) -> web.StreamResponse:
         await request.read()

@@ -90,6 +90,7 @@ class Unlocked:
         self.m = m
         self.names = tuple(m.labels)
         self.bounds = tuple(b for b in m.buckets if b != float("inf"))
+        self.les = [*(floatToGoString(b) for b in self.bounds), "+Inf"]  # the bounds as the exposition writes them
         self.children: dict[tuple[str, ...], Any] = {}
         registry.register(self)
 
@@ -119,11 +120,10 @@ class Unlocked:
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
-        les = [*(floatToGoString(b) for b in self.bounds), "+Inf"]
         for key, child in list(self.children.items()):
             if isinstance(child, _Buckets):
                 total, cumulative = 0, []
-                for le, n in zip(les, child.counts, strict=True):
+                for le, n in zip(self.les, child.counts, strict=True):
                     total += n
                     cumulative.append((le, total))
                 family.add_metric(list(key), cumulative, child.sum)

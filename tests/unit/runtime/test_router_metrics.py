@@ -5,20 +5,17 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from orchestrator.runtime.metrics import RouterMetrics, _collector
+from orchestrator.runtime.metrics import RouterMetrics, _collector, _Collectors
 from orchestrator.spec import metrics as schema
 from orchestrator.spec.plan import METRIC_LABELS
 
 LABELS = {k: f"v-{k}" for k in METRIC_LABELS}
 
 
-class _Reference:
-    """The same schema on prometheus-client's locked Counter, Gauge and Histogram."""
+class _Reference(_Collectors):
+    """The same schema on prometheus-client's locked Counter, Gauge and Histogram (``_Collectors``' default)."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        for attr, m in schema.ROUTER.items():
-            setattr(self, attr, _collector(m, self.registry))
+    TABLE = schema.ROUTER
 
 
 def _updates(m) -> None:
